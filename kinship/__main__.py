@@ -1,0 +1,5 @@
+import sys
+
+from kinship.cli import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""A data set made ready for learning: read, split by family, decoded once, validation pairs fixed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kinship import image_cache
+from kinship.errors import UserError
+from kinship.layout import Dataset, dataset_fingerprint, read_dataset
+from kinship.pairs import FamilySplit, ImageTable, PairSet, split_families, validation_pairs
+from kinship.progress import silent
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How validation is held out: a share of whole families, chosen by ``seed``."""
+
+    val_fraction: float = 0.2
+    seed: int = 0
+    val_pairs_per_relationship: int = 4
+
+
+@dataclass
+class PreparedData:
+    dataset: Dataset
+    table: ImageTable
+    pixels: np.ndarray  # [N, S, S, 3] uint8, indexed like ``table``
+    split: FamilySplit
+    val_pairs: PairSet
+    fingerprint: str
+
+    @property
+    def image_size(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def prepare(
+    data_dir: Path,
+    image_size: int,
+    split_config: SplitConfig = SplitConfig(),
+    cache_dir: Path | None = None,
+    on_progress=silent,
+) -> PreparedData:
+    """Read ``data_dir`` (RFIW layout), split it by family and decode every image at ``image_size``."""
+    dataset = read_dataset(Path(data_dir), verify_images=False, on_progress=on_progress)
+    table = ImageTable.from_dataset(dataset)
+    try:
+        split = split_families(dataset, split_config.val_fraction, split_config.seed)
+    except ValueError as error:
+        raise UserError(f"{data_dir}: {error}") from error
+    fingerprint = dataset_fingerprint(dataset)
+    pixels = image_cache.load_or_build(table.paths, image_size, fingerprint, cache_dir, on_progress)
+    val = validation_pairs(dataset, table, split, split_config.val_pairs_per_relationship, split_config.seed)
+    return PreparedData(dataset, table, pixels, split, val, fingerprint)

@@ -1,0 +1,75 @@
+"""Decode every image once into a uint8 array at the training size, kept on disk between runs.
+
+Training then indexes a memory-mapped ``[N, S, S, 3]`` array instead of decoding a JPEG per step.
+The cache file is keyed by the images' content fingerprint and the size, so new data or another
+size builds a new cache and stale entries are never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kinship.images import load_face
+from kinship.progress import ProgressEvent, silent
+
+
+def default_cache_dir() -> Path:
+    """``$KINSHIP_SCRATCH/images`` (default ``~/.cache/kinship/images``)."""
+    scratch = os.environ.get("KINSHIP_SCRATCH") or Path.home() / ".cache" / "kinship"
+    return Path(scratch) / "images"
+
+
+def cache_key(fingerprint: str, paths: Sequence[Path], size: int) -> str:
+    """A key over the data's content fingerprint, the image order and the size."""
+    digest = hashlib.sha256(f"{fingerprint}|{size}|".encode())
+    for path in paths:
+        digest.update(str(path).encode() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def load_or_build(
+    paths: Sequence[Path],
+    size: int,
+    fingerprint: str,
+    cache_dir: Path | None = None,
+    on_progress=silent,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Return the ``[len(paths), size, size, 3]`` uint8 array, read-only, building the cache if needed."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    key = cache_key(fingerprint, paths, size)
+    array_path = cache_dir / f"{key}.npy"
+    if array_path.exists():
+        on_progress(ProgressEvent("decode images (cached)", len(paths), len(paths)))
+        return np.load(array_path, mmap_mode="r")
+    pixels = decode_all(paths, size, on_progress, workers)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = array_path.with_suffix(f".partial-{os.getpid()}.npy")
+    np.save(partial, pixels)
+    meta = {"images": len(paths), "size": size, "fingerprint": fingerprint}
+    array_path.with_suffix(".json").write_text(json.dumps(meta))
+    os.replace(partial, array_path)  # a crash mid-write never leaves a complete-looking cache
+    return np.load(array_path, mmap_mode="r")
+
+
+def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: int | None = None) -> np.ndarray:
+    """Decode ``paths`` into one uint8 array; Pillow releases the GIL, so threads use every core."""
+    pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    def decode(index: int) -> int:
+        pixels[index] = load_face(paths[index], size)
+        return index
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, _ in enumerate(pool.map(decode, range(len(paths))), start=1):
+            if done % 64 == 0 or done == len(paths):
+                on_progress(ProgressEvent("decode images", done, len(paths)))
+    return pixels

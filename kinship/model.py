@@ -1,0 +1,157 @@
+"""The Siamese kinship network: a shared face encoder and a pair head. Pure ``nn.Module``s, no I/O.
+
+``KinshipNet`` runs as one two-input model (``img0``, ``img1`` -> logit) and as its two halves
+(``encoder``: image -> L2-normalised embedding; ``head``: two embeddings -> logit), so a test set
+can be scored by embedding each unique image once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHITECTURES = ("residual", "seed")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the network. ``arch='seed'`` is the original project's 3-layer CNN, kept to compare."""
+
+    arch: str = "residual"
+    image_size: int = 64
+    width: int = 32  # channels of the first stage; doubled at each of the next stages
+    stages: int = 3
+    embedding_dim: int = 128
+    head_hidden: int = 64
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.image_size < 16 or self.image_size % (2 ** (self.stages + 1)):
+            raise ValueError(f"image_size {self.image_size} must be >= 16 and divisible by {2 ** (self.stages + 1)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut; ``stride`` 2 halves the resolution."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or channels_in != channels_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride, bias=False), nn.BatchNorm2d(channels_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class FaceEncoder(nn.Module):
+    """Image ``[B, 3, S, S]`` -> unit-length embedding ``[B, D]``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        width = config.width
+        # A stride-2 stem: the faces are large, centred structures, so full resolution buys little.
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        blocks, channels = [], width
+        for stage in range(config.stages):
+            out = width * 2**stage
+            blocks.append(ResidualBlock(channels, out, stride=1 if stage == 0 else 2))
+            channels = out
+        self.blocks = nn.Sequential(*blocks)
+        self.project = nn.Linear(channels, config.embedding_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.blocks(self.stem(image)).mean(dim=(2, 3))
+        return F.normalize(self.project(features), dim=1)
+
+
+class PairHead(nn.Module):
+    """Two embeddings -> kinship logit, from (x1-x2)^2, x1*x2 and x1^2-x2^2 (the strong Kaggle recipe)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * config.embedding_dim, config.head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.head_hidden, 1),
+        )
+
+    def forward(self, emb0: torch.Tensor, emb1: torch.Tensor) -> torch.Tensor:
+        features = torch.cat(((emb0 - emb1) ** 2, emb0 * emb1, emb0**2 - emb1**2), dim=1)
+        return self.mlp(features).squeeze(1)
+
+
+class KinshipNet(nn.Module):
+    """The two-input model: ``(img0, img1) -> logit`` with a shared encoder."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = FaceEncoder(config)
+        self.head = PairHead(config)
+
+    def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
+        # One encoder pass over both images: half the kernel launches, same weights.
+        embeddings = self.encoder(torch.cat((img0, img1), dim=0))
+        emb0, emb1 = embeddings.split(img0.shape[0], dim=0)
+        return self.head(emb0, emb1)
+
+
+class SeedEncoder(nn.Module):
+    """The original project's encoder: three conv layers with max-pooling, flattened (no embedding norm)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        self.flat_dim = 32 * (config.image_size // 8) ** 2
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.features(image).flatten(1)
+
+
+class SeedHead(nn.Module):
+    """Concatenated conv features of both images into fully connected layers, as in the seed."""
+
+    def __init__(self, config: ModelConfig, flat_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * flat_dim, 256), nn.ReLU(inplace=True), nn.Linear(256, 1))
+
+    def forward(self, emb0: torch.Tensor, emb1: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat((emb0, emb1), dim=1)).squeeze(1)
+
+
+class SeedNet(KinshipNet):
+    """The original project's Siamese CNN, with the same two-input / two-halves interface."""
+
+    def __init__(self, config: ModelConfig):
+        nn.Module.__init__(self)
+        self.config = config
+        self.encoder = SeedEncoder(config)
+        self.head = SeedHead(config, self.encoder.flat_dim)
+
+
+def build_model(config: ModelConfig) -> KinshipNet:
+    """The network for ``config.arch``."""
+    return SeedNet(config) if config.arch == "seed" else KinshipNet(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,319 @@
+"""Training the Siamese network with mixed precision, per-epoch checkpoints and crash-safe resume.
+
+A run folder holds ``config.json``, ``metrics.json``, ``checkpoints/last.pt`` (everything needed to
+resume) and ``model.pt`` (the best epoch by validation ROC AUC).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kinship.checkpoint import model_payload, read_checkpoint, save_atomic
+from kinship.data import PreparedData, SplitConfig, prepare
+from kinship.errors import UserError
+from kinship.images import to_network_input
+from kinship.metrics import verification_report
+from kinship.model import ModelConfig, build_model
+from kinship.pairs import PairSampler, PairSet
+from kinship.progress import ProgressEvent, silent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as ``config.json`` in the run folder.
+
+    The defaults are the demo configuration: it reaches validation AUC >= 0.9 on the default
+    synthetic set in under 10 minutes on 2 CPU cores.
+    """
+
+    epochs: int = 14
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    image_size: int = 64
+    width: int = 24
+    embedding_dim: int = 128
+    arch: str = "residual"
+    amp: str = "auto"  # auto | on | off
+    device: str = "auto"  # auto | cpu | cuda (ROCm shows up as cuda too)
+    seed: int = 0
+    pairs_per_relationship: int = 2  # positives drawn per relationship per epoch
+    val_fraction: float = 0.2
+    flip: bool = True  # random horizontal flips: faces are near-symmetric
+    max_batches_per_epoch: int = 0  # 0 = all; tests shrink the job with it
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width, embedding_dim=self.embedding_dim)
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig(val_fraction=self.val_fraction, seed=self.seed)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class Precision:
+    """Where and how arithmetic runs: device, autocast dtype (None = fp32) and whether to scale loss."""
+
+    device: torch.device
+    backend: str  # "cpu", "cuda" or "rocm"
+    autocast_dtype: torch.dtype | None
+    scale_loss: bool
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def describe(self) -> str:
+        amp = "off" if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", "")
+        return f"{self.backend} ({self.device}), AMP {amp}{' + grad scaler' if self.scale_loss else ''}"
+
+
+def choose_precision(device: str, amp: str) -> Precision:
+    """Resolve ``--device`` and ``--amp``: fp16 + scaler (or bf16) on GPUs, bf16 on CPU only if asked."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}: choose auto, cpu or cuda")
+    if amp not in ("auto", "on", "off"):
+        raise UserError(f"unknown amp mode {amp!r}: choose auto, on or off")
+    use_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_gpu and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA or ROCm device")
+    if not use_gpu:
+        dtype = torch.bfloat16 if amp == "on" else None  # auto: CPU autocast rarely pays off
+        return Precision(torch.device("cpu"), "cpu", dtype, scale_loss=False)
+    backend = "rocm" if getattr(torch.version, "hip", None) else "cuda"
+    if amp == "off":
+        return Precision(torch.device("cuda"), backend, None, scale_loss=False)
+    if torch.cuda.is_bf16_supported():
+        return Precision(torch.device("cuda"), backend, torch.bfloat16, scale_loss=False)
+    return Precision(torch.device("cuda"), backend, torch.float16, scale_loss=True)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_auc: float
+    history: list[dict] = field(default_factory=list)
+    precision: str = ""
+
+
+def batch_tensors(pixels: np.ndarray, pairs: PairSet, device: torch.device, flip: np.ndarray | None = None):
+    """Gather the pair's images from the uint8 cache and normalise them into two NCHW tensors."""
+    left = to_network_input(pixels[pairs.left])
+    right = to_network_input(pixels[pairs.right])
+    if flip is not None:
+        left[flip[0]] = left[flip[0], :, :, ::-1]
+        right[flip[1]] = right[flip[1], :, :, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(left)).to(device), torch.from_numpy(np.ascontiguousarray(right)).to(device)
+
+
+@torch.inference_mode()
+def score_pairs(model, pixels: np.ndarray, pairs: PairSet, precision: Precision, batch_size: int = 256) -> np.ndarray:
+    """Logits for ``pairs``: each unique image is embedded once, then the head scores the pairs."""
+    model.eval()
+    unique = np.unique(np.concatenate((pairs.left, pairs.right)))
+    embeddings = []
+    for start in range(0, len(unique), batch_size):
+        images = torch.from_numpy(to_network_input(pixels[unique[start : start + batch_size]])).to(precision.device)
+        with precision.autocast():
+            embeddings.append(model.encoder(images).float())
+    table = torch.cat(embeddings)
+    position = {int(index): row for row, index in enumerate(unique)}
+    rows0 = torch.as_tensor([position[int(i)] for i in pairs.left], device=precision.device)
+    rows1 = torch.as_tensor([position[int(i)] for i in pairs.right], device=precision.device)
+    return model.head(table[rows0], table[rows1]).float().cpu().numpy()
+
+
+def evaluate_epoch(model, prepared: PreparedData, precision: Precision) -> dict:
+    pairs = prepared.val_pairs
+    logits = score_pairs(model, prepared.pixels, pairs, precision)
+    report = verification_report(pairs.label, logits, pairs.kind)
+    return {"val_auc": report.auc, "val_accuracy": report.accuracy, "val_loss": report.loss, "val_threshold": report.threshold}
+
+
+def train_epoch(model, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress) -> dict:
+    """One pass over freshly sampled pairs; returns mean loss, seconds and images/s."""
+    model.train()
+    rng = np.random.default_rng([config.seed, epoch, 1])
+    pairs = sampler.epoch(epoch, config.pairs_per_relationship)
+    batches = list(pairs.batches(config.batch_size))
+    if config.max_batches_per_epoch:
+        batches = batches[: config.max_batches_per_epoch]
+    losses, images, started = [], 0, time.perf_counter()
+    stage = f"epoch {epoch + 1}/{config.epochs}"
+    for number, batch in enumerate(batches, start=1):
+        flips = rng.random((2, len(batch))) < 0.5 if config.flip else None
+        img0, img1 = batch_tensors(prepared.pixels, batch, precision.device, flips)
+        target = torch.as_tensor(batch.label, dtype=torch.float32, device=precision.device)
+        with precision.autocast():
+            logits = model(img0, img1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        images += 2 * len(batch)
+        rate = images / (time.perf_counter() - started)
+        on_progress(ProgressEvent(stage, number, len(batches), {"loss": float(np.mean(losses[-20:])), "img/s": rate}))
+    seconds = time.perf_counter() - started
+    return {"train_loss": float(np.mean(losses)), "epoch_seconds": seconds, "images_per_second": images / seconds}
+
+
+def save_config(run_dir: Path, config: TrainConfig, data_dir: Path) -> None:
+    record = {"train": asdict(config), "data": str(data_dir)}
+    (run_dir / "config.json").write_text(json.dumps(record, indent=2))
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text())["train"])
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"cannot resume: {path} is missing or unreadable") from error
+
+
+def _write_json_atomic(path: Path, payload) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(payload, indent=2))
+    os.replace(partial, path)
+
+
+class WarmupCosine:
+    """Learning rate as a pure function of the global step: linear warm-up, then cosine decay.
+
+    Being a function of the step (not hidden state) makes resume exact without saving a scheduler.
+    """
+
+    def __init__(self, optimizer, peak_lr: float, total_steps: int, step: int = 0):
+        self.optimizer, self.peak_lr, self.total_steps, self.step_count = optimizer, peak_lr, max(1, total_steps), step
+        self.warmup = max(1, self.total_steps // 20)
+        self._apply()
+
+    def lr(self) -> float:
+        if self.step_count < self.warmup:
+            return self.peak_lr * (self.step_count + 1) / self.warmup
+        progress = min(1.0, (self.step_count - self.warmup) / max(1, self.total_steps - self.warmup))
+        return self.peak_lr * 0.5 * (1.0 + np.cos(np.pi * progress))
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr()
+
+
+def train(
+    data_dir: Path,
+    run_dir: Path,
+    config: TrainConfig = TrainConfig(),
+    resume: bool = False,
+    on_progress=silent,
+    cache_dir: Path | None = None,
+) -> TrainResult:
+    """Train on ``data_dir`` into ``run_dir``; with ``resume`` continue from ``checkpoints/last.pt``."""
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume:
+        if not last.exists():
+            raise UserError(f"cannot resume: no checkpoint at {last}")
+        config = load_run_config(run_dir)
+    elif last.exists():
+        raise UserError(f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out")
+    try:
+        model_config = config.model_config()
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    precision = choose_precision(config.device, config.amp)
+    log.info("training on %s (torch %s, hip %s)", precision.describe(), torch.__version__, getattr(torch.version, "hip", None))
+    torch.manual_seed(config.seed)
+    prepared = prepare(data_dir, config.image_size, config.split_config(), cache_dir, on_progress)
+    sampler = PairSampler(prepared.dataset, prepared.table, prepared.split.train, seed=config.seed)
+    model = build_model(model_config).to(precision.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.scale_loss)
+    state = {"epoch": 0, "history": [], "best_auc": -1.0, "best_epoch": -1, "step": 0}
+    if resume:
+        state = _restore(last, model, optimizer, scaler)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(run_dir, config, Path(data_dir))
+    steps_per_epoch = _steps_per_epoch(sampler, config)
+    schedule = WarmupCosine(optimizer, config.lr, steps_per_epoch * config.epochs, step=state["step"])
+    for epoch in range(state["epoch"], config.epochs):
+        record = {"epoch": epoch + 1, "lr": schedule.lr()}
+        record.update(train_epoch(model, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress))
+        record.update(evaluate_epoch(model, prepared, precision))
+        state["history"].append(record)
+        state.update(epoch=epoch + 1, step=schedule.step_count)
+        if record["val_auc"] > state["best_auc"]:
+            state.update(best_auc=record["val_auc"], best_epoch=epoch + 1)
+            save_atomic(model_payload(model, _model_metadata(prepared, config, precision, record)), run_dir / "model.pt")
+        _checkpoint(last, model, optimizer, scaler, state)
+        _write_json_atomic(run_dir / "metrics.json", _metrics_document(state, precision))
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+    return TrainResult(run_dir, state["best_epoch"], state["best_auc"], state["history"], precision.describe())
+
+
+def _steps_per_epoch(sampler: PairSampler, config: TrainConfig) -> int:
+    pairs = 2 * len(sampler.relationships) * config.pairs_per_relationship
+    steps = -(-pairs // config.batch_size)
+    return min(steps, config.max_batches_per_epoch) if config.max_batches_per_epoch else steps
+
+
+def _model_metadata(prepared: PreparedData, config: TrainConfig, precision: Precision, record: dict) -> dict:
+    return {
+        "train_config": asdict(config),
+        "data_fingerprint": prepared.fingerprint,
+        "val_families": list(prepared.split.val),
+        "epoch": record["epoch"],
+        "val_auc": record["val_auc"],
+        "val_threshold": record["val_threshold"],
+        "precision": precision.describe(),
+    }
+
+
+def _checkpoint(path: Path, model, optimizer, scaler, state: dict) -> None:
+    payload = model_payload(model, {})
+    payload.update(
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict(),
+        torch_rng=torch.get_rng_state(),
+        state=state,
+    )
+    save_atomic(payload, path)
+
+
+def _restore(path: Path, model, optimizer, scaler) -> dict:
+    payload = read_checkpoint(path)
+    try:
+        model.load_state_dict(payload["model_state"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["torch_rng"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise UserError(f"{path} does not fit this run's configuration: {str(error).splitlines()[0][:200]}") from error
+    return dict(payload["state"])
+
+
+def _metrics_document(state: dict, precision: Precision) -> dict:
+    return {"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"], "precision": precision.describe(), "epochs": state["history"]}

@@ -1,7 +1,19 @@
-"""Errors that are the user's mistake: the CLI prints them as one line and exits with code 2."""
+"""Errors the CLI reports as one line (no traceback), each with its exit code."""
 
 
-class UserError(Exception):
+class KinshipError(Exception):
+    """An expected failure with a one-line message."""
+
+    exit_code = 1
+
+
+class UserError(KinshipError):
     """Bad input (a file, a value, a name): shown as one line, no traceback, exit code 2."""
 
     exit_code = 2
+
+
+class CheckFailed(KinshipError):
+    """A conversion did not reproduce its source within tolerance (export vs torch, engine vs FP32)."""
+
+    exit_code = 1

@@ -106,9 +106,9 @@ class KinshipNet(nn.Module):
 
     def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
         # One encoder pass over both images: half the kernel launches, same weights.
+        batch = img0.shape[0]
         embeddings = self.encoder(torch.cat((img0, img1), dim=0))
-        emb0, emb1 = embeddings.split(img0.shape[0], dim=0)
-        return self.head(emb0, emb1)
+        return self.head(embeddings[:batch], embeddings[batch:])
 
 
 class SeedEncoder(nn.Module):

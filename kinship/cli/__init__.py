@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 from kinship import __version__
-from kinship.errors import UserError
+from kinship.errors import KinshipError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except UserError as error:
+    except KinshipError as error:
         print(f"kinship {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:

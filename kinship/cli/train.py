@@ -1,0 +1,58 @@
+"""``kinship train``: train the Siamese network into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+from kinship.cli.output import add_json_flag, console, print_json, progress_bars, table
+
+
+def register(subparsers) -> None:
+    from kinship.train import TrainConfig
+
+    defaults = TrainConfig()
+    parser = subparsers.add_parser("train", help="train the Siamese network (AMP on GPU, CPU fallback)")
+    parser.add_argument("--data", type=Path, required=True, help="data set folder (RFIW layout)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (config, metrics, checkpoints, model.pt)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (warm-up, then cosine)")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--width", type=int, default=defaults.width, help="channels of the first encoder stage")
+    parser.add_argument("--arch", choices=("residual", "seed"), default=defaults.arch, help="seed = the original 3-layer CNN")
+    parser.add_argument("--amp", choices=("auto", "on", "off"), default=defaults.amp)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--max-batches-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_json_flag(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from kinship.train import TrainConfig, train
+
+    names = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    if not args.json:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with progress_bars(enabled=not args.json) as on_progress:
+        result = train(args.data, args.out, config, resume=args.resume, on_progress=on_progress)
+    summary = {
+        "run_dir": str(result.run_dir),
+        "model": str(result.run_dir / "model.pt"),
+        "best_epoch": result.best_epoch,
+        "best_val_auc": result.best_auc,
+        "precision": result.precision,
+        "epochs": result.history,
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    columns = ["epoch", "train_loss", "val_auc", "val_accuracy", "val_loss", "epoch_seconds", "images_per_second"]
+    console.print(table(f"training on {result.precision}", columns, [[r[c] for c in columns] for r in result.history]))
+    console.print(f"best epoch {result.best_epoch}: validation AUC {result.best_auc:.4f} -> {summary['model']}")
+    return 0

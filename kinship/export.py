@@ -1,0 +1,204 @@
+"""Export a checkpoint to ONNX (pair model, encoder, head) and check it against PyTorch.
+
+Each file is self-contained (no external ``.data``), has a dynamic batch axis and named inputs, and
+carries metadata: image size, normalisation, the training data's fingerprint and the code version.
+Nothing is left at the final names unless every check passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kinship import __version__
+from kinship.checkpoint import load_model
+from kinship.errors import CheckFailed, UserError
+from kinship.images import NORMALISE_MEAN, NORMALISE_STD
+
+OPSET = 18
+RTOL, ATOL = 1e-3, 1e-5
+
+
+@dataclass(frozen=True)
+class ExportedModels:
+    """The three files written side by side."""
+
+    pair: Path  # img0, img1 -> logit
+    encoder: Path  # image -> embedding
+    head: Path  # emb0, emb1 -> logit
+
+    def all(self) -> tuple[Path, Path, Path]:
+        return (self.pair, self.encoder, self.head)
+
+
+def companion_paths(pair_path: Path) -> ExportedModels:
+    """``model.onnx`` -> ``model.onnx``, ``model.encoder.onnx``, ``model.head.onnx``."""
+    pair_path = Path(pair_path)
+    stem = pair_path.name[: -len(".onnx")] if pair_path.name.endswith(".onnx") else pair_path.name
+    return ExportedModels(pair_path, pair_path.with_name(f"{stem}.encoder.onnx"), pair_path.with_name(f"{stem}.head.onnx"))
+
+
+@dataclass
+class ExportCheck:
+    """How closely ONNX Runtime reproduced PyTorch on real images, per exported file."""
+
+    name: str
+    max_abs_diff: float
+    max_rel_diff: float
+    samples: int
+
+
+def _export_one(module, args: tuple, path: Path, input_names: list[str], output_name: str) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    dynamic = {name: {0: batch} for name in input_names}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(path), input_names=input_names, output_names=[output_name],
+            dynamic_shapes=dynamic, opset_version=OPSET, external_data=False, dynamo=True, optimize=True,
+        )
+
+
+class _EncoderOnly(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, image):
+        return self.encoder(image)
+
+
+class _HeadOnly(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.head = model.head
+
+    def forward(self, emb0, emb1):
+        return self.head(emb0, emb1)
+
+
+def metadata_for(model_metadata: dict, image_size: int, part: str) -> dict[str, str]:
+    """The key/value metadata stamped into each ONNX file."""
+    return {
+        "kinship.part": part,
+        "kinship.image_size": str(image_size),
+        "kinship.normalise_mean": json.dumps(NORMALISE_MEAN),
+        "kinship.normalise_std": json.dumps(NORMALISE_STD),
+        "kinship.data_fingerprint": str(model_metadata.get("data_fingerprint", "")),
+        "kinship.code_version": __version__,
+        "kinship.val_auc": str(model_metadata.get("val_auc", "")),
+        "kinship.val_threshold": str(model_metadata.get("val_threshold", "")),
+    }
+
+
+def _stamp(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def validation_sample(data_dir: Path, metadata: dict, image_size: int, count: int = 64, on_progress=None):
+    """Up to ``count`` real validation pairs (uint8 NHWC each side) from the model's own split."""
+    from kinship.data import prepare
+    from kinship.train import TrainConfig
+
+    config = TrainConfig.from_dict(metadata.get("train_config", {}))
+    kwargs = {"on_progress": on_progress} if on_progress else {}
+    prepared = prepare(Path(data_dir), image_size, config.split_config(), **kwargs)
+    pairs = prepared.val_pairs
+    return np.asarray(prepared.pixels[pairs.left[:count]]), np.asarray(prepared.pixels[pairs.right[:count]])
+
+
+def _compare(name: str, expected: np.ndarray, actual: np.ndarray) -> ExportCheck:
+    difference = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
+    check = ExportCheck(name, float(difference.max()), float((difference / (np.abs(expected) + 1e-12)).max()), len(expected))
+    try:
+        np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
+    except AssertionError as error:
+        raise CheckFailed(
+            f"{name}: ONNX Runtime differs from PyTorch beyond rtol={RTOL}, atol={ATOL} "
+            f"(max abs diff {check.max_abs_diff:.3g})"
+        ) from error
+    return check
+
+
+def check_against_torch(model, files: ExportedModels, img0_uint8: np.ndarray, img1_uint8: np.ndarray) -> list[ExportCheck]:
+    """Run each ONNX file in ONNX Runtime on real images and compare with the PyTorch model."""
+    import onnxruntime as ort
+
+    from kinship.images import to_network_input
+
+    x0, x1 = to_network_input(img0_uint8), to_network_input(img1_uint8)
+    with torch.inference_mode():
+        e0, e1 = model.encoder(torch.from_numpy(x0)), model.encoder(torch.from_numpy(x1))
+        expected = {"pair": model(torch.from_numpy(x0), torch.from_numpy(x1)).numpy(), "encoder": e0.numpy(), "head": model.head(e0, e1).numpy()}
+    feeds = {
+        "pair": {"img0": x0, "img1": x1},
+        "encoder": {"image": x0},
+        "head": {"emb0": e0.numpy(), "emb1": e1.numpy()},
+    }
+    checks = []
+    for name, path in zip(("pair", "encoder", "head"), files.all()):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        checks.append(_compare(f"{path.name}", expected[name], session.run(None, feeds[name])[0]))
+    return checks
+
+
+def export_checkpoint(checkpoint: Path, out: Path, img0_uint8: np.ndarray, img1_uint8: np.ndarray) -> tuple[ExportedModels, list[ExportCheck]]:
+    """Export ``checkpoint`` to ``out`` (+ encoder and head beside it), check, then publish the files."""
+    import onnx
+
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise UserError(f"--out must name a .onnx file, got {out}")
+    model, metadata = load_model(checkpoint)
+    size = model.config.image_size
+    final = companion_paths(out)
+    partial = ExportedModels(*(p.with_name(f".{p.name}.partial") for p in final.all()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(2, 3, size, size)
+    embedding = model.encoder(dummy).detach()
+    try:
+        _export_one(model, (dummy, dummy), partial.pair, ["img0", "img1"], "logit")
+        _export_one(_EncoderOnly(model).eval(), (dummy,), partial.encoder, ["image"], "embedding")
+        _export_one(_HeadOnly(model).eval(), (embedding, embedding), partial.head, ["emb0", "emb1"], "logit")
+        for part, path in zip(("pair", "encoder", "head"), partial.all()):
+            _stamp(path, metadata_for(metadata, size, part))
+        checks = check_against_torch(model, partial, img0_uint8, img1_uint8)
+    except onnx.checker.ValidationError as error:
+        _remove(partial.all())
+        raise CheckFailed(f"onnx.checker rejected the export of {checkpoint}: {str(error).splitlines()[0]}") from error
+    except BaseException:
+        _remove(partial.all())
+        raise
+    for source, target in zip(partial.all(), final.all()):
+        os.replace(source, target)
+    return final, checks
+
+
+def _remove(paths) -> None:
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+        Path(f"{path}.data").unlink(missing_ok=True)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``kinship.*`` metadata of an exported ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {entry.key: entry.value for entry in model.metadata_props}

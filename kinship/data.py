@@ -9,7 +9,7 @@ import numpy as np
 
 from kinship import image_cache
 from kinship.errors import UserError
-from kinship.layout import Dataset, dataset_fingerprint, read_dataset
+from kinship.layout import DROP_CORRUPT_IMAGE, DROP_REL_NO_IMAGES, Dataset, Person, dataset_fingerprint, read_dataset
 from kinship.pairs import FamilySplit, ImageTable, PairSet, split_families, validation_pairs
 from kinship.progress import silent
 
@@ -52,6 +52,32 @@ def prepare(
     except ValueError as error:
         raise UserError(f"{data_dir}: {error}") from error
     fingerprint = dataset_fingerprint(dataset)
-    pixels = image_cache.load_or_build(table.paths, image_size, fingerprint, cache_dir, on_progress)
+    pixels, unreadable = image_cache.load_or_build(table.paths, image_size, fingerprint, cache_dir, on_progress)
+    if unreadable:
+        dataset, table, pixels = _without_images(dataset, table, pixels, unreadable)
+        try:
+            split = split_families(dataset, split_config.val_fraction, split_config.seed)
+        except ValueError as error:
+            raise UserError(f"{data_dir}: {error}") from error
     val = validation_pairs(dataset, table, split, split_config.val_pairs_per_relationship, split_config.seed)
     return PreparedData(dataset, table, pixels, split, val, fingerprint)
+
+
+def _without_images(dataset: Dataset, table: ImageTable, pixels: np.ndarray, unreadable: list[int]):
+    """Drop images that would not decode (and people or relationships left without images)."""
+    bad = {table.paths[i] for i in unreadable}
+    people = {}
+    for person_id, person in dataset.people.items():
+        images = tuple(p for p in person.images if p not in bad)
+        if images:
+            people[person_id] = Person(person.family, person.mid, images)
+    for path in sorted(bad):
+        dataset.report.count(dataset.report.dropped, DROP_CORRUPT_IMAGE, str(path))
+    relationships = [r for r in dataset.relationships if r.p1 in people and r.p2 in people]
+    for _ in range(len(dataset.relationships) - len(relationships)):
+        dataset.report.count(dataset.report.dropped, DROP_REL_NO_IMAGES)
+    cleaned = Dataset(dataset.root, people, relationships, dataset.test_images, dataset.test_pairs, dataset.report)
+    cleaned_table = ImageTable.from_dataset(cleaned)
+    index_of = {path: i for i, path in enumerate(table.paths)}
+    keep = np.asarray([index_of[path] for path in cleaned_table.paths])
+    return cleaned, cleaned_table, np.asarray(pixels[keep])

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kinship.images import load_face
+from kinship.images import UnreadableImage, load_face
 from kinship.progress import ProgressEvent, silent
 
 
@@ -41,35 +41,44 @@ def load_or_build(
     cache_dir: Path | None = None,
     on_progress=silent,
     workers: int | None = None,
-) -> np.ndarray:
-    """Return the ``[len(paths), size, size, 3]`` uint8 array, read-only, building the cache if needed."""
+) -> tuple[np.ndarray, list[int]]:
+    """The ``[len(paths), size, size, 3]`` uint8 array (read-only) and the indices that would not decode.
+
+    Unreadable images (corrupt, truncated) are left black and listed, so one decode pass both
+    checks and caches; callers drop the listed indices.
+    """
     cache_dir = Path(cache_dir or default_cache_dir())
     key = cache_key(fingerprint, paths, size)
     array_path = cache_dir / f"{key}.npy"
-    if array_path.exists():
+    meta_path = array_path.with_suffix(".json")
+    if array_path.exists() and meta_path.exists():
         on_progress(ProgressEvent("decode images (cached)", len(paths), len(paths)))
-        return np.load(array_path, mmap_mode="r")
-    pixels = decode_all(paths, size, on_progress, workers)
+        return np.load(array_path, mmap_mode="r"), json.loads(meta_path.read_text())["unreadable"]
+    pixels, unreadable = decode_all(paths, size, on_progress, workers)
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = array_path.with_suffix(f".partial-{os.getpid()}.npy")
     np.save(partial, pixels)
-    meta = {"images": len(paths), "size": size, "fingerprint": fingerprint}
-    array_path.with_suffix(".json").write_text(json.dumps(meta))
+    meta = {"images": len(paths), "size": size, "fingerprint": fingerprint, "unreadable": unreadable}
+    meta_path.write_text(json.dumps(meta))
     os.replace(partial, array_path)  # a crash mid-write never leaves a complete-looking cache
-    return np.load(array_path, mmap_mode="r")
+    return np.load(array_path, mmap_mode="r"), unreadable
 
 
-def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: int | None = None) -> np.ndarray:
+def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: int | None = None) -> tuple[np.ndarray, list[int]]:
     """Decode ``paths`` into one uint8 array; Pillow releases the GIL, so threads use every core."""
-    pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    pixels = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    unreadable: list[int] = []
     workers = workers or min(8, os.cpu_count() or 1)
 
     def decode(index: int) -> int:
-        pixels[index] = load_face(paths[index], size)
+        try:
+            pixels[index] = load_face(paths[index], size)
+        except UnreadableImage:
+            unreadable.append(index)
         return index
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for done, _ in enumerate(pool.map(decode, range(len(paths))), start=1):
             if done % 64 == 0 or done == len(paths):
                 on_progress(ProgressEvent("decode images", done, len(paths)))
-    return pixels
+    return pixels, sorted(unreadable)

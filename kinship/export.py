@@ -96,6 +96,9 @@ def metadata_for(model_metadata: dict, image_size: int, part: str) -> dict[str, 
         "kinship.code_version": __version__,
         "kinship.val_auc": str(model_metadata.get("val_auc", "")),
         "kinship.val_threshold": str(model_metadata.get("val_threshold", "")),
+        # The training configuration carries the family split, so evaluation of the ONNX file
+        # scores exactly the validation families the checkpoint was selected on.
+        "kinship.train_config": json.dumps(model_metadata.get("train_config", {})),
     }
 
 

@@ -82,3 +82,11 @@ def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: in
             if done % 64 == 0 or done == len(paths):
                 on_progress(ProgressEvent("decode images", done, len(paths)))
     return pixels, sorted(unreadable)
+
+
+def content_fingerprint(paths: Sequence[Path]) -> str:
+    """sha256 over the bytes of ``paths`` in order: a cache key for image sets outside a Dataset."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()

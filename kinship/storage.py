@@ -1,0 +1,861 @@
+"""The artifact store: files whose content is checked on every read, in S3-compatible storage or a folder.
+
+Every object is written with its sha256 (S3 user metadata ``x-amz-meta-sha256``; a side record for
+``LocalStore``) and handed back as an ``ArtifactRef``. A read verifies size and sha256 against the ref
+(or manifest, or the recorded digest when only a URI is given) before anything reaches the caller, and
+keeps a content-addressed copy in the scratch folder so a second read of the same content downloads
+nothing. Credentials come from boto3's default chain; settings never hold secrets.
+
+Data sets are trees: ``put_tree`` uploads the files, then writes a manifest ``{key: {sha256, size, uri}}``
+last, so a tree without a manifest is an interrupted push, never a complete-looking one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol
+from urllib.parse import unquote, urlsplit
+
+from kinship.errors import UserError
+from kinship.progress import ProgressEvent, silent
+
+MiB = 1024 * 1024
+MANIFEST_NAME = "kinship-manifest.json"
+_SHA_META = "sha256"
+_LOCAL_META_DIR = ".kinship-meta"
+_JSON_LIMIT = 64 * MiB
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+Progress = Callable[[ProgressEvent], None]
+
+
+class IntegrityError(UserError):
+    """An object's content does not match its recorded sha256/size (or has no record to check against)."""
+
+
+class ArtifactNotFound(UserError):
+    """No object at the given URI."""
+
+
+class StoreAccessError(UserError):
+    """The store refused us (credentials, bucket) or could not be reached."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where artifacts live and how transfers behave. Holds no secrets: credentials come from boto3's chain."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    bucket: str | None = None
+    prefix: str = ""
+    scratch: Path = field(default_factory=lambda: Path.home() / ".cache" / "kinship")
+    multipart_threshold: int = 8 * MiB
+    multipart_chunksize: int = 8 * MiB
+    max_attempts: int = 5  # botocore's own per-request retries
+    retry_mode: str = "standard"
+    transfer_attempts: int = 3  # our retries around a whole transfer, for dropped connections
+    retry_base_delay: float = 0.5
+    max_workers: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreSettings:
+        """Read the standard AWS variables plus ``KINSHIP_BUCKET``, ``KINSHIP_PREFIX``, ``KINSHIP_SCRATCH``."""
+        env = os.environ if environ is None else environ
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        bucket = env.get("KINSHIP_BUCKET") or None
+        scratch = env.get("KINSHIP_SCRATCH")
+        return cls(
+            endpoint_url=endpoint,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            bucket=validate_bucket(bucket) if bucket else None,
+            prefix=validate_prefix(env.get("KINSHIP_PREFIX", "")),
+            scratch=Path(scratch).expanduser() if scratch else Path.home() / ".cache" / "kinship",
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """One stored object: where it is and what its content must be."""
+
+    uri: str
+    key: str
+    sha256: str
+    size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactRef:
+        return cls(uri=str(data["uri"]), key=str(data["key"]), sha256=str(data["sha256"]), size=int(data["size"]))
+
+
+@dataclass(frozen=True)
+class StoreURI:
+    """A parsed ``s3://bucket/key`` or ``file:///path`` (for ``file`` the key is the absolute path)."""
+
+    scheme: str
+    bucket: str
+    key: str
+
+
+class ArtifactStore(Protocol):
+    """What flows and tasks rely on; ``S3Store`` and ``LocalStore`` both provide it."""
+
+    def uri(self, key: str) -> str: ...
+    def put_file(self, local_path: str | Path, key: str, on_progress: Progress = silent) -> ArtifactRef: ...
+    def put_tree(self, local_dir: str | Path, key_prefix: str, on_progress: Progress = silent) -> list[ArtifactRef]: ...
+    def get_file(self, ref_or_uri: ArtifactRef | str, dest: str | Path | None = None, on_progress: Progress = silent) -> Path: ...
+    def get_tree(self, uri_prefix: str, dest: str | Path, on_progress: Progress = silent) -> Path: ...
+    def exists(self, key_or_uri: str) -> bool: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def put_json(self, obj: Any, key: str) -> ArtifactRef: ...
+    def get_json(self, ref_or_uri: ArtifactRef | str) -> Any: ...
+    def write_manifest(self, refs: list[ArtifactRef], key: str) -> ArtifactRef: ...
+    def read_manifest(self, ref_or_uri: ArtifactRef | str) -> dict[str, ArtifactRef]: ...
+
+
+# ---------------------------------------------------------------- keys and URIs
+
+
+def validate_key(key: str, what: str = "key") -> str:
+    """Return ``key`` if it is a safe relative object key, else raise ``UserError`` naming it."""
+    if not isinstance(key, str) or not key:
+        raise UserError(f"empty {what}")
+    problem = _key_problem(key)
+    if problem:
+        raise UserError(f"invalid {what} {key!r}: {problem}")
+    return key
+
+
+def _key_problem(key: str) -> str | None:
+    if _CONTROL.search(key):
+        return "control characters are not allowed"
+    if "\\" in key:
+        return "backslashes are not allowed (use /)"
+    if key.startswith("/") or re.match(r"^[A-Za-z]:", key):
+        return "must be relative, not an absolute path"
+    if len(key.encode("utf-8")) > 1024:
+        return "longer than 1024 bytes"
+    segments = key.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        return "empty, '.' and '..' path segments are not allowed"
+    if segments[0].startswith(".kinship"):
+        return "names starting with .kinship are reserved"
+    return None
+
+
+def validate_prefix(prefix: str, what: str = "prefix") -> str:
+    """Like ``validate_key`` but allows an empty prefix and drops one trailing slash."""
+    prefix = (prefix or "").removesuffix("/")
+    return validate_key(prefix, what) if prefix else ""
+
+
+def validate_bucket(bucket: str) -> str:
+    """Return ``bucket`` if it is a valid S3 bucket name, else raise ``UserError``."""
+    if not _BUCKET.match(bucket or "") or ".." in bucket:
+        raise UserError(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, '.' or '-'")
+    return bucket
+
+
+def join_key(*parts: str) -> str:
+    """Join key parts with '/', ignoring empty ones, and validate the result."""
+    return validate_key("/".join(part.strip("/") for part in parts if part and part.strip("/")))
+
+
+def parse_uri(uri: str, allow_empty_key: bool = False) -> StoreURI:
+    """Parse and validate ``s3://bucket/key`` or ``file:///absolute/path``; raise ``UserError`` otherwise."""
+    if not isinstance(uri, str) or "://" not in uri:
+        raise UserError(f"not a store URI: {uri!r} (expected s3://bucket/key or file:///path)")
+    if _CONTROL.search(uri):
+        raise UserError(f"invalid URI {uri!r}: control characters are not allowed")
+    parts = urlsplit(uri)
+    if parts.query or parts.fragment:
+        raise UserError(f"invalid URI {uri!r}: no query or fragment allowed")
+    if parts.scheme == "s3":
+        key = parts.path.lstrip("/")
+        key = validate_prefix(key, "key") if allow_empty_key else validate_key(key.removesuffix("/") or "", "key")
+        return StoreURI("s3", validate_bucket(parts.netloc), key)
+    if parts.scheme == "file":
+        return StoreURI("file", "", _file_path(uri, parts.netloc, parts.path))
+    raise UserError(f"unsupported URI scheme in {uri!r}: use s3:// or file://")
+
+
+def _file_path(uri: str, netloc: str, path: str) -> str:
+    path = unquote(path)
+    if netloc not in ("", "localhost") or not path.startswith("/"):
+        raise UserError(f"invalid URI {uri!r}: file URIs need an absolute local path (file:///...)")
+    if any(segment in (".", "..") for segment in path.split("/")) or "\\" in path or _CONTROL.search(path):
+        raise UserError(f"invalid URI {uri!r}: '.', '..', backslashes and control characters are not allowed")
+    return path.rstrip("/") or "/"
+
+
+def file_digest(path: str | Path) -> tuple[str, int]:
+    """sha256 hex digest and size in bytes of a local file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(4 * MiB):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _check_ref(ref: ArtifactRef, what: str) -> ArtifactRef:
+    if not _HEX64.match(ref.sha256) or ref.size < 0:
+        raise UserError(f"{what}: malformed record for {ref.uri} (sha256 must be 64 hex digits, size >= 0)")
+    return ref
+
+
+def _temp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:12]}")
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _copy_atomic(source: Path, dest: Path) -> Path:
+    """Copy ``source`` to ``dest`` through a temporary name, so ``dest`` is either absent or complete."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_sibling(dest)
+    try:
+        shutil.copyfile(source, temp)
+        os.replace(temp, dest)
+    finally:
+        _unlink_quietly(temp)
+    return dest
+
+
+def _write_bytes_atomic(data: bytes, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_sibling(dest)
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, dest)
+    finally:
+        _unlink_quietly(temp)
+
+
+# ---------------------------------------------------------------- the cache
+
+
+class HashCache:
+    """Verified files under ``scratch/cache/sha256/ab/abcdef...``: the name is the content's digest."""
+
+    def __init__(self, scratch: Path):
+        self.root = Path(scratch) / "cache" / "sha256"
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def lookup(self, ref: ArtifactRef) -> Path | None:
+        """The cached copy of ``ref``'s content, re-hashed so a damaged cache entry is dropped, not served."""
+        path = self.path(ref.sha256)
+        if not path.is_file():
+            return None
+        if file_digest(path) == (ref.sha256, ref.size):
+            return path
+        _unlink_quietly(path)  # damaged: fetch again rather than serve it
+        return None
+
+    def fill(self, ref: ArtifactRef, fetch: Callable[[Path], None]) -> Path:
+        """Fetch into a temporary file, verify it against ``ref``, then move it into the cache."""
+        final = self.path(ref.sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = _temp_sibling(final)
+        try:
+            fetch(temp)
+            verify_file(temp, ref)
+            temp.chmod(0o444)  # cached content is shared by every later read; nobody should edit it
+            os.replace(temp, final)
+        finally:
+            _unlink_quietly(temp)
+        return final
+
+
+def verify_file(path: Path, ref: ArtifactRef) -> None:
+    """Raise ``IntegrityError`` unless ``path`` has exactly ``ref``'s size and sha256."""
+    size = path.stat().st_size if path.exists() else -1
+    if size != ref.size:
+        raise IntegrityError(f"{ref.uri}: size mismatch (expected {ref.size} bytes, got {size}); nothing was kept")
+    sha256, _ = file_digest(path)
+    if sha256 != ref.sha256:
+        raise IntegrityError(
+            f"{ref.uri}: sha256 mismatch (expected {ref.sha256[:16]}..., got {sha256[:16]}...); nothing was kept"
+        )
+
+
+# ---------------------------------------------------------------- shared behaviour
+
+
+class _BaseStore:
+    """Everything that does not depend on where bytes live; subclasses provide the ``_``-primitives."""
+
+    settings: StoreSettings
+    scheme: str
+
+    def __init__(self, settings: StoreSettings):
+        self.settings = settings
+        self.cache = HashCache(settings.scratch)
+
+    prefix: str = ""
+
+    # primitives -------------------------------------------------------
+    def _object_uri(self, full_key: str) -> str:
+        """URI of ``full_key`` (prefix included; empty for the store's root)."""
+        raise NotImplementedError
+
+    def _full_key(self, key: str) -> str:
+        return "/".join(part for part in (self.prefix, key) if part)
+
+    def uri(self, key: str) -> str:
+        """The URI of the object at ``key`` (relative to this store's root)."""
+        return self._object_uri(self._full_key(validate_key(key)))
+
+    def _location(self, key: str) -> StoreURI:
+        return parse_uri(self.uri(key))
+
+    def _upload_file(self, path: Path, loc: StoreURI, sha256: str, size: int, on_bytes: Callable[[int], None]) -> None:
+        raise NotImplementedError
+
+    def _upload_bytes(self, data: bytes, loc: StoreURI, sha256: str) -> None:
+        raise NotImplementedError
+
+    def _download(self, loc: StoreURI, dest: Path, on_bytes: Callable[[int], None]) -> None:
+        raise NotImplementedError
+
+    def _read_bytes(self, loc: StoreURI) -> tuple[bytes, str | None]:
+        raise NotImplementedError
+
+    def _stat(self, loc: StoreURI) -> tuple[int, str | None] | None:
+        raise NotImplementedError
+
+    def _sizes(self, prefix: str) -> dict[str, int]:
+        raise NotImplementedError
+
+    # addressing -------------------------------------------------------
+    def _to_location(self, key_or_uri: str, allow_empty_key: bool = False) -> StoreURI:
+        if "://" in key_or_uri:
+            loc = parse_uri(key_or_uri, allow_empty_key)
+        elif allow_empty_key:
+            loc = parse_uri(self._object_uri(self._full_key(validate_prefix(key_or_uri))), allow_empty_key=True)
+        else:
+            loc = parse_uri(self.uri(key_or_uri))
+        if loc.scheme != self.scheme:
+            raise UserError(f"{key_or_uri!r} is not a {self.scheme}:// location; open it with store_from_uri")
+        return loc
+
+    def _resolve(self, ref_or_uri: ArtifactRef | str) -> ArtifactRef:
+        """An ``ArtifactRef`` as is; a URI or key becomes one from the digest recorded at upload."""
+        if isinstance(ref_or_uri, ArtifactRef):
+            self._to_location(ref_or_uri.uri)
+            return _check_ref(ref_or_uri, "get")
+        loc = self._to_location(ref_or_uri)
+        uri = self._uri_of(loc)
+        stat = self._stat(loc)
+        if stat is None:
+            raise ArtifactNotFound(f"no object at {uri}")
+        size, sha256 = stat
+        if not sha256 or not _HEX64.match(sha256):
+            raise IntegrityError(f"{uri}: no sha256 recorded for this object; fetch it through its ArtifactRef or manifest")
+        return ArtifactRef(uri=uri, key=loc.key, sha256=sha256, size=size)
+
+    def _uri_of(self, loc: StoreURI) -> str:
+        return f"s3://{loc.bucket}/{loc.key}" if loc.scheme == "s3" else Path(loc.key).as_uri()
+
+    # public API -------------------------------------------------------
+    def put_file(self, local_path: str | Path, key: str, on_progress: Progress = silent) -> ArtifactRef:
+        """Upload one file under ``key`` (relative to this store's root) and return its ref."""
+        path = Path(local_path)
+        if not path.is_file():
+            raise UserError(f"not a file: {path}")
+        key = validate_key(key)
+        sha256, size = file_digest(path)
+        loc = self._location(key)
+        done = [0]
+
+        def on_bytes(count: int) -> None:
+            done[0] += count
+            on_progress(ProgressEvent(f"upload {path.name}", done[0], size))
+
+        self._upload_file(path, loc, sha256, size, on_bytes)
+        return ArtifactRef(uri=self.uri(key), key=key, sha256=sha256, size=size)
+
+    def get_file(self, ref_or_uri: ArtifactRef | str, dest: str | Path | None = None, on_progress: Progress = silent) -> Path:
+        """Verified local copy of an object: the cache path, or ``dest`` (a file path, or a folder: existing or ending in /).
+
+        Raises ``IntegrityError`` on any size/sha256 mismatch, leaving nothing at ``dest``.
+        """
+        ref = self._resolve(ref_or_uri)
+        cached = self.cache.lookup(ref)
+        if cached is None:
+            loc = self._to_location(ref.uri)
+            done = [0]
+
+            def on_bytes(count: int) -> None:
+                done[0] += count
+                on_progress(ProgressEvent(f"download {Path(loc.key).name}", done[0], ref.size))
+
+            cached = self.cache.fill(ref, lambda temp: self._download(loc, temp, on_bytes))
+        if dest is None:
+            return cached
+        wants_folder = str(dest).endswith(("/", os.sep))
+        dest = Path(dest)
+        if wants_folder or dest.is_dir():
+            dest = dest / Path(ref.key).name
+        return _copy_atomic(cached, dest)
+
+    def exists(self, key_or_uri: str) -> bool:
+        """Whether an object exists at the key (relative to this store) or URI."""
+        return self._stat(self._to_location(key_or_uri)) is not None
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys (relative to this store's root) under the folder-like ``prefix``."""
+        return sorted(self._sizes(validate_prefix(prefix)))
+
+    def put_json(self, obj: Any, key: str) -> ArtifactRef:
+        """Store a small JSON document atomically (e.g. the champion pointer)."""
+        key = validate_key(key)
+        data = _json_bytes(obj)
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._upload_bytes(data, self._location(key), sha256)
+        return ArtifactRef(uri=self.uri(key), key=key, sha256=sha256, size=len(data))
+
+    def get_json(self, ref_or_uri: ArtifactRef | str) -> Any:
+        """Read a JSON document, verified against the ref, or else against the digest recorded with it."""
+        target = ref_or_uri.uri if isinstance(ref_or_uri, ArtifactRef) else ref_or_uri
+        loc = self._to_location(target)
+        uri = self._uri_of(loc)
+        data, recorded = self._read_bytes(loc)  # one read: content and record come from the same version
+        expected = _check_ref(ref_or_uri, "get_json") if isinstance(ref_or_uri, ArtifactRef) else None
+        sha256 = hashlib.sha256(data).hexdigest()
+        want = expected.sha256 if expected else recorded
+        if not want:
+            raise IntegrityError(f"{uri}: no sha256 recorded for this object; read it through its ArtifactRef")
+        if sha256 != want or (expected and expected.size != len(data)):
+            raise IntegrityError(f"{uri}: sha256 mismatch (expected {want[:16]}..., got {sha256[:16]}...)")
+        try:
+            return json.loads(data)
+        except ValueError as error:
+            raise UserError(f"{uri}: not valid JSON ({error})") from None
+
+    def write_manifest(self, refs: list[ArtifactRef], key: str) -> ArtifactRef:
+        """Store ``{key: {sha256, size, uri}}`` for ``refs`` as JSON under ``key``."""
+        return self.put_json(_manifest_entries(refs), key)
+
+    def read_manifest(self, ref_or_uri: ArtifactRef | str) -> dict[str, ArtifactRef]:
+        """Read a manifest written by ``write_manifest``/``put_tree``: key -> ``ArtifactRef``."""
+        data = self.get_json(ref_or_uri)
+        name = ref_or_uri.uri if isinstance(ref_or_uri, ArtifactRef) else ref_or_uri
+        if not isinstance(data, dict):
+            raise UserError(f"{name}: not a manifest (expected a JSON object)")
+        try:
+            refs = {validate_key(k): ArtifactRef.from_dict({"key": k, **v}) for k, v in data.items()}
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{name}: malformed manifest entry ({error})") from None
+        for ref in refs.values():
+            _check_ref(ref, name)
+            parse_uri(ref.uri)
+        return refs
+
+    def put_tree(self, local_dir: str | Path, key_prefix: str, on_progress: Progress = silent) -> list[ArtifactRef]:
+        """Upload every file under ``local_dir`` below ``key_prefix``, then the manifest, last.
+
+        Idempotent: files whose object already has the same size and sha256 are not sent again. The final
+        progress event carries ``uploaded``, ``skipped`` and ``bytes`` counts.
+        """
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise UserError(f"not a folder: {root}")
+        prefix = validate_prefix(key_prefix)
+        files = _tree_files(root, prefix)
+        if not files:
+            raise UserError(f"no files to upload in {root}")
+        known = self._known_digests(prefix)
+        refs, counts = self._upload_all(files, known, on_progress)
+        self.write_manifest(refs, join_key(prefix, MANIFEST_NAME))
+        on_progress(ProgressEvent("push", len(files), len(files), dict(counts)))
+        return refs
+
+    def _known_digests(self, prefix: str) -> dict[str, tuple[int, str | None]]:
+        """Objects already under ``prefix``: size plus the sha256 from the previous manifest, if any."""
+        sizes = self._sizes(prefix)
+        manifest_key = join_key(prefix, MANIFEST_NAME)
+        previous: dict[str, ArtifactRef] = {}
+        if manifest_key in sizes:
+            try:
+                previous = self.read_manifest(manifest_key)
+            except UserError:
+                previous = {}  # a damaged old manifest only costs us re-checking each object
+        return {key: (size, previous[key].sha256 if key in previous else None) for key, size in sizes.items()}
+
+    def _upload_all(self, files: list[tuple[Path, str]], known: dict, on_progress: Progress) -> tuple[list[ArtifactRef], dict]:
+        counts = {"uploaded": 0, "skipped": 0, "bytes": 0}
+        refs: list[ArtifactRef] = []
+        workers = max(1, min(self.settings.max_workers, len(files)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(self._upload_if_changed, path, key, known.get(key)) for path, key in files]
+            for done, future in enumerate(as_completed(futures), start=1):
+                ref, sent = future.result()
+                refs.append(ref)
+                counts["uploaded" if sent else "skipped"] += 1
+                counts["bytes"] += ref.size if sent else 0
+                on_progress(ProgressEvent("push", done, len(files), dict(counts)))
+        return sorted(refs, key=lambda ref: ref.key), counts
+
+    def _upload_if_changed(self, path: Path, key: str, known: tuple[int, str | None] | None) -> tuple[ArtifactRef, bool]:
+        sha256, size = file_digest(path)
+        ref = ArtifactRef(uri=self.uri(key), key=key, sha256=sha256, size=size)
+        if known is not None and known[0] == size:
+            recorded = known[1]
+            if recorded is None:  # no manifest entry (an interrupted push): ask the object itself
+                stat = self._stat(self._location(key))
+                recorded = stat[1] if stat else None
+            if recorded == sha256:
+                return ref, False
+        self._upload_file(path, self._location(key), sha256, size, lambda count: None)
+        return ref, True
+
+    def get_tree(self, uri_prefix: str, dest: str | Path, on_progress: Progress = silent) -> Path:
+        """Download the data set at ``uri_prefix`` (its manifest names every file) into the folder ``dest``.
+
+        The tree is assembled under a temporary name and renamed into place only when every file is verified.
+        A ``dest`` already holding the same manifest is returned untouched.
+        """
+        prefix_loc = self._to_location(uri_prefix, allow_empty_key=True)
+        manifest_loc = _child(prefix_loc, MANIFEST_NAME)
+        if self._stat(manifest_loc) is None:
+            raise ArtifactNotFound(f"no data set at {uri_prefix}: {MANIFEST_NAME} is missing (interrupted push?)")
+        manifest = self.read_manifest(self._uri_of(manifest_loc))
+        manifest_bytes = _json_bytes(_manifest_entries(manifest.values()))
+        dest = Path(dest)
+        if (dest / MANIFEST_NAME).is_file() and (dest / MANIFEST_NAME).read_bytes() == manifest_bytes:
+            return dest
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise UserError(f"destination {dest} exists and is not an empty folder")
+        return self._assemble_tree(prefix_loc, manifest, manifest_bytes, dest, on_progress)
+
+    def _assemble_tree(self, prefix_loc: StoreURI, manifest: dict[str, ArtifactRef], manifest_bytes: bytes, dest: Path, on_progress: Progress) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temp = _temp_sibling(dest)
+        targets = [(ref, temp / _relative_key(parse_uri(ref.uri), prefix_loc)) for ref in manifest.values()]
+        workers = max(1, min(self.settings.max_workers, len(targets)))
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(self.get_file, ref, target) for ref, target in targets]
+                for done, future in enumerate(as_completed(futures), start=1):
+                    future.result()
+                    on_progress(ProgressEvent("fetch", done, len(targets)))
+            (temp / MANIFEST_NAME).write_bytes(manifest_bytes)
+            if dest.exists():
+                dest.rmdir()
+            os.replace(temp, dest)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        return dest
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _manifest_entries(refs: Any) -> dict:
+    return {ref.key: {"sha256": ref.sha256, "size": ref.size, "uri": ref.uri} for ref in refs}
+
+
+def _child(loc: StoreURI, name: str) -> StoreURI:
+    """``loc`` one level down; works for S3 keys and absolute file paths alike."""
+    return replace(loc, key=f"{loc.key.rstrip('/')}/{name}" if loc.key else name)
+
+
+def _relative_key(loc: StoreURI, prefix: StoreURI) -> str:
+    """The part of ``loc`` below ``prefix``; a manifest entry outside its data set is refused."""
+    if (loc.scheme, loc.bucket) != (prefix.scheme, prefix.bucket):
+        raise UserError(f"manifest entry {loc.key} lies outside the data set {prefix.key}")
+    base = prefix.key.rstrip("/")
+    if base and base != "/" and not loc.key.startswith(base + "/"):
+        raise UserError(f"manifest entry {loc.key} lies outside the data set {prefix.key}")
+    relative = loc.key[len(base) + 1 :] if base and base != "/" else loc.key.lstrip("/")
+    return validate_key(relative, "manifest entry")
+
+
+def _tree_files(root: Path, prefix: str) -> list[tuple[Path, str]]:
+    """(file, key) for every regular file below ``root``; a top-level manifest from ``get_tree`` is skipped."""
+    files = []
+    for directory, _dirs, names in os.walk(root):
+        for name in sorted(names):
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            if relative == MANIFEST_NAME or not path.is_file():
+                continue
+            files.append((path, join_key(prefix, validate_key(relative, f"file name in {root}"))))
+    return sorted(files, key=lambda item: item[1])
+
+
+# ---------------------------------------------------------------- S3
+
+
+class S3Store(_BaseStore):
+    """Objects in an S3-compatible bucket (AWS, SeaweedFS, MinIO...) under ``settings.prefix``."""
+
+    scheme = "s3"
+
+    def __init__(self, settings: StoreSettings, client: Any = None):
+        if not settings.bucket:
+            raise UserError("no bucket configured: set KINSHIP_BUCKET or use an s3://bucket/... URI")
+        super().__init__(settings)
+        self.bucket = validate_bucket(settings.bucket)
+        self.prefix = validate_prefix(settings.prefix)
+        self.client = client or make_s3_client(settings)
+        self._transfer_config = _transfer_config(settings)
+
+    def __repr__(self) -> str:
+        return f"S3Store(s3://{self.bucket}/{self.prefix}, endpoint={self.settings.endpoint_url or 'aws'})"
+
+    def _object_uri(self, full_key: str) -> str:
+        return f"s3://{self.bucket}/{full_key}"
+
+    def _upload_file(self, path: Path, loc: StoreURI, sha256: str, size: int, on_bytes: Callable[[int], None]) -> None:
+        extra = {"Metadata": {_SHA_META: sha256}}
+        # S3 makes an object visible only when its PUT (or multipart completion) succeeds: never half-written.
+        self._call(f"upload {path} to s3://{loc.bucket}/{loc.key}", lambda: self.client.upload_file(
+            str(path), loc.bucket, loc.key, ExtraArgs=extra, Config=self._transfer_config, Callback=on_bytes))
+
+    def _upload_bytes(self, data: bytes, loc: StoreURI, sha256: str) -> None:
+        self._call(f"write s3://{loc.bucket}/{loc.key}", lambda: self.client.put_object(
+            Bucket=loc.bucket, Key=loc.key, Body=data, Metadata={_SHA_META: sha256}, ContentType="application/json"))
+
+    def _download(self, loc: StoreURI, dest: Path, on_bytes: Callable[[int], None]) -> None:
+        def attempt() -> None:
+            _unlink_quietly(dest)
+            self.client.download_file(loc.bucket, loc.key, str(dest), Config=self._transfer_config, Callback=on_bytes)
+
+        self._call(f"download s3://{loc.bucket}/{loc.key}", attempt)
+
+    def _read_bytes(self, loc: StoreURI) -> tuple[bytes, str | None]:
+        def attempt() -> tuple[bytes, str | None]:
+            response = self.client.get_object(Bucket=loc.bucket, Key=loc.key)
+            if response.get("ContentLength", 0) > _JSON_LIMIT:
+                raise UserError(f"s3://{loc.bucket}/{loc.key} is too large to read as JSON")
+            return response["Body"].read(), response.get("Metadata", {}).get(_SHA_META)
+
+        return self._call(f"read s3://{loc.bucket}/{loc.key}", attempt)
+
+    def _stat(self, loc: StoreURI) -> tuple[int, str | None] | None:
+        try:
+            head = self._call(f"stat s3://{loc.bucket}/{loc.key}",
+                              lambda: self.client.head_object(Bucket=loc.bucket, Key=loc.key))
+        except ArtifactNotFound:
+            return None
+        return int(head["ContentLength"]), head.get("Metadata", {}).get(_SHA_META)
+
+    def _sizes(self, prefix: str) -> dict[str, int]:
+        full = self._full_key(prefix)
+        listing_prefix = f"{full}/" if full else ""
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+
+        def attempt() -> dict[str, int]:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=listing_prefix)
+            return {item["Key"][strip:]: int(item["Size"]) for page in pages for item in page.get("Contents", [])}
+
+        return self._call(f"list s3://{self.bucket}/{listing_prefix}", attempt)
+
+    def _call(self, what: str, action: Callable[[], Any]) -> Any:
+        """Run ``action``, retrying dropped connections with backoff; S3 refusals become one-line errors."""
+        attempts = max(1, self.settings.transfer_attempts)
+        for attempt in range(1, attempts + 1):
+            with _s3_errors(what, self.settings.endpoint_url):
+                try:
+                    return action()
+                except _transient_errors() as error:
+                    if attempt == attempts:
+                        raise StoreAccessError(f"{what}: store unreachable after {attempts} attempts ({error})") from None
+            delay = self.settings.retry_base_delay * 2 ** (attempt - 1)
+            time.sleep(delay * (0.5 + random.random()))  # jitter, so parallel uploads do not retry in lockstep
+        raise AssertionError("unreachable")
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    from boto3.exceptions import RetriesExceededError
+    from botocore.exceptions import ConnectionError, HTTPClientError, IncompleteReadError
+    from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceeded
+
+    return (ConnectionError, HTTPClientError, IncompleteReadError, RetriesExceededError, TransferRetriesExceeded)
+
+
+@contextmanager
+def _s3_errors(what: str, endpoint: str | None) -> Iterator[None]:
+    """Turn S3's refusals into ``UserError``s that name the object and say what to check."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError):
+        raise StoreAccessError(f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)") from None
+    except (ClientError, S3UploadFailedError) as error:
+        client_error = error if isinstance(error, ClientError) else error.__context__
+        if not isinstance(client_error, ClientError):
+            raise
+        raise _translate_client_error(client_error, what, endpoint) from None
+
+
+def _translate_client_error(error: Any, what: str, endpoint: str | None) -> Exception:
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in ("404", "NoSuchKey", "NotFound"):
+        return ArtifactNotFound(f"{what}: no such object")
+    if code == "NoSuchBucket":
+        return StoreAccessError(f"{what}: the bucket does not exist at {endpoint or 'AWS'}")
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403") or status == 403:
+        return StoreAccessError(f"{what}: access denied ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    return StoreAccessError(f"{what}: {code or status} {error.response.get('Error', {}).get('Message', '')}".rstrip())
+
+
+def make_s3_client(settings: StoreSettings) -> Any:
+    """A boto3 S3 client for ``settings``: botocore retries, timeouts, path-style addressing for custom endpoints."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        region_name=settings.region,
+        retries={"max_attempts": settings.max_attempts, "mode": settings.retry_mode},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_pool_connections=max(10, settings.max_workers * 4),
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        signature_version="s3v4",
+    )
+    return boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, config=config)
+
+
+def _transfer_config(settings: StoreSettings) -> Any:
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=settings.multipart_threshold,
+        multipart_chunksize=settings.multipart_chunksize,
+        max_concurrency=4,
+        use_threads=True,
+    )
+
+
+# ---------------------------------------------------------------- local folder
+
+
+class LocalStore(_BaseStore):
+    """Objects as plain files under ``root``; digests recorded under ``root/.kinship-meta``."""
+
+    scheme = "file"
+
+    def __init__(self, root: str | Path, settings: StoreSettings | None = None):
+        super().__init__(settings or StoreSettings.from_env())
+        self.root = Path(root).expanduser().resolve()
+        self.prefix = validate_prefix(self.settings.prefix)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.root})"
+
+    def _object_uri(self, full_key: str) -> str:
+        return (self.root / full_key if full_key else self.root).as_uri()
+
+    def _meta_path(self, path: Path) -> Path | None:
+        try:
+            relative = path.relative_to(self.root)
+        except ValueError:
+            return None  # a file outside this store's root has no record here
+        return self.root / _LOCAL_META_DIR / f"{relative.as_posix()}.json"
+
+    def _write_meta(self, path: Path, sha256: str, size: int) -> None:
+        meta = self._meta_path(path)
+        if meta is not None:
+            _write_bytes_atomic(json.dumps({"sha256": sha256, "size": size}).encode(), meta)
+
+    def _upload_file(self, path: Path, loc: StoreURI, sha256: str, size: int, on_bytes: Callable[[int], None]) -> None:
+        target = Path(loc.key)
+        _copy_atomic(path, target)
+        self._write_meta(target, sha256, size)
+        on_bytes(size)
+
+    def _upload_bytes(self, data: bytes, loc: StoreURI, sha256: str) -> None:
+        target = Path(loc.key)
+        _write_bytes_atomic(data, target)
+        self._write_meta(target, sha256, len(data))
+
+    def _download(self, loc: StoreURI, dest: Path, on_bytes: Callable[[int], None]) -> None:
+        source = Path(loc.key)
+        if not source.is_file():
+            raise ArtifactNotFound(f"no object at {source.as_uri()}")
+        shutil.copyfile(source, dest)
+        on_bytes(dest.stat().st_size)
+
+    def _read_bytes(self, loc: StoreURI) -> tuple[bytes, str | None]:
+        source = Path(loc.key)
+        if not source.is_file():
+            raise ArtifactNotFound(f"no object at {source.as_uri()}")
+        stat = self._stat(loc)
+        return source.read_bytes(), stat[1] if stat else None
+
+    def _stat(self, loc: StoreURI) -> tuple[int, str | None] | None:
+        path = Path(loc.key)
+        if not path.is_file():
+            return None
+        meta = self._meta_path(path)
+        try:
+            recorded = json.loads(meta.read_text())["sha256"] if meta else None
+        except (OSError, ValueError, KeyError):
+            recorded = None
+        return path.stat().st_size, recorded
+
+    def _sizes(self, prefix: str) -> dict[str, int]:
+        full = self._full_key(prefix)
+        base = self.root / full if full else self.root
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        sizes = {}
+        for directory, dirs, names in os.walk(base):
+            dirs[:] = [d for d in dirs if not (Path(directory) == self.root and d == _LOCAL_META_DIR)]
+            for name in names:
+                path = Path(directory) / name
+                if ".partial-" not in name and path.is_file():
+                    sizes[path.relative_to(self.root).as_posix()[strip:]] = path.stat().st_size
+        return sizes
+
+
+# ---------------------------------------------------------------- choosing a store
+
+
+def store_from_settings(settings: StoreSettings | None = None) -> ArtifactStore:
+    """``S3Store`` when a bucket is configured, else a ``LocalStore`` in ``scratch/store`` (in-process mode)."""
+    settings = settings or StoreSettings.from_env()
+    if settings.bucket:
+        return S3Store(settings)
+    return LocalStore(settings.scratch / "store", settings)
+
+
+def store_from_uri(uri: str, settings: StoreSettings | None = None) -> ArtifactStore:
+    """A store rooted at ``uri`` (``s3://bucket/prefix`` or ``file:///folder``); endpoint etc. from ``settings``."""
+    settings = settings or StoreSettings.from_env()
+    loc = parse_uri(uri, allow_empty_key=True)
+    if loc.scheme == "s3":
+        return S3Store(replace(settings, bucket=loc.bucket, prefix=loc.key))
+    return LocalStore(Path(loc.key), replace(settings, prefix=""))

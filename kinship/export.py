@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -57,6 +58,8 @@ class ExportCheck:
 
 
 def _export_one(module, args: tuple, path: Path, input_names: list[str], output_name: str) -> None:
+    # The exporter warns once per missing torchvision op; we use none of them.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic = {name: {0: batch} for name in input_names}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -157,7 +160,7 @@ def check_against_torch(model, files: ExportedModels, img0_uint8: np.ndarray, im
     checks = []
     for name, path in zip(("pair", "encoder", "head"), files.all()):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        checks.append(_compare(f"{path.name}", expected[name], session.run(None, feeds[name])[0]))
+        checks.append(_compare(name, expected[name], session.run(None, feeds[name])[0]))
     return checks
 
 
@@ -173,12 +176,15 @@ def export_checkpoint(checkpoint: Path, out: Path, img0_uint8: np.ndarray, img1_
     final = companion_paths(out)
     partial = ExportedModels(*(p.with_name(f".{p.name}.partial") for p in final.all()))
     out.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(2, 3, size, size)
-    embedding = model.encoder(dummy).detach()
+    # Two distinct example tensors per model: passing one tensor twice lets the tracer treat both
+    # inputs as the same value and fold them together (x0**2 - x1**2 became 0 in an early export).
+    img0, img1 = torch.randn(2, 3, size, size), torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        emb0, emb1 = model.encoder(img0).clone(), model.encoder(img1).clone()
     try:
-        _export_one(model, (dummy, dummy), partial.pair, ["img0", "img1"], "logit")
-        _export_one(_EncoderOnly(model).eval(), (dummy,), partial.encoder, ["image"], "embedding")
-        _export_one(_HeadOnly(model).eval(), (embedding, embedding), partial.head, ["emb0", "emb1"], "logit")
+        _export_one(model, (img0, img1), partial.pair, ["img0", "img1"], "logit")
+        _export_one(_EncoderOnly(model).eval(), (img0,), partial.encoder, ["image"], "embedding")
+        _export_one(_HeadOnly(model).eval(), (emb0, emb1), partial.head, ["emb0", "emb1"], "logit")
         for part, path in zip(("pair", "encoder", "head"), partial.all()):
             _stamp(path, metadata_for(metadata, size, part))
         checks = check_against_torch(model, partial, img0_uint8, img1_uint8)

@@ -212,7 +212,7 @@ class WarmupCosine:
         if self.step_count < self.warmup:
             return self.peak_lr * (self.step_count + 1) / self.warmup
         progress = min(1.0, (self.step_count - self.warmup) / max(1, self.total_steps - self.warmup))
-        return self.peak_lr * 0.5 * (1.0 + np.cos(np.pi * progress))
+        return float(self.peak_lr * 0.5 * (1.0 + np.cos(np.pi * progress)))
 
     def step(self) -> None:
         self.step_count += 1

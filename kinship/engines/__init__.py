@@ -1,0 +1,23 @@
+"""Inference engines built from the exported ONNX model: ONNX Runtime (CPU) and TensorRT (NVIDIA GPU).
+
+``base`` holds the shared vocabulary (precisions, backends, ``Engine``, ``build_engine``,
+``load_engine``); each backend module imports its runtime lazily, so importing this package never
+needs TensorRT or a GPU.
+"""
+
+from kinship.engines.base import (
+    BACKENDS,
+    PRECISIONS,
+    VARIANTS,
+    BuiltEngine,
+    Engine,
+    EngineOptions,
+    PhaseTimes,
+    build_engine,
+    load_engine,
+)
+
+__all__ = [
+    "BACKENDS", "PRECISIONS", "VARIANTS", "BuiltEngine", "Engine", "EngineOptions", "PhaseTimes",
+    "build_engine", "load_engine",
+]

@@ -1,0 +1,241 @@
+"""What every inference engine offers, how one is built and loaded, and the engine folder format.
+
+An engine is a folder ``<out>/<backend>-<variant>/`` holding the pair model, its encoder and head
+companions (so a test set can embed each unique image once) and ``engine.json``, the sidecar that
+says which backend runs the files, at which precision, and how they were built. A folder is built
+under a temporary name and renamed when complete, so a failed build never leaves anything that
+looks like an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from kinship.errors import UserError
+
+PRECISIONS = ("fp32", "tf32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt")
+# Build variants: a precision, plus "int8-qdq" for TensorRT's explicit (Q/DQ model) INT8 path, the one
+# TensorRT 11 keeps; plain "int8" on TensorRT is implicit INT8 through a calibrator.
+VARIANTS = PRECISIONS + ("int8-qdq",)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+PARTS = ("pair", "encoder", "head")
+SIDECAR = "engine.json"
+SIDECAR_FORMAT = "kinship-engine/1"
+ENGINE_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+STATUS_BUILT = "built"
+STATUS_NOT_APPLICABLE = "not applicable"
+STATUS_FAILED = "failed"
+
+
+@dataclass
+class PhaseTimes:
+    """Where one inference call's time went, in milliseconds; None where the backend cannot tell."""
+
+    h2d_ms: float | None
+    compute_ms: float
+    d2h_ms: float | None
+    enqueue_ms: float | None
+
+
+class Engine(Protocol):
+    backend: str
+    precision: str
+    path: Path
+    image_size: int
+
+    def run_pairs(self, img0: np.ndarray, img1: np.ndarray) -> np.ndarray:
+        """Normalised NCHW float32 pairs -> logits float32 ``[B]``."""
+        ...
+
+    def run_pairs_timed(self, img0: np.ndarray, img1: np.ndarray) -> tuple[np.ndarray, PhaseTimes]: ...
+
+    def embed(self, images: np.ndarray) -> np.ndarray | None: ...
+
+    def head(self, emb0: np.ndarray, emb1: np.ndarray) -> np.ndarray | None: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How engines are built. Batch sizes are pairs; the profile covers both inputs of the pair model."""
+
+    min_batch: int = 1
+    opt_batch: int = 64
+    max_batch: int = 1024
+    workspace_mib: int = 2048
+    calibration_method: str = "minmax"
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default
+    reduce_range: bool | None = None  # ORT CPU INT8: None = decide from the CPU (no VNNI -> reduce)
+    companions: bool = True  # also build encoder and head engines
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise UserError(
+                f"batch profile must satisfy 1 <= min <= opt <= max, got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
+            )
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise UserError(
+                f"unknown calibration method {self.calibration_method!r}: choose one of {', '.join(CALIBRATION_METHODS)}"
+            )
+
+
+@dataclass
+class BuiltEngine:
+    """One build's outcome. ``path`` is the pair engine (None when not applicable)."""
+
+    backend: str
+    variant: str
+    precision: str
+    path: Path | None
+    size_bytes: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    status: str = STATUS_BUILT
+    parts: dict[str, Path] = field(default_factory=dict)  # part -> file (pair, encoder, head)
+    part_bytes: dict[str, int] = field(default_factory=dict)
+    size_explanation: dict = field(default_factory=dict)  # INT8: tensors/layers by precision
+
+    def to_dict(self) -> dict:
+        result = asdict(self)
+        result["path"] = str(self.path) if self.path else None
+        result["parts"] = {k: str(v) for k, v in self.parts.items()}
+        return result
+
+
+def precision_of(variant: str) -> str:
+    """The numeric precision of a build variant (``int8-qdq`` -> ``int8``)."""
+    return "int8" if variant.startswith("int8") else variant
+
+
+def parse_variants(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"fp32,fp16,int8"`` -> a de-duplicated tuple in the given order; unknown names are a UserError."""
+    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        raise UserError(f"unknown precision {', '.join(unknown) or '(none given)'!s}: choose from {', '.join(VARIANTS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def check_backend_name(name: str) -> str:
+    """A backend name or ``auto``; anything else is a UserError listing the valid ones."""
+    if name not in BACKENDS + ("auto",):
+        raise UserError(f"unknown backend {name!r}: choose one of auto, {', '.join(BACKENDS)}")
+    return name
+
+
+def resolve_backend(name: str) -> str:
+    """``auto`` -> tensorrt when TensorRT imports and a CUDA device is present, else onnxruntime."""
+    check_backend_name(name)
+    if name != "auto":
+        return name
+    from kinship.engines.tensorrt_backend import tensorrt_unavailable_reason
+
+    return "onnxruntime" if tensorrt_unavailable_reason() else "tensorrt"
+
+
+def variant_dir(out_dir: Path, backend: str, variant: str) -> Path:
+    return Path(out_dir) / f"{backend}-{variant}"
+
+
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; on success it replaces ``final``, on failure it is removed."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    # An earlier build of the same variant goes aside first, so a crash leaves either old or new.
+    previous = final.with_name(f".{final.name}.previous-{os.getpid()}")
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(partial, final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_sidecar(folder: Path, record: dict) -> Path:
+    """Write ``engine.json`` (backend, variant, precision, image size, part files, notes) into ``folder``."""
+    path = Path(folder) / SIDECAR
+    payload = {"format": SIDECAR_FORMAT, **record}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def read_sidecar(engine_path: Path) -> dict | None:
+    """The sidecar beside ``engine_path`` (or inside it, for a folder), or None when there is none."""
+    engine_path = Path(engine_path)
+    path = engine_path / SIDECAR if engine_path.is_dir() else engine_path.parent / SIDECAR
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is not a readable engine sidecar: {error}") from error
+    if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT:
+        raise UserError(f"{path} is not a kinship engine sidecar (expected format {SIDECAR_FORMAT!r})")
+    return record
+
+
+def load_engine(path: Path) -> Engine:
+    """Open an engine: a ``.onnx`` file (ONNX Runtime), a ``.engine``/``.plan`` file (TensorRT) or an engine folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"engine not found: {path}")
+    sidecar = read_sidecar(path)
+    if path.is_dir():
+        if sidecar is None:
+            raise UserError(f"{path} is a folder without {SIDECAR}: not an engine folder")
+        path = path / sidecar["parts"]["pair"]
+    backend = sidecar["backend"] if sidecar else ENGINE_SUFFIXES.get(path.suffix)
+    if backend == "onnxruntime":
+        from kinship.engines.onnxruntime_backend import OrtEngine
+
+        return OrtEngine.open(path, sidecar)
+    if backend == "tensorrt":
+        from kinship.engines.tensorrt_backend import TensorRTEngine
+
+        return TensorRTEngine.open(path, sidecar)
+    raise UserError(f"{path}: unknown engine type {path.suffix!r} (expected .onnx, .engine or .plan, or an engine folder)")
+
+
+def build_engine(
+    onnx_path: Path,
+    out_dir: Path,
+    precision: str,
+    backend: str,
+    calibration: Path | None,
+    options: EngineOptions = EngineOptions(),
+) -> BuiltEngine:
+    """Build one engine variant of ``onnx_path`` into ``out_dir/<backend>-<precision>/``.
+
+    ``precision`` is a variant name (``fp32``, ``tf32``, ``fp16``, ``int8``, ``int8-qdq``). INT8 needs a
+    calibration file from ``kinship calibrate``. Raises on failure, leaving no engine folder behind.
+    """
+    (variant,) = parse_variants([precision])
+    backend = resolve_backend(backend)
+    if backend == "onnxruntime":
+        from kinship.engines.onnxruntime_backend import build_ort_engine
+
+        return build_ort_engine(Path(onnx_path), Path(out_dir), variant, calibration, options)
+    from kinship.engines.tensorrt_backend import build_trt_engine
+
+    return build_trt_engine(Path(onnx_path), Path(out_dir), variant, calibration, options)
+
+
+def file_sizes(folder: Path, parts: dict[str, str]) -> dict[str, int]:
+    return {part: (Path(folder) / name).stat().st_size for part, name in parts.items()}

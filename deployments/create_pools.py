@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Create (or bring back in line) the three Prefect work pools; safe to run any number of times.
+
+- ``rocm``: training jobs; one at a time, since one job owns the GPU.
+- ``cuda``: engine builds and benchmarks; one at a time for the same reason.
+- ``orchestrator``: the parent flow only, so it never holds the slot its child runs need.
+
+Talks to the server named by ``PREFECT_API_URL`` (and ``PREFECT_API_AUTH_STRING`` when it needs one).
+Usage: ``.venv/bin/python deployments/create_pools.py [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from prefect import get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.workers.process import ProcessWorker
+
+# pool name -> concurrency limit (None: unlimited)
+POOLS: dict[str, int | None] = {"rocm": 1, "cuda": 1, "orchestrator": None}
+
+
+async def ensure_pool(client, name: str, limit: int | None) -> str:
+    """Create ``name`` as a process pool with ``limit``; if it exists, only set the limit (keep its template)."""
+    create = WorkPoolCreate(
+        name=name,
+        type="process",
+        base_job_template=ProcessWorker.get_default_base_job_template(),
+        concurrency_limit=limit,
+        description=f"kinship {name} jobs" + (f", {limit} at a time" if limit else ""),
+    )
+    try:
+        await client.create_work_pool(create)
+        return "created"
+    except ObjectAlreadyExists:
+        existing = await client.read_work_pool(name)
+        if existing.type != "process":
+            raise SystemExit(f"create_pools: pool {name!r} exists with type {existing.type!r}, expected 'process'")
+        if existing.concurrency_limit != limit:
+            await client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
+            return "updated"
+        return "unchanged"
+
+
+async def ensure_pools() -> dict[str, str]:
+    async with get_client() as client:
+        return {name: await ensure_pool(client, name, limit) for name, limit in POOLS.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    results = asyncio.run(ensure_pools())
+    if args.json:
+        print(json.dumps({"pools": {n: {"status": s, "concurrency_limit": POOLS[n]} for n, s in results.items()}}))
+    else:
+        for name, status in results.items():
+            print(f"work pool {name:<12} {status:<9} concurrency limit {POOLS[name] or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,600 @@
+"""The one-machine stack: SeaweedFS S3, a Prefect server on SQLite, and one worker per work pool.
+
+Used by ``infra/local/up`` / ``infra/local/down`` and, for the server launch lines, by ``tests/stack.py``.
+Everything lives in one ignored folder (``.stack/`` at the repo root, or ``KINSHIP_STACK_DIR``): data, logs,
+pids, generated secrets (0600) and an ``env`` file to ``source``. ``down`` stops exactly the processes that
+``up`` recorded (each in its own process group, checked against its command line before any signal).
+
+Runs on the repo's virtualenv python (boto3 is needed for the bucket check); prefect is only run as a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from datetime import datetime
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "kinship"
+REGION = "us-east-1"
+WORKER_POOLS = ("orchestrator", "rocm", "cuda")
+# Preferred ports (SeaweedFS defaults, Prefect's 4200); a busy one is swapped for a free one on first up.
+PREFERRED_PORTS = {
+    "s3": 8333, "s3_grpc": 18333, "master": 9333, "master_grpc": 19333, "volume": 9340, "volume_grpc": 19340,
+    "filer": 8888, "filer_grpc": 18888, "admin": 23646, "admin_grpc": 33646, "prefect": 4200,
+}
+
+
+# ---------------------------------------------------------------- small process tools
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_process(argv: list[str], log_path: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """Start ``argv`` in its own session (so its whole process group can be stopped), output to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=env, cwd=cwd, start_new_session=True)
+
+
+def command_line(pid: int) -> list[str] | None:
+    """The argv of a running process, or None if there is none (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            if stat.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return None
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return [part.decode(errors="replace") for part in cmdline.read().split(b"\0") if part]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    except PermissionError:
+        return None  # not ours
+
+
+def owns(pid: int, argv: list[str]) -> bool:
+    """Whether ``pid`` still runs the command we started (a recycled pid runs something else)."""
+    actual = command_line(pid)
+    tail = argv[1:]  # argv[0] may be rewritten by a shebang (python /path/prefect ...)
+    return actual is not None and actual[-len(tail):] == tail if tail else actual is not None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # only succeeds for our own children; keeps them from lingering as zombies
+    except ChildProcessError:
+        pass
+
+
+def stop_pid(pid: int, argv: list[str], timeout: float = 20.0) -> str:
+    """SIGTERM the process group led by ``pid`` if it still runs ``argv``; SIGKILL after ``timeout`` seconds."""
+    return stop_many([(pid, argv)], timeout)[pid]
+
+
+def stop_many(targets: list[tuple[int, list[str]]], timeout: float = 20.0) -> dict[int, str]:
+    """Stop several process groups at once (TERM, wait, then KILL); only pids still running their argv."""
+    outcome = {pid: "not running" for pid, _ in targets}
+    pending = [pid for pid, argv in targets if owns(pid, argv)]
+    for pid in pending:
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.1)
+        for pid in list(pending):
+            _reap(pid)
+            if command_line(pid) is None and not _group_alive(pid):
+                outcome[pid] = "stopped"
+                pending.remove(pid)
+    for pid in pending:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap(pid)
+        outcome[pid] = "killed"
+    for pid, _ in targets:
+        _reap(pid)
+    return outcome
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float, alive: Callable[[], bool] | None = None,
+               log: Path | None = None) -> float:
+    """Poll ``check`` until it holds; fail fast if ``alive`` says the process died. Returns seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        if alive is not None and not alive():
+            raise RuntimeError(f"{what}: the process exited during startup{_log_tail(log)}")
+        time.sleep(0.25)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s{_log_tail(log)}")
+
+
+def _log_tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    return f"\n--- last lines of {log} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> tuple[int, bytes] | None:
+    """(status, body) of a GET, or None when nothing answers."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------- SeaweedFS
+
+
+@dataclass
+class WeedConfig:
+    """What a ``weed mini`` needs: where its data lives, its ports and the one S3 identity it accepts."""
+
+    weed: Path
+    data_dir: Path
+    ports: dict[str, int]
+    access_key: str
+    secret_key: str
+    jwt_keys: dict[str, str]
+    bucket: str = BUCKET
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+
+def weed_ports(preferred: dict[str, int] | None = None) -> dict[str, int]:
+    """All ports ``weed mini`` listens on: the preferred ones where free, else random free ones."""
+    wanted = preferred or {}
+    names = [n for n in PREFERRED_PORTS if n != "prefect"]
+    chosen: dict[str, int] = {}
+    for name in names:
+        port = wanted.get(name)
+        chosen[name] = port if port and port_is_free(port) and port not in chosen.values() else free_port()
+    return chosen
+
+
+def new_weed_secrets() -> dict[str, object]:
+    return {
+        "access_key": "KINSHIP" + secrets.token_hex(6).upper(),
+        "secret_key": secrets.token_urlsafe(30),
+        "jwt_keys": {name: secrets.token_urlsafe(24) for name in ("signing", "signing_read", "filer", "filer_read")},
+    }
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret-bearing file that only its owner can read (created 0600, never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(temp, 0o600)
+    os.replace(temp, path)
+
+
+def write_weed_config_files(config: WeedConfig) -> Path:
+    """The S3 identities file and ``security.toml`` (read from weed's working folder); returns that folder."""
+    conf_dir = config.data_dir.parent / "conf"
+    identities = {"identities": [{
+        "name": "kinship",
+        "credentials": [{"accessKey": config.access_key, "secretKey": config.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}
+    write_private(conf_dir / "s3.json", json.dumps(identities, indent=2))
+    keys = config.jwt_keys
+    # JWT keys close the master/volume/filer HTTP ports to anyone who bypasses S3 authentication.
+    write_private(conf_dir / "security.toml", "".join(
+        f'[{section}]\nkey = "{keys[name]}"\nexpires_after_seconds = 10\n\n' for section, name in (
+            ("jwt.signing", "signing"), ("jwt.signing.read", "signing_read"),
+            ("jwt.filer_signing", "filer"), ("jwt.filer_signing.read", "filer_read"))))
+    return conf_dir
+
+
+def weed_argv(config: WeedConfig, conf_dir: Path) -> list[str]:
+    """The ``weed mini`` command line: everything bound to 127.0.0.1, credentials required on S3."""
+    p = config.ports
+    data = config.data_dir
+    argv = [
+        str(config.weed), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
+        f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
+        f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
+        f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}", "-admin.ui=false",
+        f"-admin.password={config.secret_key}", "-webdav=false", "-master.telemetry=false",
+        f"-s3.config={conf_dir / 's3.json'}", f"-bucket={config.bucket}",
+    ]
+    # Unix sockets default to /tmp/seaweedfs-*-PORT.sock; keep ours inside the data folder when the path fits.
+    if len(str(data / "filer.sock")) < 100:
+        argv += [f"-s3.localSocket={data / 's3.sock'}", f"-filer.localSocket={data / 'filer.sock'}"]
+    return argv
+
+
+def start_weed(config: WeedConfig, log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``weed mini`` for ``config`` (not waiting for it); returns the process and its argv."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    conf_dir = write_weed_config_files(config)
+    argv = weed_argv(config, conf_dir)
+    return start_process(argv, log_path, env, cwd=conf_dir), argv
+
+
+def s3_client(endpoint: str, access_key: str, secret_key: str):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(region_name=REGION, retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2,
+                    read_timeout=10, s3={"addressing_style": "path"})
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, aws_access_key_id=access_key,
+                                          aws_secret_access_key=secret_key, config=config)
+
+
+def bucket_ready(config: WeedConfig) -> bool:
+    """True once S3 answers our credentials and the bucket exists (created here if weed has not yet)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = s3_client(config.endpoint, config.access_key, config.secret_key)
+    try:
+        client.head_bucket(Bucket=config.bucket)
+        return True
+    except ClientError as error:
+        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            try:
+                client.create_bucket(Bucket=config.bucket)
+            except ClientError:
+                pass
+        return False
+    except BotoCoreError:
+        return False
+
+
+# ---------------------------------------------------------------- Prefect
+
+
+def prefect_bin(venv: Path) -> str:
+    return str(venv / "bin" / "prefect")
+
+
+def prefect_server_argv(venv: Path, port: int) -> list[str]:
+    return [prefect_bin(venv), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def prefect_worker_argv(venv: Path, pool: str, name: str) -> list[str]:
+    return [prefect_bin(venv), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
+            "--install-policy", "never"]
+
+
+def auth_headers(auth_string: str | None) -> dict[str, str]:
+    return {"Authorization": "Basic " + b64encode(auth_string.encode()).decode()} if auth_string else {}
+
+
+def prefect_healthy(api_url: str, auth_string: str | None = None) -> bool:
+    answer = http_get(f"{api_url}/health", auth_headers(auth_string))
+    return answer is not None and answer[0] == 200 and answer[1].strip() == b"true"
+
+
+def prefect_api(api_url: str, path: str, auth_string: str | None, body: dict | None = None) -> object | None:
+    """JSON answer of a Prefect REST call (POST when ``body`` is given), or None on any failure."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **auth_headers(auth_string)}
+    request = urllib.request.Request(f"{api_url}{path}", data=data, headers=headers, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def worker_online(api_url: str, pool: str, name: str, auth_string: str | None, since: float = 0.0) -> bool:
+    """Whether worker ``name`` is ONLINE with a heartbeat newer than ``since`` (an old record is not proof)."""
+    workers = prefect_api(api_url, f"/work_pools/{pool}/workers/filter", auth_string, {"limit": 50})
+    if not isinstance(workers, list):
+        return False
+    return any(w.get("name") == name and w.get("status") == "ONLINE" and _epoch(w.get("last_heartbeat_time")) >= since
+               for w in workers)
+
+
+def _epoch(timestamp: str | None) -> float:
+    try:
+        return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def pools_missing(api_url: str, auth_string: str | None) -> list[str]:
+    pools = prefect_api(api_url, "/work_pools/filter", auth_string, {"limit": 100})
+    names = {pool.get("name") for pool in pools} if isinstance(pools, list) else set()
+    return [pool for pool in WORKER_POOLS if pool not in names]
+
+
+# ---------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    """Paths and settings of one local stack; ``state.json`` keeps ports and pids between runs."""
+
+    state_dir: Path
+    venv: Path
+
+    @classmethod
+    def default(cls) -> Stack:
+        state = Path(os.environ.get("KINSHIP_STACK_DIR") or REPO / ".stack").resolve()
+        venv = Path(os.environ.get("KINSHIP_VENV") or REPO / ".venv").resolve()
+        return cls(state, venv)
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def load(self) -> dict:
+        return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+
+    def save(self, state: dict) -> None:
+        write_private(self.state_file, json.dumps(state, indent=2))
+
+    def secrets(self) -> dict:
+        """Credentials generated on the first ``up`` and kept (0600) in ``secrets.json``."""
+        path = self.state_dir / "secrets.json"
+        if not path.exists():
+            write_private(path, json.dumps({**new_weed_secrets(), "prefect_auth": f"kinship:{secrets.token_urlsafe(24)}"}))
+        os.chmod(path, 0o600)
+        return json.loads(path.read_text())
+
+    def clean_env(self) -> dict[str, str]:
+        """Our environment minus any PREFECT_/AWS_/KINSHIP_ settings, so a user's profile cannot leak in."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "KINSHIP_"))}
+        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+
+def stack_env(ports: dict[str, int], secret: dict) -> dict[str, str]:
+    """What a client of the stack needs (this is also what ``.stack/env`` exports)."""
+    return {
+        "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api",
+        "PREFECT_API_AUTH_STRING": secret["prefect_auth"],
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{ports['s3']}",
+        "AWS_ACCESS_KEY_ID": secret["access_key"],
+        "AWS_SECRET_ACCESS_KEY": secret["secret_key"],
+        "AWS_REGION": REGION,
+        "KINSHIP_BUCKET": BUCKET,
+    }
+
+
+def choose_ports(state: dict) -> dict[str, int]:
+    if state.get("ports"):
+        return state["ports"]
+    ports = weed_ports(PREFERRED_PORTS)
+    taken = set(ports.values())
+    prefect = PREFERRED_PORTS["prefect"]
+    ports["prefect"] = prefect if port_is_free(prefect) and prefect not in taken else free_port()
+    return ports
+
+
+def _running(state: dict, name: str) -> bool:
+    entry = state.get("pids", {}).get(name)
+    return bool(entry) and owns(entry["pid"], entry["argv"])
+
+
+def _record(state: dict, name: str, process: subprocess.Popen, argv: list[str], log: Path) -> None:
+    state.setdefault("pids", {})[name] = {"pid": process.pid, "argv": argv, "log": str(log), "started": time.time()}
+
+
+def ensure_weed(stack: Stack, state: dict, secret: dict, timings: dict) -> None:
+    ports = state["ports"]
+    config = WeedConfig(weed=stack.venv / "bin" / "weed", data_dir=stack.state_dir / "seaweedfs" / "data",
+                        ports=ports, access_key=secret["access_key"], secret_key=secret["secret_key"],
+                        jwt_keys=secret["jwt_keys"])
+    log = stack.state_dir / "logs" / "seaweedfs.log"
+    alive: Callable[[], bool] | None = None
+    if not _running(state, "seaweedfs"):
+        process, argv = start_weed(config, log, stack.clean_env())
+        _record(state, "seaweedfs", process, argv, log)
+        stack.save(state)
+        alive = lambda: process.poll() is None  # noqa: E731
+    timings["seaweedfs"] = wait_until(lambda: bucket_ready(config), "SeaweedFS S3", 60, alive, log)
+
+
+def ensure_prefect_server(stack: Stack, state: dict, secret: dict, timings: dict) -> bool:
+    """Start the server unless it runs; True when it was started now."""
+    api_url = stack_env(state["ports"], secret)["PREFECT_API_URL"]
+    log = stack.state_dir / "logs" / "prefect-server.log"
+    started = not _running(state, "prefect-server")
+    alive: Callable[[], bool] | None = None
+    if started:
+        env = {**stack.clean_env(), "PREFECT_HOME": str(stack.state_dir / "prefect"),
+               "PREFECT_SERVER_API_AUTH_STRING": secret["prefect_auth"], "PREFECT_API_AUTH_STRING": secret["prefect_auth"],
+               "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        argv = prefect_server_argv(stack.venv, state["ports"]["prefect"])
+        process = start_process(argv, log, env, cwd=stack.state_dir)
+        _record(state, "prefect-server", process, argv, log)
+        stack.save(state)
+        alive = lambda: process.poll() is None  # noqa: E731
+    timings["prefect-server"] = wait_until(lambda: prefect_healthy(api_url, secret["prefect_auth"]),
+                                           "Prefect server /api/health", 180, alive, log)
+    return started
+
+
+def ensure_pools(stack: Stack, state: dict, secret: dict, timings: dict) -> None:
+    client_env = stack_env(state["ports"], secret)
+    if not pools_missing(client_env["PREFECT_API_URL"], secret["prefect_auth"]):
+        return
+    start = time.monotonic()
+    env = {**stack.clean_env(), **client_env, "PREFECT_HOME": str(stack.state_dir / "prefect-client")}
+    script = REPO / "deployments" / "create_pools.py"
+    result = subprocess.run([str(stack.venv / "bin" / "python"), str(script)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=180)
+    if result.returncode != 0:
+        raise RuntimeError(f"create_pools failed:\n{result.stdout}{result.stderr}")
+    print(result.stdout.rstrip())
+    timings["pools"] = time.monotonic() - start
+
+
+def ensure_worker(stack: Stack, state: dict, secret: dict, pool: str) -> tuple[str, Callable[[], bool] | None, Path]:
+    """Start the worker for ``pool`` unless it runs; it stands in for that pool's host (own scratch folder)."""
+    name = f"local-{pool}"
+    host = stack.state_dir / "hosts" / pool
+    log = stack.state_dir / "logs" / f"worker-{pool}.log"
+    if _running(state, f"worker-{pool}"):
+        return name, None, log
+    (host / "scratch").mkdir(parents=True, exist_ok=True)
+    env = {**stack.clean_env(), **stack_env(state["ports"], secret), "PREFECT_HOME": str(host / "prefect"),
+           "KINSHIP_SCRATCH": str(host / "scratch"), "KINSHIP_ROOT": str(REPO), "KINSHIP_HOST_ROLE": pool,
+           "PREFECT_WORKER_QUERY_SECONDS": "3"}  # poll often: the local stack should feel immediate
+    argv = prefect_worker_argv(stack.venv, pool, name)
+    process = start_process(argv, log, env, cwd=host)
+    _record(state, f"worker-{pool}", process, argv, log)
+    stack.save(state)
+    return name, (lambda: process.poll() is None), log
+
+
+def ensure_workers(stack: Stack, state: dict, secret: dict, timings: dict) -> None:
+    api_url = stack_env(state["ports"], secret)["PREFECT_API_URL"]
+    started = [(pool, *ensure_worker(stack, state, secret, pool)) for pool in WORKER_POOLS]
+    start = time.monotonic()
+    for pool, name, alive, log in started:
+        since = state["pids"][f"worker-{pool}"]["started"] - 1.0
+
+        def online() -> bool:
+            return worker_online(api_url, pool, name, secret["prefect_auth"], since)
+
+        wait_until(online, f"worker {name}", 120, alive, log)
+    timings["workers"] = time.monotonic() - start
+
+
+def write_env_file(stack: Stack, state: dict, secret: dict) -> Path:
+    env = {**stack_env(state["ports"], secret), "PREFECT_HOME": str(stack.state_dir / "prefect-client")}
+    lines = ["# Generated by infra/local/up: `source .stack/env` to use the local stack (holds secrets: 0600)."]
+    lines += [f"export {key}='{value}'" for key, value in env.items()]
+    path = stack.state_dir / "env"
+    write_private(path, "\n".join(lines) + "\n")
+    return path
+
+
+def up(stack: Stack) -> int:
+    """Start what is not running, wait for every part to be healthy, write ``.stack/env``."""
+    t0 = time.monotonic()
+    stack.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(stack.state_dir, 0o700)
+    with _locked(stack):
+        state = stack.load()
+        state["ports"] = choose_ports(state)
+        stack.save(state)
+        secret = stack.secrets()
+        timings: dict[str, float] = {}
+        ensure_weed(stack, state, secret, timings)
+        ensure_prefect_server(stack, state, secret, timings)
+        ensure_pools(stack, state, secret, timings)
+        ensure_workers(stack, state, secret, timings)
+        env_path = write_env_file(stack, state, secret)
+    ports = state["ports"]
+    print(f"stack up in {time.monotonic() - t0:.1f}s  ({', '.join(f'{k} {v:.1f}s' for k, v in timings.items())})")
+    print(f"  S3        http://127.0.0.1:{ports['s3']}  bucket {BUCKET}")
+    print(f"  Prefect   http://127.0.0.1:{ports['prefect']}  (API auth: see {env_path})")
+    print(f"  workers   {', '.join(f'local-{p}' for p in WORKER_POOLS)}")
+    print(f"  logs      {stack.state_dir / 'logs'}")
+    print(f"  use it:   source {env_path}")
+    return 0
+
+
+def down(stack: Stack) -> int:
+    """Stop exactly the processes ``up`` recorded: workers first, then the servers; data stays for the next ``up``."""
+    with _locked(stack):
+        state = stack.load()
+        pids = state.get("pids", {})
+        workers = [name for name in pids if name.startswith("worker-")]
+        for group in (workers, [name for name in pids if name not in workers]):
+            outcome = stop_many([(pids[name]["pid"], pids[name]["argv"]) for name in group])
+            for name in group:
+                print(f"{name:<22} pid {pids[name]['pid']:<8} {outcome[pids[name]['pid']]}")
+        state["pids"] = {}
+        if stack.state_file.exists():
+            stack.save(state)
+    if not pids:
+        print("nothing recorded as running")
+    return 0
+
+
+def status(stack: Stack) -> int:
+    state = stack.load()
+    for name, entry in state.get("pids", {}).items():
+        print(f"{name:<22} pid {entry['pid']:<8} {'running' if owns(entry['pid'], entry['argv']) else 'gone'}")
+    return 0
+
+
+class _locked:
+    """An exclusive lock on the state folder, so two ``up``/``down`` never interleave."""
+
+    def __init__(self, stack: Stack):
+        self.path = stack.state_dir / "lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "w")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start/stop the local kinship stack (SeaweedFS S3, Prefect, workers).")
+    parser.add_argument("action", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    stack = Stack.default()
+    try:
+        return {"up": up, "down": down, "status": status}[args.action](stack)
+    except (RuntimeError, TimeoutError) as error:
+        print(f"{args.action}: {error}", file=sys.stderr)
+        if args.action == "up":
+            print("up: what did start is recorded; `infra/local/down` stops it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

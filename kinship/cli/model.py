@@ -49,6 +49,8 @@ def run_export(args) -> int:
     from kinship.checkpoint import read_checkpoint
     from kinship.export import export_checkpoint, validation_sample
 
+    if args.out.suffix != ".onnx":
+        raise UserError(f"--out must name a .onnx file, got {args.out}")
     metadata = read_checkpoint(args.checkpoint).get("metadata", {})
     size = int(metadata.get("train_config", {}).get("image_size", 0)) or None
     data_dir = args.data or _run_data_dir(args.checkpoint)

@@ -59,8 +59,11 @@ def _cell(value: Any) -> str:
 
 @contextmanager
 def progress_bars(enabled: bool = True) -> Iterator:
-    """Yield a progress callback that draws one rich bar per stage (on stderr, so --json stays clean)."""
-    if not enabled:
+    """Yield a progress callback that draws one rich bar per stage (on stderr, so --json stays clean).
+
+    Bars are drawn only on a terminal: piped stderr keeps errors to their one line.
+    """
+    if not enabled or not err_console.is_terminal:
         yield lambda event: None
         return
     columns = (

@@ -405,12 +405,14 @@ def stack_env(ports: dict[str, int], secret: dict) -> dict[str, str]:
 
 
 def choose_ports(state: dict) -> dict[str, int]:
+    """Ports kept from an earlier ``up``, else preferred-or-free (all random with KINSHIP_STACK_PORTS=random)."""
     if state.get("ports"):
         return state["ports"]
-    ports = weed_ports(PREFERRED_PORTS)
+    preferred = {} if os.environ.get("KINSHIP_STACK_PORTS") == "random" else PREFERRED_PORTS
+    ports = weed_ports(preferred)
     taken = set(ports.values())
-    prefect = PREFERRED_PORTS["prefect"]
-    ports["prefect"] = prefect if port_is_free(prefect) and prefect not in taken else free_port()
+    prefect = preferred.get("prefect")
+    ports["prefect"] = prefect if prefect and port_is_free(prefect) and prefect not in taken else free_port()
     return ports
 
 

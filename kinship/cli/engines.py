@@ -1,0 +1,110 @@
+"""``kinship engines``: build, validate and benchmark every engine variant of an exported model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.markup import escape
+
+from kinship.cli.output import add_json_flag, console, print_json, progress_bars, table
+
+
+def register(subparsers) -> None:
+    from kinship.engines.base import CALIBRATION_METHODS, VARIANTS
+
+    parser = subparsers.add_parser(
+        "engines", help="build ONNX Runtime / TensorRT engines at each precision, validate against FP32, benchmark",
+        description="Build every precision of --onnx (pair model plus encoder and head), check each against "
+        "the FP32 model on the validation pairs of --data (logit differences, decision agreement, AUC), "
+        "benchmark a batch sweep, and write report.json / report.md into --out. One failed precision "
+        "is reported with its reason; the others go on.",
+    )
+    parser.add_argument("--onnx", type=Path, required=True, help="exported FILE.onnx (encoder/head beside it)")
+    parser.add_argument("--data", type=Path, required=True, help="data set folder the model was trained on")
+    parser.add_argument("--out", type=Path, required=True, help="folder for engines, calibration, report")
+    parser.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt (auto: TensorRT when usable)")
+    parser.add_argument("--precisions", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--calibration", type=Path, help="calibration .npz from kinship calibrate (default: drawn now)")
+    parser.add_argument("--calibration-method", default="minmax", help=f"{' | '.join(CALIBRATION_METHODS)} (Q/DQ models)")
+    parser.add_argument("--profile", default="1,64,1024", help="TensorRT batch profile min,opt,max (pairs)")
+    parser.add_argument("--bench-batches", default="1,8,64,256", help="batch sizes to benchmark; empty = none")
+    parser.add_argument("--bench-seconds", type=float, default=2.0, help="timed seconds per engine and batch")
+    parser.add_argument("--validation-pairs", type=int, default=0, help="at most this many validation pairs (0 = all)")
+    parser.add_argument("--val-fraction", type=float, help="training split (default: the run's config.json)")
+    parser.add_argument("--split-seed", type=int, help="training split seed (default: the run's config.json)")
+    add_json_flag(parser)
+    parser.set_defaults(handler=run)
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    from kinship.errors import UserError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as error:
+        raise UserError(f"{name} must be comma-separated integers, got {text!r}") from error
+    if any(v < 1 for v in values):
+        raise UserError(f"{name} values must be at least 1, got {text!r}")
+    return values
+
+
+def config_from_args(args):
+    """The ``EnginesConfig`` of the command line (names checked: unknown ones are UserErrors)."""
+    from kinship.engines.base import EngineOptions, check_backend_name, parse_variants
+    from kinship.engines.build import EnginesConfig, training_split
+    from kinship.errors import UserError
+
+    profile = _ints(args.profile, "--profile")
+    if len(profile) != 3:
+        raise UserError(f"--profile needs three values min,opt,max, got {args.profile!r}")
+    options = EngineOptions(min_batch=profile[0], opt_batch=profile[1], max_batch=profile[2],
+                            calibration_method=args.calibration_method)
+    val_fraction, split_seed, _ = training_split(args.onnx, args.val_fraction, args.split_seed)
+    return EnginesConfig(
+        backend=check_backend_name(args.backend), variants=parse_variants(args.precisions), calibration=args.calibration,
+        val_fraction=val_fraction, split_seed=split_seed, options=options, validation_limit=args.validation_pairs,
+        bench_batches=_ints(args.bench_batches, "--bench-batches"), bench_seconds=args.bench_seconds,
+    )
+
+
+def run(args) -> int:
+    """Handler of ``kinship engines``."""
+    from kinship.engines.build import build_engines
+
+    config = config_from_args(args)
+    with progress_bars(enabled=not args.json) as on_progress:
+        result = build_engines(args.onnx, args.data, args.out, config, on_progress=on_progress)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        _print(result)
+    return 0 if any(r.status == "built" for r in result.records) else 1
+
+
+def _best(record) -> str:
+    if not record.bench:
+        return ""
+    best = max(record.bench, key=lambda b: b.pairs_per_s)
+    return f"{best.pairs_per_s:,.0f} @{best.batch}"
+
+
+def _row(record) -> list:
+    v = record.validation
+    kb = f"{record.build.size_bytes / 1e3:,.1f}" if record.build and record.build.path and v else ""
+    if v is None:
+        return [record.variant, record.status, kb, "", "", "", "", ""]
+    a = v.agreement
+    status = record.status if v.acceptable else f"{record.status} (outside policy)"
+    return [record.variant, status, kb, f"{a.max_abs_diff:.1e}", f"{a.decision_agreement:.2%}", f"{v.metrics['auc']:.4f}",
+            f"{v.auc_delta:+.4f}", _best(record)]
+
+
+def _print(result) -> None:
+    columns = ["precision", "status", "kB", "max|dlogit|", "agree", "AUC", "dAUC", "pairs/s"]
+    title = f"{result.backend_note}\n{result.validation['pairs']} validation pairs; FP32 reference AUC {result.reference['auc']:.4f}"
+    console.print(table(title, columns, [_row(r) for r in result.records]))
+    for record in result.records:
+        if record.reason:
+            console.print(f"[bold]{record.variant}[/bold]: {escape(record.reason)}")
+    for path in result.report_files:
+        console.print(f"wrote {path}")

@@ -1,0 +1,386 @@
+"""``kinship engines``: build every engine variant of an exported model, validate each, benchmark, report.
+
+Order of work: read the model and the data (family split as at training), draw or load the
+calibration set (training families only), score the validation pairs with the FP32 reference,
+then per variant build -> load -> validate. One variant failing is recorded with its reason and the
+others go on; a variant that cannot run after building is removed, so nothing unusable is left
+looking like an engine. Then the batch sweep (``bench``) and the report (``report``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kinship.engines.base import (
+    STATUS_BUILT, STATUS_FAILED, STATUS_NOT_APPLICABLE, VARIANTS, BuiltEngine, EngineOptions, build_engine, load_engine, parse_variants,
+    precision_of, resolve_backend, variant_dir,
+)
+from kinship.engines.calibration import (
+    CalibrationConfig, calibration_from_prepared, check_compatible, load_calibration, save_calibration,
+)
+from kinship.engines.validate import (
+    ValidationData, ValidationPolicy, ValidationResult, choose_threshold, engine_logits, reference_engine,
+    validate_engine, validation_data,
+)
+from kinship.errors import KinshipError, UserError
+from kinship.metrics import verification_report
+from kinship.progress import ProgressEvent, silent
+
+DEFAULT_BENCH_BATCHES = (1, 8, 64, 256)
+Builder = Callable[..., BuiltEngine]
+
+
+@dataclass(frozen=True)
+class EnginesConfig:
+    """Everything ``kinship engines`` decides. The split must be the one the model was trained with."""
+
+    backend: str = "auto"
+    variants: tuple[str, ...] = VARIANTS
+    calibration: Path | None = None  # None: drawn from --data's training families, saved in the out folder
+    calibration_config: CalibrationConfig = CalibrationConfig()
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    options: EngineOptions = EngineOptions()
+    validation_limit: int = 0  # 0 = every validation pair
+    bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES  # empty: no benchmark
+    bench_seconds: float = 2.0
+    warmup_seconds: float = 0.5
+    policy: ValidationPolicy = ValidationPolicy()
+
+    def split_config(self):
+        from kinship.data import SplitConfig
+
+        return SplitConfig(val_fraction=self.val_fraction, seed=self.split_seed)
+
+
+@dataclass
+class EngineRecord:
+    """One variant's outcome: built (with validation and benchmark), not applicable, or failed (with why)."""
+
+    backend: str
+    variant: str
+    precision: str
+    status: str
+    reason: str | None = None
+    build: BuiltEngine | None = None
+    validation: ValidationResult | None = None
+    bench: list = field(default_factory=list)  # bench.BenchResult per batch size
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend, "variant": self.variant, "precision": self.precision, "status": self.status,
+            "reason": self.reason, "build": self.build.to_dict() if self.build else None,
+            "validation": self.validation.to_dict() if self.validation else None,
+            "bench": [b.to_dict() for b in self.bench],
+        }
+
+
+@dataclass
+class EnginesResult:
+    onnx: Path
+    data_dir: Path
+    out_dir: Path
+    backend: str
+    backend_note: str
+    reference: dict  # FP32 reference metrics on the validation pairs
+    validation: dict  # pairs, threshold and where it came from
+    calibration: dict  # the calibration set's metadata (None-like when no INT8 was asked for)
+    records: list[EngineRecord]
+    environment: dict
+    seconds: float
+    report_files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        result = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "records"}
+        result.update(onnx=str(self.onnx), data_dir=str(self.data_dir), out_dir=str(self.out_dir))
+        result["engines"] = [r.to_dict() for r in self.records]
+        return result
+
+    def record(self, variant: str) -> EngineRecord:
+        return next(r for r in self.records if r.variant == variant)
+
+
+def reason_of(error: BaseException) -> str:
+    """One line for the report: a KinshipError's own message, else the type and first line."""
+    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return text if isinstance(error, KinshipError) else f"{type(error).__name__}: {text}".rstrip(": ")
+
+
+def _backend_note(requested: str, backend: str) -> str:
+    if requested != "auto":
+        return f"{backend} (chosen with --backend)"
+    from kinship.engines.tensorrt_backend import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    return f"{backend} (auto: {'TensorRT and a CUDA device found' if not reason else reason})"
+
+
+def training_split(model_path: Path | None, val_fraction: float | None = None, seed: int | None = None) -> tuple[float, int, str]:
+    """The family split the model was trained with: explicit values win, else the run's ``config.json``
+    beside the model (a run folder), else the training defaults. Returns (val_fraction, seed, source)."""
+    from kinship.train import TrainConfig
+
+    defaults, source = TrainConfig(), "training defaults"
+    config_path = Path(model_path).parent / "config.json" if model_path else None
+    if config_path is not None and config_path.is_file():
+        try:
+            defaults = TrainConfig.from_dict(json.loads(config_path.read_text())["train"])
+            source = str(config_path)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not a run config: keep the defaults
+    if val_fraction is not None or seed is not None:
+        source = "command line" if val_fraction is not None and seed is not None else f"command line + {source}"
+    return (defaults.val_fraction if val_fraction is None else val_fraction,
+            defaults.seed if seed is None else seed, source)
+
+
+def _model_facts(onnx_path: Path) -> tuple[int, float | None]:
+    from kinship.export import read_metadata
+
+    if not Path(onnx_path).is_file():
+        raise UserError(f"ONNX model not found: {onnx_path}")
+    try:
+        metadata = read_metadata(onnx_path)
+    except Exception as error:  # onnx raises DecodeError and others for non-models
+        raise UserError(f"{onnx_path} is not a readable ONNX model ({type(error).__name__})") from error
+    if "kinship.image_size" not in metadata:
+        raise UserError(f"{onnx_path} is an ONNX model but not a kinship export (no kinship.image_size metadata)")
+    try:
+        threshold = float(metadata.get("kinship.val_threshold", ""))
+    except ValueError:
+        threshold = None
+    return int(metadata["kinship.image_size"]), threshold
+
+
+def _calibration_file(config: EnginesConfig, prepared, out_dir: Path, on_progress) -> tuple[Path, dict]:
+    """The calibration set to use: the given file (checked against this model and split) or a fresh one."""
+    if config.calibration is not None:
+        calibration = load_calibration(config.calibration)
+        check_compatible(calibration, prepared.image_size, prepared.split.val)
+        return Path(config.calibration), calibration.meta
+    on_progress(ProgressEvent("calibration set", 0, 1))
+    calibration = calibration_from_prepared(prepared, config.split_config(), config.calibration_config)
+    path = save_calibration(calibration, Path(out_dir) / "calibration.npz")
+    on_progress(ProgressEvent("calibration set", 1, 1, {"pairs": len(calibration)}))
+    return path, calibration.meta
+
+
+def _validate_built(built: BuiltEngine, data: ValidationData, reference: np.ndarray, reference_auc: float,
+                    policy: ValidationPolicy) -> ValidationResult:
+    engine = load_engine(built.path)
+    return validate_engine(engine, data, reference, reference_auc, policy)
+
+
+def build_one(onnx_path: Path, out_dir: Path, variant: str, backend: str, calibration: Path | None,
+              config: EnginesConfig, data: ValidationData, reference: np.ndarray, reference_auc: float,
+              builder: Builder = build_engine) -> EngineRecord:
+    """Build and validate one variant; any failure becomes a 'failed' record, never an exception."""
+    record = EngineRecord(backend, variant, precision_of(variant), STATUS_FAILED)
+    try:
+        record.build = builder(onnx_path, out_dir, variant, backend, calibration, config.options)
+    except Exception as error:
+        record.reason = f"build failed: {reason_of(error)}"
+        return record
+    record.status = record.build.status
+    if record.build.status != STATUS_BUILT:
+        record.reason = "; ".join(record.build.notes)
+        return record
+    try:
+        record.validation = _validate_built(record.build, data, reference, reference_auc, config.policy)
+    except Exception as error:
+        # Built but unusable: remove it so nothing that cannot run is left looking like an engine.
+        shutil.rmtree(variant_dir(out_dir, backend, variant), ignore_errors=True)
+        record.status, record.reason = STATUS_FAILED, f"built but could not run on validation pairs: {reason_of(error)}"
+    return record
+
+
+def _benchmark(records: list[EngineRecord], config: EnginesConfig, pixels: np.ndarray, on_progress) -> None:
+    """The batch sweep over every engine that validated, via ``bench.bench_engine``."""
+    if not config.bench_batches:
+        return
+    from kinship.engines.bench import bench_engine
+
+    runnable = [r for r in records if r.validation is not None]
+    for record in runnable:
+        engine = load_engine(record.build.path)
+        for batch in config.bench_batches:
+            if record.backend == "tensorrt" and batch > config.options.max_batch:
+                continue  # beyond the profile: TensorRT would run it as several calls
+            try:
+                record.bench.append(bench_engine(engine, batch, config.bench_seconds, config.warmup_seconds, pixels,
+                                                 on_progress, label=f"{record.backend} {record.variant}"))
+            except Exception as error:
+                record.reason = f"benchmark at batch {batch} failed: {reason_of(error)}"
+                break
+
+
+def _environment(backend: str) -> dict:
+    import platform
+
+    import onnxruntime
+
+    from kinship.engines.quantize import cpu_has_vnni
+
+    env = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
+           "cpu_vnni": cpu_has_vnni(), "processor": _cpu_name()}
+    if backend == "tensorrt":
+        from kinship.engines.tensorrt_backend import environment
+
+        env.update(environment())
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()
+
+
+def build_engines(
+    onnx_path: Path,
+    data_dir: Path,
+    out_dir: Path,
+    config: EnginesConfig = EnginesConfig(),
+    on_progress: Callable[[ProgressEvent], None] = silent,
+    builder: Builder = build_engine,
+) -> EnginesResult:
+    """Build, validate and benchmark every variant in ``config``; write the report into ``out_dir``.
+
+    ``builder`` is the per-variant build step (``base.build_engine``); callers may wrap it, e.g. to
+    record each build elsewhere.
+    """
+    from kinship.data import prepare
+
+    started = time.perf_counter()
+    variants = parse_variants(config.variants)
+    backend = resolve_backend(config.backend)
+    if backend == "tensorrt":
+        from kinship.engines.tensorrt_backend import require_tensorrt
+
+        require_tensorrt()
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    image_size, recorded_threshold = _model_facts(onnx_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(Path(data_dir), image_size, config.split_config(), on_progress=on_progress)
+    calibration, calibration_meta = (None, {})
+    if any(v.startswith("int8") for v in variants):
+        calibration, calibration_meta = _calibration_file(config, prepared, out_dir, on_progress)
+    data = validation_data(prepared, config.validation_limit)
+    reference = engine_logits(reference_engine(onnx_path), data)
+    choose_threshold(data, recorded_threshold, reference)
+    reference_report = verification_report(data.label, reference, data.kind, threshold=data.threshold)
+    records = []
+    for index, variant in enumerate(variants):
+        on_progress(ProgressEvent("build and validate engines", index, len(variants), {"variant": variant}))
+        records.append(build_one(onnx_path, out_dir, variant, backend, calibration, config, data, reference,
+                                 reference_report.auc, builder))
+    on_progress(ProgressEvent("build and validate engines", len(variants), len(variants)))
+    bench_pixels = np.asarray(prepared.pixels[np.unique(prepared.val_pairs.left)[:512]])
+    _benchmark(records, config, bench_pixels, on_progress)
+    result = EnginesResult(
+        onnx_path, Path(data_dir), out_dir, backend, _backend_note(config.backend, backend), reference_report.to_dict(),
+        {"pairs": len(data), "threshold": data.threshold, "threshold_source": data.threshold_source,
+         "policy": asdict(config.policy)},
+        {**calibration_meta, "file": str(calibration) if calibration else None,
+         "method": config.options.calibration_method} if calibration else {},
+        records, _environment(backend), time.perf_counter() - started,
+    )
+    result.report_files = write_report(result, config, data.label)
+    return result
+
+
+def size_explanation(record: EngineRecord, fp32_bytes: int | None) -> str:
+    """For INT8 rows: why the engine file is the size it is, from the build's census."""
+    census = (record.build.size_explanation or {}).get("pair") if record.build else None
+    if not census or record.precision != "int8":
+        return ""
+    if record.backend == "tensorrt":
+        from kinship.engines.tensorrt_backend import describe_census
+
+        return describe_census(census, record.build.size_bytes, fp32_bytes)
+    from kinship.engines.quantize import describe_census
+
+    return describe_census(census, fp32_bytes)
+
+
+def report_rows(result: EnginesResult, labels: np.ndarray) -> list[dict]:
+    """The rows ``report.write_report`` takes, one per variant (figures only for engines that ran)."""
+    from kinship.engines.report import EngineResult, roc_points
+
+    fp32 = next((r for r in result.records if r.variant == "fp32" and r.build and r.build.path), None)
+    fp32_bytes = fp32.build.size_bytes if fp32 else None
+    rows = []
+    for record in result.records:
+        if record.status == STATUS_NOT_APPLICABLE:
+            rows.append(EngineResult.not_applicable(record.backend, record.variant, record.reason or "not applicable"))
+        elif record.validation is None:
+            rows.append(EngineResult.failed(record.backend, record.variant, record.reason or "failed"))
+        else:
+            v = record.validation
+            validation = {
+                "max_abs_diff": v.agreement.max_abs_diff, "mean_abs_diff": v.agreement.mean_abs_diff,
+                "agreement": v.agreement.decision_agreement, "auc": v.metrics["auc"], "accuracy": v.metrics["accuracy"],
+                "loss": v.metrics["loss"], "auc_delta": v.auc_delta, "acceptable": v.acceptable,
+                "companion_max_abs_diff": v.companion_max_abs_diff, "tar_at_far_1e2": v.metrics["tar_at_far_1e2"],
+            }
+            rows.append(EngineResult(
+                record.backend, record.precision, "ok", reason=record.reason or "", variant=record.variant,
+                path=str(record.build.path), size_bytes=record.build.size_bytes, build_seconds=record.build.seconds,
+                validation=validation, bench={b.batch: b.to_dict() for b in record.bench},
+                int8_size_explanation=size_explanation(record, fp32_bytes), roc=roc_points(labels, v.logits),
+            ))
+    return [row.to_dict() for row in rows]
+
+
+def report_context(result: EnginesResult, config: EnginesConfig) -> dict:
+    """What the report shows around the rows: model, machine, reference batch, FLOPs, notes."""
+    from kinship.engines.bench import default_threads
+
+    batches = config.bench_batches or (64,)
+    context = {
+        "title": f"Engines for {result.onnx.name} ({result.backend})",
+        "model": str(result.onnx),
+        "reference_batch": 64 if 64 in batches else max(batches),
+        "threads": default_threads(),
+        "machine": result.environment,
+        "notes": [
+            f"backend: {result.backend_note}",
+            f"validation: {result.validation['pairs']} pairs from held-out families; threshold "
+            f"{result.validation['threshold']:.4f} from {result.validation['threshold_source']}",
+            f"FP32 reference (exported ONNX in ONNX Runtime, CPU): AUC {result.reference['auc']:.4f}, "
+            f"accuracy {result.reference['accuracy']:.4f}",
+        ],
+    }
+    if result.calibration:
+        meta = result.calibration
+        context["notes"].append(
+            f"calibration: {meta.get('pairs')} pairs from {len(meta.get('families_used', []))} training families, "
+            f"{meta.get('method')} method, per type {meta.get('counts_by_type')}")
+    try:
+        from kinship.engines.ceiling import model_flops_per_pair
+
+        context["flops_per_pair"] = model_flops_per_pair(result.onnx)
+    except Exception as error:  # the FLOP count is a nicety: never lose the report over it
+        context["notes"].append(f"FLOPs per pair not counted: {reason_of(error)}")
+    return context
+
+
+def write_report(result: EnginesResult, config: EnginesConfig, labels: np.ndarray) -> list[str]:
+    """report.json, report.md and the plots in the out folder, through ``kinship.engines.report``."""
+    from kinship.engines.report import write_report as write
+
+    paths = write(report_rows(result, labels), result.out_dir, report_context(result, config))
+    return [str(p) for p in paths]

@@ -1,0 +1,223 @@
+"""ONNX Runtime engines on the CPU execution provider: FP32 (optimised offline), FP16 and INT8 Q/DQ.
+
+Each engine folder holds ``model.onnx`` (pair), ``model.encoder.onnx`` and ``model.head.onnx`` at one
+precision. TF32 is an NVIDIA tensor-core format: on a CPU it is reported "not applicable", never
+as a copy of FP32.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kinship.engines.base import (
+    PARTS, STATUS_NOT_APPLICABLE, BuiltEngine, EngineOptions, PhaseTimes, file_sizes, precision_of,
+    staged_dir, variant_dir, write_sidecar,
+)
+from kinship.engines.calibration import CalibrationSet, fixed_batches, load_calibration, part_arrays
+from kinship.errors import UserError
+
+BACKEND = "onnxruntime"
+INPUTS = {"pair": ("img0", "img1"), "encoder": ("image",), "head": ("emb0", "emb1")}
+TF32_NOTE = "TF32 is a tensor-core format of NVIDIA GPUs (Ampere and later); a CPU has no TF32 arithmetic"
+FP16_NOTE = ("FP16 model with float32 inputs/outputs; ONNX Runtime's CPU provider lacks FP16 kernels for most "
+             "operators, so its speed here is as measured, not what a GPU would give")
+QUANT_BATCH = 32  # images or pairs per quantizer batch (ORT accepts any batch size)
+
+
+def _session(path: Path, threads: int = 0, level: str = "all", save_to: Path | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    if threads:
+        options.intra_op_num_threads = threads
+    if save_to is not None:
+        options.optimized_model_filepath = str(save_to)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OrtEngine:
+    """An engine folder (or a bare ``.onnx`` file with companions) run by ONNX Runtime on the CPU."""
+
+    backend = BACKEND
+
+    def __init__(self, paths: dict[str, Path], precision: str, variant: str, image_size: int, threads: int = 0):
+        self.path = paths["pair"]
+        self.precision, self.variant, self.image_size = precision, variant, image_size
+        try:
+            self.sessions = {part: _session(p, threads) for part, p in paths.items()}
+        except Exception as error:  # ORT raises its own types for files that are not models
+            raise UserError(f"{self.path} is not a loadable ONNX model: {str(error).splitlines()[0][:160]}") from error
+
+    @classmethod
+    def open(cls, path: Path, sidecar: dict | None, threads: int = 0) -> "OrtEngine":
+        """From a sidecar when there is one; else a bare export (precision from its contents, FP32 if plain)."""
+        from kinship.export import companion_paths, read_metadata
+
+        if sidecar:
+            folder = Path(path).parent
+            paths = {part: folder / name for part, name in sidecar["parts"].items()}
+            return cls(paths, sidecar["precision"], sidecar["variant"], int(sidecar["image_size"]), threads)
+        files = companion_paths(path)
+        paths = {part: p for part, p in zip(PARTS, files.all()) if p.is_file()}
+        try:
+            metadata = read_metadata(path)
+        except Exception as error:
+            raise UserError(f"{path} is not a loadable ONNX model: {str(error).splitlines()[0][:160]}") from error
+        if "kinship.image_size" not in metadata:
+            raise UserError(f"{path} is an ONNX model but not a kinship export (no kinship.image_size metadata)")
+        precision = metadata.get("kinship.engine.precision", "fp32")
+        return cls(paths, precision_of(precision), precision, int(metadata["kinship.image_size"]), threads)
+
+    def _run(self, part: str, *arrays: np.ndarray) -> np.ndarray:
+        feeds = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in zip(INPUTS[part], arrays)}
+        return self.sessions[part].run(None, feeds)[0]
+
+    def run_pairs(self, img0: np.ndarray, img1: np.ndarray) -> np.ndarray:
+        return self._run("pair", img0, img1).astype(np.float32, copy=False)
+
+    def run_pairs_timed(self, img0: np.ndarray, img1: np.ndarray) -> tuple[np.ndarray, PhaseTimes]:
+        # On the CPU there is no transfer to separate out: the whole call is compute.
+        started = time.perf_counter()
+        logits = self.run_pairs(img0, img1)
+        return logits, PhaseTimes(None, (time.perf_counter() - started) * 1e3, None, None)
+
+    def embed(self, images: np.ndarray) -> np.ndarray | None:
+        return self._run("encoder", images) if "encoder" in self.sessions else None
+
+    def head(self, emb0: np.ndarray, emb1: np.ndarray) -> np.ndarray | None:
+        return self._run("head", emb0, emb1) if "head" in self.sessions else None
+
+
+# --------------------------------------------------------------------------- building
+
+
+def source_parts(onnx_path: Path, companions: bool) -> dict[str, Path]:
+    """The exported files to convert: the pair model, plus encoder and head when present and wanted."""
+    from kinship.export import companion_paths
+
+    files = companion_paths(onnx_path)
+    if not files.pair.is_file():
+        raise UserError(f"ONNX model not found: {onnx_path}")
+    parts = {"pair": files.pair}
+    if companions:
+        parts.update({part: p for part, p in (("encoder", files.encoder), ("head", files.head)) if p.is_file()})
+    return parts
+
+
+def target_names(parts: dict[str, Path], suffix: str = ".onnx") -> dict[str, str]:
+    return {part: "model" + ("" if part == "pair" else f".{part}") + suffix for part in parts}
+
+
+def _optimise(source: Path, target: Path, threads: int) -> None:
+    # EXTENDED fusions are portable across x86 CPUs; ALL adds layout transforms tied to this CPU,
+    # which the session still applies at load time.
+    _session(source, threads, level="extended", save_to=target)
+
+
+def calibration_batches(calibration: CalibrationSet, sources: dict[str, Path], batch: int = QUANT_BATCH) -> dict[str, list]:
+    """Quantizer input batches per part; the head gets embeddings from the FP32 encoder."""
+    encoder = _session(sources["encoder"]) if "encoder" in sources else None
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        if encoder is None:  # pragma: no cover - every export has an encoder
+            raise UserError(f"{sources['pair']}: the head needs an encoder companion to calibrate")
+        return np.concatenate([encoder.run(None, {"image": images[s : s + batch]})[0] for s in range(0, len(images), batch)])
+
+    return {part: fixed_batches(part_arrays(calibration, part, embed), min(batch, len(calibration)))
+            for part in sources}
+
+
+def _convert(variant: str, sources: dict[str, Path], folder: Path, names: dict[str, str], calibration, options) -> list[str]:
+    from kinship.engines.quantize import convert_fp16, quantize_qdq, settings_for
+
+    if variant == "fp32":
+        for part, source in sources.items():
+            _optimise(source, folder / names[part], options.threads)
+        return ["exported FP32 model, graph-optimised offline (ORT_ENABLE_EXTENDED) and saved"]
+    if variant == "fp16":
+        for part, source in sources.items():
+            convert_fp16(source, folder / names[part])
+        return [FP16_NOTE]
+    settings = settings_for("cpu" if variant == "int8" else "tensorrt", options.calibration_method, options.reduce_range)
+    batches = calibration_batches(calibration, sources)
+    for part, source in sources.items():
+        quantize_qdq(source, folder / names[part], batches[part], settings)
+    notes = [settings.describe(), "quant_pre_process skipped (its symbolic shape inference fails on dynamo "
+             "exports); ONNX shape inference ran instead", f"{len(calibration)} calibration pairs"]
+    if variant == "int8-qdq":
+        notes.append("the symmetric signed Q/DQ model TensorRT takes, run here by ONNX Runtime to check its accuracy")
+    return notes
+
+
+def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None, options: EngineOptions) -> BuiltEngine:
+    """Build ``variant`` of ``onnx_path`` for ONNX Runtime on the CPU into ``out_dir/onnxruntime-<variant>/``."""
+    from kinship.export import read_metadata
+
+    if variant == "tf32":
+        return BuiltEngine(BACKEND, variant, "tf32", None, 0, 0.0, [TF32_NOTE], STATUS_NOT_APPLICABLE)
+    started = time.perf_counter()
+    sources = source_parts(Path(onnx_path), options.companions)
+    metadata = read_metadata(sources["pair"])
+    image_size = int(metadata.get("kinship.image_size", 0))
+    calibration_set = None
+    if variant.startswith("int8"):
+        if calibration is None:
+            raise UserError(f"{variant} needs a calibration set: run kinship calibrate, then pass --calibration FILE")
+        from kinship.engines.calibration import check_compatible
+
+        calibration_set = load_calibration(calibration)
+        check_compatible(calibration_set, image_size)
+    names = target_names(sources)
+    final = variant_dir(out_dir, BACKEND, variant)
+    with staged_dir(final) as folder:
+        notes = _convert(variant, sources, folder, names, calibration_set, options)
+        _stamp_all(folder, names, sources, variant)
+        engine = OrtEngine({p: folder / n for p, n in names.items()}, precision_of(variant), variant, image_size)
+        _smoke_test(engine, image_size)
+        explanation = _explain_size(folder, names) if variant.startswith("int8") else {}
+        seconds = time.perf_counter() - started
+        write_sidecar(folder, {
+            "backend": BACKEND, "variant": variant, "precision": precision_of(variant), "image_size": image_size,
+            "parts": names, "source": str(onnx_path), "notes": notes, "build_seconds": round(seconds, 3),
+            "size_explanation": explanation,
+        })
+        sizes = file_sizes(folder, names)
+    parts = {p: final / n for p, n in names.items()}
+    return BuiltEngine(BACKEND, variant, precision_of(variant), parts["pair"], sizes["pair"], seconds, notes,
+                       parts=parts, part_bytes=sizes, size_explanation=explanation)
+
+
+def _stamp_all(folder: Path, names: dict[str, str], sources: dict[str, Path], variant: str) -> None:
+    """Carry each export's ``kinship.*`` metadata into its converted file, plus the engine's precision."""
+    from kinship.engines.quantize import restamp
+    from kinship.export import read_metadata
+
+    for part, name in names.items():
+        metadata = read_metadata(sources[part])
+        metadata.update({"kinship.engine.precision": variant, "kinship.engine.backend": BACKEND})
+        restamp(folder / name, metadata)
+
+
+def _smoke_test(engine: OrtEngine, image_size: int) -> None:
+    """Load and run each part once, so a file ONNX Runtime cannot run fails the build, not the benchmark."""
+    images = np.zeros((2, 3, image_size, image_size), np.float32)
+    logits = engine.run_pairs(images, images)
+    if logits.shape != (2,) or not np.all(np.isfinite(logits)):
+        raise RuntimeError(f"{engine.path.name}: smoke run gave shape {logits.shape} or non-finite logits")
+    embeddings = engine.embed(images)
+    if embeddings is not None:
+        engine.head(embeddings, embeddings)
+
+
+def _explain_size(folder: Path, names: dict[str, str]) -> dict:
+    from kinship.engines.quantize import qdq_census
+
+    return {part: qdq_census(folder / name) for part, name in names.items()}

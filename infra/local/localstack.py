@@ -50,7 +50,9 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` (connections lingering in TIME_WAIT do not count: servers reuse it)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -104,32 +106,71 @@ def _reap(pid: int) -> None:
         pass
 
 
+def descendants(pid: int) -> dict[int, list[str]]:
+    """Every live descendant of ``pid`` with its argv (Prefect starts flow runs in process groups of their own)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                argv = command_line(child)
+                if argv:
+                    found[child] = argv
+                    frontier.append(child)
+    return found
+
+
+def _signal(pid: int, signum: int) -> None:
+    """Signal ``pid``'s whole group when it leads one, else just ``pid``."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _gone(pid: int) -> bool:
+    _reap(pid)
+    return command_line(pid) is None and not _group_alive(pid)
+
+
 def stop_pid(pid: int, argv: list[str], timeout: float = 20.0) -> str:
     """SIGTERM the process group led by ``pid`` if it still runs ``argv``; SIGKILL after ``timeout`` seconds."""
     return stop_many([(pid, argv)], timeout)[pid]
 
 
 def stop_many(targets: list[tuple[int, list[str]]], timeout: float = 20.0) -> dict[int, str]:
-    """Stop several process groups at once (TERM, wait, then KILL); only pids still running their argv."""
+    """Stop several processes and their groups at once (TERM, wait, then KILL), only if still running their argv.
+
+    Descendants outside the groups (flow runs) are noted first and stopped too if they outlive their parent.
+    """
     outcome = {pid: "not running" for pid, _ in targets}
     pending = [pid for pid, argv in targets if owns(pid, argv)]
+    family = {child: argv for pid in pending for child, argv in descendants(pid).items()}
     for pid in pending:
-        os.killpg(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         time.sleep(0.1)
-        for pid in list(pending):
-            _reap(pid)
-            if command_line(pid) is None and not _group_alive(pid):
-                outcome[pid] = "stopped"
-                pending.remove(pid)
+        for pid in [pid for pid in pending if _gone(pid)]:
+            outcome[pid] = "stopped"
+            pending.remove(pid)
     for pid in pending:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _signal(pid, signal.SIGKILL)
         _reap(pid)
         outcome[pid] = "killed"
+    orphans = [(child, argv) for child, argv in family.items() if owns(child, argv)]
+    if orphans:
+        stop_many(orphans, timeout)
     for pid, _ in targets:
         _reap(pid)
     return outcome

@@ -96,6 +96,8 @@ def _positives(dataset: Dataset, images_of: dict, families: set[str], count: int
         raise UserError("no relationships with images in the training families: nothing to calibrate on")
     left, right, kinds = [], [], []
     for kind, quota in _spread(count, sorted(by_kind), rng).items():
+        if quota == 0:  # fewer pairs than types: some types get none this time
+            continue
         pool = by_kind[kind]
         # Walk a permutation (repeated when the quota exceeds the pool) so each relationship is used before any twice.
         order = np.concatenate([rng.permutation(len(pool)) for _ in range(-(-quota // len(pool)))])[:quota]

@@ -15,8 +15,13 @@ $(BIN)/kinship: pyproject.toml
 
 setup: $(BIN)/kinship
 
+DATA ?= data/synth
+RUN  ?= runs/demo
+
 run: setup
-	$(BIN)/python -m kinship.demo
+	@test -d $(DATA) || $(BIN)/kinship synth --out $(DATA)
+	$(BIN)/kinship data check $(DATA)
+	$(BIN)/kinship baseline --data $(DATA)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -16,8 +16,11 @@ from kinship.layout import CheckReport, dataset_fingerprint, read_dataset
 
 
 def register(subparsers) -> None:
+    from kinship.cli.data_push import add_push_command
+
     group = data_group(subparsers)
     add_check(group)
+    add_push_command(group)
 
 
 def data_group(subparsers):

@@ -1,0 +1,518 @@
+"""A trtexec-style benchmark for any engine, PyTorch eager beside it, and the two ways to score a test set.
+
+``benchmark`` times a callable back to back for a fixed duration after a warm-up and reports what
+``trtexec`` reports: throughput (queries/s, a query being one batch, and pairs/s), host latency
+min/mean/median/p90/p95/p99/max, and, where the backend can tell (TensorRT), enqueue, H2D, GPU
+compute and D2H times, each with its coefficient of variation.
+
+Statistics (``timing_stats``, ``summarise``) are pure functions of the timings:
+
+* percentiles are **nearest-rank** (no interpolation): the p-th percentile of n sorted values is the
+  value at 1-based rank ``ceil(p/100 * n)``. This is what trtexec computes (it takes
+  ``sorted[n - 1 - floor((1 - p/100) * n)]``, the same index), computed here in exact arithmetic.
+* the median is the middle value, or the mean of the two middle values for even n (as trtexec).
+* the coefficient of variation is the population standard deviation over the mean, in percent.
+* throughput is iterations / measured wall time (first start to last end), as trtexec's qps.
+
+Latency here is host wall time around one call (inputs already in host memory, outputs back in
+host memory), the figure a Python caller sees.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kinship.engines.base import PhaseTimes
+from kinship.progress import ProgressEvent, silent
+
+PERCENTILES = (90, 95, 99)
+PHASES = ("enqueue_ms", "h2d_ms", "compute_ms", "d2h_ms")
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """One series of timings in milliseconds."""
+
+    count: int
+    total: float
+    min: float
+    mean: float
+    median: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+    std: float  # population standard deviation
+    cv_percent: float  # std / mean * 100
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def percentile_nearest_rank(sorted_values: Sequence[float], percentile: float) -> float:
+    """The nearest-rank percentile of ascending ``sorted_values``: rank ``ceil(p/100 * n)``, 1-based."""
+    if not sorted_values:
+        raise ValueError("percentile of an empty series")
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be within [0, 100], got {percentile}")
+    # Fraction(str(p)) keeps 99.9 exact: float rounding would move the rank at exact multiples.
+    rank = math.ceil(Fraction(str(percentile)) * len(sorted_values) / 100)
+    return float(sorted_values[max(rank, 1) - 1])
+
+
+def timing_stats(values_ms: Sequence[float]) -> TimingStats:
+    """Summary statistics of a non-empty series of timings (see the module docstring for the methods)."""
+    values = sorted(float(v) for v in values_ms)
+    if not values:
+        raise ValueError("no timings to summarise")
+    n = len(values)
+    mean = math.fsum(values) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
+    middle = n // 2
+    median = values[middle] if n % 2 else (values[middle - 1] + values[middle]) / 2
+    p90, p95, p99 = (percentile_nearest_rank(values, p) for p in PERCENTILES)
+    cv = 100.0 * std / mean if mean else math.inf
+    return TimingStats(n, math.fsum(values), values[0], mean, median, p90, p95, p99, values[-1], std, cv)
+
+
+@dataclass
+class BenchResult:
+    """What one benchmark measured. Phase statistics are None where the backend cannot separate them."""
+
+    batch: int
+    iterations: int
+    wall_s: float
+    queries_per_s: float  # a query is one batch, as trtexec counts
+    pairs_per_s: float
+    latency_ms: TimingStats
+    enqueue_ms: TimingStats | None = None
+    h2d_ms: TimingStats | None = None
+    compute_ms: TimingStats | None = None
+    d2h_ms: TimingStats | None = None
+    label: str = ""
+    threads: int | None = None
+
+    def to_dict(self) -> dict:
+        result = asdict(self)
+        return result
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BenchResult":
+        stats = {k: TimingStats(**data[k]) if data.get(k) else None for k in ("latency_ms",) + PHASES}
+        rest = {k: v for k, v in data.items() if k not in stats}
+        return cls(**rest, **stats)
+
+
+def summarise(
+    latencies_ms: Sequence[float], batch: int = 1, wall_s: float | None = None, phases: Sequence[PhaseTimes | None] = ()
+) -> BenchResult:
+    """Throughput and timing statistics from per-iteration host latencies (and phase times, if any).
+
+    ``wall_s`` is the measured window (first start to last end); without it the latencies are taken
+    as back to back, so the window is their sum. A phase is reported only if every iteration has it.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    latency = timing_stats(latencies_ms)
+    wall = latency.total / 1000.0 if wall_s is None else float(wall_s)
+    if wall <= 0:
+        raise ValueError(f"wall time must be positive, got {wall}")
+    queries = latency.count / wall
+    per_phase = {}
+    for name in PHASES:
+        values = [getattr(p, name) for p in phases if p is not None]
+        complete = len(values) == len(latencies_ms) and all(v is not None for v in values)
+        per_phase[name] = timing_stats(values) if complete else None
+    return BenchResult(batch, latency.count, wall, queries, queries * batch, latency, **per_phase)
+
+
+def benchmark(
+    run_once: Callable[[], PhaseTimes | None],
+    batch: int,
+    duration_s: float,
+    warmup_s: float,
+    min_iterations: int = 10,
+    on_progress: Callable[[ProgressEvent], None] = silent,
+    label: str = "",
+) -> BenchResult:
+    """Call ``run_once`` for ``warmup_s`` untimed, then back to back for ``duration_s`` (and at least
+    ``min_iterations`` times), timing each call; ``run_once`` may return the ``PhaseTimes`` it saw."""
+    _call_for(run_once, warmup_s, 1, f"warm-up {label}".strip(), on_progress)
+    latencies, phases, wall = _call_for(run_once, duration_s, min_iterations, f"benchmark {label}".strip(), on_progress)
+    result = summarise(latencies, batch, wall, phases)
+    result.label = label
+    return result
+
+
+def _call_for(run_once, duration_s: float, min_iterations: int, stage: str, on_progress):
+    latencies: list[float] = []
+    phases: list[PhaseTimes | None] = []
+    total_ms = max(int(duration_s * 1000), 1)
+    start = last_report = time.perf_counter()
+    end = start
+    while True:
+        begin = time.perf_counter()
+        phases.append(run_once())
+        end = time.perf_counter()
+        latencies.append((end - begin) * 1000.0)
+        elapsed = end - start
+        if end - last_report > 0.1:
+            last_report = end
+            on_progress(ProgressEvent(stage, min(int(elapsed * 1000), total_ms), total_ms, {"iterations": len(latencies)}))
+        if elapsed >= duration_s and len(latencies) >= min_iterations:
+            break
+    on_progress(ProgressEvent(stage, total_ms, total_ms, {"iterations": len(latencies)}))
+    return latencies, phases, end - start
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def pair_inputs(batch: int, image_size: int, pixels: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two normalised NCHW float32 batches: from ``pixels`` (uint8 NHWC, cycled) or random in [-1, 1]."""
+    if pixels is None:
+        rng = np.random.default_rng(seed)
+        x = rng.uniform(-1.0, 1.0, size=(2 * batch, 3, image_size, image_size)).astype(np.float32)
+    else:
+        from kinship.images import to_network_input
+
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 4 or pixels.shape[1:] != (image_size, image_size, 3):
+            raise ValueError(f"pixels must be [N, {image_size}, {image_size}, 3] uint8, got {pixels.shape}")
+        x = to_network_input(pixels[np.arange(2 * batch) % len(pixels)])
+    return np.ascontiguousarray(x[:batch]), np.ascontiguousarray(x[batch:])
+
+
+def default_threads() -> int:
+    """ONNX Runtime's default intra-op thread count: the physical cores (hyper-threads not counted).
+
+    Read from /proc/cpuinfo (cores this process may run on); elsewhere, every logical CPU.
+    """
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return len(allowed)
+    cores = set()
+    for block in text.strip().split("\n\n"):
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines() if ":" in line)}
+        if info.get("processor", "").isdigit() and int(info["processor"]) in allowed:
+            cores.add((info.get("physical id", "0"), info.get("core id", info["processor"])))
+    return len(cores) or len(allowed)
+
+
+# --- engines and PyTorch ---------------------------------------------------------------------------
+
+
+def bench_engine(
+    engine,
+    batch: int,
+    duration_s: float = 3.0,
+    warmup_s: float = 1.0,
+    pixels: np.ndarray | None = None,
+    on_progress: Callable[[ProgressEvent], None] = silent,
+    label: str | None = None,
+) -> BenchResult:
+    """Benchmark an ``Engine``'s two-input path at ``batch`` pairs per call (``run_pairs_timed``)."""
+    img0, img1 = pair_inputs(batch, engine.image_size, pixels)
+    label = label or f"{engine.backend} {engine.precision}"
+    return benchmark(lambda: engine.run_pairs_timed(img0, img1)[1], batch, duration_s, warmup_s, on_progress=on_progress, label=label)
+
+
+class TorchEager:
+    """A ``.pt`` checkpoint run by PyTorch eager in inference mode, with the Engine's timing calls."""
+
+    backend = "pytorch"
+    precision = "fp32"
+
+    def __init__(self, checkpoint: Path, channels_last: bool = False):
+        import torch
+
+        from kinship.checkpoint import load_model
+
+        self.path = Path(checkpoint)
+        self.model, self.metadata = load_model(self.path)
+        self.image_size = self.model.config.image_size
+        self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
+
+    def _tensor(self, array: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array)).contiguous(memory_format=self.memory_format)
+
+    def run_pairs(self, img0: np.ndarray, img1: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(self._tensor(img0), self._tensor(img1)).numpy()
+
+    def run_pairs_timed(self, img0: np.ndarray, img1: np.ndarray) -> tuple[np.ndarray, PhaseTimes]:
+        start = time.perf_counter()
+        logits = self.run_pairs(img0, img1)
+        return logits, PhaseTimes(None, (time.perf_counter() - start) * 1000.0, None, None)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encoder(self._tensor(images)).numpy()
+
+    def head(self, emb0: np.ndarray, emb1: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.head(torch.from_numpy(emb0), torch.from_numpy(emb1)).numpy()
+
+
+def bench_torch(
+    checkpoint: Path,
+    batch: int,
+    duration_s: float = 3.0,
+    warmup_s: float = 1.0,
+    threads: int | None = None,
+    pixels: np.ndarray | None = None,
+    channels_last: bool = False,
+    on_progress: Callable[[ProgressEvent], None] = silent,
+) -> BenchResult:
+    """PyTorch eager (inference mode, CPU) on the same batch, with ``threads`` intra-op threads.
+
+    Pass the ONNX Runtime session's intra-op thread count so the two are compared like for like; the
+    process's previous torch thread count is restored afterwards.
+    """
+    import torch
+
+    threads = threads or default_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = TorchEager(checkpoint, channels_last=channels_last)
+        label = "pytorch eager" + (" channels_last" if channels_last else "")
+        result = bench_engine(model, batch, duration_s, warmup_s, pixels, on_progress, label=label)
+    finally:
+        torch.set_num_threads(previous)
+    result.threads = threads
+    return result
+
+
+def ratio(faster: BenchResult, slower: BenchResult) -> float:
+    """How many times the pairs/s of ``faster`` exceeds that of ``slower`` (same batch expected)."""
+    if faster.batch != slower.batch:
+        raise ValueError(f"compare like with like: batch {faster.batch} vs {slower.batch}")
+    return faster.pairs_per_s / slower.pairs_per_s
+
+
+# --- scoring a test set: two-input model per pair vs encoder once per image + head per pair -----------
+
+
+@dataclass
+class ScoringComparison:
+    """Wall time to score one test set both ways (median of ``repeats``, the two ways alternating)."""
+
+    pairs: int
+    unique_images: int
+    batch: int
+    repeats: int
+    two_input_s: float
+    encoder_head_s: float
+    two_input_pairs_per_s: float
+    encoder_head_pairs_per_s: float
+    gain: float  # encoder_head_pairs_per_s / two_input_pairs_per_s
+    expected_gain: float  # image encodings saved: 2 * pairs / unique_images
+    max_abs_diff: float  # between the two ways' logits: they must agree
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def score_two_input(engine, pixels: np.ndarray, left: np.ndarray, right: np.ndarray, batch: int) -> np.ndarray:
+    """Logits from the two-input model, both images of every pair encoded (normalisation included)."""
+    from kinship.images import to_network_input
+
+    chunks = []
+    for start in range(0, len(left), batch):
+        img0 = to_network_input(np.asarray(pixels[left[start : start + batch]]))
+        img1 = to_network_input(np.asarray(pixels[right[start : start + batch]]))
+        chunks.append(engine.run_pairs(img0, img1))
+    return np.concatenate(chunks).astype(np.float64)
+
+
+def score_encoder_head(engine, pixels: np.ndarray, left: np.ndarray, right: np.ndarray, batch: int) -> np.ndarray:
+    """Logits from embedding each unique image once, then the head per pair (``score_image_pairs``)."""
+    from types import SimpleNamespace
+
+    from kinship.inference import score_image_pairs
+
+    halves = SimpleNamespace(embed=engine.embed, head=engine.head)
+    return score_image_pairs(halves, pixels, np.asarray(left), np.asarray(right), batch_size=batch)
+
+
+def bench_test_set_scoring(
+    engine,
+    pixels: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    batch: int = 64,
+    repeats: int = 3,
+    on_progress: Callable[[ProgressEvent], None] = silent,
+) -> ScoringComparison:
+    """Time scoring the pairs ``(left[i], right[i])`` of uint8 NHWC ``pixels`` both ways.
+
+    The engine must offer ``embed`` and ``head`` (its encoder and head companions); an engine whose
+    ``embed`` returns None cannot score the second way and raises ``ValueError``.
+    """
+    left, right = np.asarray(left), np.asarray(right)
+    probe = np.asarray(pixels[left[:1]])
+    from kinship.images import to_network_input
+
+    if engine.embed(to_network_input(probe)) is None:
+        raise ValueError(f"{getattr(engine, 'path', engine)} has no encoder/head companions to score with")
+    ways = {"two_input": score_two_input, "encoder_head": score_encoder_head}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    logits: dict[str, np.ndarray] = {}
+    for step in range(repeats):
+        for name, score in ways.items():
+            start = time.perf_counter()
+            logits[name] = score(engine, pixels, left, right, batch)
+            times[name].append(time.perf_counter() - start)
+        on_progress(ProgressEvent("score test set both ways", step + 1, repeats))
+    two, split = float(np.median(times["two_input"])), float(np.median(times["encoder_head"]))
+    pairs, unique = len(left), len(np.unique(np.concatenate((left, right))))
+    return ScoringComparison(
+        pairs, unique, batch, repeats, two, split, pairs / two, pairs / split, two / split, 2 * pairs / unique,
+        float(np.max(np.abs(logits["two_input"] - logits["encoder_head"]))),
+    )
+
+
+# --- one model file, as ``kinship bench`` runs it ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """What ``kinship bench`` was asked: a model file, batch, timings, threads, an optional ``.pt`` beside it."""
+
+    model: Path
+    batch: int = 64
+    duration_s: float = 3.0
+    warmup_s: float = 1.0
+    threads: int = 0  # 0: physical cores, ONNX Runtime's default
+    vs_torch: Path | None = None
+    ceiling_seconds: float = 2.0  # 0: do not measure the ceiling
+
+    def __post_init__(self) -> None:
+        from kinship.errors import UserError
+
+        if self.batch < 1:
+            raise UserError(f"--batch must be >= 1, got {self.batch}")
+        if self.duration_s <= 0 or self.warmup_s < 0 or self.ceiling_seconds < 0:
+            raise UserError("--duration must be > 0, --warmup and --ceiling-seconds >= 0")
+        if self.threads < 0:
+            raise UserError(f"--threads must be >= 0, got {self.threads}")
+
+
+def open_engine(path: Path, threads: int):
+    """An engine for ``path``: ONNX Runtime files and folders with ``threads`` intra-op threads, else ``load_engine``."""
+    from kinship.engines.base import ENGINE_SUFFIXES, load_engine, read_sidecar
+    from kinship.errors import UserError
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model file not found: {path}")
+    sidecar = read_sidecar(path)
+    backend = sidecar["backend"] if sidecar else ENGINE_SUFFIXES.get(path.suffix)
+    if backend != "onnxruntime":
+        return load_engine(path)
+    from kinship.engines.onnxruntime_backend import OrtEngine
+
+    pair = path / sidecar["parts"]["pair"] if path.is_dir() else path
+    return OrtEngine.open(pair, sidecar, threads)
+
+
+def run_bench(request: BenchRequest, on_progress: Callable[[ProgressEvent], None] = silent) -> dict:
+    """Benchmark ``request.model`` (and PyTorch eager beside it), measure the ceiling; one JSON-ready dict."""
+    threads = request.threads or default_threads()
+    model = Path(request.model)
+    timing = (request.batch, request.duration_s, request.warmup_s)
+    if model.suffix == ".pt":
+        result = bench_torch(model, *timing, threads=threads, on_progress=on_progress)
+        image_size = _checkpoint_image_size(model)
+    else:
+        engine = open_engine(model, threads)
+        image_size = engine.image_size
+        result = bench_engine(engine, *timing, on_progress=on_progress)
+        result.threads = threads
+    torch_result = None
+    if request.vs_torch is not None:
+        _check_torch_companion(Path(request.vs_torch), image_size)
+        torch_result = bench_torch(request.vs_torch, *timing, threads=threads, on_progress=on_progress)
+    summary = {
+        "model": str(model), "batch": request.batch, "threads": threads,
+        "duration_s": request.duration_s, "warmup_s": request.warmup_s,
+        "result": result.to_dict(), "torch": torch_result.to_dict() if torch_result else None,
+        "ratio_vs_torch": ratio(result, torch_result) if torch_result else None,
+    }
+    summary.update(_ceiling_figures(model, request, threads, [summary["result"], summary["torch"]], on_progress))
+    return summary
+
+
+def _checkpoint_image_size(checkpoint: Path) -> int:
+    from kinship.checkpoint import read_checkpoint
+
+    return int(read_checkpoint(checkpoint)["model_config"].get("image_size", 64))
+
+
+def _check_torch_companion(checkpoint: Path, image_size: int) -> None:
+    from kinship.errors import UserError
+
+    if checkpoint.suffix != ".pt":
+        raise UserError(f"--vs-torch takes a .pt checkpoint, got {checkpoint}")
+    torch_size = _checkpoint_image_size(checkpoint)
+    if torch_size != image_size:
+        raise UserError(f"--vs-torch {checkpoint} takes {torch_size} px images, the model {image_size} px: not the same network")
+
+
+def flops_per_pair(model: Path) -> tuple[int | None, str]:
+    """FLOPs per pair of a model file and how they were counted (None with the reason when unknown)."""
+    from kinship.engines.base import read_sidecar
+    from kinship.engines.ceiling import model_flops_per_pair, torch_flops_per_pair
+    from kinship.errors import UserError
+
+    model = Path(model)
+    if model.suffix == ".pt":
+        return torch_flops_per_pair(model), "PyTorch FLOP counter, one pair"
+    sidecar = read_sidecar(model) or {}
+    candidates = [model / sidecar["parts"]["pair"]] if model.is_dir() and sidecar else [model]
+    candidates += [Path(sidecar["source"])] if sidecar.get("source") else []
+    for candidate in candidates:
+        if candidate.suffix == ".onnx" and candidate.is_file():
+            try:
+                return model_flops_per_pair(candidate), f"ONNX graph of {candidate.name} at batch 1"
+            except UserError as error:
+                return None, str(error)
+    return None, "no ONNX graph to count FLOPs from"
+
+
+def _ceiling_figures(model: Path, request: BenchRequest, threads: int, runs: list[dict | None], on_progress) -> dict:
+    from kinship.engines.ceiling import machine_ceiling, share_of_ceiling
+
+    flops, source = flops_per_pair(model)
+    figures = {"flops_per_pair": flops, "flops_source": source, "ceiling": None}
+    if request.ceiling_seconds > 0:
+        on_progress(ProgressEvent("machine ceiling (GEMM)", 0, 1))
+        figures["ceiling"] = machine_ceiling(request.ceiling_seconds, threads=threads).to_dict()
+        on_progress(ProgressEvent("machine ceiling (GEMM)", 1, 1))
+    for run in (r for r in runs if r):
+        run["gflops"] = run["pairs_per_s"] * flops / 1e9 if flops else None
+        run["share_of_ceiling"] = None
+        if flops and figures["ceiling"]:
+            run["gflops"], run["share_of_ceiling"] = share_of_ceiling(run["pairs_per_s"], flops, figures["ceiling"]["gflops"])
+    return figures

@@ -1,0 +1,263 @@
+"""Benchmark statistics on known timings, FLOP counting on a hand-built graph, and `kinship bench` on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from kinship.cli import main
+from kinship.engines.base import PhaseTimes
+from kinship.engines.bench import (
+    BenchResult, bench_engine, bench_test_set_scoring, bench_torch, benchmark, default_threads,
+    percentile_nearest_rank, ratio, summarise, timing_stats,
+)
+from kinship.engines.ceiling import matmul_gflops, model_flops_per_pair, share_of_ceiling, torch_flops_per_pair
+from kinship.errors import UserError
+
+SIZE = 32  # conftest's TINY_TRAIN image size
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_run, tiny_onnx):
+    """The shared tiny trained run: its checkpoint and its checked ONNX export (pair, encoder, head)."""
+    return tiny_run / "model.pt", tiny_onnx
+
+
+def _engine(onnx_path):
+    from kinship.engines.onnxruntime_backend import OrtEngine
+
+    return OrtEngine.open(onnx_path, None, threads=1)
+
+
+# --- statistics on known timings -------------------------------------------------------------------
+
+
+def test_stats_of_one_to_ten():
+    values = list(range(1, 11))
+    random.Random(1).shuffle(values)  # order must not matter
+    stats = timing_stats(values)
+    assert (stats.count, stats.min, stats.max, stats.total) == (10, 1, 10, 55)
+    assert stats.mean == 5.5 and stats.median == 5.5  # even n: mean of the two middle values
+    # nearest rank: p90 -> rank ceil(9.0) = 9, p95 -> ceil(9.5) = 10, p99 -> ceil(9.9) = 10
+    assert (stats.p90, stats.p95, stats.p99) == (9, 10, 10)
+    assert stats.std == pytest.approx(math.sqrt(8.25))  # population standard deviation
+    assert stats.cv_percent == pytest.approx(100 * math.sqrt(8.25) / 5.5)
+
+
+def test_stats_of_one_to_hundred_and_odd_count():
+    stats = timing_stats([float(v) for v in range(100, 0, -1)])
+    assert (stats.p90, stats.p95, stats.p99, stats.median) == (90, 95, 99, 50.5)
+    odd = timing_stats([3.0, 1.0, 2.0, 10.0, 4.0])
+    assert odd.median == 3.0 and odd.p90 == 10.0 and odd.cv_percent == pytest.approx(100 * np.std([3, 1, 2, 10, 4]) / 4)
+
+
+def test_nearest_rank_matches_numpy_inverted_cdf():
+    values = sorted(np.random.default_rng(7).exponential(size=37).tolist())
+    for p in (0, 1, 25, 50, 90, 95, 99, 99.9, 100):
+        assert percentile_nearest_rank(values, p) == np.percentile(values, p, method="inverted_cdf")
+
+
+def test_percentile_edges():
+    assert percentile_nearest_rank([4.0], 99) == 4.0
+    assert percentile_nearest_rank([1.0, 2.0], 0) == 1.0
+    with pytest.raises(ValueError):
+        percentile_nearest_rank([], 50)
+    with pytest.raises(ValueError):
+        percentile_nearest_rank([1.0], 101)
+    with pytest.raises(ValueError):
+        timing_stats([])
+
+
+def test_throughput_arithmetic():
+    back_to_back = summarise([10.0, 20.0, 30.0, 40.0], batch=8)
+    assert back_to_back.wall_s == pytest.approx(0.1)
+    assert back_to_back.queries_per_s == pytest.approx(40.0) and back_to_back.pairs_per_s == pytest.approx(320.0)
+    with_gaps = summarise([10.0, 20.0, 30.0, 40.0], batch=8, wall_s=0.2)
+    assert with_gaps.queries_per_s == pytest.approx(20.0) and with_gaps.pairs_per_s == pytest.approx(160.0)
+    with pytest.raises(ValueError):
+        summarise([1.0], batch=0)
+
+
+def test_phases_reported_only_when_every_call_has_them():
+    phases = [PhaseTimes(1.0, 2.0 + i, 0.5, 0.1 * i) for i in range(4)]
+    result = summarise([4.0, 5.0, 6.0, 7.0], batch=2, phases=phases)
+    assert result.h2d_ms.mean == 1.0 and result.h2d_ms.cv_percent == 0.0
+    assert result.compute_ms.median == 3.5 and result.d2h_ms.max == 0.5
+    assert result.enqueue_ms.p99 == pytest.approx(0.3)
+    cpu_like = summarise([4.0, 5.0], batch=2, phases=[PhaseTimes(None, 3.0, None, None)] * 2)
+    assert cpu_like.h2d_ms is None and cpu_like.enqueue_ms is None and cpu_like.compute_ms.mean == 3.0
+    assert summarise([4.0, 5.0], batch=2).compute_ms is None
+
+
+def test_result_round_trips_through_dict():
+    result = summarise([1.0, 2.0, 3.0], batch=4, phases=[PhaseTimes(None, 1.0, None, None)] * 3)
+    again = BenchResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result
+
+
+def test_benchmark_times_only_calls_after_warmup():
+    calls = []
+
+    def run_once():
+        calls.append(1)
+        return PhaseTimes(0.25, 1.0, 0.5, 0.125)
+
+    result = benchmark(run_once, batch=4, duration_s=0.0, warmup_s=0.0, min_iterations=7)
+    assert result.iterations == 7 and len(calls) == 8  # one untimed warm-up call
+    assert result.h2d_ms.mean == 0.25 and result.enqueue_ms.mean == 0.125 and result.batch == 4
+    assert result.pairs_per_s == pytest.approx(4 * result.queries_per_s)
+
+
+# --- real engines ---------------------------------------------------------------------------------
+
+
+def test_bench_engine_and_torch_on_a_real_model(tiny_export):
+    checkpoint, onnx_path = tiny_export
+    events = []
+    ort_result = bench_engine(_engine(onnx_path), 8, duration_s=0.05, warmup_s=0.01, on_progress=events.append)
+    torch_result = bench_torch(checkpoint, 8, duration_s=0.05, warmup_s=0.01, threads=1)
+    for result in (ort_result, torch_result):
+        assert result.batch == 8 and result.iterations >= 10 and result.compute_ms is not None
+        assert result.h2d_ms is None and result.latency_ms.min <= result.latency_ms.median <= result.latency_ms.max
+    assert torch_result.threads == 1 and ort_result.label == "onnxruntime fp32"
+    assert ratio(ort_result, torch_result) == pytest.approx(ort_result.pairs_per_s / torch_result.pairs_per_s)
+    assert events and events[-1].done == events[-1].total
+    with pytest.raises(ValueError):
+        ratio(ort_result, bench_engine(_engine(onnx_path), 4, duration_s=0.01, warmup_s=0.0))
+
+
+def test_bench_engine_uses_given_pixels(tiny_export):
+    _, onnx_path = tiny_export
+    pixels = np.zeros((3, SIZE, SIZE, 3), np.uint8)
+    assert bench_engine(_engine(onnx_path), 4, 0.01, 0.0, pixels=pixels).iterations >= 10
+    with pytest.raises(ValueError):
+        bench_engine(_engine(onnx_path), 4, 0.01, 0.0, pixels=np.zeros((3, 8, 8, 3), np.uint8))
+
+
+def test_both_ways_of_scoring_a_test_set_agree(tiny_export):
+    _, onnx_path = tiny_export
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(20, SIZE, SIZE, 3), dtype=np.uint8)
+    left, right = rng.integers(0, 10, size=60), rng.integers(10, 20, size=60)
+    comparison = bench_test_set_scoring(_engine(onnx_path), pixels, left, right, batch=16, repeats=1)
+    unique = len(np.unique(np.concatenate((left, right))))
+    assert comparison.pairs == 60 and comparison.unique_images == unique
+    assert comparison.expected_gain == pytest.approx(120 / unique)
+    assert comparison.max_abs_diff < 1e-4
+    assert comparison.gain == pytest.approx(comparison.encoder_head_pairs_per_s / comparison.two_input_pairs_per_s)
+
+
+def test_default_threads_is_a_core_count():
+    import os
+
+    assert 1 <= default_threads() <= (os.cpu_count() or 1)
+
+
+# --- ceiling and FLOPs ----------------------------------------------------------------------------
+
+
+def _hand_built_model(path):
+    """Conv 3->4 (3x3, pad 1) on 8x8, grouped Conv (2 groups, stride 2), Flatten, Gemm (transB), MatMul."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def weight(name, shape):
+        return numpy_helper.from_array(np.ones(shape, np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], group=2),
+        helper.make_node("Flatten", ["c2"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3"], ["g"], transB=1),
+        helper.make_node("MatMul", ["g", "w4"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "hand", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])],
+        [weight("w1", (4, 3, 3, 3)), weight("w2", (4, 2, 3, 3)), weight("w3", (10, 64)), weight("w4", (10, 5))],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_flops_of_a_hand_built_graph(tmp_path):
+    macs = 4 * 8 * 8 * (3 * 3 * 3)  # conv: outputs x (C_in/group x kernel)
+    macs += 4 * 4 * 4 * (2 * 3 * 3)  # grouped stride-2 conv: 4 channels of 4x4, 2 input channels each
+    macs += 10 * 64  # gemm: 1 x 64 by 64 x 10
+    macs += 10 * 5  # matmul: 1 x 10 by 10 x 5
+    assert model_flops_per_pair(_hand_built_model(tmp_path / "hand.onnx")) == 2 * macs
+
+
+def test_flops_of_the_exported_model_match_pytorch(tiny_export):
+    from kinship.export import companion_paths
+
+    checkpoint, onnx_path = tiny_export
+    files = companion_paths(onnx_path)
+    pair, encoder, head = (model_flops_per_pair(p) for p in files.all())
+    assert pair == torch_flops_per_pair(checkpoint) > 0
+    assert pair == 2 * encoder + head  # the pair model encodes both images, then runs the head once
+
+
+def test_flops_of_a_file_that_is_not_onnx(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    with pytest.raises(UserError, match="bad.onnx"):
+        model_flops_per_pair(bad)
+
+
+def test_matmul_rates_and_shares():
+    for library in ("torch", "numpy"):
+        assert 0 < matmul_gflops(duration_s=0.02, n=64, threads=1, library=library) < math.inf
+    with pytest.raises(ValueError):
+        matmul_gflops(0.01, 8, library="fortran")
+    assert share_of_ceiling(100.0, 2_000_000_000, 400.0) == (200.0, 0.5)
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def _cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_cli_json_with_torch_beside(tiny_export, capsys):
+    checkpoint, onnx_path = tiny_export
+    code, out, _ = _cli(capsys, "bench", "--model", onnx_path, "--batch", 4, "--duration", 0.3, "--warmup", 0.05,
+                        "--threads", 1, "--vs-torch", checkpoint, "--ceiling-seconds", 0.1, "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["batch"] == 4 and summary["threads"] == 1
+    assert summary["result"]["label"] == "onnxruntime fp32" and summary["torch"]["label"] == "pytorch eager"
+    assert summary["ratio_vs_torch"] == pytest.approx(summary["result"]["pairs_per_s"] / summary["torch"]["pairs_per_s"])
+    assert summary["flops_per_pair"] == torch_flops_per_pair(checkpoint)
+    ceiling = summary["ceiling"]["gflops"]
+    assert summary["result"]["share_of_ceiling"] == pytest.approx(summary["result"]["gflops"] / ceiling)
+
+
+def test_bench_cli_tables_for_a_checkpoint(tiny_export, capsys):
+    checkpoint, _ = tiny_export
+    code, out, _ = _cli(capsys, "bench", "--model", checkpoint, "--batch", 2, "--duration", 0.1, "--warmup", 0,
+                        "--ceiling-seconds", 0)
+    assert code == 0
+    assert "pytorch eager" in out and "p99" in out and "MFLOP per pair" in out
+
+
+def test_bench_cli_bad_inputs(tiny_export, tmp_path, capsys):
+    checkpoint, onnx_path = tiny_export
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x00\x01 not protobuf")
+    cases = [
+        (["--model", tmp_path / "missing.onnx"], "missing.onnx"),
+        (["--model", bad], "broken.onnx"),
+        (["--model", onnx_path, "--vs-torch", onnx_path], "--vs-torch"),
+        (["--model", onnx_path, "--batch", 0], "--batch"),
+    ]
+    for argv, named in cases:
+        code, out, err = _cli(capsys, "bench", *argv, "--duration", 0.01, "--json")
+        assert code == 2 and named in err and out == "" and "Traceback" not in err

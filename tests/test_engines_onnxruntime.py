@@ -82,6 +82,8 @@ def test_timed_runs_report_wall_time_only(built, pairs):
     logits, times = engine.run_pairs_timed(*pairs)
     assert times.compute_ms > 0 and times.h2d_ms is None and times.d2h_ms is None and times.enqueue_ms is None
     assert np.array_equal(logits, engine.run_pairs(*pairs))
+    by_folder = load_engine(built[1]["fp32"].path.parent)  # an engine folder opens like its pair file
+    assert by_folder.path == engine.path and np.array_equal(by_folder.run_pairs(*pairs), logits)
 
 
 def test_int8_files_hold_quantized_weights(built, tiny_onnx):

@@ -249,6 +249,34 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+@dataclass
+class _Inputs:
+    """What every variant is judged with: validation pairs, FP32 reference logits, calibration file."""
+
+    prepared: object  # kinship.data.PreparedData
+    data: ValidationData
+    reference: np.ndarray
+    reference_report: object  # kinship.metrics.VerificationReport
+    calibration: Path | None
+    calibration_meta: dict
+
+
+def _inputs(onnx_path: Path, data_dir: Path, out_dir: Path, config: EnginesConfig, variants, on_progress) -> _Inputs:
+    from kinship.data import prepare
+
+    image_size, recorded_threshold = _model_facts(onnx_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(Path(data_dir), image_size, config.split_config(), on_progress=on_progress)
+    calibration, calibration_meta = None, {}
+    if any(v.startswith("int8") for v in variants):
+        calibration, calibration_meta = _calibration_file(config, prepared, out_dir, on_progress)
+    data = validation_data(prepared, config.validation_limit)
+    reference = engine_logits(reference_engine(onnx_path), data)
+    choose_threshold(data, recorded_threshold, reference)
+    report = verification_report(data.label, reference, data.kind, threshold=data.threshold)
+    return _Inputs(prepared, data, reference, report, calibration, calibration_meta)
+
+
 def build_engines(
     onnx_path: Path,
     data_dir: Path,
@@ -262,8 +290,6 @@ def build_engines(
     ``builder`` is the per-variant build step (``base.build_engine``); callers may wrap it, e.g. to
     record each build elsewhere.
     """
-    from kinship.data import prepare
-
     started = time.perf_counter()
     variants = parse_variants(config.variants)
     backend = resolve_backend(config.backend)
@@ -272,33 +298,25 @@ def build_engines(
 
         require_tensorrt()
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    image_size, recorded_threshold = _model_facts(onnx_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(Path(data_dir), image_size, config.split_config(), on_progress=on_progress)
-    calibration, calibration_meta = (None, {})
-    if any(v.startswith("int8") for v in variants):
-        calibration, calibration_meta = _calibration_file(config, prepared, out_dir, on_progress)
-    data = validation_data(prepared, config.validation_limit)
-    reference = engine_logits(reference_engine(onnx_path), data)
-    choose_threshold(data, recorded_threshold, reference)
-    reference_report = verification_report(data.label, reference, data.kind, threshold=data.threshold)
+    inputs = _inputs(onnx_path, data_dir, out_dir, config, variants, on_progress)
     records = []
     for index, variant in enumerate(variants):
         on_progress(ProgressEvent("build and validate engines", index, len(variants), {"variant": variant}))
-        records.append(build_one(onnx_path, out_dir, variant, backend, calibration, config, data, reference,
-                                 reference_report.auc, builder))
+        records.append(build_one(onnx_path, out_dir, variant, backend, inputs.calibration, config, inputs.data,
+                                 inputs.reference, inputs.reference_report.auc, builder))
     on_progress(ProgressEvent("build and validate engines", len(variants), len(variants)))
-    bench_pixels = np.asarray(prepared.pixels[np.unique(prepared.val_pairs.left)[:512]])
-    _benchmark(records, config, bench_pixels, on_progress)
+    pairs = inputs.prepared.val_pairs
+    _benchmark(records, config, np.asarray(inputs.prepared.pixels[np.unique(pairs.left)[:512]]), on_progress)
+    calibration = ({**inputs.calibration_meta, "file": str(inputs.calibration), "method": config.options.calibration_method}
+                   if inputs.calibration else {})
     result = EnginesResult(
-        onnx_path, Path(data_dir), out_dir, backend, _backend_note(config.backend, backend), reference_report.to_dict(),
-        {"pairs": len(data), "threshold": data.threshold, "threshold_source": data.threshold_source,
-         "policy": asdict(config.policy)},
-        {**calibration_meta, "file": str(calibration) if calibration else None,
-         "method": config.options.calibration_method} if calibration else {},
-        records, _environment(backend), time.perf_counter() - started,
+        onnx_path, Path(data_dir), out_dir, backend, _backend_note(config.backend, backend),
+        inputs.reference_report.to_dict(),
+        {"pairs": len(inputs.data), "threshold": inputs.data.threshold,
+         "threshold_source": inputs.data.threshold_source, "policy": asdict(config.policy)},
+        calibration, records, _environment(backend), time.perf_counter() - started,
     )
-    result.report_files = write_report(result, config, data.label)
+    result.report_files = write_report(result, config, inputs.data.label)
     return result
 
 

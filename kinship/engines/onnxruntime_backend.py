@@ -23,7 +23,8 @@ BACKEND = "onnxruntime"
 INPUTS = {"pair": ("img0", "img1"), "encoder": ("image",), "head": ("emb0", "emb1")}
 TF32_NOTE = "TF32 is a tensor-core format of NVIDIA GPUs (Ampere and later); a CPU has no TF32 arithmetic"
 FP16_NOTE = ("FP16 model with float32 inputs/outputs; ONNX Runtime's CPU provider lacks FP16 kernels for most "
-             "operators, so its speed here is as measured, not what a GPU would give")
+             "operators and inserts Casts to float32 around them, so its speed here is as measured, not what a GPU "
+             "would give")
 QUANT_BATCH = 32  # images or pairs per quantizer batch (ORT accepts any batch size)
 
 

@@ -344,7 +344,8 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
         parsed = _qdq_sources(sources, calibration_set, folder, options) if variant == "int8-qdq" else sources
         plans = plan_parts(parsed, options)
         if variant == "int8":
-            add_calibration(plans, calibration_set, out_dir, _embedder(sources), options)
+            embed = _embedder(sources) if "head" in plans else None  # the head calibrates on FP32 embeddings
+            add_calibration(plans, calibration_set, out_dir, embed, options)
             notes.append("implicit INT8 via IInt8EntropyCalibrator2 at the profile's opt batch; FP32 fallback allowed")
         census = {part: build_part(plan, variant, options, folder / names[part], out_dir / TIMING_CACHE)
                   for part, plan in plans.items()}

@@ -1,0 +1,473 @@
+"""The engine report: ``report.json``, ``report.md`` and PNG plots, one row per engine variant.
+
+How the build step calls this. ``kinship/engines/build.py`` hands over its whole result::
+
+    write_engines_report(EnginesResult.to_dict(), out_dir)   # -> [report.json, report.md, *.png]
+
+which maps each ``EngineRecord.to_dict()`` to an ``EngineResult`` (``engine_result_from_record``) and
+measures the machine ceiling, FLOPs per pair and PyTorch eager (a ``.pt`` beside the ONNX) for the
+context. For the ROC plot a record needs ``"roc": roc_points(labels, engine_logits)``. Code that
+builds rows itself calls ``write_report`` directly::
+
+    rows = [
+        EngineResult("onnxruntime", "fp32", "ok", path=..., size_bytes=..., build_seconds=...,
+                     validation=validation_summary(labels, logits, fp32_logits, threshold),
+                     bench={batch: bench_engine(engine, batch, ...).to_dict() for batch in (1, 8, 64, 256)},
+                     roc=roc_points(labels, logits)),
+        EngineResult.not_applicable("onnxruntime", "tf32", "TF32 is a tensor-core format ..."),
+        EngineResult.failed("onnxruntime", "int8", "build failed: ..."),     # no figures, ever
+    ]
+    json_path, md_path = write_report(rows, out_dir, context)
+
+``context`` (every key optional): ``title``; ``model`` (the source ONNX path); ``reference_batch``
+(default 64, the batch of the table); ``threads``; ``machine`` (dict, shown as is); ``ceiling``
+(``Ceiling.to_dict()``); ``flops_per_pair`` (``model_flops_per_pair``); ``torch`` (``{batch:
+BenchResult.to_dict()}`` for PyTorch eager at the same threads); ``scoring``
+(``ScoringComparison.to_dict()``); ``notes`` (list of lines).
+
+Rows that failed or do not apply keep only their reason: any figures they carry are dropped, so
+no table or plot ever shows numbers that were not measured for that row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+STATUS_OK, STATUS_FAILED, STATUS_NOT_APPLICABLE = "ok", "failed", "not applicable"
+STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_NOT_APPLICABLE)
+REPORT_FORMAT = "kinship-engine-report/1"
+PLOTS = {"throughput": "throughput.png", "roc": "roc.png", "sizes": "sizes.png"}
+_FIGURES = ("path", "size_bytes", "build_seconds", "validation", "bench", "int8_size_explanation", "roc")
+
+
+@dataclass
+class EngineResult:
+    """One engine variant's outcome.
+
+    ``validation``: ``max_abs_diff``/``mean_abs_diff`` (logits against the FP32 reference),
+    ``agreement`` (fraction of pairs given the same decision as FP32 at the threshold), ``auc``,
+    ``accuracy``, ``loss``. ``bench``: batch -> ``BenchResult.to_dict()``. ``roc``: ``{"fpr": [...],
+    "tpr": [...]}`` on the validation pairs. ``variant`` names the build when it is not just the
+    precision (``int8-qdq``).
+    """
+
+    backend: str
+    precision: str
+    status: str
+    reason: str = ""
+    variant: str = ""
+    path: str | None = None
+    size_bytes: int | None = None
+    build_seconds: float | None = None
+    validation: dict | None = None
+    bench: dict = field(default_factory=dict)
+    int8_size_explanation: str = ""
+    roc: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.status == "built":  # BuiltEngine's word for the same outcome
+            self.status = STATUS_OK
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.status != STATUS_OK and not self.reason:
+            raise ValueError(f"a {self.status!r} row needs a reason")
+        self.variant = self.variant or self.precision
+        if self.status != STATUS_OK:  # never carry figures that were not measured for this row
+            self.path, self.size_bytes, self.build_seconds, self.validation = None, None, None, None
+            self.bench, self.int8_size_explanation, self.roc = {}, "", None
+        self.bench = {int(batch): figures for batch, figures in (self.bench or {}).items()}
+
+    @classmethod
+    def failed(cls, backend: str, precision: str, reason: str) -> "EngineResult":
+        return cls(backend, precision_of(precision), STATUS_FAILED, reason, variant=precision)
+
+    @classmethod
+    def not_applicable(cls, backend: str, precision: str, reason: str) -> "EngineResult":
+        return cls(backend, precision_of(precision), STATUS_NOT_APPLICABLE, reason, variant=precision)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EngineResult":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} {self.variant}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def precision_of(variant: str) -> str:
+    return "int8" if variant.startswith("int8") else variant
+
+
+def roc_points(labels: np.ndarray, logits: np.ndarray, max_points: int = 200) -> dict:
+    """ROC curve points for the report, thinned to at most ``max_points`` (ends kept)."""
+    from kinship.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, logits)
+    if len(fpr) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]}
+
+
+def validation_summary(labels: np.ndarray, logits: np.ndarray, reference_logits: np.ndarray, threshold: float) -> dict:
+    """The ``validation`` dict of a row: closeness to the FP32 reference logits, then quality."""
+    from kinship.metrics import accuracy, bce_with_logits, roc_auc
+
+    logits = np.asarray(logits, dtype=np.float64)
+    reference = np.asarray(reference_logits, dtype=np.float64)
+    difference = np.abs(logits - reference)
+    return {
+        "max_abs_diff": float(difference.max()),
+        "mean_abs_diff": float(difference.mean()),
+        "agreement": float(np.mean((logits >= threshold) == (reference >= threshold))),
+        "auc": roc_auc(labels, logits),
+        "accuracy": accuracy(labels, logits, threshold),
+        "loss": bce_with_logits(labels, logits),
+    }
+
+
+# --- figures derived for the table ------------------------------------------------------------------
+
+
+def _bench_at(bench: dict | None, batch: int) -> dict | None:
+    if not bench:
+        return None
+    return bench.get(batch) or bench.get(str(batch))
+
+
+def row_summary(result: EngineResult, context: dict) -> dict:
+    """The table's figures for one row at the reference batch (None where not measured)."""
+    batch = int(context.get("reference_batch", 64))
+    figures = _bench_at(result.bench, batch)
+    validation = result.validation or {}
+    summary = {
+        "size_mb": result.size_bytes / 1e6 if result.size_bytes is not None else None,
+        "pairs_per_s": figures["pairs_per_s"] if figures else None,
+        "p50_ms": figures["latency_ms"]["median"] if figures else None,
+        "p99_ms": figures["latency_ms"]["p99"] if figures else None,
+        "auc": validation.get("auc"),
+        "agreement": validation.get("agreement"),
+        "gflops": None,
+        "share_of_ceiling": None,
+        "vs_torch": None,
+    }
+    flops, ceiling = context.get("flops_per_pair"), (context.get("ceiling") or {}).get("gflops")
+    if figures and flops:
+        summary["gflops"] = figures["pairs_per_s"] * flops / 1e9
+        if ceiling:
+            summary["share_of_ceiling"] = summary["gflops"] / ceiling
+    torch_figures = _bench_at(context.get("torch"), batch)
+    if figures and torch_figures:
+        summary["vs_torch"] = figures["pairs_per_s"] / torch_figures["pairs_per_s"]
+    return summary
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+def write_report(results: list, out_dir: Path, context: dict) -> tuple[Path, Path]:
+    """Write ``report.json``, ``report.md`` and the PNG plots into ``out_dir``; returns (json, md).
+
+    ``results`` are ``EngineResult``s or their ``to_dict()``s. Each file is written under a temporary
+    name and renamed; ``report.json`` comes last, so its presence means the report is complete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r if isinstance(r, EngineResult) else EngineResult.from_dict(r) for r in results]
+    context = dict(context)
+    summaries = [row_summary(row, context) for row in rows]
+    plots = write_plots(rows, out_dir, context)
+    md_path = _publish(out_dir / "report.md", markdown(rows, summaries, context, plots))
+    payload = {
+        "format": REPORT_FORMAT,
+        "context": context,
+        "results": [{**row.to_dict(), "summary": summary} for row, summary in zip(rows, summaries)],
+        "plots": plots,
+    }
+    json_path = _publish(out_dir / "report.json", json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    return json_path, md_path
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)
+
+
+def _publish(path: Path, text: str) -> Path:
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
+    return path
+
+
+# --- plots ------------------------------------------------------------------------------------------
+
+
+def write_plots(rows: list[EngineResult], out_dir: Path, context: dict) -> dict[str, str]:
+    """Draw the plots that have data; returns plot name -> file name (relative to ``out_dir``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    drawn = {}
+    for name, draw in (("throughput", _plot_throughput), ("roc", _plot_roc), ("sizes", _plot_sizes)):
+        figure = draw(rows, context)
+        if figure is not None:
+            drawn[name] = _save_figure(figure, out_dir / PLOTS[name])
+    return drawn
+
+
+def _save_figure(figure, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.png")
+    figure.tight_layout()
+    figure.savefig(partial, dpi=110)
+    plt.close(figure)
+    os.replace(partial, path)
+    return path.name
+
+
+def _plot_throughput(rows: list[EngineResult], context: dict):
+    import matplotlib.pyplot as plt
+
+    series = [(row.name, row.bench) for row in rows if row.status == STATUS_OK and row.bench]
+    if context.get("torch"):
+        series.append(("pytorch eager (reference)", context["torch"]))
+    if not series:
+        return None
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for label, bench in series:
+        batches = sorted(int(b) for b in bench)
+        style = "--" if label.startswith("pytorch") else "-"
+        axes.plot(batches, [_bench_at(bench, b)["pairs_per_s"] for b in batches], style, marker="o", label=label)
+    axes.set_xscale("log", base=2)
+    batches = sorted({int(b) for _, bench in series for b in bench})
+    axes.set_xticks(batches, [str(b) for b in batches])
+    axes.minorticks_off()
+    axes.set(xlabel="batch size (pairs per call)", ylabel="pairs / s", title="Throughput against batch size")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure
+
+
+def _plot_roc(rows: list[EngineResult], context: dict):
+    import matplotlib.pyplot as plt
+
+    curves = [row for row in rows if row.status == STATUS_OK and row.roc]
+    if not curves:
+        return None
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    for row in curves:
+        auc = (row.validation or {}).get("auc")
+        label = row.name + (f" (AUC {auc:.4f})" if auc is not None else "")
+        axes.plot(row.roc["fpr"], row.roc["tpr"], label=label)
+    axes.plot([0, 1], [0, 1], ":", color="grey", label="chance")
+    axes.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC on validation pairs")
+    axes.legend(fontsize=8, loc="lower right")
+    return figure
+
+
+def _plot_sizes(rows: list[EngineResult], context: dict):
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return None
+    figure, axes = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
+    names = [row.name for row in rows]
+    sizes = [row.size_bytes / 1e6 if row.size_bytes is not None else 0.0 for row in rows]
+    axes.barh(names, sizes, color=["tab:blue" if row.status == STATUS_OK else "lightgrey" for row in rows])
+    for index, row in enumerate(rows):
+        text = f"{sizes[index]:.2f} MB" if row.size_bytes is not None else row.status
+        axes.text(sizes[index], index, f" {text}", va="center", fontsize=8)
+    axes.invert_yaxis()
+    axes.set(xlabel="engine file size (MB)", title="Engine sizes")
+    axes.set_xlim(0, max(sizes + [1e-3]) * 1.35)
+    return figure
+
+
+# --- markdown ---------------------------------------------------------------------------------------
+
+_COLUMNS = ("backend", "precision", "status", "size MB", "pairs/s", "p50 ms", "p99 ms", "AUC", "agreement", "GFLOP/s", "share of ceiling", "vs PyTorch")
+
+
+def markdown(rows: list[EngineResult], summaries: list[dict], context: dict, plots: dict[str, str]) -> str:
+    """The human report: setup, machine ceiling, the engine table, test-set scoring, INT8 notes, plots."""
+    batch = int(context.get("reference_batch", 64))
+    lines = [f"# {context.get('title', 'Engine report')}", ""]
+    lines += _setup_lines(context)
+    lines += ["", f"## Engines at batch {batch}", "", _md_row(_COLUMNS), _md_row(["---"] * len(_COLUMNS))]
+    lines += [_md_row(_table_cells(row, summary)) for row, summary in zip(rows, summaries)]
+    torch_figures = _bench_at(context.get("torch"), batch)
+    if torch_figures:
+        lines += ["", f"PyTorch eager (inference mode, same threads, batch {batch}): "
+                  f"{torch_figures['pairs_per_s']:.1f} pairs/s, p50 {torch_figures['latency_ms']['median']:.2f} ms, "
+                  f"p99 {torch_figures['latency_ms']['p99']:.2f} ms. \"vs PyTorch\" is each engine's pairs/s over this."]
+    lines += _scoring_lines(context.get("scoring"))
+    explained = [row for row in rows if row.int8_size_explanation]
+    if explained:
+        lines += ["", "## INT8 file sizes", ""] + [f"- **{row.name}**: {row.int8_size_explanation}" for row in explained]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()]
+    if context.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in context["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _setup_lines(context: dict) -> list[str]:
+    lines = []
+    if context.get("model"):
+        lines.append(f"- model: `{context['model']}`")
+    if context.get("threads"):
+        lines.append(f"- threads: {context['threads']} (ONNX Runtime intra-op and PyTorch alike)")
+    for key, value in (context.get("machine") or {}).items():
+        lines.append(f"- {key}: {value}")
+    ceiling = context.get("ceiling")
+    if ceiling:
+        measured = ", ".join(f"{lib} {rate:.1f}" for lib, rate in ceiling.get("by_library", {}).items())
+        lines.append(
+            f"- machine ceiling: {ceiling['gflops']:.1f} GFLOP/s, FP32 GEMM {ceiling.get('n', '?')}x{ceiling.get('n', '?')} "
+            f"measured in this run ({measured} GFLOP/s; the best, {ceiling.get('library', '?')}, is the ceiling)"
+        )
+    if context.get("flops_per_pair"):
+        lines.append(f"- model work: {context['flops_per_pair'] / 1e6:.1f} MFLOP per pair (2 x MACs of Conv/Gemm/MatMul)")
+    return lines
+
+
+def _table_cells(row: EngineResult, summary: dict) -> list[str]:
+    status = row.status if row.status == STATUS_OK else f"{row.status}: {row.reason}"
+    values = [
+        (summary["size_mb"], "{:.2f}"), (summary["pairs_per_s"], "{:.1f}"), (summary["p50_ms"], "{:.2f}"),
+        (summary["p99_ms"], "{:.2f}"), (summary["auc"], "{:.4f}"), (summary["agreement"], "{:.2%}"),
+        (summary["gflops"], "{:.1f}"), (summary["share_of_ceiling"], "{:.0%}"), (summary["vs_torch"], "{:.2f}x"),
+    ]
+    return [row.backend, row.variant, status] + ["—" if value is None else fmt.format(value) for value, fmt in values]
+
+
+def _scoring_lines(scoring: dict | None) -> list[str]:
+    if not scoring:
+        return []
+    return [
+        "", "## Scoring a test set", "",
+        f"{scoring['pairs']} pairs over {scoring['unique_images']} unique images, batch {scoring['batch']}, "
+        f"median of {scoring['repeats']} runs:", "",
+        f"- two-input model (both images of every pair encoded): {scoring['two_input_pairs_per_s']:.1f} pairs/s",
+        f"- encoder once per image + head per pair: {scoring['encoder_head_pairs_per_s']:.1f} pairs/s",
+        f"- gain {scoring['gain']:.2f}x; expected from the work saved (2 x pairs / images) {scoring['expected_gain']:.2f}x; "
+        f"logits agree to {scoring['max_abs_diff']:.2g}",
+    ]
+
+
+def _md_row(cells) -> str:
+    return "| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+
+
+# --- from ``kinship.engines.build``'s result --------------------------------------------------------
+
+
+def write_engines_report(result: dict, out_dir: Path, measure: bool = True) -> list[Path]:
+    """The report for ``EnginesResult.to_dict()``: its records become rows, its setup the context.
+
+    With ``measure`` the machine ceiling (GEMM, ~2 s), the FLOPs per pair and, when a ``.pt`` sits
+    beside the ONNX file, PyTorch eager at the reference batch are measured now, unless ``result``
+    already holds them (keys ``ceiling``, ``flops_per_pair``, ``torch``). A record may carry ``roc``
+    (``roc_points``) for the ROC plot. Returns [report.json, report.md, plots...].
+    """
+    rows = [engine_result_from_record(record) for record in result.get("engines", [])]
+    context = {
+        "title": f"Engines for {Path(result.get('onnx', 'model.onnx')).name}",
+        "model": result.get("onnx"),
+        "machine": {"backend": result.get("backend_note") or result.get("backend"), **(result.get("environment") or {})},
+        "notes": _result_notes(result),
+    }
+    context.update({k: result[k] for k in ("ceiling", "flops_per_pair", "torch", "threads", "reference_batch") if k in result})
+    if measure and result.get("onnx"):
+        context = {**measure_context(Path(result["onnx"]), rows, context), **context}
+    json_path, md_path = write_report(rows, out_dir, context)
+    plots = json.loads(json_path.read_text())["plots"]
+    return [json_path, md_path] + [Path(out_dir) / name for name in plots.values()]
+
+
+def engine_result_from_record(record: dict) -> EngineResult:
+    """One ``EngineRecord.to_dict()`` as a report row."""
+    build, validation = record.get("build") or {}, record.get("validation") or {}
+    status = STATUS_OK if record.get("status") in (STATUS_OK, "built") else record.get("status")
+    row = EngineResult(
+        record["backend"], record.get("precision") or precision_of(record["variant"]), status,
+        reason=record.get("reason") or ("" if status == STATUS_OK else "no reason recorded"),
+        variant=record.get("variant", ""), path=build.get("path"), size_bytes=build.get("size_bytes"),
+        build_seconds=build.get("seconds"), validation=_validation_of(validation) if validation else None,
+        bench={b["batch"]: b for b in record.get("bench") or []},
+        int8_size_explanation=explain_int8_size(build.get("size_explanation") or {}),
+        roc=record.get("roc") or validation.get("roc"),
+    )
+    return row
+
+
+def _validation_of(validation: dict) -> dict:
+    agreement, metrics = validation.get("agreement") or {}, validation.get("metrics") or {}
+    return {
+        "max_abs_diff": agreement.get("max_abs_diff"), "mean_abs_diff": agreement.get("mean_abs_diff"),
+        "agreement": agreement.get("decision_agreement"), "auc": metrics.get("auc"),
+        "accuracy": metrics.get("accuracy"), "loss": metrics.get("loss"),
+        "auc_delta": validation.get("auc_delta"), "acceptable": validation.get("acceptable"),
+        "companion_max_abs_diff": validation.get("companion_max_abs_diff"),
+    }
+
+
+def explain_int8_size(census: dict) -> str:
+    """One sentence per part from ``quantize.qdq_census``: why an INT8 file is not a quarter of FP32."""
+    parts = []
+    for part, c in census.items():
+        if not isinstance(c, dict) or "file_bytes" not in c:
+            continue
+        weights = ", ".join(f"{dtype} {size / 1e3:.1f} kB" for dtype, size in c.get("initializer_bytes", {}).items())
+        parts.append(
+            f"{part}: {c['file_bytes'] / 1e3:.1f} kB file = weights ({weights}; {c.get('int8_weight_share', 0):.0%} "
+            f"int8) + {c.get('graph_bytes', 0) / 1e3:.1f} kB graph and metadata, "
+            f"{c.get('quantize_linear', 0)} QuantizeLinear / {c.get('dequantize_linear', 0)} DequantizeLinear nodes"
+        )
+    return "; ".join(parts)
+
+
+def _result_notes(result: dict) -> list[str]:
+    notes = []
+    validation = result.get("validation") or {}
+    if validation:
+        notes.append(f"validation: {validation.get('pairs')} pairs, threshold {validation.get('threshold')} "
+                     f"({validation.get('threshold_source', '')})")
+    reference = result.get("reference") or {}
+    if reference:
+        notes.append(f"FP32 reference (ONNX Runtime, the export as is): AUC {reference.get('auc', float('nan')):.4f}")
+    for record in result.get("engines", []):
+        if record.get("status") in (STATUS_OK, "built") and record.get("reason"):
+            notes.append(f"{record['backend']} {record.get('variant')}: {record['reason']}")
+    return notes
+
+
+def measure_context(onnx_path: Path, rows: list[EngineResult], context: dict, ceiling_seconds: float = 2.0) -> dict:
+    """Ceiling, FLOPs per pair and (with a ``.pt`` beside the ONNX) PyTorch eager at the reference batch."""
+    from kinship.engines.bench import bench_torch, default_threads
+    from kinship.engines.ceiling import machine_ceiling, model_flops_per_pair
+
+    threads = int(context.get("threads") or default_threads())
+    measured = {"threads": threads, "ceiling": machine_ceiling(ceiling_seconds, threads=threads).to_dict()}
+    measured["flops_per_pair"] = model_flops_per_pair(onnx_path)
+    batch = int(context.get("reference_batch", 64))
+    checkpoint = Path(onnx_path).with_suffix(".pt")
+    benched = [figures for row in rows for figures in [_bench_at(row.bench, batch)] if figures]
+    if checkpoint.is_file() and benched:
+        seconds = max(1.0, max(figures["wall_s"] for figures in benched))
+        measured["torch"] = {batch: bench_torch(checkpoint, batch, seconds, 0.5, threads=threads).to_dict()}
+    return measured

@@ -1,0 +1,150 @@
+"""The engine report: rows that failed or do not apply carry no figures; files are complete PNG/JSON/Markdown."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from kinship.engines.bench import summarise
+from kinship.engines.report import (
+    EngineResult, engine_result_from_record, roc_points, validation_summary, write_engines_report, write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FLOPS = 200_000_000
+CEILING = {"gflops": 100.0, "library": "torch", "by_library": {"torch": 100.0, "numpy": 80.0}, "n": 1024, "threads": 2}
+
+
+def _bench(latencies_ms, batch):
+    return summarise(latencies_ms, batch=batch).to_dict()
+
+
+def _ok_row() -> EngineResult:
+    labels = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+    logits = np.array([-2.0, 1.5, 0.2, 2.5, -0.1, -1.0, 0.9, 0.4])
+    return EngineResult(
+        "onnxruntime", "fp32", "ok", path="/engines/onnxruntime-fp32/model.onnx", size_bytes=1_450_000,
+        build_seconds=1.5, validation=validation_summary(labels, logits, logits, 0.0),
+        bench={8: _bench([10.0, 10.0], 8), 64: _bench([100.0, 200.0, 300.0, 400.0], 64)},
+        roc=roc_points(labels, logits),
+    )
+
+
+def _rows():
+    failed = EngineResult.failed("onnxruntime", "int8", "build failed: quantizer | crashed")
+    failed_dict = {**failed.to_dict(), "size_bytes": 123, "bench": {64: _bench([1.0], 64)}, "roc": {"fpr": [0, 1], "tpr": [0, 1]}}
+    not_applicable = EngineResult.not_applicable("onnxruntime", "tf32", "TF32 is a tensor-core format")
+    return [_ok_row().to_dict(), failed_dict, not_applicable]
+
+
+def _context():
+    return {"title": "Test report", "model": "model.onnx", "threads": 2, "ceiling": CEILING, "flops_per_pair": FLOPS,
+            "torch": {"64": _bench([1000.0, 1000.0], 64)}, "notes": ["a note"]}
+
+
+def test_report_files_and_failed_rows_without_figures(tmp_path):
+    json_path, md_path = write_report(_rows(), tmp_path / "report", _context())
+    folder = json_path.parent
+    assert json_path.name == "report.json" and md_path.name == "report.md"
+    for name in ("throughput.png", "roc.png", "sizes.png"):
+        assert (folder / name).read_bytes()[:8] == PNG_MAGIC
+    assert not [p for p in folder.iterdir() if "partial" in p.name]
+    report = json.loads(json_path.read_text())
+    ok, failed, not_applicable = report["results"]
+    assert [r["status"] for r in report["results"]] == ["ok", "failed", "not applicable"]
+    for row in (failed, not_applicable):  # the figures the failed row arrived with were dropped
+        assert row["size_bytes"] is None and row["bench"] == {} and row["roc"] is None and row["validation"] is None
+        assert all(value is None for value in row["summary"].values())
+    # batch 64: 4 calls in 1.0 s -> 256 pairs/s; 256 x 200 MFLOP = 51.2 GFLOP/s = 51.2% of 100
+    assert ok["summary"]["pairs_per_s"] == pytest.approx(256.0)
+    assert ok["summary"]["gflops"] == pytest.approx(51.2) and ok["summary"]["share_of_ceiling"] == pytest.approx(0.512)
+    assert ok["summary"]["vs_torch"] == pytest.approx(256.0 / 64.0)
+    assert ok["summary"]["p50_ms"] == 250.0 and ok["summary"]["p99_ms"] == 400.0
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]  # "\|" inside a cell is escaped
+
+
+def test_markdown_table(tmp_path):
+    _, md_path = write_report(_rows(), tmp_path, _context())
+    text = md_path.read_text()
+    rows = {_cells(line)[1]: _cells(line) for line in text.splitlines() if line.startswith("| onnxruntime")}
+    header = _cells(next(line for line in text.splitlines() if line.startswith("| backend")))
+    assert all(len(cells) == len(header) for cells in rows.values())
+    assert rows["fp32"][:5] == ["onnxruntime", "fp32", "ok", "1.45", "256.0"] and rows["fp32"][-2:] == ["51%", "4.00x"]
+    assert rows["int8"][2] == "failed: build failed: quantizer \\| crashed" and set(rows["int8"][3:]) == {"—"}
+    assert rows["tf32"][2].startswith("not applicable: TF32") and set(rows["tf32"][3:]) == {"—"}
+    assert "100.0 GFLOP/s" in text and "200.0 MFLOP per pair" in text and "64.0 pairs/s" in text
+    assert "![throughput](throughput.png)" in text and "a note" in text
+
+
+def test_plots_only_with_data(tmp_path):
+    only_failures = [EngineResult.failed("tensorrt", "fp16", "no GPU")]
+    json_path, md_path = write_report(only_failures, tmp_path, {})
+    report = json.loads(json_path.read_text())
+    assert report["plots"] == {"sizes": "sizes.png"}
+    assert not (tmp_path / "roc.png").exists() and not (tmp_path / "throughput.png").exists()
+    assert "failed: no GPU" in md_path.read_text()
+
+
+def test_row_rules():
+    with pytest.raises(ValueError):
+        EngineResult("onnxruntime", "fp32", "done")
+    with pytest.raises(ValueError):
+        EngineResult("onnxruntime", "fp32", "failed")  # a failure needs its reason
+    assert EngineResult("tensorrt", "int8", "built", variant="int8-qdq").status == "ok"
+
+
+def test_roc_points_and_validation_summary():
+    labels = np.tile([0, 1], 500)
+    logits = np.linspace(-3, 3, 1000) + labels
+    points = roc_points(labels, logits, max_points=50)
+    assert len(points["fpr"]) <= 50 and points["fpr"][0] == 0.0 and points["tpr"][-1] == 1.0
+    assert points["fpr"] == sorted(points["fpr"])
+    shifted = validation_summary(labels, logits + 0.5, logits, threshold=0.0)
+    assert shifted["max_abs_diff"] == pytest.approx(0.5) and shifted["mean_abs_diff"] == pytest.approx(0.5)
+    assert shifted["agreement"] == pytest.approx(np.mean((logits + 0.5 >= 0) == (logits >= 0)))
+    assert shifted["auc"] == pytest.approx(validation_summary(labels, logits, logits, 0.0)["auc"])
+
+
+def _build_record(status, **extra):
+    record = {"backend": "onnxruntime", "variant": "int8-qdq", "precision": "int8", "status": status, "reason": None,
+              "build": None, "validation": None, "bench": []}
+    record.update(extra)
+    return record
+
+
+def test_report_from_the_build_step(tmp_path):
+    census = {"pair": {"file_bytes": 500_000, "initializer_bytes": {"float32": 4000, "int8": 300_000},
+                       "int8_weight_share": 0.9868, "graph_bytes": 196_000, "quantize_linear": 20, "dequantize_linear": 40}}
+    built = _build_record(
+        "built", build={"path": "/e/model.onnx", "size_bytes": 500_000, "seconds": 3.0, "size_explanation": census},
+        validation={"agreement": {"max_abs_diff": 0.1, "mean_abs_diff": 0.01, "decision_agreement": 0.98},
+                    "metrics": {"auc": 0.9, "accuracy": 0.8, "loss": 0.4}, "auc_delta": -0.002, "acceptable": True},
+        bench=[_bench([10.0, 20.0], 64)],
+    )
+    failed = _build_record("failed", reason="build failed: out of memory", build={"size_bytes": 99})
+    result = {"onnx": str(tmp_path / "model.onnx"), "backend": "onnxruntime", "engines": [built, failed],
+              "validation": {"pairs": 10, "threshold": 0.0, "threshold_source": "metadata"}}
+    files = write_engines_report(result, tmp_path / "out", measure=False)
+    assert [f.name for f in files[:2]] == ["report.json", "report.md"] and all(f.exists() for f in files)
+    rows = json.loads(files[0].read_text())["results"]
+    assert rows[0]["validation"]["agreement"] == 0.98 and rows[0]["bench"]["64"]["pairs_per_s"] == pytest.approx(2 * 64 / 0.03)  # 2 calls in 30 ms
+    assert "int8 300.0 kB" in rows[0]["int8_size_explanation"] and "196.0 kB graph" in rows[0]["int8_size_explanation"]
+    assert rows[1]["status"] == "failed" and rows[1]["size_bytes"] is None
+    assert engine_result_from_record(_build_record("not applicable", reason="TF32 on a CPU")).status == "not applicable"
+
+
+def test_context_measured_beside_a_run(tiny_run, tiny_onnx):
+    from kinship.engines.ceiling import torch_flops_per_pair
+    from kinship.engines.report import measure_context
+
+    row = EngineResult("onnxruntime", "fp32", "ok", bench={64: _bench([5.0, 5.0], 64)})
+    context = measure_context(tiny_onnx, [row], {"threads": 1, "reference_batch": 64}, ceiling_seconds=0.1)
+    assert context["threads"] == 1 and context["ceiling"]["threads"] == 1 and context["ceiling"]["gflops"] > 0
+    assert context["flops_per_pair"] == torch_flops_per_pair(tiny_run / "model.pt")
+    assert context["torch"][64]["batch"] == 64 and context["torch"][64]["threads"] == 1

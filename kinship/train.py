@@ -52,6 +52,8 @@ class TrainConfig:
     pairs_per_relationship: int = 2  # positives drawn per relationship per epoch
     val_fraction: float = 0.2
     flip: bool = True  # random horizontal flips: faces are near-symmetric
+    contrastive_weight: float = 1.0  # 0 = plain BCE on sampled pairs
+    contrastive_temperature: float = 0.1
     max_batches_per_epoch: int = 0  # 0 = all; tests shrink the job with it
 
     def model_config(self) -> ModelConfig:
@@ -148,6 +150,39 @@ def evaluate_epoch(model, prepared: PreparedData, precision: Precision) -> dict:
     return {"val_auc": report.auc, "val_accuracy": report.accuracy, "val_loss": report.loss, "val_threshold": report.threshold}
 
 
+def family_index(prepared: PreparedData) -> np.ndarray:
+    """Family number of every image in the table (to keep possible kin out of contrastive negatives)."""
+    families = sorted({person.split("/")[0] for person in prepared.table.person_of})
+    number = {family: i for i, family in enumerate(families)}
+    return np.asarray([number[person.split("/")[0]] for person in prepared.table.person_of])
+
+
+def pair_loss(model, img0: torch.Tensor, img1: torch.Tensor, batch: PairSet, family_of: np.ndarray, config: "TrainConfig") -> torch.Tensor:
+    """BCE of the pair head on the sampled pairs, plus a contrastive term on the batch's kin pairs.
+
+    The contrastive term (InfoNCE, both directions) treats each kin pair's partner as the one right
+    answer among every other partner in the batch from another family: dozens of negatives per
+    encoder pass instead of one, which is what makes the encoder learn within a CPU budget.
+    """
+    size = img0.shape[0]
+    embeddings = model.encoder(torch.cat((img0, img1), dim=0))
+    emb0, emb1 = embeddings[:size], embeddings[size:]
+    target = torch.as_tensor(batch.label, dtype=torch.float32, device=img0.device)
+    loss = F.binary_cross_entropy_with_logits(model.head(emb0, emb1).float(), target)
+    kin = np.flatnonzero(batch.label == 1)
+    if config.contrastive_weight <= 0 or len(kin) < 2:
+        return loss
+    a, b = F.normalize(emb0[kin].float(), dim=1), F.normalize(emb1[kin].float(), dim=1)
+    similarity = a @ b.T / config.contrastive_temperature
+    left_family, right_family = family_of[batch.left[kin]], family_of[batch.right[kin]]
+    same_family = torch.as_tensor(left_family[:, None] == right_family[None, :], device=img0.device)
+    same_family.fill_diagonal_(False)
+    similarity = similarity.masked_fill(same_family, float("-inf"))  # relatives are not negatives
+    answer = torch.arange(len(kin), device=img0.device)
+    contrastive = (F.cross_entropy(similarity, answer) + F.cross_entropy(similarity.T, answer)) / 2
+    return loss + config.contrastive_weight * contrastive
+
+
 def train_epoch(model, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress) -> dict:
     """One pass over freshly sampled pairs; returns mean loss, seconds and images/s."""
     model.train()
@@ -156,15 +191,14 @@ def train_epoch(model, optimizer, schedule, scaler, prepared, sampler, epoch, co
     batches = list(pairs.batches(config.batch_size))
     if config.max_batches_per_epoch:
         batches = batches[: config.max_batches_per_epoch]
+    family_of = family_index(prepared)
     losses, images, started = [], 0, time.perf_counter()
     stage = f"epoch {epoch + 1}/{config.epochs}"
     for number, batch in enumerate(batches, start=1):
         flips = rng.random((2, len(batch))) < 0.5 if config.flip else None
         img0, img1 = batch_tensors(prepared.pixels, batch, precision.device, flips)
-        target = torch.as_tensor(batch.label, dtype=torch.float32, device=precision.device)
         with precision.autocast():
-            logits = model(img0, img1)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+            loss = pair_loss(model, img0, img1, batch, family_of, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

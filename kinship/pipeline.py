@@ -1,0 +1,445 @@
+"""The whole job as ordered stages, with no orchestrator: data -> train -> export -> calibrate -> engines.
+
+Every stage reads its inputs from an artifact store (``kinship.storage``) or a verified local copy and
+writes its outputs back to the store, returning plain JSON-ready dicts of ``ArtifactRef``s, never a
+local path. The Prefect tasks in ``tasks/`` are thin wrappers around these functions, and
+``run_pipeline`` calls the same functions in the same order in one process with a ``LocalStore``
+(``kinship pipeline``), so the two modes differ only in who schedules the stages.
+
+Store layout, below the store's root::
+
+    runs/<run_id>/train/    model.pt, metrics.json, config.json, model{,.encoder,.head}.onnx,
+                            calibration.npz, manifest.json (the training manifest, written last)
+    runs/<run_id>/engines/  <backend>-<variant>/... (one engine folder each), report/ (report.md,
+                            report.json, PNGs), manifest.json (the engines manifest, written last)
+    runs/<run_id>/report.md, summary.json    the run's final report
+    champion.json                            the pointer to the best model so far (``kinship.champion``)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from kinship import __version__
+from kinship.engines.calibration import CalibrationConfig
+from kinship.errors import UserError
+from kinship.progress import ProgressEvent, silent
+from kinship.storage import (
+    MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreSettings, file_digest, join_key, store_from_uri,
+)
+from kinship.train import TrainConfig
+
+TRAIN_MANIFEST_FORMAT = "kinship-train-manifest/1"
+ENGINES_MANIFEST_FORMAT = "kinship-engines-manifest/1"
+ONNX_FILES = ("model.onnx", "model.encoder.onnx", "model.head.onnx")
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+Progress = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine stage builds and measures: backend (``auto`` picks TensorRT on NVIDIA hosts) and bench."""
+
+    backend: str = "auto"
+    bench_batches: tuple[int, ...] = (1, 8, 64)
+    bench_seconds: float = 1.0
+    warmup_seconds: float = 0.3
+    validation_pairs: int = 0  # 0 = every validation pair
+
+    def check(self) -> "EngineSettings":
+        """Return self, or raise ``UserError`` naming the first bad value."""
+        from kinship.engines.base import check_backend_name
+
+        check_backend_name(self.backend)
+        if any(int(b) < 1 for b in self.bench_batches):
+            raise UserError(f"bench_batches must all be at least 1, got {list(self.bench_batches)}")
+        if self.bench_seconds <= 0 or self.warmup_seconds < 0 or self.validation_pairs < 0:
+            raise UserError("bench_seconds must be > 0; warmup_seconds and validation_pairs >= 0")
+        return self
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one run decides: training, calibration, which precisions and how engines are measured."""
+
+    train: TrainConfig = TrainConfig()
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
+    engines: EngineSettings = EngineSettings()
+    calibration: CalibrationConfig = CalibrationConfig()
+
+
+@dataclass(frozen=True)
+class DatasetHandle:
+    """A data set ready on this host: where it came from, what its content is, and the local folder."""
+
+    uri: str
+    sha256: str  # sha256 of its store manifest, or the data set fingerprint for a folder used in place
+    path: Path
+
+    def identity(self) -> dict:
+        """What manifests record about the data set (no local path)."""
+        return {"uri": self.uri, "sha256": self.sha256}
+
+
+# ---------------------------------------------------------------- names and places
+
+
+def new_run_id(when: datetime | None = None, suffix: str | None = None) -> str:
+    """A sortable, unique run id: ``20250101-120000-ab12cd34``."""
+    when = when or datetime.now(timezone.utc)
+    return f"{when:%Y%m%d-%H%M%S}-{suffix or secrets.token_hex(4)}"
+
+
+def run_prefix(run_id: str, *parts: str) -> str:
+    """The store key below ``runs/<run_id>``."""
+    return join_key("runs", run_id, *parts)
+
+
+def host_facts(role: str | None = None) -> dict:
+    """Which machine did a stage: host name and its role (the pool it serves)."""
+    return {"hostname": socket.gethostname(), "role": role or os.environ.get("KINSHIP_HOST_ROLE", "local")}
+
+
+def _ref(value: ArtifactRef | dict) -> ArtifactRef:
+    return value if isinstance(value, ArtifactRef) else ArtifactRef.from_dict(value)
+
+
+def _upload(store: ArtifactStore, files: dict[str, Path], prefix: str) -> dict[str, dict]:
+    return {name: store.put_file(path, join_key(prefix, name)).to_dict() for name, path in files.items()}
+
+
+# ---------------------------------------------------------------- data
+
+
+def fetch_dataset(uri: str, settings: StoreSettings | None = None, on_progress: Progress = silent) -> DatasetHandle:
+    """Download the data set pushed at ``uri`` into the scratch folder, every file verified by sha256.
+
+    The copy is named by the manifest's digest, so a second fetch of the same content downloads nothing.
+    """
+    settings = settings or StoreSettings.from_env()
+    uri = uri.rstrip("/")
+    store = store_from_uri(uri, settings)
+    manifest = store.get_file(f"{uri}/{MANIFEST_NAME}")  # verified against the digest recorded at push
+    sha256, _ = file_digest(manifest)
+    dest = Path(settings.scratch) / "datasets" / sha256[:16]
+    store.get_tree(uri, dest, on_progress)
+    if file_digest(dest / MANIFEST_NAME)[0] != sha256:
+        raise UserError(f"{uri} changed while it was being fetched (its manifest was replaced): fetch again")
+    return DatasetHandle(uri, sha256, dest)
+
+
+def local_dataset(folder: Path, on_progress: Progress = silent) -> DatasetHandle:
+    """A data set folder used in place (in-process mode); its content fingerprint stands in for a manifest."""
+    from kinship.layout import dataset_fingerprint, read_dataset
+
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise UserError(f"data set folder not found: {folder}")
+    dataset = read_dataset(folder, verify_images=False, on_progress=on_progress)
+    return DatasetHandle(folder.as_uri(), dataset_fingerprint(dataset, on_progress), folder)
+
+
+# ---------------------------------------------------------------- training half
+
+
+def _resume_possible(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``run_dir`` holds an interrupted run of exactly ``config`` (a retried task continues it)."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())["train"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (run_dir / "checkpoints" / "last.pt").is_file() and saved == asdict(config)
+
+
+def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfig, run_dir: Path, prefix: str,
+                on_progress: Progress = silent) -> dict:
+    """Train (continuing an interrupted run of the same config in ``run_dir``), upload model, metrics, config."""
+    from kinship.train import train
+
+    run_dir = Path(run_dir)
+    resume = _resume_possible(run_dir, config)
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # a run of another configuration: never mix the two
+    started = time.perf_counter()
+    result = train(dataset.path, run_dir, config, resume=resume, on_progress=on_progress)
+    names = ("model.pt", "metrics.json", "config.json")
+    artifacts = _upload(store, {name: run_dir / name for name in names}, prefix)
+    last = result.history[-1] if result.history else {}
+    metrics = {
+        "best_val_auc": result.best_auc, "best_epoch": result.best_epoch, "epochs": len(result.history),
+        "final_train_loss": last.get("train_loss"), "precision": result.precision,
+        "train_seconds": time.perf_counter() - started, "resumed": resume,
+    }
+    return {"artifacts": artifacts, "metrics": metrics}
+
+
+def export_stage(store: ArtifactStore, dataset: DatasetHandle, model: dict, work_dir: Path, prefix: str) -> dict:
+    """Fetch ``model.pt`` (verified), export pair/encoder/head ONNX, check them against PyTorch, upload."""
+    from kinship.checkpoint import read_checkpoint
+    from kinship.export import export_checkpoint, validation_sample
+
+    work_dir = Path(work_dir)
+    checkpoint = store.get_file(_ref(model), work_dir / "model.pt")
+    payload = read_checkpoint(checkpoint)
+    size = int(payload["model_config"]["image_size"])
+    img0, img1 = validation_sample(dataset.path, payload["metadata"], size, count=64)
+    files, checks = export_checkpoint(checkpoint, work_dir / "model.onnx", img0, img1)
+    artifacts = _upload(store, dict(zip(ONNX_FILES, files.all())), prefix)
+    return {"artifacts": artifacts, "checks": [asdict(check) for check in checks], "image_size": size}
+
+
+def calibration_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfig,
+                      calibration: CalibrationConfig, work_dir: Path, prefix: str, on_progress: Progress = silent) -> dict:
+    """Draw the INT8 calibration set from the training families (the model's own split) and upload it."""
+    from kinship.engines.calibration import build_calibration_set, save_calibration
+
+    built = build_calibration_set(dataset.path, config.image_size, config.split_config(), calibration,
+                                  on_progress=on_progress)
+    path = save_calibration(built, Path(work_dir) / "calibration.npz")
+    meta = built.meta
+    summary = {"pairs": meta["pairs"], "counts_by_type": meta["counts_by_type"],
+               "families_used": len(meta["families_used"]), "train_families": meta["train_families"],
+               "config": meta["config"]}
+    return {"artifacts": _upload(store, {"calibration.npz": path}, prefix), "meta": summary}
+
+
+def write_train_manifest(store: ArtifactStore, run_id: str, dataset: DatasetHandle, config: TrainConfig,
+                         trained: dict, exported: dict, calibrated: dict, host: dict | None = None) -> dict:
+    """The training half's result, stored last as ``runs/<id>/train/manifest.json`` and returned."""
+    manifest = {
+        "format": TRAIN_MANIFEST_FORMAT,
+        "run_id": run_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "dataset": dataset.identity(),
+        "train_config": asdict(config),
+        "metrics": trained["metrics"],
+        "export_checks": exported["checks"],
+        "calibration": calibrated["meta"],
+        "artifacts": {**trained["artifacts"], **exported["artifacts"], **calibrated["artifacts"]},
+        "host": host or host_facts(),
+    }
+    return _store_manifest(store, manifest, run_prefix(run_id, "train", "manifest.json"))
+
+
+def _store_manifest(store: ArtifactStore, manifest: dict, key: str) -> dict:
+    ref = store.put_json(manifest, key)
+    return {**manifest, "manifest": ref.to_dict()}
+
+
+def read_manifest(store: ArtifactStore, ref_or_uri: dict | str, expected_format: str) -> dict:
+    """A manifest read back (verified against its ref, or the digest recorded with it) and format-checked."""
+    target = _ref(ref_or_uri) if isinstance(ref_or_uri, dict) else ref_or_uri
+    manifest = store.get_json(target)
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        name = ref_or_uri["uri"] if isinstance(ref_or_uri, dict) else ref_or_uri
+        raise UserError(f"{name} is not a {expected_format} manifest")
+    uri = target.uri if isinstance(target, ArtifactRef) else target
+    if "manifest" not in manifest:
+        manifest["manifest"] = {"uri": uri}
+    return manifest
+
+
+# ---------------------------------------------------------------- engines half
+
+
+def fetch_model(store: ArtifactStore, manifest: dict, work_dir: Path) -> Path:
+    """The exported ONNX trio from the training manifest, side by side in ``work_dir/model``; the pair's path."""
+    folder = Path(work_dir) / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ONNX_FILES:
+        store.get_file(_ref(manifest["artifacts"][name]), folder / name)
+    return folder / ONNX_FILES[0]
+
+
+def fetch_calibration(store: ArtifactStore, manifest: dict, work_dir: Path) -> Path:
+    """The calibration set named in the training manifest, verified, in ``work_dir``."""
+    return store.get_file(_ref(manifest["artifacts"]["calibration.npz"]), Path(work_dir) / "calibration.npz")
+
+
+def engines_config(variant: str, settings: EngineSettings, train: TrainConfig, calibration: Path | None) -> "EnginesConfig":
+    """The ``kinship.engines.build`` configuration of one variant, on the model's own family split."""
+    from kinship.engines.build import EnginesConfig
+
+    return EnginesConfig(
+        backend=settings.backend, variants=(variant,), calibration=calibration if variant.startswith("int8") else None,
+        val_fraction=train.val_fraction, split_seed=train.seed, validation_limit=settings.validation_pairs,
+        bench_batches=tuple(int(b) for b in settings.bench_batches), bench_seconds=settings.bench_seconds,
+        warmup_seconds=settings.warmup_seconds,
+    )
+
+
+def engine_stage(store: ArtifactStore, onnx: Path, dataset: DatasetHandle, calibration: Path | None, variant: str,
+                 settings: EngineSettings, train: TrainConfig, work_dir: Path, prefix: str,
+                 on_progress: Progress = silent) -> dict:
+    """Build, validate and benchmark one variant; upload its engine folder; return its record and report row."""
+    from kinship.engines.base import variant_dir
+    from kinship.engines.build import build_engines
+
+    out = Path(work_dir) / variant
+    shutil.rmtree(out, ignore_errors=True)  # a retried attempt starts clean
+    config = engines_config(variant, settings, train, calibration)
+    result = build_engines(onnx, dataset.path, out, config, on_progress=on_progress)
+    record = result.records[0]
+    folder = variant_dir(out, result.backend, variant)
+    engine_prefix = join_key(prefix, folder.name)
+    artifacts = {}
+    if folder.is_dir() and record.validation is not None:
+        refs = store.put_tree(folder, engine_prefix)
+        artifacts = {ref.key[len(engine_prefix) + 1:]: ref.to_dict() for ref in refs}
+    report = json.loads((out / "report.json").read_text())
+    row = report["results"][0]
+    row["path"] = store.uri(engine_prefix) if artifacts else None  # a store location, not this host's folder
+    return {
+        "variant": variant, "backend": result.backend, "backend_note": result.backend_note, "status": record.status,
+        "reason": record.reason, "artifacts": artifacts, "row": row, "context": report["context"],
+        "reference": result.reference, "validation": {k: v for k, v in result.validation.items() if k != "policy"},
+        "environment": result.environment,
+    }
+
+
+def engines_report_stage(store: ArtifactStore, variants: list[dict], work_dir: Path, prefix: str) -> dict:
+    """One report over every variant (``kinship.engines.report``): written, uploaded, refs returned."""
+    from kinship.engines.report import write_report
+
+    if not variants:
+        raise UserError("no engine variants to report on")
+    out = Path(work_dir) / "report"
+    shutil.rmtree(out, ignore_errors=True)
+    context = dict(variants[0]["context"])
+    context["notes"] = list(dict.fromkeys(note for v in variants for note in v["context"].get("notes", [])))
+    rows = [{k: v for k, v in variant["row"].items() if k != "summary"} for variant in variants]
+    json_path, _ = write_report(rows, out, context)
+    payload = json.loads(json_path.read_text())
+    files = {path.name: path for path in sorted(out.iterdir()) if path.is_file() and not path.name.startswith(".")}
+    return {"artifacts": _upload(store, files, prefix), "rows": payload["results"], "plots": payload["plots"]}
+
+
+def write_engines_manifest(store: ArtifactStore, run_id: str, train_manifest: dict, variants: list[dict],
+                           report: dict, host: dict | None = None) -> dict:
+    """The engines half's result, stored last as ``runs/<id>/engines/manifest.json`` and returned."""
+    first = variants[0] if variants else {}
+    manifest = {
+        "format": ENGINES_MANIFEST_FORMAT,
+        "run_id": run_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "train_manifest": train_manifest["manifest"],
+        "backend": first.get("backend"), "backend_note": first.get("backend_note"),
+        "reference": first.get("reference"), "validation": first.get("validation"),
+        "environment": first.get("environment"),
+        "reference_batch": (first.get("context") or {}).get("reference_batch"),
+        "engines": [{k: v[k] for k in ("variant", "backend", "status", "reason", "artifacts")} for v in variants],
+        "report": report["artifacts"],
+        "rows": [_row_summary(row) for row in report["rows"]],
+        "host": host or host_facts(),
+    }
+    return _store_manifest(store, manifest, run_prefix(run_id, "engines", "manifest.json"))
+
+
+def _row_summary(row: dict) -> dict:
+    """A report row without its bulky parts (ROC curve, per-batch timings), for manifests and tables."""
+    keep = ("backend", "precision", "variant", "status", "reason", "path", "size_bytes", "build_seconds", "summary")
+    summary = {k: row.get(k) for k in keep}
+    summary["bench_batches"] = sorted(int(b) for b in (row.get("bench") or {}))
+    return summary
+
+
+# ---------------------------------------------------------------- in one process
+
+
+@dataclass
+class PipelineResult:
+    """What ``run_pipeline`` produced: the three manifests, the promotion decision and the report."""
+
+    run_id: str
+    train: dict
+    engines: dict
+    promotion: dict
+    report: dict
+    report_path: Path
+    seconds: float
+    stage_seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "report_path": str(self.report_path)}
+
+
+class _Clock:
+    """Seconds per stage, in order (the in-process mode's only bookkeeping)."""
+
+    def __init__(self, on_progress: Progress):
+        self.seconds: dict[str, float] = {}
+        self.on_progress = on_progress
+
+    def __call__(self, name: str, action: Callable[[], object]):
+        self.on_progress(ProgressEvent(f"stage: {name}", 0, 1))
+        started = time.perf_counter()
+        value = action()
+        self.seconds[name] = time.perf_counter() - started
+        self.on_progress(ProgressEvent(f"stage: {name}", 1, 1))
+        return value
+
+
+def open_local_store(out: Path) -> LocalStore:
+    """The in-process mode's store: ``out/store``, with the scratch settings of the environment."""
+    settings = replace(StoreSettings.from_env(), prefix="")
+    return LocalStore(Path(out) / "store", settings)
+
+
+def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineConfig(), run_id: str | None = None,
+                 on_progress: Progress = silent) -> PipelineResult:
+    """Run every stage in this process against ``out/store``; ``data`` is a folder or a pushed data set URI."""
+    from kinship.engines.base import parse_variants
+
+    started = time.perf_counter()
+    precisions = parse_variants(list(config.precisions))
+    config.engines.check()
+    out = Path(out).resolve()
+    store, run_id = open_local_store(out), run_id or new_run_id()
+    work, clock = out / "work" / run_id, _Clock(on_progress)
+    dataset = clock("data", lambda: fetch_dataset(str(data), store.settings, on_progress) if "://" in str(data)
+                    else local_dataset(Path(data), on_progress))
+    train_manifest = clock("train", lambda: _training_half(store, run_id, dataset, config, work / "train", clock, on_progress))
+    engines_manifest = clock("engines", lambda: _engines_half(
+        store, run_id, train_manifest["manifest"], dataset, precisions, config.engines, work / "engines", on_progress))
+    from kinship.champion import promote_if_better
+    from kinship.run_report import publish_run_report
+
+    promotion = clock("champion", lambda: promote_if_better(store, train_manifest, engines_manifest))
+    report = clock("report", lambda: publish_run_report(store, run_id, train_manifest, engines_manifest, promotion))
+    report_path = store.get_file(_ref(report["artifacts"]["report.md"]), out / "report.md")
+    return PipelineResult(run_id, train_manifest, engines_manifest, promotion, report, report_path,
+                          time.perf_counter() - started, clock.seconds)
+
+
+def _training_half(store, run_id, dataset, config: PipelineConfig, work: Path, clock: _Clock, on_progress) -> dict:
+    """The ``kinship-train`` flow's stages, in its order."""
+    prefix = run_prefix(run_id, "train")
+    trained = clock("train model", lambda: train_stage(store, dataset, config.train, work / "run", prefix, on_progress))
+    exported = clock("export", lambda: export_stage(store, dataset, trained["artifacts"]["model.pt"], work, prefix))
+    calibrated = clock("calibration", lambda: calibration_stage(store, dataset, config.train, config.calibration, work,
+                                                                prefix, on_progress))
+    return write_train_manifest(store, run_id, dataset, config.train, trained, exported, calibrated)
+
+
+def _engines_half(store, run_id, train_ref: dict, dataset, precisions, settings, work: Path, on_progress) -> dict:
+    """The ``kinship-engines`` flow's stages, in its order (the manifest read back as that flow does)."""
+    train_manifest = read_manifest(store, train_ref, TRAIN_MANIFEST_FORMAT)
+    onnx = fetch_model(store, train_manifest, work)
+    calibration = fetch_calibration(store, train_manifest, work)
+    train = TrainConfig.from_dict(train_manifest["train_config"])
+    prefix = run_prefix(run_id, "engines")
+    variants = [engine_stage(store, onnx, dataset, calibration, variant, settings, train, work, prefix, on_progress)
+                for variant in precisions]
+    report = engines_report_stage(store, variants, work, join_key(prefix, "report"))
+    return write_engines_manifest(store, run_id, train_manifest, variants, report)

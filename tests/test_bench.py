@@ -210,7 +210,7 @@ def test_flops_of_a_file_that_is_not_onnx(tmp_path):
 
 
 def test_matmul_rates_and_shares():
-    for library in ("torch", "numpy"):
+    for library in ("torch", "numpy", "onnxruntime"):
         assert 0 < matmul_gflops(duration_s=0.02, n=64, threads=1, library=library) < math.inf
     with pytest.raises(ValueError):
         matmul_gflops(0.01, 8, library="fortran")
@@ -238,6 +238,9 @@ def test_bench_cli_json_with_torch_beside(tiny_export, capsys):
     assert summary["flops_per_pair"] == torch_flops_per_pair(checkpoint)
     ceiling = summary["ceiling"]["gflops"]
     assert summary["result"]["share_of_ceiling"] == pytest.approx(summary["result"]["gflops"] / ceiling)
+    fastest = summary["result"]["batch"] / summary["result"]["latency_ms"]["min"] * 1000 * summary["flops_per_pair"] / 1e9
+    assert summary["result"]["best_call_gflops"] == pytest.approx(fastest)
+    assert summary["result"]["best_call_share"] == pytest.approx(fastest / summary["ceiling"]["peak_gflops"])
 
 
 def test_bench_cli_tables_for_a_checkpoint(tiny_export, capsys):

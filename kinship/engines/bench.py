@@ -502,7 +502,7 @@ def flops_per_pair(model: Path) -> tuple[int | None, str]:
 
 
 def _ceiling_figures(model: Path, request: BenchRequest, threads: int, runs: list[dict | None], on_progress) -> dict:
-    from kinship.engines.ceiling import machine_ceiling, share_of_ceiling
+    from kinship.engines.ceiling import machine_ceiling
 
     flops, source = flops_per_pair(model)
     figures = {"flops_per_pair": flops, "flops_source": source, "ceiling": None}
@@ -511,8 +511,23 @@ def _ceiling_figures(model: Path, request: BenchRequest, threads: int, runs: lis
         figures["ceiling"] = machine_ceiling(request.ceiling_seconds, threads=threads).to_dict()
         on_progress(ProgressEvent("machine ceiling (GEMM)", 1, 1))
     for run in (r for r in runs if r):
-        run["gflops"] = run["pairs_per_s"] * flops / 1e9 if flops else None
-        run["share_of_ceiling"] = None
-        if flops and figures["ceiling"]:
-            run["gflops"], run["share_of_ceiling"] = share_of_ceiling(run["pairs_per_s"], flops, figures["ceiling"]["gflops"])
+        run.update(ceiling_shares(run, flops, figures["ceiling"]))
     return figures
+
+
+def ceiling_shares(result: dict, flops: int | None, ceiling: dict | None) -> dict:
+    """Achieved GFLOP/s and share of the ceiling, sustained (mean throughput against sustained GEMM) and
+    best call (fastest call against the fastest GEMM: what an idle machine would show)."""
+    from kinship.engines.ceiling import share_of_ceiling
+
+    shares = {"gflops": None, "share_of_ceiling": None, "best_call_gflops": None, "best_call_share": None}
+    if not flops:
+        return shares
+    best_call_pairs_per_s = result["batch"] / (result["latency_ms"]["min"] / 1000.0)
+    shares["gflops"] = result["pairs_per_s"] * flops / 1e9
+    shares["best_call_gflops"] = best_call_pairs_per_s * flops / 1e9
+    if ceiling:
+        shares["share_of_ceiling"] = share_of_ceiling(result["pairs_per_s"], flops, ceiling["gflops"])[1]
+        if ceiling.get("peak_gflops"):
+            shares["best_call_share"] = share_of_ceiling(best_call_pairs_per_s, flops, ceiling["peak_gflops"])[1]
+    return shares

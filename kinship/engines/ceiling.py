@@ -16,7 +16,8 @@ import numpy as np
 
 from kinship.errors import UserError
 
-GEMM_LIBRARIES = ("torch", "numpy")
+# onnxruntime: a lone MatMul, i.e. MLAS, the GEMM kernels ONNX Runtime's own convolutions use.
+GEMM_LIBRARIES = ("torch", "numpy", "onnxruntime")
 # Ops counted, and how many data inputs precede the weight: QLinear ops interleave scales/zero points.
 _CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 _MATMUL_OPS = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
@@ -25,17 +26,26 @@ _MATMUL_OPS = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
 def matmul_gflops(duration_s: float = 2.0, n: int = 1024, threads: int | None = None, library: str = "torch") -> float:
     """Sustained single-precision ``n x n`` GEMM rate in GFLOP/s, ``2 n^3`` FLOPs per product.
 
-    ``library='torch'`` runs ``torch.mm`` with ``threads`` intra-op threads (default: torch's own
-    setting, restored afterwards); ``'numpy'`` runs ``numpy.matmul`` (its BLAS picks its own thread
-    count, which numpy cannot change at run time, so ``threads`` is ignored there).
+    ``library``: ``'torch'`` (``torch.mm`` with ``threads`` intra-op threads, restored afterwards),
+    ``'onnxruntime'`` (one MatMul in an ORT session with ``threads`` intra-op threads) or ``'numpy'``
+    (``numpy.matmul``; its BLAS picks its own thread count, which numpy cannot change at run time).
     """
+    return gemm_rates(duration_s, n, threads, library)[0]
+
+
+def gemm_rates(duration_s: float, n: int, threads: int | None, library: str) -> tuple[float, float]:
+    """(sustained, fastest single call) GEMM GFLOP/s; see ``matmul_gflops``."""
     if library not in GEMM_LIBRARIES:
         raise ValueError(f"library must be one of {GEMM_LIBRARIES}, got {library!r}")
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    flops = 2.0 * n**3
     if library == "numpy":
         out = np.empty((n, n), dtype=np.float32)
-        return _rate(lambda: np.matmul(a, b, out=out), 2.0 * n**3, duration_s)
+        return _rates(lambda: np.matmul(a, b, out=out), flops, duration_s)
+    if library == "onnxruntime":
+        session = _ort_matmul(n, threads)
+        return _rates(lambda: session.run(None, {"a": a, "b": b}), flops, duration_s)
     import torch
 
     previous = torch.get_num_threads()
@@ -44,29 +54,50 @@ def matmul_gflops(duration_s: float = 2.0, n: int = 1024, threads: int | None = 
     try:
         ta, tb, out = torch.from_numpy(a), torch.from_numpy(b), torch.empty(n, n)
         with torch.inference_mode():
-            return _rate(lambda: torch.mm(ta, tb, out=out), 2.0 * n**3, duration_s)
+            return _rates(lambda: torch.mm(ta, tb, out=out), flops, duration_s)
     finally:
         torch.set_num_threads(previous)
 
 
-def _rate(call, flops: float, duration_s: float) -> float:
+def _ort_matmul(n: int, threads: int | None):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in ("a", "b")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", inputs,
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _rates(call, flops: float, duration_s: float) -> tuple[float, float]:
     call()  # the first call pays for thread start-up and page faults
-    count, start = 0, time.perf_counter()
+    count, fastest, start = 0, float("inf"), time.perf_counter()
     while True:
+        begin = time.perf_counter()
         call()
-        count += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= duration_s and count >= 3:
-            return count * flops / elapsed / 1e9
+        end = time.perf_counter()
+        count, fastest = count + 1, min(fastest, end - begin)
+        if end - start >= duration_s and count >= 3:
+            return count * flops / (end - start) / 1e9, flops / fastest / 1e9
 
 
 @dataclass
 class Ceiling:
-    """GEMM rates measured in this run; ``gflops`` (the best of them) is the ceiling shares refer to."""
+    """GEMM rates measured in this run; ``gflops`` (the best sustained) is the ceiling shares refer to.
+
+    ``peak_gflops`` is the fastest single product seen: on a machine shared with other work it is the
+    better estimate of what the cores can do, to compare with an engine's fastest call.
+    """
 
     gflops: float
     library: str  # which library reached ``gflops``
     by_library: dict[str, float]
+    peak_gflops: float
+    peak_by_library: dict[str, float]
     n: int
     threads: int
     duration_s: float
@@ -76,13 +107,18 @@ class Ceiling:
 
 
 def machine_ceiling(duration_s: float = 2.0, n: int = 1024, threads: int | None = None) -> Ceiling:
-    """Measure GEMM in torch (with ``threads``) and numpy (its BLAS's own threads); the best is the ceiling."""
+    """Measure GEMM in torch and ONNX Runtime (with ``threads``) and numpy; the best is the ceiling.
+
+    ``duration_s`` is shared between the libraries.
+    """
     from kinship.engines.bench import default_threads
 
     threads = threads or default_threads()
-    rates = {library: matmul_gflops(duration_s / 2, n, threads, library) for library in GEMM_LIBRARIES}
-    best = max(rates, key=rates.get)
-    return Ceiling(rates[best], best, rates, n, threads, duration_s)
+    rates = {library: gemm_rates(duration_s / len(GEMM_LIBRARIES), n, threads, library) for library in GEMM_LIBRARIES}
+    sustained = {library: rate[0] for library, rate in rates.items()}
+    peak = {library: rate[1] for library, rate in rates.items()}
+    best = max(sustained, key=sustained.get)
+    return Ceiling(sustained[best], best, sustained, max(peak.values()), peak, n, threads, duration_s)
 
 
 def share_of_ceiling(pairs_per_s: float, flops_per_pair: int, ceiling_gflops: float) -> tuple[float, float]:

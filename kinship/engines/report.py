@@ -158,13 +158,14 @@ def row_summary(result: EngineResult, context: dict) -> dict:
         "agreement": validation.get("agreement"),
         "gflops": None,
         "share_of_ceiling": None,
+        "best_call_share": None,
         "vs_torch": None,
     }
-    flops, ceiling = context.get("flops_per_pair"), (context.get("ceiling") or {}).get("gflops")
-    if figures and flops:
-        summary["gflops"] = figures["pairs_per_s"] * flops / 1e9
-        if ceiling:
-            summary["share_of_ceiling"] = summary["gflops"] / ceiling
+    if figures:
+        from kinship.engines.bench import ceiling_shares
+
+        shares = ceiling_shares(figures, context.get("flops_per_pair"), context.get("ceiling"))
+        summary.update({k: shares[k] for k in ("gflops", "share_of_ceiling", "best_call_share")})
     torch_figures = _bench_at(context.get("torch"), batch)
     if figures and torch_figures:
         summary["vs_torch"] = figures["pairs_per_s"] / torch_figures["pairs_per_s"]
@@ -299,7 +300,8 @@ def _plot_sizes(rows: list[EngineResult], context: dict):
 
 # --- markdown ---------------------------------------------------------------------------------------
 
-_COLUMNS = ("backend", "precision", "status", "size MB", "pairs/s", "p50 ms", "p99 ms", "AUC", "agreement", "GFLOP/s", "share of ceiling", "vs PyTorch")
+_COLUMNS = ("backend", "precision", "status", "size MB", "pairs/s", "p50 ms", "p99 ms", "AUC", "agreement", "GFLOP/s",
+            "share of ceiling", "best-call share", "vs PyTorch")
 
 
 def markdown(rows: list[EngineResult], summaries: list[dict], context: dict, plots: dict[str, str]) -> str:
@@ -338,8 +340,11 @@ def _setup_lines(context: dict) -> list[str]:
         measured = ", ".join(f"{lib} {rate:.1f}" for lib, rate in ceiling.get("by_library", {}).items())
         lines.append(
             f"- machine ceiling: {ceiling['gflops']:.1f} GFLOP/s, FP32 GEMM {ceiling.get('n', '?')}x{ceiling.get('n', '?')} "
-            f"measured in this run ({measured} GFLOP/s; the best, {ceiling.get('library', '?')}, is the ceiling)"
+            f"measured in this run ({measured} GFLOP/s sustained; the best, {ceiling.get('library', '?')}, is the ceiling)"
         )
+        if ceiling.get("peak_gflops"):
+            lines.append(f"- fastest single GEMM: {ceiling['peak_gflops']:.1f} GFLOP/s; \"best-call share\" compares each "
+                         "engine's fastest call with it (what an idle machine would show)")
     if context.get("flops_per_pair"):
         lines.append(f"- model work: {context['flops_per_pair'] / 1e6:.1f} MFLOP per pair (2 x MACs of Conv/Gemm/MatMul)")
     return lines
@@ -350,7 +355,8 @@ def _table_cells(row: EngineResult, summary: dict) -> list[str]:
     values = [
         (summary["size_mb"], "{:.2f}"), (summary["pairs_per_s"], "{:.1f}"), (summary["p50_ms"], "{:.2f}"),
         (summary["p99_ms"], "{:.2f}"), (summary["auc"], "{:.4f}"), (summary["agreement"], "{:.2%}"),
-        (summary["gflops"], "{:.1f}"), (summary["share_of_ceiling"], "{:.0%}"), (summary["vs_torch"], "{:.2f}x"),
+        (summary["gflops"], "{:.1f}"), (summary["share_of_ceiling"], "{:.0%}"), (summary["best_call_share"], "{:.0%}"),
+        (summary["vs_torch"], "{:.2f}x"),
     ]
     return [row.backend, row.variant, status] + ["—" if value is None else fmt.format(value) for value, fmt in values]
 

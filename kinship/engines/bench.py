@@ -101,8 +101,7 @@ class BenchResult:
     threads: int | None = None
 
     def to_dict(self) -> dict:
-        result = asdict(self)
-        return result
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "BenchResult":

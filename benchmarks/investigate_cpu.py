@@ -1,0 +1,115 @@
+"""Why ONNX Runtime FP32 runs as fast as it does on this CPU: settings tried one at a time, and where the time goes.
+
+    .venv/bin/python benchmarks/investigate_cpu.py [--run RUN_DIR] [--batch 64] [--seconds 2]
+
+Tries ORT graph optimisation levels (ALL adds the NCHWc layout transform on x86), intra-op threads,
+thread-pool spinning, and PyTorch channels_last; then profiles one ORT session by operator type to
+show how much of the time is convolution and at what GFLOP/s the convolutions themselves run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+LEVELS = ("disable", "basic", "extended", "all")
+
+
+def ort_session(onnx_path: Path, threads: int, level: str = "all", spinning: bool = True, profile: bool = False):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.enable_profiling = profile
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def pairs_per_s(session, batch: int, image_size: int, seconds: float) -> float:
+    from kinship.engines.bench import benchmark, pair_inputs
+
+    img0, img1 = pair_inputs(batch, image_size)
+    feeds = {"img0": img0, "img1": img1}
+    return benchmark(lambda: session.run(None, feeds) and None, batch, seconds, 0.5).pairs_per_s
+
+
+def torch_pairs_per_s(checkpoint: Path, batch: int, threads: int, seconds: float, channels_last: bool) -> float:
+    from kinship.engines.bench import bench_torch
+
+    return bench_torch(checkpoint, batch, seconds, 0.5, threads=threads, channels_last=channels_last).pairs_per_s
+
+
+def settings_table(checkpoint: Path, onnx_path: Path, flops: int, image_size: int, args, cores: int) -> None:
+    """Each setting measured twice, interleaved, so slow neighbours hit every row alike."""
+    rows: dict[str, list[float]] = defaultdict(list)
+    for _ in range(2):
+        for threads in sorted({cores, 1}, reverse=True):
+            for level in LEVELS:
+                rows[f"ORT {level:<8} threads={threads}"].append(
+                    pairs_per_s(ort_session(onnx_path, threads, level), args.batch, image_size, args.seconds))
+            rows[f"ORT all      threads={threads} no spinning"].append(
+                pairs_per_s(ort_session(onnx_path, threads, "all", spinning=False), args.batch, image_size, args.seconds))
+            for channels_last in (False, True):
+                name = f"PyTorch {'channels_last' if channels_last else 'NCHW'} threads={threads}"
+                rows[name].append(torch_pairs_per_s(checkpoint, args.batch, threads, args.seconds, channels_last))
+    print(f"\n== settings, batch {args.batch} (best of 2 interleaved runs) ==")
+    for name, values in rows.items():
+        best = max(values)
+        print(f"{name:<40} {best:8.1f} pairs/s  {best * flops / 1e9:6.1f} GFLOP/s   (runs: {', '.join(f'{v:.0f}' for v in values)})")
+
+
+def op_profile(onnx_path: Path, flops: int, image_size: int, args, cores: int) -> None:
+    """Time per operator type in one profiled ORT session (level ALL), and the convolutions' own rate."""
+    session = ort_session(onnx_path, cores, "all", profile=True)
+    pairs_per_s(session, args.batch, image_size, args.seconds)
+    trace = json.loads(Path(session.end_profiling()).read_text())
+    by_op: dict[str, float] = defaultdict(float)
+    for event in trace:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            by_op[event["args"].get("op_name", "?")] += event["dur"] / 1e3
+    runs = [e["dur"] / 1e3 for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    total = sum(by_op.values())
+    print(f"\n== ORT operator profile, level ALL, {cores} threads, batch {args.batch}, {len(runs)} runs "
+          f"(median run {statistics.median(runs):.1f} ms) ==")
+    for op, ms in sorted(by_op.items(), key=lambda item: -item[1]):
+        print(f"{op:<28} {ms / total:6.1%} of kernel time")
+    conv_ms = sum(ms for op, ms in by_op.items() if "Conv" in op or op in ("Gemm", "MatMul", "FusedGemm", "FusedMatMul"))
+    if conv_ms:
+        rate = flops * args.batch * len(runs) / (conv_ms / 1e3) / 1e9
+        print(f"convolutions and GEMMs alone: {rate:.1f} GFLOP/s over their own time; "
+              f"{conv_ms / total:.0%} of kernel time")
+
+
+def investigate(checkpoint: Path, onnx_path: Path, flops: int, args) -> None:
+    from kinship.engines.bench import default_threads
+    from kinship.export import read_metadata
+
+    image_size = int(read_metadata(onnx_path)["kinship.image_size"])
+    cores = default_threads()
+    settings_table(checkpoint, onnx_path, flops, image_size, args, cores)
+    op_profile(onnx_path, flops, image_size, args, cores)
+
+
+def main(argv=None) -> int:
+    from engines_cpu import model_files, parse_args  # beside this script
+
+    from kinship.engines.ceiling import model_flops_per_pair
+
+    args = parse_args(argv)
+    checkpoint, onnx_path, source = model_files(args.run)
+    print(f"model: {source}")
+    investigate(checkpoint, onnx_path, model_flops_per_pair(onnx_path), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    sys.exit(main())

@@ -108,3 +108,13 @@ def test_bad_names_are_one_line_user_errors(tiny_onnx, tiny_data, tmp_path, caps
 def test_missing_or_foreign_model_is_a_user_error(tiny_data, tmp_path, capsys):
     code = main(["engines", "--onnx", str(tmp_path / "none.onnx"), "--data", str(tiny_data), "--out", str(tmp_path / "o")])
     assert code == 2 and "none.onnx" in capsys.readouterr().err
+
+
+def test_histogram_calibration_keeps_json_output_clean(tiny_onnx, tiny_data, tmp_path, capsys):
+    # ONNX Runtime's entropy calibrator prints progress on stdout: it must not reach --json output.
+    code = main(["engines", "--onnx", str(tiny_onnx), "--data", str(tiny_data), "--out", str(tmp_path),
+                 "--precisions", "int8", "--calibration-method", "entropy", "--bench-batches", "",
+                 "--validation-pairs", "64", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0 and payload["calibration"]["method"] == "entropy"
+    assert payload["engines"][0]["status"] == "built" and payload["validation"]["pairs"] == 64

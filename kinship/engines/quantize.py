@@ -11,6 +11,8 @@ Two Q/DQ layouts come from one calibration set:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections import Counter
 from contextlib import contextmanager
@@ -81,15 +83,20 @@ class _ArrayReader:
 
 @contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    """The quantizer logs 'consider pre-processing' on the root logger; we skip that step on purpose."""
+    """Keep the quantizer's chatter off the console.
+
+    It logs 'consider pre-processing' on the root logger (we skip that step on purpose) and its
+    histogram calibrators print progress on stdout, which would corrupt ``--json`` output.
+    """
 
     def drop(record: logging.LogRecord) -> bool:
-        return "pre-process" not in record.getMessage() and "pre-processing" not in record.getMessage()
+        return "pre-process" not in record.getMessage()
 
     root = logging.getLogger()
     root.addFilter(drop)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.removeFilter(drop)
 

@@ -32,7 +32,8 @@ TRAITS = (
     "face_width", "face_length", "jaw", "skin_tone", "skin_warmth", "hair_tone", "hair_style",
     "hair_volume", "hairline", "greying", "eye_spacing", "eye_size", "eye_height", "eye_colour",
     "nose_length", "nose_width", "mouth_width", "lip_thickness", "brow_thickness", "brow_angle",
-    "ear_size", "freckles", "mole", "mole_x", "mole_y", "cheeks",
+    "ear_size", "freckles", "mole", "mole_x", "mole_y", "cheeks", "eye_shape", "forelock", "lip_colour",
+    "unibrow", "hair_texture",
 )
 T = {name: index for index, name in enumerate(TRAITS)}
 
@@ -43,6 +44,8 @@ SKIN = np.array([(250, 222, 200), (236, 192, 158), (205, 150, 108), (150, 100, 6
 HAIR = np.array([(22, 18, 16), (62, 40, 26), (120, 78, 44), (170, 88, 40), (214, 180, 112), (236, 216, 160)], float)
 EYES = np.array([(60, 36, 20), (110, 70, 30), (120, 110, 50), (70, 120, 70), (60, 110, 180), (130, 140, 150)], float)
 GREY = np.array((205, 205, 200), float)
+FORELOCK = (236, 232, 222)
+LIPS = np.array([(214, 140, 140), (196, 84, 96), (150, 60, 60), (120, 70, 80)], float)
 HAIR_STYLES = ("short", "curly", "parted", "long")
 FOUNDER_SPREAD = 0.7
 POLYGENIC = np.isin(TRAITS, ("skin_tone", "skin_warmth", "hair_tone", "eye_colour", "face_width", "face_length"))
@@ -231,16 +234,21 @@ class Face:
     eye_spacing: float
     eye_radius: float
     eye_height: float
+    eye_openness: float
     nose_length: float
     nose_width: float
     mouth_width: float
     lips: float
+    lip_colour: np.ndarray
     brow_thickness: float
+    unibrow: bool
     brow_angle: float
     ear_radius: float
     freckles: list[tuple[float, float]]
     mole: tuple[float, float] | None
     cheeks: float
+    forelock: bool
+    hair_texture: float  # 0 = smooth; above 0 strands are drawn, denser with the value
     age_lines: float
     beard: str | None
     glasses: bool
@@ -249,36 +257,52 @@ class Face:
 
 
 def face_of(member: Member, rng: np.random.Generator) -> Face:
-    """Turn traits (plus age, sex and a few non-heritable extras from ``rng``) into a ``Face``."""
+    """Turn traits (plus age, sex and a few non-heritable extras from ``rng``) into a ``Face``.
+
+    Ranges are wide on purpose: a trait must still show at 64x64 pixels to be learnable.
+    """
     t, age, female = member.traits, member.age, member.sex == "f"
     child = age < 13
-    grey = np.clip((age - 38 - 20 * t[T["greying"]]) / 30, 0.0, 0.9)
-    hair = _palette(HAIR, t[T["hair_tone"]]) * (1 - grey) + GREY * grey
-    warm = (t[T["skin_warmth"]] - 0.5) * np.array([14.0, 4.0, -14.0])
     jaw = 1.4 + 2.2 * t[T["jaw"]] + (-0.35 if female else 0.25)
-    hairline = t[T["hairline"]] + (max(0, age - 40) / 40 if not female and t[T["hair_volume"]] < 0.45 else 0)
-    n_freckles = int(t[T["freckles"]] ** 2 * 30) if t[T["freckles"]] > 0.45 else 0
     return Face(
-        half_width=0.2 + 0.08 * t[T["face_width"]], half_height=0.27 + 0.07 * t[T["face_length"]],
-        jaw_power=2.0 + (jaw - 2.0) * (0.5 if child else 1.0),
-        skin=_palette(SKIN, t[T["skin_tone"]]) + warm, hair=hair, eyes=_palette(EYES, t[T["eye_colour"]]),
+        half_width=0.19 + 0.1 * t[T["face_width"]], half_height=0.25 + 0.1 * t[T["face_length"]],
+        jaw_power=2.0 + (jaw - 2.0) * (0.5 if child else 1.0), **_colours(t, age),
         style=HAIR_STYLES[min(3, int(t[T["hair_style"]] * 4))], hair_volume=t[T["hair_volume"]],
-        hairline=float(hairline), eye_spacing=0.26 + 0.16 * t[T["eye_spacing"]],
-        eye_radius=(0.028 + 0.03 * t[T["eye_size"]]) * (1.2 if child else 1.0), eye_height=-0.18 + 0.16 * t[T["eye_height"]],
-        nose_length=(0.2 + 0.16 * t[T["nose_length"]]) * (0.8 if child else 1.0), nose_width=0.09 + 0.12 * t[T["nose_width"]],
-        mouth_width=0.2 + 0.22 * t[T["mouth_width"]], lips=0.025 + 0.05 * t[T["lip_thickness"]] + (0.012 if female else 0),
-        brow_thickness=(0.025 + 0.06 * t[T["brow_thickness"]]) * (0.7 if female else 1.0),
-        brow_angle=-0.5 + 1.0 * t[T["brow_angle"]], ear_radius=0.03 + 0.035 * t[T["ear_size"]],
-        freckles=[(float(x), float(y)) for x, y in rng.uniform([-0.55, -0.05], [0.55, 0.3], (n_freckles, 2))],
+        hairline=float(t[T["hairline"]] + (max(0, age - 40) / 40 if not female and t[T["hair_volume"]] < 0.45 else 0)),
+        eye_spacing=0.22 + 0.24 * t[T["eye_spacing"]], eye_radius=(0.025 + 0.045 * t[T["eye_size"]]) * (1.2 if child else 1.0),
+        eye_height=-0.18 + 0.16 * t[T["eye_height"]], eye_openness=0.45 + 0.5 * t[T["eye_shape"]],
+        nose_length=(0.15 + 0.25 * t[T["nose_length"]]) * (0.8 if child else 1.0), nose_width=0.07 + 0.2 * t[T["nose_width"]],
+        mouth_width=0.18 + 0.3 * t[T["mouth_width"]], lips=0.02 + 0.08 * t[T["lip_thickness"]] + (0.012 if female else 0),
+        brow_thickness=(0.02 + 0.09 * t[T["brow_thickness"]]) * (0.7 if female else 1.0), unibrow=t[T["unibrow"]] > 0.75,
+        brow_angle=-0.5 + 1.0 * t[T["brow_angle"]], ear_radius=0.02 + 0.06 * t[T["ear_size"]],
+        freckles=_freckles(rng, t[T["freckles"]]),
         mole=(float(t[T["mole_x"]] - 0.5), float(t[T["mole_y"]] * 0.6 - 0.1)) if t[T["mole"]] > 0.65 else None,
-        cheeks=float(t[T["cheeks"]]), age_lines=float(np.clip((age - 32) / 40, 0.0, 1.0)),
+        cheeks=float(t[T["cheeks"]]), forelock=t[T["forelock"]] > 0.8,
+        hair_texture=max(0.0, float(t[T["hair_texture"]]) - 0.4) / 0.6,
+        age_lines=float(np.clip((age - 32) / 40, 0.0, 1.0)),
         beard=_beard(rng) if not female and age >= 20 else None, glasses=age > 8 and rng.random() < 0.15,
         sex=member.sex, child=child,
     )
 
 
+def _colours(t: np.ndarray, age: int) -> dict:
+    # Hair greys with age (earlier with the "greying" trait) but keeps some of its colour.
+    grey = np.clip((age - 38 - 20 * t[T["greying"]]) / 30, 0.0, 0.65)
+    warm = (t[T["skin_warmth"]] - 0.5) * np.array([14.0, 4.0, -14.0])
+    skin = _palette(SKIN, t[T["skin_tone"]]) + warm
+    return {
+        "skin": skin, "hair": _palette(HAIR, t[T["hair_tone"]]) * (1 - grey) + GREY * grey,
+        "eyes": _palette(EYES, t[T["eye_colour"]]), "lip_colour": skin * 0.4 + _palette(LIPS, t[T["lip_colour"]]) * 0.6,
+    }
+
+
+def _freckles(rng: np.random.Generator, trait: float) -> list[tuple[float, float]]:
+    count = int(trait**2 * 30) if trait > 0.45 else 0
+    return [(float(x), float(y)) for x, y in rng.uniform([-0.55, -0.05], [0.55, 0.3], (count, 2))]
+
+
 def _beard(rng: np.random.Generator) -> str | None:
-    return ("beard", "moustache", "stubble", None, None, None)[int(rng.integers(0, 6))]
+    return ("beard", "moustache", "stubble", None, None, None, None, None)[int(rng.integers(0, 8))]
 
 
 @dataclass
@@ -380,8 +404,8 @@ def paint_subject(face: Face, shot: Shot, canvas: int) -> Image.Image:
     p.polygon(p.outline_points(), skin)
     _paint_skin_marks(p)
     _paint_eyes_and_brows(p)
+    _paint_beard(p, hair)  # before the mouth, which shows through a beard
     _paint_nose_and_mouth(p)
-    _paint_beard(p, hair)
     _paint_hair_front(p, hair)
     if shot.glasses:
         _paint_glasses(p)
@@ -440,7 +464,7 @@ def _paint_eyes_and_brows(p: Painter) -> None:
     for side in (-1, 1):
         x, y = p.at(side * f.eye_spacing * 1.35, f.eye_height)
         r = f.eye_radius
-        p.ellipse(x, y, r * 1.3, r * (0.8 if s.smile < 0.8 else 0.6), (245, 245, 240))
+        p.ellipse(x, y, r * 1.3, r * f.eye_openness * (1.0 if s.smile < 0.8 else 0.8), (245, 245, 240))
         p.ellipse(x, y, r * 0.75, r * 0.75, _rgb(f.eyes))
         p.ellipse(x, y, r * 0.3, r * 0.3, (15, 12, 12))
         lift = 0.1 + 0.25 * s.brow_raise
@@ -448,6 +472,8 @@ def _paint_eyes_and_brows(p: Painter) -> None:
         inner = (inner[0], inner[1] + f.brow_angle * 0.03)
         outer = (outer[0], outer[1] - f.brow_angle * 0.03)
         p.line([inner, outer], brow_colour, f.brow_thickness * 0.5)
+        if f.unibrow and side == 1:
+            p.line([inner, p.at(-f.eye_spacing * 0.55, f.eye_height - lift + f.brow_angle * 0.03)], brow_colour, f.brow_thickness * 0.35)
 
 
 def _nose_tip(face: Face) -> float:
@@ -478,7 +504,7 @@ def _paint_mouth(p: Painter, y: float) -> None:
     gap = 0.08 * s.mouth_open  # an open mouth parts the lips in the middle
     upper = [p.at(x, y + c - (0.6 * f.lips + 0.3 * gap) * b) for x, c, b in zip(xs, corners, bulge)]
     lower = [p.at(x, y + c + (f.lips + gap) * b) for x, c, b in zip(xs, corners, bulge)]
-    p.polygon(upper + lower[::-1], _rgb(f.skin * 0.55 + np.array([190, 60, 70]) * 0.45))
+    p.polygon(upper + lower[::-1], _rgb(f.lip_colour))
     if s.mouth_open > 0.3:
         top = [p.at(x, y + c - 0.3 * gap * b) for x, c, b in zip(xs, corners, bulge)]
         bottom = [p.at(x, y + c + 0.7 * gap * b) for x, c, b in zip(xs, corners, bulge)]
@@ -507,13 +533,13 @@ def _paint_hair_front(p: Painter, hair) -> None:
     f = p.face
     volume = 1.06 + 0.14 * f.hair_volume
     line_y = -0.82 + 0.35 * min(1.0, f.hairline)  # face units: the lower, the more forehead is covered
-    top = p.cy - p.hh * volume
-    cut = p.cy + p.hh * line_y
+    top, cut = p.cy - p.hh * volume, p.cy + p.hh * line_y
     if f.style == "curly":
         for k, theta in enumerate(np.linspace(math.pi * 1.05, math.pi * 1.95, 9)):
             x = p.cx + p.turn * 0.5 + math.cos(theta) * p.hw * volume
             y = p.cy - p.hh * 0.15 + math.sin(theta) * p.hh * volume * 0.95
-            p.ellipse(x, max(y, top + 0.02), p.hw * 0.32, p.hh * 0.22, hair)
+            colour = FORELOCK if f.forelock and k == 3 else hair
+            p.ellipse(x, max(y, top + 0.02), p.hw * 0.32, p.hh * 0.22, colour)
         return
     slant = 0.12 if f.style == "parted" else 0.0
     width = p.hw * volume
@@ -521,7 +547,15 @@ def _paint_hair_front(p: Painter, hair) -> None:
               (p.cx + width * 0.7, top + 0.03), (p.cx + width, cut - slant * p.hh)]
     if f.style == "parted":
         points.insert(3, (p.cx + width * 0.25, cut - 0.3 * p.hh))
-    p.polygon([(x + p.turn * 0.4, y) for x, y in points], hair)
+    shift = p.turn * 0.4
+    p.polygon([(x + shift, y) for x, y in points], hair)
+    if f.hair_texture > 0:  # strands: wavy or coarse hair
+        strand = _rgb(np.asarray(hair) * 0.6)
+        for x in np.linspace(-0.8, 0.8, 3 + int(8 * f.hair_texture)):
+            p.line([(p.cx + shift + x * width * 0.8, top + 0.04), (p.cx + shift + x * width, cut - 0.01)], strand, 0.006)
+    if f.forelock:  # a white forelock, a dominant trait in real families
+        x = p.cx + shift - width * 0.35
+        p.polygon([(x - 0.03, top + 0.03), (x + 0.03, top + 0.02), (x + 0.05, cut), (x - 0.02, cut)], FORELOCK)
 
 
 def _paint_glasses(p: Painter) -> None:
@@ -568,9 +602,10 @@ def paint_background(rng: np.random.Generator, canvas: int, k: float = 1.0) -> I
 def render_photo(face: Face, rng: np.random.Generator, size: int, nuisance: float = 1.0) -> tuple[bytes, int]:
     """One JPEG photo of ``face`` (bytes and the quality used); all nuisance comes from ``rng``."""
     shot = shot_of(rng, face, nuisance)
-    # Drawn at twice the size then halved (cheap anti-aliasing); posed and lit at the final size.
-    subject = paint_subject(face, shot, 2 * size).reduce(2)
-    subject = subject.transform((size, size), Image.AFFINE, _pose_matrix(shot, size), resample=Image.BILINEAR)
+    # Drawn and posed at twice the size, then halved: cheap anti-aliasing (NEAREST skips the
+    # premultiplied-alpha round trip that a smoothing filter costs on RGBA).
+    subject = paint_subject(face, shot, 2 * size)
+    subject = subject.transform(subject.size, Image.AFFINE, _pose_matrix(shot, 2 * size), resample=Image.NEAREST).reduce(2)
     image = paint_background(rng, size, nuisance)
     image.paste(subject, (0, 0), subject)
     image = _light(image, shot, rng)
@@ -596,7 +631,8 @@ def _light(image: Image.Image, shot: Shot, rng: np.random.Generator) -> Image.Im
     pixels += np.float32(128 * (1 - shot.contrast) / shot.contrast)
     pixels *= gain[..., None]
     pixels *= shot.cast.astype(np.float32)
-    pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * np.float32(shot.noise)
+    # Sensor grain in luminance only: a third of the random numbers, the same look.
+    pixels += rng.standard_normal((size, size, 1), dtype=np.float32) * np.float32(shot.noise)
     np.clip(pixels + 0.5, 0, 255, out=pixels)
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
 

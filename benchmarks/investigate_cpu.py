@@ -15,6 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 
 LEVELS = ("disable", "basic", "extended", "all")
 
@@ -88,6 +89,45 @@ def op_profile(onnx_path: Path, flops: int, image_size: int, args, cores: int) -
               f"{conv_ms / total:.0%} of kernel time")
 
 
+def conv_layers(onnx_path: Path, batch: int, threads: int, seconds: float) -> None:
+    """Each distinct convolution of the encoder alone in ORT (level ALL): its GFLOP/s on its fastest call."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from kinship.engines.bench import benchmark
+    from kinship.engines.ceiling import _inferred_shapes
+
+    model = onnx.load(str(onnx_path))
+    shapes = _inferred_shapes(model)
+    weights = {init.name: init for init in model.graph.initializer}
+    print(f"\n== each convolution alone, {2 * batch} images, {threads} thread(s), fastest call ==")
+    seen = set()
+    for node in (n for n in model.graph.node if n.op_type == "Conv"):
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        in_shape, w = [2 * batch] + shapes[node.input[0]][1:], weights[node.input[1]]
+        key = (tuple(in_shape), tuple(w.dims), str(attributes))
+        if key in seen:
+            continue
+        seen.add(key)
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", w.name] + list(node.input[2:3]), ["y"], **attributes)], "conv",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [w] + [weights[name] for name in node.input[2:3]],
+        )
+        path = Path(onnx_path).with_name(".conv-probe.onnx")
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        session = ort_session(path, threads)
+        x = np.random.default_rng(0).standard_normal(in_shape, dtype=np.float32)
+        out = session.run(None, {"x": x})[0]
+        macs = int(np.prod(out.shape)) * int(np.prod(w.dims[1:]))
+        result = benchmark(lambda: session.run(None, {"x": x}) and None, 1, seconds / 4, 0.1)
+        path.unlink()
+        print(f"{str(tuple(in_shape[1:])):<16} -> {str(tuple(out.shape[1:])):<16} kernel {tuple(w.dims[2:])} "
+              f"stride {attributes.get('strides', [1])[0]}: {2 * macs / (result.latency_ms.min / 1e3) / 1e9:6.1f} GFLOP/s, "
+              f"{2 * macs / 2 / batch / 1e6:5.1f} MFLOP per image")
+
+
 def investigate(checkpoint: Path, onnx_path: Path, flops: int, args) -> None:
     from kinship.engines.bench import default_threads
     from kinship.export import read_metadata
@@ -96,6 +136,8 @@ def investigate(checkpoint: Path, onnx_path: Path, flops: int, args) -> None:
     cores = default_threads()
     settings_table(checkpoint, onnx_path, flops, image_size, args, cores)
     op_profile(onnx_path, flops, image_size, args, cores)
+    for threads in sorted({cores, 1}):
+        conv_layers(onnx_path, args.batch, threads, args.seconds)
 
 
 def main(argv=None) -> int:

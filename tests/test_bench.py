@@ -202,6 +202,19 @@ def test_flops_of_the_exported_model_match_pytorch(tiny_export):
     assert pair == 2 * encoder + head  # the pair model encodes both images, then runs the head once
 
 
+def test_flops_survive_onnx_runtime_graph_optimisation(tiny_onnx, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # Conv+Relu -> FusedConv
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(tiny_onnx), options, providers=["CPUExecutionProvider"])
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "optimised.onnx")).graph.node}
+    assert "FusedConv" in ops
+    assert model_flops_per_pair(tmp_path / "optimised.onnx") == model_flops_per_pair(tiny_onnx)
+
+
 def test_flops_of_a_file_that_is_not_onnx(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_text("not a model")

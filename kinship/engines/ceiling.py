@@ -18,9 +18,11 @@ from kinship.errors import UserError
 
 # onnxruntime: a lone MatMul, i.e. MLAS, the GEMM kernels ONNX Runtime's own convolutions use.
 GEMM_LIBRARIES = ("torch", "numpy", "onnxruntime")
-# Ops counted, and how many data inputs precede the weight: QLinear ops interleave scales/zero points.
-_CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
-_MATMUL_OPS = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
+# Ops counted, and the index of their weight input: QLinear ops interleave scales and zero points.
+# The com.microsoft fused forms are what ONNX Runtime's graph optimiser saves (Conv+Relu -> FusedConv).
+_CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1}
+_GEMM_OPS = ("Gemm", "FusedGemm")
+_MATMUL_OPS = ("MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul")
 
 
 def matmul_gflops(duration_s: float = 2.0, n: int = 1024, threads: int | None = None, library: str = "torch") -> float:
@@ -180,7 +182,7 @@ def _counted_tensors(node) -> list[str]:
     """The tensors whose shapes ``_node_macs`` reads (weights are initializers, always known)."""
     if node.op_type in _CONV_OPS:
         return [node.input[_CONV_OPS[node.op_type]], node.output[0]]
-    if node.op_type == "Gemm" or node.op_type in _MATMUL_OPS:
+    if node.op_type in _GEMM_OPS or node.op_type in _MATMUL_OPS:
         return [node.input[0], node.output[0]]
     return []
 
@@ -222,16 +224,12 @@ def _node_macs(node, shapes: dict, path: Path) -> int:
         out = _known(shapes, node.output[0], node, path)
         # out: [N, M, *spatial]; weight: [M, C/group, *kernel]: each output element costs C/group * kernel.
         return int(np.prod(out, dtype=np.int64) * np.prod(weight[1:], dtype=np.int64))
-    if node.op_type == "Gemm":
+    if node.op_type in _GEMM_OPS or node.op_type in _MATMUL_OPS:
         a = _known(shapes, node.input[0], node, path)
         out = _known(shapes, node.output[0], node, path)
         trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-        k = a[0] if trans_a else a[1]
-        return int(out[0] * out[1] * k)
-    if node.op_type in _MATMUL_OPS:
-        a = _known(shapes, node.input[0], node, path)
-        out = _known(shapes, node.output[0], node, path)
-        return int(np.prod(out, dtype=np.int64) * a[-1])  # every output element is a K-long dot product
+        k = a[-2] if trans_a and len(a) > 1 else a[-1]
+        return int(np.prod(out, dtype=np.int64) * k)  # every output element is a K-long dot product
     return 0
 
 

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+from io import BytesIO
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -47,7 +48,7 @@ GREY = np.array((205, 205, 200), float)
 FORELOCK = (236, 232, 222)
 LIPS = np.array([(214, 140, 140), (196, 84, 96), (150, 60, 60), (120, 70, 80)], float)
 HAIR_STYLES = ("short", "curly", "parted", "long")
-FOUNDER_SPREAD = 0.7
+FOUNDER_SPREAD = 0.7  # founders' traits ~ Beta(0.7, 0.7): U-shaped, so strangers differ visibly
 POLYGENIC = np.isin(TRAITS, ("skin_tone", "skin_warmth", "hair_tone", "eye_colour", "face_width", "face_length"))
 BLEND = 0.35  # chance that a child's trait is the mean of the parents' rather than one parent's
 
@@ -69,6 +70,8 @@ class SynthConfig:
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first bad value."""
+        if self.seed < 0:
+            raise UserError(f"--seed must be 0 or more, got {self.seed}")
         if self.families < 1:
             raise UserError(f"--families must be at least 1, got {self.families}")
         if self.test_families < 0:
@@ -79,10 +82,13 @@ class SynthConfig:
             raise UserError(f"--size must be at least 32 pixels, got {self.size}")
         for name, (low, high) in (("images_per_person", self.images_per_person),
                                   ("test_images_per_person", self.test_images_per_person)):
-            if not 1 <= low <= high:
-                raise UserError(f"{name} must be a range 1 <= low <= high, got {low}-{high}")
+            if not 1 <= low <= high <= 50:
+                raise UserError(f"{name} must be a range 1 <= low <= high <= 50, got {low}-{high}")
         if not 0 <= self.nuisance <= 3:
             raise UserError(f"nuisance must be between 0 and 3, got {self.nuisance}")
+        if not (0 <= self.grandchildren_rate <= 1 and 0 <= self.mutation <= 0.5):
+            raise UserError(f"grandchildren_rate must be in [0, 1] and mutation in [0, 0.5], got "
+                            f"{self.grandchildren_rate} and {self.mutation}")
         if self.workers < 1:
             raise UserError(f"workers must be at least 1, got {self.workers}")
 
@@ -599,8 +605,8 @@ def paint_background(rng: np.random.Generator, canvas: int, k: float = 1.0) -> I
     return image
 
 
-def render_photo(face: Face, rng: np.random.Generator, size: int, nuisance: float = 1.0) -> tuple[bytes, int]:
-    """One JPEG photo of ``face`` (bytes and the quality used); all nuisance comes from ``rng``."""
+def render_photo(face: Face, rng: np.random.Generator, size: int, nuisance: float = 1.0) -> bytes:
+    """One JPEG photo of ``face``; all its nuisance comes from ``rng``."""
     shot = shot_of(rng, face, nuisance)
     # Drawn and posed at twice the size, then halved: cheap anti-aliasing (NEAREST skips the
     # premultiplied-alpha round trip that a smoothing filter costs on RGBA).
@@ -611,7 +617,7 @@ def render_photo(face: Face, rng: np.random.Generator, size: int, nuisance: floa
     image = _light(image, shot, rng)
     if shot.blur > 0:
         image = image.filter(ImageFilter.GaussianBlur(shot.blur * size / 224))
-    return _jpeg(image, shot.quality), shot.quality
+    return _jpeg(image, shot.quality)
 
 
 def _pose_matrix(shot: Shot, canvas: int) -> tuple[float, ...]:
@@ -638,8 +644,6 @@ def _light(image: Image.Image, shot: Shot, rng: np.random.Generator) -> Image.Im
 
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:
-    from io import BytesIO
-
     buffer = BytesIO()
     # Fixed encoder settings: same pixels and quality give the same bytes.
     image.save(buffer, "JPEG", quality=quality, subsampling=2, optimize=False, progressive=False)
@@ -663,7 +667,6 @@ class FamilyResult:
     relations: list[tuple[str, str, str]]  # (p1 mid, p2 mid, type)
     photos: dict[str, list[str]] = field(default_factory=dict)  # mid -> file names (train)
     test_photos: dict[str, list[bytes]] = field(default_factory=dict)  # mid -> JPEG bytes (test)
-    bytes: int = 0
 
 
 def make_family(config: SynthConfig, split: int, number: int, root: Path) -> FamilyResult:
@@ -681,12 +684,11 @@ def make_family(config: SynthConfig, split: int, number: int, root: Path) -> Fam
         count = int(person_rng.integers(low, high + 1))
         for k in range(count):
             photo_number += 1
-            data, _ = render_photo(face, _seed(config, split, number, member.index + 1, k + 1), config.size, config.nuisance)
-            result.bytes += len(data)
+            data = render_photo(face, _seed(config, split, number, member.index + 1, k + 1), config.size, config.nuisance)
             if split == TRAIN:
                 folder = root / "train" / name / member.mid
                 folder.mkdir(parents=True, exist_ok=True)
-                file_name = f"P{number * 100 + photo_number:06d}_face1.jpg"
+                file_name = f"P{number:04d}{photo_number:03d}_face1.jpg"  # unique: <= 14 people x 50 photos
                 (folder / file_name).write_bytes(data)
                 result.photos.setdefault(member.mid, []).append(file_name)
             else:
@@ -760,9 +762,14 @@ def _test_pairs(rng: np.random.Generator, test: list[FamilyResult], names: dict)
         for a, b, kind in r.relations:
             left, right = rng.choice(names[(r.family, a)]), rng.choice(names[(r.family, b)])
             related.append((f"{left}-{right}", 1, kind))
+    # Never ask for more unrelated pairs than exist (only tiny test sets come near that).
+    sizes = [sum(len(v) for (family, _), v in names.items() if family == r.family) for r in test]
+    possible = sum(sizes) ** 2 - sum(n * n for n in sizes)
+    if len(related) > possible:
+        related = [related[int(i)] for i in sorted(rng.permutation(len(related))[:possible])]
     people = sorted(names)
     unrelated: set[str] = set()
-    while len(unrelated) < len(related) and len(test) >= 2:
+    while len(unrelated) < len(related):
         a, b = (people[int(i)] for i in rng.choice(len(people), 2, replace=False))
         if a[0] != b[0]:
             unrelated.add(f"{rng.choice(names[a])}-{rng.choice(names[b])}")

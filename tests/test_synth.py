@@ -161,6 +161,14 @@ def test_same_seed_gives_byte_identical_trees_whatever_the_workers(tmp_path):
     assert _tree_hash(tmp_path / "a") != _tree_hash(tmp_path / "c")
 
 
+def test_the_smallest_test_set_is_still_balanced(tmp_path):
+    config = SynthConfig(families=1, test_families=2, size=32, test_images_per_person=(1, 1), workers=1)
+    generate(config, tmp_path / "set")
+    _, labels = _rows(tmp_path / "set" / "test_labels.csv")
+    related = sum(r["is_related"] == "1" for r in labels)
+    assert related > 0 and related * 2 == len(labels) == len({r["img_pair"] for r in labels})
+
+
 def test_a_failure_leaves_nothing_that_looks_complete(tmp_path):
     def fail_midway(event):
         if event.done == 2:

@@ -1,0 +1,32 @@
+"""``kinship-engines``: fetch the model and calibration set by manifest, build/validate/benchmark each precision."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+
+from flows.naming import engines_run_name
+from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings
+from tasks.data import clean_work, fetch_data_set
+from tasks.engines import build_engine, choose_backend, fetch_inputs, read_train_manifest, write_engines_manifest, write_engines_report
+from tasks.runtime import new_run_id_for_this_run
+
+Precision = Literal["fp32", "tf32", "fp16", "int8", "int8-qdq"]
+
+
+@flow(name="kinship-engines", flow_run_name=engines_run_name)
+def engines_flow(train_manifest: str, precisions: list[Precision] = list(DEFAULT_PRECISIONS),
+                 engines: EngineSettings = EngineSettings(), run_id: str | None = None, force: bool = False) -> dict:
+    """Engines for the model named by the training manifest at ``train_manifest``; return the engines manifest."""
+    run_id = run_id or new_run_id_for_this_run()
+    manifest = read_train_manifest(train_manifest)
+    dataset = fetch_data_set(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
+    inputs = fetch_inputs(manifest, run_id)
+    backend = choose_backend(engines)
+    build = build_engine.with_options(refresh_cache=force)
+    variants = [build(inputs, dataset, variant, backend, engines, run_id) for variant in dict.fromkeys(precisions)]
+    report = write_engines_report(variants, run_id)
+    result = write_engines_manifest(run_id, manifest, variants, report)
+    clean_work(run_id)
+    return result

@@ -1,0 +1,36 @@
+"""Flow run names built from a run's parameters (data set and configuration), shown in the Prefect UI."""
+
+from __future__ import annotations
+
+from prefect.runtime import flow_run
+
+
+def _dataset_name(uri: str) -> str:
+    return str(uri).rstrip("/").rsplit("/", 1)[-1] or str(uri)
+
+
+def _config_tag(train) -> str:
+    get = train.get if isinstance(train, dict) else (lambda name, default=None: getattr(train, name, default))
+    text = f"e{get('epochs')}-{get('image_size')}px-w{get('width')}"
+    return text + (f"-b{get('max_batches_per_epoch')}" if get("max_batches_per_epoch") else "")
+
+
+def full_run_name() -> str:
+    """``<data set>-e<epochs>-<size>px-w<width>-<precisions>``, e.g. ``demo-e14-64px-w24-fp32+fp16+int8``."""
+    parameters = flow_run.get_parameters()
+    precisions = "+".join(parameters.get("precisions") or [])
+    return f"{_dataset_name(parameters['dataset_uri'])}-{_config_tag(parameters.get('train') or {})}-{precisions}"
+
+
+def train_run_name() -> str:
+    """``train-<data set>-<config>-<run id>``."""
+    parameters = flow_run.get_parameters()
+    name = f"train-{_dataset_name(parameters['dataset_uri'])}-{_config_tag(parameters.get('train') or {})}"
+    return name + (f"-{parameters['run_id']}" if parameters.get("run_id") else "")
+
+
+def engines_run_name() -> str:
+    """``engines-<precisions>-<run id>``."""
+    parameters = flow_run.get_parameters()
+    name = "engines-" + "+".join(parameters.get("precisions") or [])
+    return name + (f"-{parameters['run_id']}" if parameters.get("run_id") else "")

@@ -1,0 +1,90 @@
+"""Engine-half tasks: read the training manifest, fetch verified inputs, build each variant, report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
+
+from kinship import pipeline
+from kinship.pipeline import DatasetHandle, EngineSettings
+from kinship.run_report import engine_table
+from kinship.storage import file_digest
+from kinship.train import TrainConfig
+from tasks.progress import progress_artifact
+from tasks.runtime import cache_key, host, open_store, work_dir
+
+
+@task(name="read training manifest", retries=3, retry_delay_seconds=[2, 10, 30])
+def read_train_manifest(uri: str) -> dict:
+    """The training manifest at ``uri``, verified against the sha256 recorded when it was stored."""
+    return pipeline.read_manifest(open_store(), uri, pipeline.TRAIN_MANIFEST_FORMAT)
+
+
+@task(name="fetch model and calibration", retries=3, retry_delay_seconds=[2, 10, 30])
+def fetch_inputs(manifest: dict, run_id: str) -> dict:
+    """The ONNX trio and the calibration set named in the manifest, each sha256-verified, in scratch."""
+    store, folder = open_store(), work_dir(run_id, "engines")
+    onnx = pipeline.fetch_model(store, manifest, folder)
+    calibration = pipeline.fetch_calibration(store, manifest, folder)
+    return {"onnx": onnx, "onnx_sha256": manifest["artifacts"]["model.onnx"]["sha256"],
+            "calibration": calibration, "calibration_sha256": manifest["artifacts"]["calibration.npz"]["sha256"],
+            "train_config": TrainConfig.from_dict(manifest["train_config"])}
+
+
+@task(name="choose backend")
+def choose_backend(settings: EngineSettings) -> str:
+    """The backend this host will build with: TensorRT where it imports and sees a GPU, else ONNX Runtime."""
+    from kinship.engines.base import resolve_backend
+
+    backend = resolve_backend(settings.backend)
+    get_run_logger().info("engine backend on this host: %s (asked: %s)", backend, settings.backend)
+    return backend
+
+
+def _engine_key(context, parameters: dict) -> str:
+    inputs = parameters["inputs"]
+    variant = parameters["variant"]
+    calibration = inputs["calibration_sha256"] if variant.startswith("int8") else None
+    return cache_key("engine", inputs["onnx_sha256"], variant, parameters["backend"], calibration,
+                     parameters["dataset"].sha256, asdict(parameters["settings"]))
+
+
+@task(name="build engine", cache_key_fn=_engine_key, retries=1, task_run_name="engine {variant} ({backend})")
+def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: str, settings: EngineSettings,
+                 run_id: str) -> dict:
+    """Build, validate and benchmark one precision; upload the engine folder.
+
+    Cached on (ONNX sha256, precision, backend, calibration sha256 for INT8, data set, bench settings).
+    """
+    if file_digest(Path(inputs["onnx"]))[0] != inputs["onnx_sha256"]:
+        raise ValueError(f"{inputs['onnx']} changed on disk since it was fetched")
+    with progress_artifact(f"engine {variant}") as on_progress:
+        built = pipeline.engine_stage(open_store(), Path(inputs["onnx"]), dataset, Path(inputs["calibration"]), variant,
+                                      settings, inputs["train_config"], work_dir(run_id, "engines"),
+                                      pipeline.run_prefix(run_id, "engines"), on_progress)
+    if built["backend"] != backend:
+        raise ValueError(f"asked for {backend} but the build used {built['backend']}")
+    summary = built["row"].get("summary") or {}
+    get_run_logger().info("%s %s: %s%s; AUC %s, %s pairs/s", backend, variant, built["status"],
+                          f" ({built['reason']})" if built["reason"] else "", summary.get("auc"), summary.get("pairs_per_s"))
+    return built
+
+
+@task(name="write engine report", retries=1)
+def write_engines_report(variants: list[dict], run_id: str) -> dict:
+    """One report over every variant (markdown, JSON, plots), uploaded under the run's engines prefix."""
+    return pipeline.engines_report_stage(open_store(), variants, work_dir(run_id, "engines"),
+                                         pipeline.run_prefix(run_id, "engines", "report"))
+
+
+@task(name="write engines manifest", retries=3, retry_delay_seconds=[2, 10, 30])
+def write_engines_manifest(run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
+    """Store the engines manifest last and show the engine table on this run's page."""
+    manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, variants, report, host())
+    create_table_artifact(engine_table(manifest), description=f"engines of run {run_id} ({manifest['backend_note']})")
+    get_run_logger().info("engines manifest: %s", manifest["manifest"]["uri"])
+    return manifest

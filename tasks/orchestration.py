@@ -1,0 +1,130 @@
+"""The parent flow's tasks: name the run, run each half as a nested deployment run, promote, report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from uuid import UUID
+
+from prefect import get_client, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.deployments import run_deployment
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run as this_run
+
+from kinship import pipeline
+from kinship.champion import promote_if_better
+from kinship.engines.calibration import CalibrationConfig
+from kinship.pipeline import EngineSettings
+from kinship.run_report import publish_run_report
+from kinship.train import TrainConfig
+from tasks.runtime import open_store
+
+TRAIN_DEPLOYMENT = "kinship-train/train"
+ENGINES_DEPLOYMENT = "kinship-engines/engines"
+CHILD_TIMEOUT_S = 12 * 3600
+POLL_S = 1.0
+MAX_ATTEMPTS = 5
+
+
+class ChildRunFailed(RuntimeError):
+    """A child deployment run ended in a state other than Completed."""
+
+
+@task(name="plan run")
+def plan_run(dataset_uri: str) -> dict:
+    """The run's id and names, stable across retries of this parent run (its id and scheduled time)."""
+    parent_id = str(this_run.get_id() or "local")
+    started = this_run.get_scheduled_start_time() or datetime.now(timezone.utc)
+    run_id = pipeline.new_run_id(started, parent_id.replace("-", "")[:8])
+    get_run_logger().info("run %s: data set %s; artifacts under %s", run_id, dataset_uri,
+                          open_store().uri(pipeline.run_prefix(run_id)))
+    return {"run_id": run_id, "parent_id": parent_id, "dataset_uri": dataset_uri}
+
+
+def _create_or_find(deployment: str, parameters: dict, run: dict, step: str) -> object:
+    """The child flow run for this step: a new one, or the one an earlier attempt of this parent started.
+
+    The idempotency key is parent id + step + attempt number, so a retried parent picks up its child
+    instead of starting a duplicate; only a child that already failed is replaced (next attempt number).
+    """
+    logger = get_run_logger()
+    tags = ["kinship", f"run-{run['run_id']}", step]
+    for attempt in range(MAX_ATTEMPTS):
+        key = f"{run['parent_id']}:{step}:{attempt}"
+        child = run_deployment(deployment, parameters=parameters, idempotency_key=key, as_subflow=True, timeout=0,
+                               tags=tags)
+        state = child.state
+        if state is None or not state.is_final() or state.is_completed():
+            return child
+        logger.warning("child run %s of an earlier attempt ended %s: starting a fresh one", child.name, state.name)
+    raise ChildRunFailed(f"{step}: {MAX_ATTEMPTS} child runs of {deployment} failed for this parent run")
+
+
+def _wait(flow_run_id: UUID, timeout: float = CHILD_TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            child = client.read_flow_run(flow_run_id)
+            if child.state and child.state.is_final():
+                return child
+            if time.monotonic() > deadline:
+                raise ChildRunFailed(f"child run {child.name} still {child.state.name} after {timeout:.0f} s")
+            time.sleep(POLL_S)
+
+
+def run_child(deployment: str, parameters: dict, run: dict, step: str) -> dict:
+    """Run ``deployment`` as a nested sub-flow, wait for it, and fail unless it Completed."""
+    logger = get_run_logger()
+    child = _create_or_find(deployment, parameters, run, step)
+    logger.info("%s: child run %s (%s) on pool %s", step, child.name, child.id, child.work_pool_name)
+    child = _wait(child.id)
+    if not child.state.is_completed():
+        raise ChildRunFailed(f"{step}: child run {child.name} ({child.id}) ended {child.state.name}: "
+                             f"{child.state.message or 'see its logs'}")
+    return {"id": str(child.id), "name": child.name, "work_pool": child.work_pool_name, "state": child.state.name}
+
+
+@task(name="run training", task_run_name="kinship-train on rocm")
+def run_training(run: dict, dataset_uri: str, train: TrainConfig, calibration: CalibrationConfig, force: bool) -> dict:
+    """The ``kinship-train`` deployment for this run; returns its manifest, read back from the store."""
+    parameters = {"dataset_uri": dataset_uri, "train": asdict(train), "calibration": asdict(calibration),
+                  "run_id": run["run_id"], "force": force}
+    child = run_child(TRAIN_DEPLOYMENT, parameters, run, "train")
+    key = pipeline.run_prefix(run["run_id"], "train", "manifest.json")
+    manifest = pipeline.read_manifest(open_store(), open_store().uri(key), pipeline.TRAIN_MANIFEST_FORMAT)
+    return {**manifest, "child_run": child}
+
+
+@task(name="run engines", task_run_name="kinship-engines on cuda")
+def run_engines(run: dict, train_manifest: dict, precisions: list[str], engines: EngineSettings, force: bool) -> dict:
+    """The ``kinship-engines`` deployment for this run's model; returns its manifest, read back from the store."""
+    parameters = {"train_manifest": train_manifest["manifest"]["uri"], "precisions": list(precisions),
+                  "engines": asdict(engines), "run_id": run["run_id"], "force": force}
+    child = run_child(ENGINES_DEPLOYMENT, parameters, run, "engines")
+    key = pipeline.run_prefix(run["run_id"], "engines", "manifest.json")
+    manifest = pipeline.read_manifest(open_store(), open_store().uri(key), pipeline.ENGINES_MANIFEST_FORMAT)
+    return {**manifest, "child_run": child}
+
+
+@task(name="promote champion", retries=2, retry_delay_seconds=5)
+def promote_champion(train_manifest: dict, engines_manifest: dict) -> dict:
+    """Make this run's model the champion only if its validation AUC beats the current champion's."""
+    promotion = promote_if_better(open_store(), train_manifest, engines_manifest)
+    get_run_logger().info("champion: %s", promotion["reason"])
+    return promotion
+
+
+@task(name="publish report", retries=2, retry_delay_seconds=5)
+def publish_report(run: dict, train_manifest: dict, engines_manifest: dict, promotion: dict) -> dict:
+    """Store the final report and show it: markdown, the engine table, and links to the stored objects."""
+    report = publish_run_report(open_store(), run["run_id"], train_manifest, engines_manifest, promotion)
+    create_markdown_artifact(report["markdown"], key="kinship-report", description=f"kinship run {run['run_id']}")
+    create_table_artifact(report["table"], key="kinship-engines", description=f"engines of run {run['run_id']}")
+    for item in report["links"]:
+        create_link_artifact(item["uri"], link_text=item["uri"], description=item["name"])
+    uri = report["artifacts"]["report.md"]["uri"]
+    get_run_logger().info("report: %s", uri)
+    return {"run_id": run["run_id"], "report": uri, "val_auc": train_manifest["metrics"]["best_val_auc"],
+            "promoted": promotion["promoted"], "champion": promotion["reason"], "engines": report["table"]}

@@ -1,0 +1,57 @@
+"""What every task needs from the host it runs on: the artifact store, a scratch folder, cache keys, facts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from kinship import __version__
+from kinship.pipeline import host_facts
+from kinship.storage import ArtifactStore, StoreSettings, store_from_settings
+
+
+def open_store() -> ArtifactStore:
+    """The store named by the environment: S3 when ``KINSHIP_BUCKET`` is set, else the scratch folder's."""
+    return store_from_settings(StoreSettings.from_env())
+
+
+def work_dir(run_id: str, *parts: str) -> Path:
+    """``$KINSHIP_SCRATCH/work/<run_id>/...``: this host's private working folder for one run."""
+    return StoreSettings.from_env().scratch.joinpath("work", run_id, *parts)
+
+
+def store_identity() -> str:
+    """Which store cached refs point into: a cache hit from another bucket would name missing objects."""
+    settings = StoreSettings.from_env()
+    return f"{settings.endpoint_url or 'aws'}|{settings.bucket or settings.scratch}|{settings.prefix}"
+
+
+def cache_key(step: str, *parts: Any) -> str:
+    """A cache key from the step's name, its content inputs, the store and the kinship version."""
+    payload = json.dumps([step, __version__, store_identity(), *parts], sort_keys=True, default=str)
+    return f"{step}-{hashlib.sha256(payload.encode()).hexdigest()[:32]}"
+
+
+def host() -> dict:
+    """Host name, role and (inside a flow run) the work pool that dispatched it."""
+    facts = host_facts()
+    try:
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+        pool = context.flow_run.work_pool_name if context and context.flow_run else None
+    except Exception:  # facts are a nicety: never fail a stage over them
+        pool = None
+    return {**facts, "work_pool": pool}
+
+
+def new_run_id_for_this_run() -> str:
+    """A run id for a child flow started on its own (no parent gave one): its own id and scheduled time."""
+    from prefect.runtime import flow_run
+
+    from kinship.pipeline import new_run_id
+
+    run_id = str(flow_run.get_id() or "")
+    return new_run_id(flow_run.get_scheduled_start_time(), run_id.replace("-", "")[:8] or None)

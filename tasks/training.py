@@ -1,0 +1,96 @@
+"""Training-half tasks: train, export, calibrate, write the manifest. Each cached on its content inputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
+
+from kinship import pipeline
+from kinship.engines.calibration import CalibrationConfig
+from kinship.pipeline import DatasetHandle
+from kinship.train import TrainConfig
+from tasks.progress import progress_artifact
+from tasks.runtime import cache_key, host, open_store, work_dir
+
+
+def _training_key(context, parameters: dict) -> str:
+    return cache_key("train", parameters["dataset"].sha256, asdict(parameters["config"]))
+
+
+def _export_key(context, parameters: dict) -> str:
+    return cache_key("export", parameters["model"]["sha256"])
+
+
+def _calibration_key(context, parameters: dict) -> str:
+    config = parameters["config"]
+    return cache_key("calibration", parameters["dataset"].sha256, config.image_size, config.val_fraction, config.seed,
+                     asdict(parameters["calibration"]))
+
+
+@task(name="train model", cache_key_fn=_training_key, retries=1, retry_delay_seconds=5,
+      task_run_name="train {config.epochs} epochs at {config.image_size} px")
+def train_model(dataset: DatasetHandle, config: TrainConfig, run_id: str) -> dict:
+    """Train on the fetched data set and upload model.pt, metrics.json, config.json.
+
+    Cached on (data set manifest sha256, configuration): the same inputs reuse the stored model. A retry
+    continues from the last epoch checkpoint in this host's scratch folder.
+    """
+    logger = get_run_logger()
+    store = open_store()
+    with progress_artifact("training") as on_progress:
+        trained = pipeline.train_stage(store, dataset, config, work_dir(run_id, "train", "run"),
+                                       pipeline.run_prefix(run_id, "train"), on_progress)
+    metrics = trained["metrics"]
+    logger.info("best validation AUC %.4f at epoch %s of %s on %s (%.0f s%s)", metrics["best_val_auc"],
+                metrics["best_epoch"], metrics["epochs"], metrics["precision"], metrics["train_seconds"],
+                ", resumed" if metrics["resumed"] else "")
+    return trained
+
+
+@task(name="export onnx", cache_key_fn=_export_key, retries=1, task_run_name="export onnx")
+def export_onnx(dataset: DatasetHandle, model: dict, run_id: str) -> dict:
+    """Export pair/encoder/head ONNX from the stored checkpoint, check them against PyTorch, upload them."""
+    exported = pipeline.export_stage(open_store(), dataset, model, work_dir(run_id, "train"),
+                                     pipeline.run_prefix(run_id, "train"))
+    for check in exported["checks"]:
+        get_run_logger().info("ONNX %s matches PyTorch: max abs diff %.2e on %d pairs", check["name"],
+                              check["max_abs_diff"], check["samples"])
+    return exported
+
+
+@task(name="build calibration set", cache_key_fn=_calibration_key, retries=1, task_run_name="calibration set")
+def build_calibration(dataset: DatasetHandle, config: TrainConfig, calibration: CalibrationConfig, run_id: str) -> dict:
+    """Draw the INT8 calibration pairs from the training families and upload the ``.npz``."""
+    with progress_artifact("calibration set") as on_progress:
+        built = pipeline.calibration_stage(open_store(), dataset, config, calibration, work_dir(run_id, "train"),
+                                           pipeline.run_prefix(run_id, "train"), on_progress)
+    get_run_logger().info("calibration set: %d pairs from %d training families", built["meta"]["pairs"],
+                          built["meta"]["families_used"])
+    return built
+
+
+@task(name="write training manifest", retries=3, retry_delay_seconds=[2, 10, 30])
+def write_train_manifest(run_id: str, dataset: DatasetHandle, config: TrainConfig, trained: dict, exported: dict,
+                         calibrated: dict) -> dict:
+    """Store the training manifest last (its presence means the half is complete) and show the epochs."""
+    manifest = pipeline.write_train_manifest(open_store(), run_id, dataset, config, trained, exported, calibrated,
+                                             host())
+    history = _epoch_rows(manifest)
+    if history:
+        create_table_artifact(history, description=f"training epochs of run {run_id}")
+    get_run_logger().info("training manifest: %s", manifest["manifest"]["uri"])
+    return manifest
+
+
+def _epoch_rows(manifest: dict) -> list[dict]:
+    """The per-epoch metrics from the stored metrics.json (verified), rounded for the table."""
+    try:
+        document = open_store().get_json(manifest["artifacts"]["metrics.json"]["uri"])
+    except Exception:  # the table is a nicety; the manifest is what matters
+        return []
+    keys = ("epoch", "train_loss", "val_auc", "val_accuracy", "val_loss", "epoch_seconds")
+    return [{k: round(row[k], 4) if isinstance(row.get(k), float) else row.get(k) for k in keys}
+            for row in document.get("epochs", [])]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 LEVELS = ("disable", "basic", "extended", "all")
 
 
-def ort_session(onnx_path: Path, threads: int, level: str = "all", spinning: bool = True, profile: bool = False):
+def ort_session(onnx_path, threads: int, level: str = "all", spinning: bool = True, profile_prefix: str = ""):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -30,8 +31,10 @@ def ort_session(onnx_path: Path, threads: int, level: str = "all", spinning: boo
     }[level]
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.enable_profiling = profile
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
+    source = onnx_path.SerializeToString() if hasattr(onnx_path, "SerializeToString") else str(onnx_path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def pairs_per_s(session, batch: int, image_size: int, seconds: float) -> float:
@@ -69,9 +72,10 @@ def settings_table(checkpoint: Path, onnx_path: Path, flops: int, image_size: in
 
 def op_profile(onnx_path: Path, flops: int, image_size: int, args, cores: int) -> None:
     """Time per operator type in one profiled ORT session (level ALL), and the convolutions' own rate."""
-    session = ort_session(onnx_path, cores, "all", profile=True)
-    pairs_per_s(session, args.batch, image_size, args.seconds)
-    trace = json.loads(Path(session.end_profiling()).read_text())
+    with tempfile.TemporaryDirectory() as folder:  # ORT writes its trace beside the prefix
+        session = ort_session(onnx_path, cores, "all", profile_prefix=str(Path(folder) / "ort_profile"))
+        pairs_per_s(session, args.batch, image_size, args.seconds)
+        trace = json.loads(Path(session.end_profiling()).read_text())
     by_op: dict[str, float] = defaultdict(float)
     for event in trace:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
@@ -115,14 +119,12 @@ def conv_layers(onnx_path: Path, batch: int, threads: int, seconds: float) -> No
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
             [w] + [weights[name] for name in node.input[2:3]],
         )
-        path = Path(onnx_path).with_name(".conv-probe.onnx")
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-        session = ort_session(path, threads)
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        session = ort_session(probe, threads)
         x = np.random.default_rng(0).standard_normal(in_shape, dtype=np.float32)
         out = session.run(None, {"x": x})[0]
         macs = int(np.prod(out.shape)) * int(np.prod(w.dims[1:]))
         result = benchmark(lambda: session.run(None, {"x": x}) and None, 1, seconds / 4, 0.1)
-        path.unlink()
         print(f"{str(tuple(in_shape[1:])):<16} -> {str(tuple(out.shape[1:])):<16} kernel {tuple(w.dims[2:])} "
               f"stride {attributes.get('strides', [1])[0]}: {2 * macs / (result.latency_ms.min / 1e3) / 1e9:6.1f} GFLOP/s, "
               f"{2 * macs / 2 / batch / 1e6:5.1f} MFLOP per image")

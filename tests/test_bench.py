@@ -80,6 +80,9 @@ def test_throughput_arithmetic():
     assert with_gaps.queries_per_s == pytest.approx(20.0) and with_gaps.pairs_per_s == pytest.approx(160.0)
     with pytest.raises(ValueError):
         summarise([1.0], batch=0)
+    per_cpu = summarise([10.0, 20.0, 30.0, 40.0], batch=8, cpu_s=0.05)
+    assert per_cpu.cpu_s == 0.05 and per_cpu.pairs_per_cpu_s == pytest.approx(640.0)
+    assert back_to_back.pairs_per_cpu_s is None
 
 
 def test_phases_reported_only_when_every_call_has_them():
@@ -110,6 +113,7 @@ def test_benchmark_times_only_calls_after_warmup():
     assert result.iterations == 7 and len(calls) == 8  # one untimed warm-up call
     assert result.h2d_ms.mean == 0.25 and result.enqueue_ms.mean == 0.125 and result.batch == 4
     assert result.pairs_per_s == pytest.approx(4 * result.queries_per_s)
+    assert result.cpu_s is None or result.pairs_per_cpu_s == pytest.approx(7 * 4 / result.cpu_s)
 
 
 # --- real engines ---------------------------------------------------------------------------------
@@ -254,6 +258,8 @@ def test_bench_cli_json_with_torch_beside(tiny_export, capsys):
     fastest = summary["result"]["batch"] / summary["result"]["latency_ms"]["min"] * 1000 * summary["flops_per_pair"] / 1e9
     assert summary["result"]["best_call_gflops"] == pytest.approx(fastest)
     assert summary["result"]["best_call_share"] == pytest.approx(fastest / summary["ceiling"]["peak_gflops"])
+    per_cpu = summary["result"]["pairs_per_cpu_s"] * summary["flops_per_pair"] / 1e9
+    assert summary["result"]["cpu_share"] == pytest.approx(per_cpu / summary["ceiling"]["cpu_gflops"])
 
 
 def test_bench_cli_tables_for_a_checkpoint(tiny_export, capsys):
@@ -277,3 +283,14 @@ def test_bench_cli_bad_inputs(tiny_export, tmp_path, capsys):
     for argv, named in cases:
         code, out, err = _cli(capsys, "bench", *argv, "--duration", 0.01, "--json")
         assert code == 2 and named in err and out == "" and "Traceback" not in err
+
+
+def test_ceiling_is_the_best_of_the_libraries_told_the_thread_count():
+    from kinship.engines.ceiling import CEILING_LIBRARIES, machine_ceiling
+
+    ceiling = machine_ceiling(duration_s=0.06, n=64, threads=1)
+    assert set(ceiling.by_library) == {"torch", "numpy", "onnxruntime"} and ceiling.library in CEILING_LIBRARIES
+    assert ceiling.gflops == max(ceiling.by_library[lib] for lib in CEILING_LIBRARIES)
+    assert ceiling.peak_gflops == max(ceiling.peak_by_library[lib] for lib in CEILING_LIBRARIES)
+    assert ceiling.cpu_gflops == max(ceiling.cpu_by_library[lib] for lib in CEILING_LIBRARIES)
+    assert ceiling.threads == 1 and ceiling.n == 64

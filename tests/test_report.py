@@ -16,11 +16,12 @@ from kinship.engines.report import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FLOPS = 200_000_000
 CEILING = {"gflops": 100.0, "library": "torch", "by_library": {"torch": 100.0, "numpy": 80.0}, "peak_gflops": 200.0,
-           "peak_by_library": {"torch": 200.0, "numpy": 90.0}, "n": 1024, "threads": 2}
+           "peak_by_library": {"torch": 200.0, "numpy": 90.0}, "cpu_gflops": 160.0,
+           "cpu_by_library": {"torch": 160.0, "numpy": 85.0}, "n": 1024, "threads": 2}
 
 
-def _bench(latencies_ms, batch):
-    return summarise(latencies_ms, batch=batch).to_dict()
+def _bench(latencies_ms, batch, cpu_s=None):
+    return summarise(latencies_ms, batch=batch, cpu_s=cpu_s).to_dict()
 
 
 def _ok_row() -> EngineResult:
@@ -29,7 +30,7 @@ def _ok_row() -> EngineResult:
     return EngineResult(
         "onnxruntime", "fp32", "ok", path="/engines/onnxruntime-fp32/model.onnx", size_bytes=1_450_000,
         build_seconds=1.5, validation=validation_summary(labels, logits, logits, 0.0),
-        bench={8: _bench([10.0, 10.0], 8), 64: _bench([100.0, 200.0, 300.0, 400.0], 64)},
+        bench={8: _bench([10.0, 10.0], 8), 64: _bench([100.0, 200.0, 300.0, 400.0], 64, cpu_s=0.8)},
         roc=roc_points(labels, logits),
     )
 
@@ -65,6 +66,8 @@ def test_report_files_and_failed_rows_without_figures(tmp_path):
     assert ok["summary"]["vs_torch"] == pytest.approx(256.0 / 64.0)
     # fastest call: 64 pairs in 100 ms -> 640 pairs/s -> 128 GFLOP/s = 64% of the 200 GFLOP/s fastest GEMM
     assert ok["summary"]["best_call_share"] == pytest.approx(0.64)
+    # per CPU-second: 256 pairs in 0.8 CPU-s -> 320 pairs/CPU-s -> 64 GFLOP per CPU-s = 40% of 160
+    assert ok["summary"]["cpu_share"] == pytest.approx(0.40)
     assert ok["summary"]["p50_ms"] == 250.0 and ok["summary"]["p99_ms"] == 400.0
 
 
@@ -78,7 +81,7 @@ def test_markdown_table(tmp_path):
     rows = {_cells(line)[1]: _cells(line) for line in text.splitlines() if line.startswith("| onnxruntime")}
     header = _cells(next(line for line in text.splitlines() if line.startswith("| backend")))
     assert all(len(cells) == len(header) for cells in rows.values())
-    assert rows["fp32"][:5] == ["onnxruntime", "fp32", "ok", "1.45", "256.0"] and rows["fp32"][-3:] == ["51%", "64%", "4.00x"]
+    assert rows["fp32"][:5] == ["onnxruntime", "fp32", "ok", "1.45", "256.0"] and rows["fp32"][-3:] == ["51%", "40%", "4.00x"]
     assert rows["int8"][2] == "failed: build failed: quantizer \\| crashed" and set(rows["int8"][3:]) == {"—"}
     assert rows["tf32"][2].startswith("not applicable: TF32") and set(rows["tf32"][3:]) == {"—"}
     assert "100.0 GFLOP/s" in text and "200.0 MFLOP per pair" in text and "64.0 pairs/s" in text

@@ -48,16 +48,17 @@ def _print_human(summary: dict) -> None:
         console.print(table(f"{run['label']}: batch {run['batch']}, {run['iterations']} calls in {run['wall_s']:.2f} s (ms)",
                             ["", *STAT_COLUMNS, "CV %"], rows))
     rows = [[r["label"], f"{r['queries_per_s']:.2f}", f"{r['pairs_per_s']:.1f}", _maybe(r.get("gflops")),
-             _maybe(r.get("share_of_ceiling"), "{:.0%}"), _maybe(r.get("best_call_share"), "{:.0%}")]
+             _maybe(r.get("share_of_ceiling"), "{:.0%}"), _maybe(r.get("pairs_per_cpu_s")), _maybe(r.get("cpu_share"), "{:.0%}")]
             for r in runs]
-    columns = ["", "queries/s", "pairs/s", "GFLOP/s", "share of ceiling", "best-call share"]
+    columns = ["", "queries/s", "pairs/s", "GFLOP/s", "share of ceiling", "pairs/CPU-s", "share per CPU-s"]
     console.print(table(f"throughput ({summary['threads']} threads)", columns, rows))
     if summary.get("ratio_vs_torch"):
         console.print(f"{runs[0]['label']} runs {summary['ratio_vs_torch']:.2f}x the pairs/s of PyTorch eager at batch {summary['batch']}")
     ceiling = summary.get("ceiling")
     if ceiling:
         measured = ", ".join(f"{lib} {rate:.1f}" for lib, rate in ceiling["by_library"].items())
-        console.print(f"machine ceiling: {ceiling['gflops']:.1f} GFLOP/s sustained, {ceiling['peak_gflops']:.1f} fastest call "
+        console.print(f"machine ceiling: {ceiling['gflops']:.1f} GFLOP/s sustained, {ceiling['cpu_gflops']:.1f} per CPU-second, "
+                      f"{ceiling['peak_gflops']:.1f} fastest call "
                       f"(FP32 GEMM {ceiling['n']}x{ceiling['n']}: {measured})")
     if summary.get("flops_per_pair"):
         console.print(f"model: {summary['flops_per_pair'] / 1e6:.1f} MFLOP per pair ({summary['flops_source']})")

@@ -13,6 +13,9 @@ Statistics (``timing_stats``, ``summarise``) are pure functions of the timings:
 * the median is the middle value, or the mean of the two middle values for even n (as trtexec).
 * the coefficient of variation is the population standard deviation over the mean, in percent.
 * throughput is iterations / measured wall time (first start to last end), as trtexec's qps.
+* ``pairs_per_cpu_s`` divides by the process's CPU time over the same window instead: on a machine
+  shared with other work it stays put while wall-clock figures drop. With one thread it is the
+  engine's own speed; with more it also counts time pool threads spend spinning while they wait.
 
 Latency here is host wall time around one call (inputs already in host memory, outputs back in
 host memory), the figure a Python caller sees.
@@ -99,6 +102,8 @@ class BenchResult:
     d2h_ms: TimingStats | None = None
     label: str = ""
     threads: int | None = None
+    cpu_s: float | None = None  # process CPU time (all threads) over the timed window
+    pairs_per_cpu_s: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,12 +116,14 @@ class BenchResult:
 
 
 def summarise(
-    latencies_ms: Sequence[float], batch: int = 1, wall_s: float | None = None, phases: Sequence[PhaseTimes | None] = ()
+    latencies_ms: Sequence[float], batch: int = 1, wall_s: float | None = None, phases: Sequence[PhaseTimes | None] = (),
+    cpu_s: float | None = None,
 ) -> BenchResult:
     """Throughput and timing statistics from per-iteration host latencies (and phase times, if any).
 
     ``wall_s`` is the measured window (first start to last end); without it the latencies are taken
     as back to back, so the window is their sum. A phase is reported only if every iteration has it.
+    ``cpu_s`` is the process CPU time over the window, for ``pairs_per_cpu_s``.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -130,7 +137,10 @@ def summarise(
         values = [getattr(p, name) for p in phases if p is not None]
         complete = len(values) == len(latencies_ms) and all(v is not None for v in values)
         per_phase[name] = timing_stats(values) if complete else None
-    return BenchResult(batch, latency.count, wall, queries, queries * batch, latency, **per_phase)
+    result = BenchResult(batch, latency.count, wall, queries, queries * batch, latency, **per_phase)
+    if cpu_s is not None and cpu_s > 0:
+        result.cpu_s, result.pairs_per_cpu_s = float(cpu_s), latency.count * batch / cpu_s
+    return result
 
 
 def benchmark(
@@ -145,8 +155,8 @@ def benchmark(
     """Call ``run_once`` for ``warmup_s`` untimed, then back to back for ``duration_s`` (and at least
     ``min_iterations`` times), timing each call; ``run_once`` may return the ``PhaseTimes`` it saw."""
     _call_for(run_once, warmup_s, 1, f"warm-up {label}".strip(), on_progress)
-    latencies, phases, wall = _call_for(run_once, duration_s, min_iterations, f"benchmark {label}".strip(), on_progress)
-    result = summarise(latencies, batch, wall, phases)
+    latencies, phases, wall, cpu = _call_for(run_once, duration_s, min_iterations, f"benchmark {label}".strip(), on_progress)
+    result = summarise(latencies, batch, wall, phases, cpu)
     result.label = label
     return result
 
@@ -155,6 +165,7 @@ def _call_for(run_once, duration_s: float, min_iterations: int, stage: str, on_p
     latencies: list[float] = []
     phases: list[PhaseTimes | None] = []
     total_ms = max(int(duration_s * 1000), 1)
+    cpu_start = time.process_time()
     start = last_report = time.perf_counter()
     end = start
     while True:
@@ -168,8 +179,9 @@ def _call_for(run_once, duration_s: float, min_iterations: int, stage: str, on_p
             on_progress(ProgressEvent(stage, min(int(elapsed * 1000), total_ms), total_ms, {"iterations": len(latencies)}))
         if elapsed >= duration_s and len(latencies) >= min_iterations:
             break
+    cpu = time.process_time() - cpu_start
     on_progress(ProgressEvent(stage, total_ms, total_ms, {"iterations": len(latencies)}))
-    return latencies, phases, end - start
+    return latencies, phases, end - start, cpu
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -515,18 +527,22 @@ def _ceiling_figures(model: Path, request: BenchRequest, threads: int, runs: lis
 
 
 def ceiling_shares(result: dict, flops: int | None, ceiling: dict | None) -> dict:
-    """Achieved GFLOP/s and share of the ceiling, sustained (mean throughput against sustained GEMM) and
-    best call (fastest call against the fastest GEMM: what an idle machine would show)."""
-    from kinship.engines.ceiling import share_of_ceiling
-
-    shares = {"gflops": None, "share_of_ceiling": None, "best_call_gflops": None, "best_call_share": None}
+    """Achieved GFLOP/s and shares of the ceiling, three ways: sustained (mean throughput against the
+    sustained GEMM rate), per CPU-second (both divided by the process CPU time they used, which other
+    work on the machine does not dilute) and best call (fastest call against the fastest GEMM)."""
+    keys = ("gflops", "share_of_ceiling", "cpu_gflops", "cpu_share", "best_call_gflops", "best_call_share")
+    shares = dict.fromkeys(keys)
     if not flops:
         return shares
-    best_call_pairs_per_s = result["batch"] / (result["latency_ms"]["min"] / 1000.0)
-    shares["gflops"] = result["pairs_per_s"] * flops / 1e9
-    shares["best_call_gflops"] = best_call_pairs_per_s * flops / 1e9
-    if ceiling:
-        shares["share_of_ceiling"] = share_of_ceiling(result["pairs_per_s"], flops, ceiling["gflops"])[1]
-        if ceiling.get("peak_gflops"):
-            shares["best_call_share"] = share_of_ceiling(best_call_pairs_per_s, flops, ceiling["peak_gflops"])[1]
+    ceiling = ceiling or {}
+    rates = {
+        "": (result["pairs_per_s"], ceiling.get("gflops")),
+        "cpu_": (result.get("pairs_per_cpu_s"), ceiling.get("cpu_gflops")),
+        "best_call_": (result["batch"] / (result["latency_ms"]["min"] / 1000.0), ceiling.get("peak_gflops")),
+    }
+    for prefix, (pairs_per_s, reference) in rates.items():
+        if pairs_per_s:
+            shares[f"{prefix}gflops"] = pairs_per_s * flops / 1e9
+            if reference:
+                shares["share_of_ceiling" if not prefix else f"{prefix}share"] = shares[f"{prefix}gflops"] / reference
     return shares

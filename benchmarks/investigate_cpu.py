@@ -94,7 +94,8 @@ def op_profile(onnx_path: Path, flops: int, image_size: int, args, cores: int) -
 
 
 def conv_layers(onnx_path: Path, batch: int, threads: int, seconds: float) -> None:
-    """Each distinct convolution of the encoder alone in ORT (level ALL): its GFLOP/s on its fastest call."""
+    """Each distinct convolution of the encoder alone in ORT (level ALL): GFLOP/s on its fastest call and
+    per CPU-second (a lone Conv also pays ORT's NCHW <-> NCHWc reorders, which the whole model does once)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -104,7 +105,7 @@ def conv_layers(onnx_path: Path, batch: int, threads: int, seconds: float) -> No
     model = onnx.load(str(onnx_path))
     shapes = _inferred_shapes(model)
     weights = {init.name: init for init in model.graph.initializer}
-    print(f"\n== each convolution alone, {2 * batch} images, {threads} thread(s), fastest call ==")
+    print(f"\n== each convolution alone, {2 * batch} images, {threads} thread(s) ==")
     seen = set()
     for node in (n for n in model.graph.node if n.op_type == "Conv"):
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -125,9 +126,10 @@ def conv_layers(onnx_path: Path, batch: int, threads: int, seconds: float) -> No
         out = session.run(None, {"x": x})[0]
         macs = int(np.prod(out.shape)) * int(np.prod(w.dims[1:]))
         result = benchmark(lambda: session.run(None, {"x": x}) and None, 1, seconds / 4, 0.1)
+        per_cpu = 2 * macs * result.pairs_per_cpu_s / 1e9 if result.pairs_per_cpu_s else float("nan")
         print(f"{str(tuple(in_shape[1:])):<16} -> {str(tuple(out.shape[1:])):<16} kernel {tuple(w.dims[2:])} "
-              f"stride {attributes.get('strides', [1])[0]}: {2 * macs / (result.latency_ms.min / 1e3) / 1e9:6.1f} GFLOP/s, "
-              f"{2 * macs / 2 / batch / 1e6:5.1f} MFLOP per image")
+              f"stride {attributes.get('strides', [1])[0]}: {2 * macs / (result.latency_ms.min / 1e3) / 1e9:6.1f} GFLOP/s "
+              f"fastest call, {per_cpu:6.1f} per CPU-s; {2 * macs / 2 / batch / 1e6:5.1f} MFLOP per image")
 
 
 def investigate(checkpoint: Path, onnx_path: Path, flops: int, args) -> None:

@@ -37,44 +37,42 @@ def ort_session(onnx_path, threads: int, level: str = "all", spinning: bool = Tr
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def pairs_per_s(session, batch: int, image_size: int, seconds: float) -> float:
+def run_session(session, batch: int, image_size: int, seconds: float):
+    """A BenchResult for an ORT session of the pair model."""
     from kinship.engines.bench import benchmark, pair_inputs
 
     img0, img1 = pair_inputs(batch, image_size)
     feeds = {"img0": img0, "img1": img1}
-    return benchmark(lambda: session.run(None, feeds) and None, batch, seconds, 0.5).pairs_per_s
-
-
-def torch_pairs_per_s(checkpoint: Path, batch: int, threads: int, seconds: float, channels_last: bool) -> float:
-    from kinship.engines.bench import bench_torch
-
-    return bench_torch(checkpoint, batch, seconds, 0.5, threads=threads, channels_last=channels_last).pairs_per_s
+    return benchmark(lambda: session.run(None, feeds) and None, batch, seconds, 0.5)
 
 
 def settings_table(checkpoint: Path, onnx_path: Path, flops: int, image_size: int, args, cores: int) -> None:
     """Each setting measured twice, interleaved, so slow neighbours hit every row alike."""
-    rows: dict[str, list[float]] = defaultdict(list)
+    from kinship.engines.bench import bench_torch
+
+    rows: dict[str, list] = defaultdict(list)
     for _ in range(2):
         for threads in sorted({cores, 1}, reverse=True):
             for level in LEVELS:
                 rows[f"ORT {level:<8} threads={threads}"].append(
-                    pairs_per_s(ort_session(onnx_path, threads, level), args.batch, image_size, args.seconds))
+                    run_session(ort_session(onnx_path, threads, level), args.batch, image_size, args.seconds))
             rows[f"ORT all      threads={threads} no spinning"].append(
-                pairs_per_s(ort_session(onnx_path, threads, "all", spinning=False), args.batch, image_size, args.seconds))
+                run_session(ort_session(onnx_path, threads, "all", spinning=False), args.batch, image_size, args.seconds))
             for channels_last in (False, True):
                 name = f"PyTorch {'channels_last' if channels_last else 'NCHW'} threads={threads}"
-                rows[name].append(torch_pairs_per_s(checkpoint, args.batch, threads, args.seconds, channels_last))
-    print(f"\n== settings, batch {args.batch} (best of 2 interleaved runs) ==")
-    for name, values in rows.items():
-        best = max(values)
-        print(f"{name:<40} {best:8.1f} pairs/s  {best * flops / 1e9:6.1f} GFLOP/s   (runs: {', '.join(f'{v:.0f}' for v in values)})")
+                rows[name].append(bench_torch(checkpoint, args.batch, args.seconds, 0.5, threads=threads, channels_last=channels_last))
+    print(f"\n== settings, batch {args.batch}: best of 2 interleaved runs, per wall second and per CPU-second ==")
+    for name, results in rows.items():
+        wall, cpu = max(r.pairs_per_s for r in results), max(r.pairs_per_cpu_s or 0 for r in results)
+        print(f"{name:<40} {wall:7.1f} pairs/s {wall * flops / 1e9:6.1f} GFLOP/s | "
+              f"{cpu:7.1f} pairs/CPU-s {cpu * flops / 1e9:6.1f} GFLOP/CPU-s")
 
 
 def op_profile(onnx_path: Path, flops: int, image_size: int, args, cores: int) -> None:
     """Time per operator type in one profiled ORT session (level ALL), and the convolutions' own rate."""
     with tempfile.TemporaryDirectory() as folder:  # ORT writes its trace beside the prefix
         session = ort_session(onnx_path, cores, "all", profile_prefix=str(Path(folder) / "ort_profile"))
-        pairs_per_s(session, args.batch, image_size, args.seconds)
+        run_session(session, args.batch, image_size, args.seconds)
         trace = json.loads(Path(session.end_profiling()).read_text())
     by_op: dict[str, float] = defaultdict(float)
     for event in trace:

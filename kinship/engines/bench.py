@@ -110,9 +110,11 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BenchResult":
+        from dataclasses import fields
+
         stats = {k: TimingStats(**data[k]) if data.get(k) else None for k in ("latency_ms",) + PHASES}
-        rest = {k: v for k, v in data.items() if k not in stats}
-        return cls(**rest, **stats)
+        known = {f.name for f in fields(cls)} - set(stats)  # derived figures (shares, GFLOP/s) are dropped
+        return cls(**{k: v for k, v in data.items() if k in known}, **stats)
 
 
 def summarise(

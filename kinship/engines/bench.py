@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
@@ -110,8 +110,6 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BenchResult":
-        from dataclasses import fields
-
         stats = {k: TimingStats(**data[k]) if data.get(k) else None for k in ("latency_ms",) + PHASES}
         known = {f.name for f in fields(cls)} - set(stats)  # derived figures (shares, GFLOP/s) are dropped
         return cls(**{k: v for k, v in data.items() if k in known}, **stats)

@@ -1,0 +1,168 @@
+"""``kinship pipeline``: every stage in one process against a local store, the champion rule, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kinship.champion import CHAMPION_KEY, decide, promote_if_better, read_champion
+from kinship.pipeline import (
+    ENGINES_MANIFEST_FORMAT, ONNX_FILES, TRAIN_MANIFEST_FORMAT, EngineSettings, PipelineConfig, _resume_possible,
+    open_local_store, read_manifest, run_pipeline,
+)
+from kinship.storage import file_digest, parse_uri
+from kinship.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = PipelineConfig(
+    train=TrainConfig(epochs=1, image_size=32, width=8, embedding_dim=32, max_batches_per_epoch=4),
+    precisions=("fp32", "int8"),
+    engines=EngineSettings(bench_batches=(1, 8), bench_seconds=0.2, warmup_seconds=0.05),
+)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    return run_pipeline(tiny_data, out, TINY, run_id="test-run"), out
+
+
+def local_file(ref: dict) -> Path:
+    return Path(parse_uri(ref["uri"]).key)
+
+
+def strings(value):
+    """Every string inside a JSON-like value."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.mark.slow
+def test_pipeline_stores_every_artifact_with_its_digest(finished) -> None:
+    result, out = finished
+    train, engines = result.train, result.engines
+    assert train["format"] == TRAIN_MANIFEST_FORMAT and engines["format"] == ENGINES_MANIFEST_FORMAT
+    expected = {"model.pt", "metrics.json", "config.json", "calibration.npz", *ONNX_FILES}
+    assert set(train["artifacts"]) == expected
+    refs = list(train["artifacts"].values())
+    refs += [ref for engine in engines["engines"] for ref in engine["artifacts"].values()]
+    refs += list(engines["report"].values()) + list(result.report["artifacts"].values())
+    for ref in refs:
+        path = local_file(ref)
+        assert path.is_relative_to(out / "store"), ref["uri"]
+        assert file_digest(path) == (ref["sha256"], ref["size"]), ref["uri"]
+    # Manifests name store objects only: no bare local path of the host that made them.
+    for text in strings({"train": train, "engines": engines}):
+        assert not text.startswith("/"), text
+
+
+@pytest.mark.slow
+def test_pipeline_builds_each_precision_and_reads_back_its_manifests(finished) -> None:
+    result, _ = finished
+    store = open_local_store(finished[1])
+    train = read_manifest(store, result.train["manifest"], TRAIN_MANIFEST_FORMAT)
+    assert train["metrics"]["best_val_auc"] == result.train["metrics"]["best_val_auc"]
+    assert 0.0 <= train["metrics"]["best_val_auc"] <= 1.0
+    assert train["train_config"]["max_batches_per_epoch"] == 4
+    assert {e["variant"]: e["status"] for e in result.engines["engines"]} == {"fp32": "built", "int8": "built"}
+    for engine in result.engines["engines"]:
+        assert any(name.endswith(".onnx") for name in engine["artifacts"]), engine["artifacts"]
+        assert "engine.json" in engine["artifacts"]
+    with pytest.raises(Exception, match="not a kinship-engines-manifest"):
+        read_manifest(store, result.train["manifest"], ENGINES_MANIFEST_FORMAT)
+
+
+@pytest.mark.slow
+def test_pipeline_report_and_first_champion(finished) -> None:
+    result, out = finished
+    text = (out / "report.md").read_text()
+    assert text == local_file(result.report["artifacts"]["report.md"]).read_text()
+    assert "# kinship run test-run" in text
+    for variant in ("fp32", "int8"):
+        assert f"| {variant} | onnxruntime | ok |" in text
+    assert result.promotion["promoted"] and "no champion yet" in result.promotion["reason"]
+    champion = read_champion(open_local_store(out))
+    assert champion["run_id"] == "test-run"
+    assert champion["model"]["sha256"] == result.train["artifacts"]["model.onnx"]["sha256"]
+    assert set(result.stage_seconds) >= {"train model", "export", "calibration", "engines", "report"}
+
+
+@pytest.mark.slow
+def test_champion_is_only_replaced_by_a_better_model(finished) -> None:
+    result, out = finished
+    store = open_local_store(out)
+    before = store.get_json(CHAMPION_KEY)
+    auc = result.train["metrics"]["best_val_auc"]
+
+    def candidate(run_id: str, value: float) -> dict:
+        return {**result.train, "run_id": run_id, "metrics": {**result.train["metrics"], "best_val_auc": value}}
+
+    for run_id, value in (("worse", auc - 0.01), ("tie", auc)):
+        kept = promote_if_better(store, candidate(run_id, value), result.engines)
+        assert not kept["promoted"] and "champion kept" in kept["reason"]
+        assert store.get_json(CHAMPION_KEY) == before
+    better = promote_if_better(store, candidate("better", auc + 0.01), result.engines)
+    assert better["promoted"]
+    after = store.get_json(CHAMPION_KEY)
+    assert after["run_id"] == "better" and after["previous"] == {"run_id": "test-run", "val_auc": auc}
+
+
+def test_champion_decision_rule() -> None:
+    assert decide(0.7, None).promote
+    assert decide(0.71, {"val_auc": 0.7, "run_id": "a"}).promote
+    assert not decide(0.7, {"val_auc": 0.7, "run_id": "a"}).promote
+    assert not decide(0.69, {"val_auc": 0.7, "run_id": "a"}).promote
+    assert not decide(float("nan"), None).promote
+    assert not decide(None, {"val_auc": 0.5}).promote
+    assert decide(0.6, {"run_id": "a"}).promote  # a pointer without an AUC cannot defend itself
+
+
+def test_resume_only_for_the_same_configuration(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=2)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
+    (tmp_path / "config.json").write_text(json.dumps({"train": TrainConfig(epochs=2).__dict__}))
+    assert _resume_possible(tmp_path, config)
+    assert not _resume_possible(tmp_path, replace(config, epochs=3))
+    (tmp_path / "checkpoints" / "last.pt").unlink()
+    assert not _resume_possible(tmp_path, config)
+
+
+def kinship_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kinship", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precisions", "fp99"], "unknown precision fp99"),
+    (["--backend", "cuda"], "unknown backend 'cuda'"),
+    (["--bench-batches", "0"], "--bench-batches values must be at least 1"),
+])
+def test_cli_refuses_bad_settings_in_one_line(tiny_data, tmp_path: Path, args, message) -> None:
+    done = kinship_cli("pipeline", "--data", str(tiny_data), "--out", str(tmp_path / "out"), *args)
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_unknown_train_config_fields(tiny_data, tmp_path: Path) -> None:
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"epochs": 1, "epochz": 2}))
+    done = kinship_cli("pipeline", "--data", str(tiny_data), "--out", str(tmp_path / "out"), "--train-config", str(config))
+    assert done.returncode == 2 and "unknown TrainConfig fields epochz" in done.stderr
+
+
+def test_the_library_never_imports_prefect() -> None:
+    code = ("import sys, kinship.pipeline, kinship.champion, kinship.run_report, kinship.cli.pipeline; "
+            "sys.exit(1 if any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0

@@ -152,3 +152,25 @@ def test_unknown_names_and_files_are_user_errors(tiny_onnx, tmp_path):
     fake.write_bytes(b"not a model")
     with pytest.raises(UserError, match="fake.onnx"):
         load_engine(fake)
+
+
+def test_entropy_calibration_is_not_minmax_in_disguise(tiny_onnx, calibration_file, tmp_path):
+    # ONNX Runtime's defaults (128 bins into 128) make its entropy search return the min/max range.
+    import onnx
+    from onnx import numpy_helper
+
+    from kinship.engines.calibration import fixed_batches, load_calibration, part_arrays
+    from kinship.engines.quantize import quantize_qdq
+
+    encoder = tiny_onnx.with_name("model.encoder.onnx")
+    batches = fixed_batches(part_arrays(load_calibration(calibration_file), "encoder"), 32)
+    scales = {}
+    for method in ("minmax", "entropy"):
+        target = tmp_path / f"{method}.onnx"
+        quantize_qdq(encoder, target, batches, settings_for("cpu", method, reduce_range=False))
+        scales[method] = {t.name: float(numpy_helper.to_array(t)) for t in onnx.load(str(target)).graph.initializer
+                          if t.name.endswith("_scale") and numpy_helper.to_array(t).ndim == 0}
+    assert scales["minmax"].keys() == scales["entropy"].keys()
+    # Entropy clips outliers: some activation ranges must come out narrower than min/max.
+    assert any(scales["entropy"][k] < 0.99 * scales["minmax"][k] for k in scales["minmax"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entropy.onnx", "minmax.onnx"]

@@ -101,6 +101,28 @@ def _quiet_quantizer() -> Iterator[None]:
         root.removeFilter(drop)
 
 
+# ONNX Runtime's entropy calibrator defaults to 128 histogram bins AND 128 quantized bins, which
+# leaves its KL search a single candidate (the full range): entropy silently equals MinMax, and
+# quantize_static does not pass the bin counts through. We run that calibrator ourselves with
+# TensorRT's choice (2048 bins into 128) and hand quantize_static the ranges as its cache.
+ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
+
+
+def _entropy_ranges(source: Path, batches: list[dict[str, np.ndarray]], symmetric: bool, cache: Path) -> None:
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
+
+    with tempfile.TemporaryDirectory(prefix="kinship-calib-") as scratch:
+        calibrator = create_calibrator(
+            Path(source), None, augmented_model_path=str(Path(scratch) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Entropy, extra_options={**ENTROPY_BINS, "symmetric": symmetric},
+        )
+        calibrator.collect_data(_ArrayReader(batches))
+        save_tensors_data(calibrator.compute_data(), cache)
+        del calibrator
+
+
 def quantize_qdq(source: Path, target: Path, batches: list[dict[str, np.ndarray]], settings: QuantizeSettings) -> None:
     """Static INT8 quantization of ``source`` into a Q/DQ model at ``target``.
 
@@ -112,20 +134,26 @@ def quantize_qdq(source: Path, target: Path, batches: list[dict[str, np.ndarray]
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     inferred = Path(target).with_name(f".{Path(target).name}.shapes.onnx")
+    ranges = Path(target).with_name(f".{Path(target).name}.ranges.json")
     onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(source))), str(inferred))
     extra = {"ActivationSymmetric": settings.symmetric, "WeightSymmetric": True}
     if settings.layout == "tensorrt":
         extra["QuantizeBias"] = False
     try:
         with _quiet_quantizer():
+            cached = {}
+            if settings.method == "entropy":
+                _entropy_ranges(inferred, batches, settings.symmetric, ranges)
+                cached = {"calibration_cache_path": str(ranges)}
             quantize_static(
                 str(inferred), str(target), _ArrayReader(batches), quant_format=QuantFormat.QDQ,
                 activation_type=getattr(QuantType, settings.activation), weight_type=getattr(QuantType, settings.weight),
                 per_channel=settings.per_channel, reduce_range=settings.reduce_range,
-                calibrate_method=methods[settings.method], extra_options=extra,
+                calibrate_method=methods[settings.method], extra_options=extra, **cached,
             )
     finally:
         inferred.unlink(missing_ok=True)
+        ranges.unlink(missing_ok=True)
 
 
 def convert_fp16(source: Path, target: Path) -> None:

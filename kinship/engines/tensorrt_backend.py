@@ -59,11 +59,11 @@ def tensorrt_unavailable_reason() -> str | None:
     return None if count > 0 else "no CUDA device found"
 
 
-def require_tensorrt() -> None:
-    """Raise the one-line UserError that says what is missing."""
+def require_tensorrt(subject: Path | str | None = None) -> None:
+    """Raise the one-line UserError that says what is missing (naming ``subject``, e.g. an engine file)."""
     reason = tensorrt_unavailable_reason()
     if reason:
-        raise UserError(f"{REQUIREMENT}: {reason}")
+        raise UserError(f"{subject}: {REQUIREMENT}: {reason}" if subject else f"{REQUIREMENT}: {reason}")
 
 
 # --------------------------------------------------------------------------- CPU-side planning
@@ -475,7 +475,7 @@ class TensorRTEngine:
     @classmethod
     def open(cls, path: Path, sidecar: dict | None) -> "TensorRTEngine":
         """From the sidecar when present; a bare ``.engine`` runs as a pair engine with its image size from its shapes."""
-        require_tensorrt()
+        require_tensorrt(path)
         path = Path(path)
         if sidecar:
             paths = {part: path.parent / name for part, name in sidecar["parts"].items()}

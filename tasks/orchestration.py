@@ -123,7 +123,7 @@ def publish_report(run: dict, train_manifest: dict, engines_manifest: dict, prom
     create_markdown_artifact(report["markdown"], key="kinship-report", description=f"kinship run {run['run_id']}")
     create_table_artifact(report["table"], key="kinship-engines", description=f"engines of run {run['run_id']}")
     for item in report["links"]:
-        create_link_artifact(item["uri"], link_text=item["uri"], description=item["name"])
+        create_link_artifact(item["uri"], link_text=f"{item['name']}: {item['uri']}", description=item["name"])
     uri = report["artifacts"]["report.md"]["uri"]
     get_run_logger().info("report: %s", uri)
     return {"run_id": run["run_id"], "report": uri, "val_auc": train_manifest["metrics"]["best_val_auc"],

@@ -1,0 +1,176 @@
+"""Drive a local stack from scripts and tests: up/down, push a data set, deploy, run a deployment, read the API.
+
+Everything goes through the same commands a person types (``infra/local/up``, ``kinship data push``,
+``prefect deploy``, ``prefect deployment run --watch``) with the stack's client environment, so what the
+tests and the benchmark exercise is what ``make run`` does. The Prefect REST API is read with plain HTTP
+(basic auth), so no Prefect settings leak into the calling process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.prefix) / "bin"
+UUID_LINE = re.compile(r"UUID:\s*([0-9a-f-]{36})")
+
+
+@dataclass
+class LocalStack:
+    """A stack started by ``infra/local/up`` in ``state_dir``; ``env`` is what ``state_dir/env`` exports."""
+
+    state_dir: Path
+    env: dict[str, str]
+
+    @property
+    def api_url(self) -> str:
+        return self.env["PREFECT_API_URL"]
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        """This process's environment minus any other Prefect/S3 settings, plus the stack's client settings."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "KINSHIP_"))}
+        base["PATH"] = f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}"
+        return {**base, **self.env, "KINSHIP_SCRATCH": str(self.state_dir / "client-scratch"), **extra}
+
+    def api(self, path: str, body: dict | None = None, method: str | None = None):
+        """JSON answer of a Prefect REST call (POST when ``body`` is given); HTTP errors raise."""
+        data = None if body is None else json.dumps(body).encode()
+        auth = b64encode(self.env["PREFECT_API_AUTH_STRING"].encode()).decode()
+        request = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method or ("POST" if data else "GET"),
+                                         headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``export KEY='value'`` lines of the stack's env file."""
+    lines = [line.removeprefix("export ") for line in path.read_text().splitlines() if line.startswith("export ")]
+    return {key: value.strip("'") for key, value in (line.split("=", 1) for line in lines)}
+
+
+def _stack_env(state_dir: Path, random_ports: bool) -> dict[str, str]:
+    env = {**os.environ, "KINSHIP_STACK_DIR": str(state_dir), "KINSHIP_VENV": str(Path(sys.prefix))}
+    if random_ports:
+        env["KINSHIP_STACK_PORTS"] = "random"
+    return env
+
+
+def up(state_dir: Path, random_ports: bool = True, timeout: float = 600) -> LocalStack:
+    """``infra/local/up`` with its state in ``state_dir`` (idempotent); raises with its output if it fails."""
+    done = subprocess.run([str(REPO / "infra" / "local" / "up")], env=_stack_env(state_dir, random_ports),
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"infra/local/up failed:\n{done.stdout}{done.stderr}")
+    return LocalStack(state_dir, read_env_file(state_dir / "env"))
+
+
+def down(state_dir: Path) -> str:
+    """``infra/local/down``: stops exactly the processes ``up`` recorded (by pid)."""
+    done = subprocess.run([str(REPO / "infra" / "local" / "down")], env=_stack_env(state_dir, False),
+                          capture_output=True, text=True, timeout=300)
+    return done.stdout + done.stderr
+
+
+def command(stack: LocalStack, argv: list[str], timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command from the repository root with the stack's client environment."""
+    done = subprocess.run(argv, cwd=REPO, env=stack.process_env(), capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed ({done.returncode}):\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
+    return done
+
+
+def push(stack: LocalStack, folder: Path, uri: str) -> dict:
+    """``kinship data push FOLDER URI --json``."""
+    return json.loads(command(stack, [str(VENV_BIN / "kinship"), "data", "push", str(folder), uri, "--json"]).stdout)
+
+
+def deploy(stack: LocalStack) -> str:
+    """``prefect --no-prompt deploy --all`` from the repository root (reads prefect.yaml)."""
+    return command(stack, [str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "--all"], timeout=300).stdout
+
+
+@dataclass
+class RunOutcome:
+    """One ``prefect deployment run --watch``: the flow run, its wall time from the client's view, the exit code."""
+
+    flow_run_id: str | None
+    seconds: float
+    returncode: int
+    output: str
+
+
+def run_deployment(stack: LocalStack, name: str, parameters: dict | None = None, timeout: float = 1200) -> RunOutcome:
+    """``prefect deployment run NAME --params JSON --watch``; returns when the run is final."""
+    argv = [str(VENV_BIN / "prefect"), "deployment", "run", name, "--watch"]
+    if parameters:
+        argv += ["--params", json.dumps(parameters)]
+    started = time.perf_counter()
+    done = command(stack, argv, timeout=timeout, check=False)
+    seconds = time.perf_counter() - started
+    match = UUID_LINE.search(done.stdout)
+    return RunOutcome(match.group(1) if match else None, seconds, done.returncode, done.stdout + done.stderr)
+
+
+# ---------------------------------------------------------------- reading runs back
+
+
+def flow_run(stack: LocalStack, flow_run_id: str) -> dict:
+    return stack.api(f"/flow_runs/{flow_run_id}")
+
+
+def child_runs(stack: LocalStack, parent_id: str) -> list[dict]:
+    """Flow runs started as sub-flows of ``parent_id`` (through a task run of the parent)."""
+    return stack.api("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}, "limit": 50})
+
+
+def task_runs(stack: LocalStack, flow_run_id: str) -> list[dict]:
+    return stack.api("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
+
+
+def artifacts(stack: LocalStack, flow_run_id: str) -> list[dict]:
+    return stack.api("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+
+
+def run_id_of(children: list[dict]) -> str:
+    """The kinship run id, from the ``run-<id>`` tag the parent puts on its children."""
+    tags = {tag for child in children for tag in child.get("tags", []) if tag.startswith("run-")}
+    if len(tags) != 1:
+        raise ValueError(f"expected one run-<id> tag on the child runs, found {sorted(tags)}")
+    return tags.pop().removeprefix("run-")
+
+
+def scheduled_runs(stack: LocalStack, deployment: str) -> list[dict]:
+    """Scheduled (future) flow runs of ``flow/deployment``."""
+    flow_name, name = deployment.split("/")
+    found = stack.api(f"/deployments/name/{flow_name}/{name}")
+    return stack.api("/flow_runs/filter", {"deployments": {"id": {"any_": [found["id"]]}},
+                                           "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 50})
+
+
+def wait_for(check, what: str, timeout: float, interval: float = 2.0):
+    """Poll ``check`` until it returns something truthy; raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except urllib.error.URLError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(interval)

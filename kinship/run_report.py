@@ -32,7 +32,10 @@ def engine_table(engines_manifest: dict) -> list[dict]:
 
 
 def links(train_manifest: dict, engines_manifest: dict, promotion: dict, report_uri: str | None = None) -> list[dict]:
-    """The store objects a reader most wants: report, models, calibration, manifests, champion pointer."""
+    """The store objects a reader most wants: report, models, calibration, manifests, champion pointer.
+
+    An object stored by an earlier run (a cached stage reused it) is marked ``(reused)``.
+    """
     found = [("run report", report_uri)] if report_uri else []
     engines_report = engines_manifest.get("report", {}).get("report.md")
     found.append(("engine report", engines_report["uri"] if engines_report else None))
@@ -41,7 +44,9 @@ def links(train_manifest: dict, engines_manifest: dict, promotion: dict, report_
         found.append((name, ref["uri"] if ref else None))
     found += [("training manifest", train_manifest["manifest"]["uri"]),
               ("engines manifest", engines_manifest["manifest"]["uri"]), ("champion pointer", promotion.get("uri"))]
-    return [{"name": name, "uri": uri} for name, uri in found if uri]
+    own = f"/runs/{train_manifest['run_id']}/"
+    return [{"name": name if own in uri or "/runs/" not in uri else f"{name} (reused)", "uri": uri}
+            for name, uri in found if uri]
 
 
 def _format(value, spec: str) -> str:

@@ -86,6 +86,7 @@ def test_markdown_table(tmp_path):
     assert rows["tf32"][2].startswith("not applicable: TF32") and set(rows["tf32"][3:]) == {"—"}
     assert "100.0 GFLOP/s" in text and "200.0 MFLOP per pair" in text and "64.0 pairs/s" in text
     assert "![throughput](throughput.png)" in text and "a note" in text
+    assert "INT8 (VNNI)" not in text  # only FP32 rows ran: no caveat needed
 
 
 def test_plots_only_with_data(tmp_path):

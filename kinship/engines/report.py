@@ -312,6 +312,9 @@ def markdown(rows: list[EngineResult], summaries: list[dict], context: dict, plo
     lines += _setup_lines(context)
     lines += ["", f"## Engines at batch {batch}", "", _md_row(_COLUMNS), _md_row(["---"] * len(_COLUMNS))]
     lines += [_md_row(_table_cells(row, summary)) for row, summary in zip(rows, summaries)]
+    if any(row.status == STATUS_OK and row.precision in ("fp16", "int8") for row in rows) and context.get("ceiling"):
+        lines += ["", "Shares are of the FP32 GEMM ceiling, with the FP32 model's FLOPs: INT8 (VNNI) and FP16 "
+                  "arithmetic have other ceilings, so their shares say how much faster than FP32 they are, and can pass 100%."]
     torch_figures = _bench_at(context.get("torch"), batch)
     if torch_figures:
         lines += ["", f"PyTorch eager (inference mode, same threads, batch {batch}): "

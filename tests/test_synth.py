@@ -191,6 +191,13 @@ def test_cli_json_summary_matches_what_is_on_disk(tmp_path, capsys):
     assert summary["bytes"] == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 
+def test_cli_prints_tables_for_people(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "set"), "--families", "2", "--test-families", "0", "--size", "32"]) == 0
+    shown = capsys.readouterr().out
+    assert "images_per_second" in shown and "MB on disk" in shown
+    assert all(re.search(rf"\b{kind}\b", shown) for kind in RELATIONSHIP_TYPES)  # one row per type
+
+
 @pytest.mark.parametrize("argv, named", [
     (["--families", "0"], "--families"),
     (["--size", "16"], "--size"),

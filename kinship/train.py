@@ -54,6 +54,8 @@ class TrainConfig:
     flip: bool = True  # random horizontal flips: faces are near-symmetric
     contrastive_weight: float = 1.0  # 0 = plain BCE on sampled pairs
     contrastive_temperature: float = 0.1
+    identity_weight: float = 1.0  # 0 = no identity classifier
+    identity_scale: float = 16.0  # logit scale of the cosine softmax
     max_batches_per_epoch: int = 0  # 0 = all; tests shrink the job with it
 
     def model_config(self) -> ModelConfig:
@@ -157,33 +159,63 @@ def family_index(prepared: PreparedData) -> np.ndarray:
     return np.asarray([number[person.split("/")[0]] for person in prepared.table.person_of])
 
 
-def pair_loss(model, img0: torch.Tensor, img1: torch.Tensor, batch: PairSet, family_of: np.ndarray, config: "TrainConfig") -> torch.Tensor:
-    """BCE of the pair head on the sampled pairs, plus a contrastive term on the batch's kin pairs.
+def person_index(prepared: PreparedData) -> tuple[np.ndarray, int]:
+    """Class number of every image's person among the training families (-1 elsewhere), and the count."""
+    train_families = set(prepared.split.train)
+    people = sorted({p for p in prepared.table.person_of if p.split("/")[0] in train_families})
+    number = {person: i for i, person in enumerate(people)}
+    return np.asarray([number.get(p, -1) for p in prepared.table.person_of]), len(people)
 
-    The contrastive term (InfoNCE, both directions) treats each kin pair's partner as the one right
-    answer among every other partner in the batch from another family: dozens of negatives per
-    encoder pass instead of one, which is what makes the encoder learn within a CPU budget.
+
+class PairObjective(torch.nn.Module):
+    """The training loss; its identity classifier is used in training only and never exported.
+
+    Three terms, all from one encoder pass over the batch:
+    - BCE of the pair head on the sampled kin / non-kin pairs (what the model is used for);
+    - InfoNCE over the batch's kin pairs: each partner is the one right answer among every other
+      partner from another family (dozens of negatives per pass instead of one);
+    - identity: a cosine-softmax classifier over the training people, as face recognisers are
+      trained, so the encoder learns the heritable traits and ignores pose, light and background.
     """
-    size = img0.shape[0]
-    embeddings = model.encoder(torch.cat((img0, img1), dim=0))
-    emb0, emb1 = embeddings[:size], embeddings[size:]
-    target = torch.as_tensor(batch.label, dtype=torch.float32, device=img0.device)
-    loss = F.binary_cross_entropy_with_logits(model.head(emb0, emb1).float(), target)
-    kin = np.flatnonzero(batch.label == 1)
-    if config.contrastive_weight <= 0 or len(kin) < 2:
+
+    def __init__(self, embedding_dim: int, people: int, config: "TrainConfig"):
+        super().__init__()
+        self.config = config
+        self.identity = torch.nn.Parameter(torch.randn(people, embedding_dim) * 0.01)
+
+    def forward(self, model, img0, img1, batch: PairSet, family_of: np.ndarray, person_of: np.ndarray) -> torch.Tensor:
+        size, device = img0.shape[0], img0.device
+        embeddings = model.encoder(torch.cat((img0, img1), dim=0))
+        emb0, emb1 = embeddings[:size], embeddings[size:]
+        target = torch.as_tensor(batch.label, dtype=torch.float32, device=device)
+        loss = F.binary_cross_entropy_with_logits(model.head(emb0, emb1).float(), target)
+        if self.config.contrastive_weight > 0:
+            loss = loss + self.config.contrastive_weight * self._kin_contrastive(emb0, emb1, batch, family_of)
+        if self.config.identity_weight > 0:
+            loss = loss + self.config.identity_weight * self._identity(embeddings, batch, person_of)
         return loss
-    a, b = F.normalize(emb0[kin].float(), dim=1), F.normalize(emb1[kin].float(), dim=1)
-    similarity = a @ b.T / config.contrastive_temperature
-    left_family, right_family = family_of[batch.left[kin]], family_of[batch.right[kin]]
-    same_family = torch.as_tensor(left_family[:, None] == right_family[None, :], device=img0.device)
-    same_family.fill_diagonal_(False)
-    similarity = similarity.masked_fill(same_family, float("-inf"))  # relatives are not negatives
-    answer = torch.arange(len(kin), device=img0.device)
-    contrastive = (F.cross_entropy(similarity, answer) + F.cross_entropy(similarity.T, answer)) / 2
-    return loss + config.contrastive_weight * contrastive
+
+    def _kin_contrastive(self, emb0, emb1, batch: PairSet, family_of: np.ndarray) -> torch.Tensor:
+        kin = np.flatnonzero(batch.label == 1)
+        if len(kin) < 2:
+            return emb0.new_zeros(())
+        a, b = F.normalize(emb0[kin].float(), dim=1), F.normalize(emb1[kin].float(), dim=1)
+        similarity = a @ b.T / self.config.contrastive_temperature
+        left, right = family_of[batch.left[kin]], family_of[batch.right[kin]]
+        same_family = torch.as_tensor(left[:, None] == right[None, :], device=emb0.device)
+        same_family.fill_diagonal_(False)
+        similarity = similarity.masked_fill(same_family, float("-inf"))  # relatives are not negatives
+        answer = torch.arange(len(kin), device=emb0.device)
+        return (F.cross_entropy(similarity, answer) + F.cross_entropy(similarity.T, answer)) / 2
+
+    def _identity(self, embeddings, batch: PairSet, person_of: np.ndarray) -> torch.Tensor:
+        labels = torch.as_tensor(person_of[np.concatenate((batch.left, batch.right))], device=embeddings.device)
+        known = labels >= 0
+        cosine = F.normalize(embeddings[known].float(), dim=1) @ F.normalize(self.identity, dim=1).T
+        return F.cross_entropy(cosine * self.config.identity_scale, labels[known])
 
 
-def train_epoch(model, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress) -> dict:
+def train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress) -> dict:
     """One pass over freshly sampled pairs; returns mean loss, seconds and images/s."""
     model.train()
     rng = np.random.default_rng([config.seed, epoch, 1])
@@ -192,13 +224,14 @@ def train_epoch(model, optimizer, schedule, scaler, prepared, sampler, epoch, co
     if config.max_batches_per_epoch:
         batches = batches[: config.max_batches_per_epoch]
     family_of = family_index(prepared)
+    person_of, _ = person_index(prepared)
     losses, images, started = [], 0, time.perf_counter()
     stage = f"epoch {epoch + 1}/{config.epochs}"
     for number, batch in enumerate(batches, start=1):
         flips = rng.random((2, len(batch))) < 0.5 if config.flip else None
         img0, img1 = batch_tensors(prepared.pixels, batch, precision.device, flips)
         with precision.autocast():
-            loss = pair_loss(model, img0, img1, batch, family_of, config)
+            loss = objective(model, img0, img1, batch, family_of, person_of)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -284,25 +317,27 @@ def train(
     prepared = prepare(data_dir, config.image_size, config.split_config(), cache_dir, on_progress)
     sampler = PairSampler(prepared.dataset, prepared.table, prepared.split.train, seed=config.seed)
     model = build_model(model_config).to(precision.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    objective = PairObjective(_embedding_width(model, config), person_index(prepared)[1], config).to(precision.device)
+    parameters = list(model.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.scale_loss)
     state = {"epoch": 0, "history": [], "best_auc": -1.0, "best_epoch": -1, "step": 0}
     if resume:
-        state = _restore(last, model, optimizer, scaler)
+        state = _restore(last, model, objective, optimizer, scaler)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(run_dir, config, Path(data_dir))
     steps_per_epoch = _steps_per_epoch(sampler, config)
     schedule = WarmupCosine(optimizer, config.lr, steps_per_epoch * config.epochs, step=state["step"])
     for epoch in range(state["epoch"], config.epochs):
         record = {"epoch": epoch + 1, "lr": schedule.lr()}
-        record.update(train_epoch(model, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress))
+        record.update(train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress))
         record.update(evaluate_epoch(model, prepared, precision))
         state["history"].append(record)
         state.update(epoch=epoch + 1, step=schedule.step_count)
         if record["val_auc"] > state["best_auc"]:
             state.update(best_auc=record["val_auc"], best_epoch=epoch + 1)
             save_atomic(model_payload(model, _model_metadata(prepared, config, precision, record)), run_dir / "model.pt")
-        _checkpoint(last, model, optimizer, scaler, state)
+        _checkpoint(last, model, objective, optimizer, scaler, state)
         _write_json_atomic(run_dir / "metrics.json", _metrics_document(state, precision))
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
     return TrainResult(run_dir, state["best_epoch"], state["best_auc"], state["history"], precision.describe())
@@ -326,9 +361,17 @@ def _model_metadata(prepared: PreparedData, config: TrainConfig, precision: Prec
     }
 
 
-def _checkpoint(path: Path, model, optimizer, scaler, state: dict) -> None:
+def _embedding_width(model, config: TrainConfig) -> int:
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, config.image_size, config.image_size, device=next(model.parameters()).device)
+        model.eval()
+        return int(model.encoder(probe).shape[1])
+
+
+def _checkpoint(path: Path, model, objective, optimizer, scaler, state: dict) -> None:
     payload = model_payload(model, {})
     payload.update(
+        objective={k: v.detach().cpu() for k, v in objective.state_dict().items()},
         optimizer=optimizer.state_dict(),
         scaler=scaler.state_dict(),
         torch_rng=torch.get_rng_state(),
@@ -337,10 +380,11 @@ def _checkpoint(path: Path, model, optimizer, scaler, state: dict) -> None:
     save_atomic(payload, path)
 
 
-def _restore(path: Path, model, optimizer, scaler) -> dict:
+def _restore(path: Path, model, objective, optimizer, scaler) -> dict:
     payload = read_checkpoint(path)
     try:
         model.load_state_dict(payload["model_state"])
+        objective.load_state_dict(payload["objective"])
         optimizer.load_state_dict(payload["optimizer"])
         scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["torch_rng"])

@@ -397,8 +397,21 @@ def report_context(result: EnginesResult, config: EnginesConfig) -> dict:
 
 
 def write_report(result: EnginesResult, config: EnginesConfig, labels: np.ndarray) -> list[str]:
-    """report.json, report.md and the plots in the out folder, through ``kinship.engines.report``."""
+    """report.json, report.md and the plots in the out folder, through ``kinship.engines.report``.
+
+    With a benchmark, the report also gets this machine's GEMM ceiling and (when ``model.pt`` sits
+    beside the ONNX file) PyTorch eager at the reference batch, measured by ``report.measure_context``.
+    """
+    from kinship.engines.report import EngineResult, measure_context
     from kinship.engines.report import write_report as write
 
-    paths = write(report_rows(result, labels), result.out_dir, report_context(result, config))
-    return [str(p) for p in paths]
+    rows = report_rows(result, labels)
+    context = report_context(result, config)
+    if config.bench_batches:
+        try:
+            measured = measure_context(result.onnx, [EngineResult.from_dict(r) for r in rows], context)
+            context = {**measured, **context}
+        except Exception as error:  # extra comparisons only: the report stands without them
+            context["notes"].append(f"ceiling / PyTorch comparison not measured: {reason_of(error)}")
+    json_path, md_path = write(rows, result.out_dir, context)
+    return [str(json_path), str(md_path)]

@@ -103,9 +103,11 @@ def _quiet_quantizer() -> Iterator[None]:
 
 # ONNX Runtime's entropy calibrator defaults to 128 histogram bins AND 128 quantized bins, which
 # leaves its KL search a single candidate (the full range): entropy silently equals MinMax, and
-# quantize_static does not pass the bin counts through. We run that calibrator ourselves with
-# TensorRT's choice (2048 bins into 128) and hand quantize_static the ranges as its cache.
-ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
+# quantize_static does not pass the bin counts through. We run that calibrator ourselves and hand
+# quantize_static the ranges as its cache. 512 bins into 128 rather than TensorRT's 2048: ORT's KL
+# search is a Python loop, 8x slower at 2048 (37 s vs 4.5 s for the tiny test encoder on 2 cores),
+# while 512 still places the clipping threshold within 1/256 of the observed range.
+ENTROPY_BINS = {"num_bins": 512, "num_quantized_bins": 128}
 
 
 def _entropy_ranges(source: Path, batches: list[dict[str, np.ndarray]], symmetric: bool, cache: Path) -> None:

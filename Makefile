@@ -18,10 +18,23 @@ setup: $(BIN)/kinship
 DATA ?= data/synth
 RUN  ?= runs/demo
 
+# The whole job on this machine (README "Orchestration"): the local stack (S3 + Prefect + one worker per
+# pool), a synthetic data set pushed to S3, every deployment, one `kinship/full` run watched to the end,
+# then where its report is and the UI address. A second `make run` reuses the stack (and cached stages).
+DEMO_DATA ?= data/demo
+DEMO_URI  ?= s3://kinship/datasets/demo
+STACK_ENV  = $${KINSHIP_STACK_DIR:-.stack}/env
+# More `--param key=json` for kinship/full, e.g. make run FULL_PARAMS='--param train={"epochs":2}'
+FULL_PARAMS ?=
+
 run: setup
-	@test -d $(DATA) || $(BIN)/kinship synth --out $(DATA)
-	$(BIN)/kinship data check $(DATA)
-	$(BIN)/kinship baseline --data $(DATA)
+	infra/local/up
+	@test -d $(DEMO_DATA) || $(BIN)/kinship synth --out $(DEMO_DATA) --size 64
+	$(BIN)/kinship data check $(DEMO_DATA)
+	. "$(STACK_ENV)" && $(BIN)/kinship data push $(DEMO_DATA) $(DEMO_URI)
+	. "$(STACK_ENV)" && $(BIN)/prefect --no-prompt deploy --all
+	. "$(STACK_ENV)" && $(BIN)/prefect deployment run kinship/full --param 'dataset_uri="$(DEMO_URI)"' $(FULL_PARAMS) --watch
+	. "$(STACK_ENV)" && $(BIN)/python deployments/show_run.py --out out
 
 test: setup
 	$(BIN)/python -m pytest -q

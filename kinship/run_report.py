@@ -97,21 +97,25 @@ def render(run_id: str, train_manifest: dict, engines_manifest: dict, promotion:
     return "\n".join(lines) + "\n"
 
 
+def summary_key(run_id: str) -> str:
+    """Where a run's ``summary.json`` lives (it names the report and every figure of the table)."""
+    return join_key("runs", run_id, "summary.json")
+
+
 def publish_run_report(store: ArtifactStore, run_id: str, train_manifest: dict, engines_manifest: dict,
                        promotion: dict) -> dict:
-    """Write ``runs/<id>/report.md`` and ``summary.json``; return refs, markdown, table rows and links."""
+    """Write ``runs/<id>/report.md``, then ``summary.json``; return refs, markdown, table rows and links."""
     key = join_key("runs", run_id, "report.md")
     link_list = links(train_manifest, engines_manifest, promotion, store.uri(key))
     markdown = render(run_id, train_manifest, engines_manifest, promotion, link_list)
     table = engine_table(engines_manifest)
+    refs = {"report.md": _put_text(store, markdown, key)}
     summary = {
-        "run_id": run_id, "val_auc": train_manifest["metrics"].get("best_val_auc"),
+        "run_id": run_id, "val_auc": train_manifest["metrics"].get("best_val_auc"), "report": refs["report.md"],
         "promoted": promotion.get("promoted"), "reason": promotion.get("reason"), "engines": table, "links": link_list,
         "train_manifest": train_manifest["manifest"], "engines_manifest": engines_manifest["manifest"],
     }
-    report_dir = join_key("runs", run_id)
-    refs = {"summary.json": store.put_json(summary, join_key(report_dir, "summary.json")).to_dict()}
-    refs["report.md"] = _put_text(store, markdown, key)
+    refs["summary.json"] = store.put_json(summary, summary_key(run_id)).to_dict()
     return {"artifacts": refs, "markdown": markdown, "table": table, "links": link_list}
 
 

@@ -10,10 +10,10 @@ from prefect.logging import get_run_logger
 from kinship.pipeline import DatasetHandle, fetch_dataset
 from kinship.storage import StoreSettings
 from tasks.progress import progress_artifact
-from tasks.runtime import work_dir
+from tasks.runtime import IO_RETRIES, work_dir
 
 
-@task(name="fetch data set", retries=3, retry_delay_seconds=[2, 10, 30], task_run_name="fetch {uri}")
+@task(name="fetch data set", task_run_name="fetch {uri}", **IO_RETRIES)
 def fetch_data_set(uri: str, expected_sha256: str | None = None) -> DatasetHandle:
     """Download (or find in the hash cache) every file of the data set at ``uri``, each sha256-verified.
 

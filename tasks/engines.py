@@ -15,16 +15,16 @@ from kinship.run_report import engine_table
 from kinship.storage import file_digest
 from kinship.train import TrainConfig
 from tasks.progress import progress_artifact
-from tasks.runtime import cache_key, host, open_store, work_dir
+from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
 
 
-@task(name="read training manifest", retries=3, retry_delay_seconds=[2, 10, 30])
+@task(name="read training manifest", **IO_RETRIES)
 def read_train_manifest(uri: str) -> dict:
     """The training manifest at ``uri``, verified against the sha256 recorded when it was stored."""
     return pipeline.read_manifest(open_store(), uri, pipeline.TRAIN_MANIFEST_FORMAT)
 
 
-@task(name="fetch model and calibration", retries=3, retry_delay_seconds=[2, 10, 30])
+@task(name="fetch model and calibration", **IO_RETRIES)
 def fetch_inputs(manifest: dict, run_id: str) -> dict:
     """The ONNX trio and the calibration set named in the manifest, each sha256-verified, in scratch."""
     store, folder = open_store(), work_dir(run_id, "engines")
@@ -53,7 +53,8 @@ def _engine_key(context, parameters: dict) -> str:
                      parameters["dataset"].sha256, asdict(parameters["settings"]))
 
 
-@task(name="build engine", cache_key_fn=_engine_key, retries=1, task_run_name="engine {variant} ({backend})")
+@task(name="build engine", cache_key_fn=_engine_key, task_run_name="engine {variant} ({backend})",
+      **ONE_RETRY)
 def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: str, settings: EngineSettings,
                  run_id: str) -> dict:
     """Build, validate and benchmark one precision; upload the engine folder.
@@ -74,14 +75,14 @@ def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: st
     return built
 
 
-@task(name="write engine report", retries=1)
+@task(name="write engine report", **ONE_RETRY)
 def write_engines_report(variants: list[dict], run_id: str) -> dict:
     """One report over every variant (markdown, JSON, plots), uploaded under the run's engines prefix."""
     return pipeline.engines_report_stage(open_store(), variants, work_dir(run_id, "engines"),
                                          pipeline.run_prefix(run_id, "engines", "report"))
 
 
-@task(name="write engines manifest", retries=3, retry_delay_seconds=[2, 10, 30])
+@task(name="write engines manifest", **IO_RETRIES)
 def write_engines_manifest(run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
     """Store the engines manifest last and show the engine table on this run's page."""
     manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, variants, report, host())

@@ -19,7 +19,7 @@ from kinship.engines.calibration import CalibrationConfig
 from kinship.pipeline import EngineSettings
 from kinship.run_report import publish_run_report
 from kinship.train import TrainConfig
-from tasks.runtime import open_store
+from tasks.runtime import ONE_RETRY, open_store
 
 TRAIN_DEPLOYMENT = "kinship-train/train"
 ENGINES_DEPLOYMENT = "kinship-engines/engines"
@@ -108,7 +108,7 @@ def run_engines(run: dict, train_manifest: dict, precisions: list[str], engines:
     return {**manifest, "child_run": child}
 
 
-@task(name="promote champion", retries=2, retry_delay_seconds=5)
+@task(name="promote champion", **ONE_RETRY)
 def promote_champion(train_manifest: dict, engines_manifest: dict) -> dict:
     """Make this run's model the champion only if its validation AUC beats the current champion's."""
     promotion = promote_if_better(open_store(), train_manifest, engines_manifest)
@@ -116,7 +116,7 @@ def promote_champion(train_manifest: dict, engines_manifest: dict) -> dict:
     return promotion
 
 
-@task(name="publish report", retries=2, retry_delay_seconds=5)
+@task(name="publish report", **ONE_RETRY)
 def publish_report(run: dict, train_manifest: dict, engines_manifest: dict, promotion: dict) -> dict:
     """Store the final report and show it: markdown, the engine table, and links to the stored objects."""
     report = publish_run_report(open_store(), run["run_id"], train_manifest, engines_manifest, promotion)

@@ -55,3 +55,18 @@ def new_run_id_for_this_run() -> str:
 
     run_id = str(flow_run.get_id() or "")
     return new_run_id(flow_run.get_scheduled_start_time(), run_id.replace("-", "")[:8] or None)
+
+
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry condition of every I/O task: retry trouble (a dropped connection, an unreachable store), not a
+    user's mistake (a missing data set, a bad value), which would only fail the same way again."""
+    from kinship.errors import UserError
+    from kinship.storage import StoreAccessError
+
+    error = state.data if isinstance(state.data, BaseException) else None
+    return not (isinstance(error, UserError) and not isinstance(error, StoreAccessError))
+
+
+# Task options: I/O steps retry with backoff, compute steps once (a training retry resumes from its checkpoint).
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_condition_fn": retry_unless_user_error}
+ONE_RETRY = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": retry_unless_user_error}

@@ -13,7 +13,7 @@ from kinship.engines.calibration import CalibrationConfig
 from kinship.pipeline import DatasetHandle
 from kinship.train import TrainConfig
 from tasks.progress import progress_artifact
-from tasks.runtime import cache_key, host, open_store, work_dir
+from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
 
 
 def _training_key(context, parameters: dict) -> str:
@@ -30,8 +30,8 @@ def _calibration_key(context, parameters: dict) -> str:
                      asdict(parameters["calibration"]))
 
 
-@task(name="train model", cache_key_fn=_training_key, retries=1, retry_delay_seconds=5,
-      task_run_name="train {config.epochs} epochs at {config.image_size} px")
+@task(name="train model", cache_key_fn=_training_key,
+      task_run_name="train {config.epochs} epochs at {config.image_size} px", **ONE_RETRY)
 def train_model(dataset: DatasetHandle, config: TrainConfig, run_id: str) -> dict:
     """Train on the fetched data set and upload model.pt, metrics.json, config.json.
 
@@ -50,7 +50,7 @@ def train_model(dataset: DatasetHandle, config: TrainConfig, run_id: str) -> dic
     return trained
 
 
-@task(name="export onnx", cache_key_fn=_export_key, retries=1, task_run_name="export onnx")
+@task(name="export onnx", cache_key_fn=_export_key, task_run_name="export onnx", **ONE_RETRY)
 def export_onnx(dataset: DatasetHandle, model: dict, run_id: str) -> dict:
     """Export pair/encoder/head ONNX from the stored checkpoint, check them against PyTorch, upload them."""
     exported = pipeline.export_stage(open_store(), dataset, model, work_dir(run_id, "train"),
@@ -61,7 +61,8 @@ def export_onnx(dataset: DatasetHandle, model: dict, run_id: str) -> dict:
     return exported
 
 
-@task(name="build calibration set", cache_key_fn=_calibration_key, retries=1, task_run_name="calibration set")
+@task(name="build calibration set", cache_key_fn=_calibration_key,
+      task_run_name="calibration set", **ONE_RETRY)
 def build_calibration(dataset: DatasetHandle, config: TrainConfig, calibration: CalibrationConfig, run_id: str) -> dict:
     """Draw the INT8 calibration pairs from the training families and upload the ``.npz``."""
     with progress_artifact("calibration set") as on_progress:
@@ -72,7 +73,7 @@ def build_calibration(dataset: DatasetHandle, config: TrainConfig, calibration: 
     return built
 
 
-@task(name="write training manifest", retries=3, retry_delay_seconds=[2, 10, 30])
+@task(name="write training manifest", **IO_RETRIES)
 def write_train_manifest(run_id: str, dataset: DatasetHandle, config: TrainConfig, trained: dict, exported: dict,
                          calibrated: dict) -> dict:
     """Store the training manifest last (its presence means the half is complete) and show the epochs."""

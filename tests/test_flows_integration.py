@@ -160,3 +160,19 @@ def test_the_nightly_deployment_has_scheduled_runs(first) -> None:
                            "scheduled runs of kinship/retrain-nightly", timeout=120)
     assert all(run["expected_start_time"][11:16] == "03:00" for run in runs)
     assert all(run["work_pool_name"] == "orchestrator" for run in runs)
+
+
+def test_a_failed_child_fails_the_parent_and_promotes_nothing(first) -> None:
+    stack = first["stack"]
+    client, bucket = s3(stack), stack.env["KINSHIP_BUCKET"]
+    champion_before, _ = get_object(client, f"s3://{bucket}/champion.json")
+    missing = {**TINY_PARAMETERS, "dataset_uri": f"s3://{bucket}/datasets/never-pushed"}
+    outcome = driver.run_deployment(stack, "kinship/full", missing)
+    assert outcome.returncode == 1
+    assert driver.flow_run(stack, outcome.flow_run_id)["state_type"] == "FAILED"
+    children = driver.child_runs(stack, outcome.flow_run_id)
+    assert [(flow_name(stack, c), c["work_pool_name"], c["state_type"]) for c in children] == [
+        ("kinship-train", "rocm", "FAILED")]  # the engines half never started
+    fetch = next(t for t in driver.task_runs(stack, children[0]["id"]) if t["name"].startswith("fetch "))
+    assert fetch["run_count"] == 1  # a missing data set is a mistake, not worth retrying
+    assert get_object(client, f"s3://{bucket}/champion.json")[0] == champion_before

@@ -24,8 +24,9 @@ RUN  ?= runs/demo
 DEMO_DATA ?= data/demo
 DEMO_URI  ?= s3://kinship/datasets/demo
 STACK_ENV  = $${KINSHIP_STACK_DIR:-.stack}/env
-# More `--param key=json` for kinship/full, e.g. make run FULL_PARAMS='--param train={"epochs":2}'
-FULL_PARAMS ?=
+# JSON overrides of the deployment's defaults, e.g. make run TRAIN='{"epochs":14}' PRECISIONS='["fp32","int8"]'
+TRAIN      ?=
+PRECISIONS ?=
 
 run: setup
 	infra/local/up
@@ -33,7 +34,8 @@ run: setup
 	$(BIN)/kinship data check $(DEMO_DATA)
 	. "$(STACK_ENV)" && $(BIN)/kinship data push $(DEMO_DATA) $(DEMO_URI)
 	. "$(STACK_ENV)" && $(BIN)/prefect --no-prompt deploy --all
-	. "$(STACK_ENV)" && $(BIN)/prefect deployment run kinship/full --param 'dataset_uri="$(DEMO_URI)"' $(FULL_PARAMS) --watch
+	. "$(STACK_ENV)" && $(BIN)/prefect deployment run kinship/full --param 'dataset_uri="$(DEMO_URI)"' \
+	    $(if $(TRAIN),--param 'train=$(TRAIN)') $(if $(PRECISIONS),--param 'precisions=$(PRECISIONS)') --watch
 	. "$(STACK_ENV)" && $(BIN)/python deployments/show_run.py --out out
 
 test: setup

@@ -59,7 +59,7 @@ def main() -> int:
     if run["state_type"] != "COMPLETED":
         print(f"UI        {page}")
         return 1
-    summary, report = copy_report(driver.run_id_of(driver.child_runs(stack, run["id"])), args.out)
+    summary, report = copy_report(driver.run_id_of(driver.child_runs(stack, run["id"])), args.out.resolve())
     print(f"report    {summary['report']['uri']}")
     print(f"          copied to {report}")
     print(f"champion  {summary['reason']}")

@@ -10,9 +10,12 @@ def _dataset_name(uri: str) -> str:
 
 
 def _config_tag(train) -> str:
-    get = train.get if isinstance(train, dict) else (lambda name, default=None: getattr(train, name, default))
-    text = f"e{get('epochs')}-{get('image_size')}px-w{get('width')}"
-    return text + (f"-b{get('max_batches_per_epoch')}" if get("max_batches_per_epoch") else "")
+    """The training configuration in a few characters; fields not given are TrainConfig's defaults."""
+    from kinship.train import TrainConfig
+
+    config = TrainConfig.from_dict(train) if isinstance(train, dict) else train
+    text = f"e{config.epochs}-{config.image_size}px-w{config.width}"
+    return text + (f"-b{config.max_batches_per_epoch}" if config.max_batches_per_epoch else "")
 
 
 def full_run_name() -> str:

@@ -40,7 +40,7 @@ def choose_backend(settings: EngineSettings) -> str:
     """The backend this host will build with: TensorRT where it imports and sees a GPU, else ONNX Runtime."""
     from kinship.engines.base import resolve_backend
 
-    backend = resolve_backend(settings.backend)
+    backend = resolve_backend(settings.check().backend)
     get_run_logger().info("engine backend on this host: %s (asked: %s)", backend, settings.backend)
     return backend
 

@@ -147,8 +147,9 @@ def test_a_second_run_with_the_same_inputs_reuses_cached_work(first, kinship_sta
     cached = [name for name, state in train_states.items() if state == "Cached"]
     assert any(name.startswith("train ") for name in cached), train_states
     assert any(name.startswith("export") for name in cached), train_states
+    backend = manifests(stack, first["run_id"])["engines"]["backend"]
     assert sorted(n for n, s in engine_states.items() if n.startswith("engine ") and s == "Cached") == [
-        "engine fp32 (onnxruntime)", "engine int8 (onnxruntime)"], engine_states
+        f"engine fp32 ({backend})", f"engine int8 ({backend})"], engine_states
     old = manifests(stack, first["run_id"])["train"]
     new = manifests(stack, driver.run_id_of(list(children.values())))["train"]
     assert new["artifacts"]["model.pt"] == old["artifacts"]["model.pt"]  # the stored model, not a retrained one

@@ -90,7 +90,7 @@ def test_pipeline_report_and_first_champion(finished) -> None:
     assert text == local_file(result.report["artifacts"]["report.md"]).read_text()
     assert "# kinship run test-run" in text
     for variant in ("fp32", "int8"):
-        assert f"| {variant} | onnxruntime | ok |" in text
+        assert f"| {variant} | {result.engines['backend']} | ok |" in text
     assert result.promotion["promoted"] and "no champion yet" in result.promotion["reason"]
     champion = read_champion(open_local_store(out))
     assert champion["run_id"] == "test-run"

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--amp", choices=("auto", "on", "off"), default=defaults.amp)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--pairs-per-relationship", type=int, default=defaults.pairs_per_relationship,
+                        help="kin pairs drawn per relationship per epoch (as many non-kin pairs are added)")
     parser.add_argument("--max-batches-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_json_flag(parser)

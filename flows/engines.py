@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
 
 from flows.naming import engines_run_name
-from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings
+from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings, PrecisionName
 from tasks.data import clean_work, fetch_data_set
 from tasks.engines import build_engine, choose_backend, fetch_inputs, read_train_manifest, write_engines_manifest, write_engines_report
 from tasks.runtime import new_run_id_for_this_run
 
-Precision = Literal["fp32", "tf32", "fp16", "int8", "int8-qdq"]
-
 
 @flow(name="kinship-engines", flow_run_name=engines_run_name)
-def engines_flow(train_manifest: str, precisions: list[Precision] = list(DEFAULT_PRECISIONS),
+def engines_flow(train_manifest: str, precisions: list[PrecisionName] = list(DEFAULT_PRECISIONS),
                  engines: EngineSettings = EngineSettings(), run_id: str | None = None, force: bool = False) -> dict:
     """Engines for the model named by the training manifest at ``train_manifest``; return the engines manifest."""
     run_id = run_id or new_run_id_for_this_run()

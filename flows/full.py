@@ -3,21 +3,17 @@ deployment runs, promotes the model to champion only if it beats the current one
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
 
 from flows.naming import full_run_name
 from kinship.engines.calibration import CalibrationConfig
-from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings
+from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings, PrecisionName
 from kinship.train import TrainConfig
 from tasks.orchestration import plan_run, promote_champion, publish_report, run_engines, run_training
 
-Precision = Literal["fp32", "tf32", "fp16", "int8", "int8-qdq"]
-
 
 @flow(name="kinship", flow_run_name=full_run_name)
-def kinship_flow(dataset_uri: str, train: TrainConfig = TrainConfig(), precisions: list[Precision] = list(DEFAULT_PRECISIONS),
+def kinship_flow(dataset_uri: str, train: TrainConfig = TrainConfig(), precisions: list[PrecisionName] = list(DEFAULT_PRECISIONS),
                  engines: EngineSettings = EngineSettings(), calibration: CalibrationConfig = CalibrationConfig(),
                  force: bool = False) -> dict:
     """Train on ``dataset_uri``, build engines at ``precisions``, promote if better, report; ``force`` skips caches."""

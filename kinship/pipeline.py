@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from kinship import __version__
 from kinship.engines.calibration import CalibrationConfig
@@ -42,6 +42,8 @@ TRAIN_MANIFEST_FORMAT = "kinship-train-manifest/1"
 ENGINES_MANIFEST_FORMAT = "kinship-engines-manifest/1"
 ONNX_FILES = ("model.onnx", "model.encoder.onnx", "model.head.onnx")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+# The build variants of ``kinship.engines.base.VARIANTS``, as a type (flow parameter schemas list them).
+PrecisionName = Literal["fp32", "tf32", "fp16", "int8", "int8-qdq"]
 Progress = Callable[[ProgressEvent], None]
 
 

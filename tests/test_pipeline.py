@@ -166,3 +166,12 @@ def test_the_library_never_imports_prefect() -> None:
     code = ("import sys, kinship.pipeline, kinship.champion, kinship.run_report, kinship.cli.pipeline; "
             "sys.exit(1 if any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0
+
+
+def test_precision_type_lists_every_engine_variant() -> None:
+    from typing import get_args
+
+    from kinship.engines.base import VARIANTS
+    from kinship.pipeline import PrecisionName
+
+    assert get_args(PrecisionName) == VARIANTS

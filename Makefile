@@ -4,7 +4,7 @@ VENV   ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: run test setup clean
+.PHONY: run test setup clean browser
 
 $(BIN)/kinship: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ run: setup
 	    $(if $(TRAIN),--param 'train=$(TRAIN)') $(if $(PRECISIONS),--param 'precisions=$(PRECISIONS)') --watch
 	. "$(STACK_ENV)" && $(BIN)/python deployments/show_run.py --out out
 
-test: setup
+# The browser test drives Debian's chromium (Playwright's own browser download cannot work offline).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium could not be installed: the UI test will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 clean:

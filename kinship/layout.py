@@ -13,7 +13,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from kinship.errors import UserError
 from kinship.images import UnreadableImage, open_rgb
@@ -141,18 +141,20 @@ def read_dataset(
 ) -> Dataset:
     """Read a data set in the Kaggle RFIW layout at ``root``, dropping and counting what is unusable.
 
-    The CSVs are parsed first so that their fatal mistakes (missing file, missing columns, a bad
-    ``img_pair`` line) surface before the slow part. Then every image is decoded once (progress stage
-    ``"check images"``) unless ``verify_images`` is False, in which case files are only listed.
+    The folders are listed and the CSVs parsed first so that their fatal mistakes (missing file, missing
+    columns, a bad ``img_pair`` line) surface before the slow part. The CSVs are streamed row by row:
+    ``train_relationships.csv`` costs memory for its distinct usable pairs, not for its size. Then every
+    image is decoded once (progress stage ``"check images"``) unless ``verify_images`` is False, in which
+    case files are only listed.
     Raises ``UserError`` for a missing folder, ``train/``, relationships file, expected column, or a bad
     ``img_pair`` line; everything else is counted in ``Dataset.report``.
     """
     root = Path(root)
     _require_layout(root)
     report = CheckReport()
-    raw_relationships = _read_relationship_rows(root)
-    types = _read_types(root)
     candidates = _scan_train(root, report)
+    relationship_rows = _read_relationship_rows(root, set(candidates), report)
+    types = _read_types(root, relationship_rows)
     test_files = _scan_test(root, report)
     raw_pairs = _read_test_pairs(root, test_files, report)
     all_images = [path for paths in candidates.values() for path in paths]
@@ -163,7 +165,7 @@ def read_dataset(
         unusable = set()
         report.notes.append("images listed, not decoded (verify_images=False)")
     people = _build_people(root, candidates, unusable, report)
-    relationships = _resolve_relationships(raw_relationships, types, set(candidates), people, report)
+    relationships = _resolve_relationships(relationship_rows, types, people, report)
     test_images = [name for name in test_files or [] if root / "test" / name not in unusable]
     test_pairs = _usable_pairs(raw_pairs, set(test_images), report)
     _fill_counts(report, people, relationships, test_images, test_pairs)
@@ -193,8 +195,12 @@ def _fill_counts(report, people, relationships, test_images, test_pairs) -> None
 # --- CSVs ----------------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of ``path`` as (line number, column -> stripped value); header is line 1, blank lines skipped."""
+def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of ``path``, one at a time, as (line number, column -> stripped value).
+
+    The header is line 1; blank lines are skipped. Rows are read from the open file as they are asked for
+    (the csv module bounds a field at 128 KiB), so no CSV is ever held in memory whole.
+    """
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle)
@@ -203,34 +209,55 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str
             if missing:
                 found = ",".join(header) or "nothing"
                 raise UserError(f"{path.name}: expected columns {','.join(required)}, found {found}")
-            rows = []
             for cells in reader:
                 if any(cell.strip() for cell in cells):
                     values = {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)}
-                    rows.append((reader.line_num, values))
-            return rows
+                    yield reader.line_num, values
     except UnicodeDecodeError as error:
         raise UserError(f"{path.name}: not a UTF-8 text CSV ({error.reason})") from error
     except csv.Error as error:
         raise UserError(f"{path.name}: not a valid CSV ({error})") from error
 
 
-def _read_relationship_rows(root: Path) -> list[tuple[int, str, str]]:
-    rows = _read_csv(root / RELATIONSHIPS_FILE, ("p1", "p2"))
-    return [(line, row["p1"], row["p2"]) for line, row in rows]
+def _read_relationship_rows(root: Path, folders: set[str], report: CheckReport) -> list[tuple[int, str, str]]:
+    """(line, p1, p2) of each distinct pair of existing member folders in train_relationships.csv.
+
+    Rows are streamed; a malformed row, a self-relationship, a row naming a person with no folder, or a
+    repeat of a pair already kept is counted in ``report`` and forgotten as it is read. So memory follows
+    the distinct usable pairs (at most people squared), never the file's length.
+    """
+    seen: set[frozenset[str]] = set()
+    kept = []
+    for line, row in _read_csv(root / RELATIONSHIPS_FILE, ("p1", "p2")):
+        p1, p2 = row["p1"], row["p2"]
+        reason = _relationship_problem(p1, p2, seen, folders)
+        if reason is None:
+            seen.add(frozenset((p1, p2)))
+            kept.append((line, p1, p2))
+        else:
+            _count_dropped_row(report, reason, line, p1, p2)
+    return kept
 
 
-def _read_types(root: Path) -> dict[tuple[str, str], str]:
-    """(p1, p2) -> relationship type from the synthetic generator's relationship_types.csv, if any."""
+def _count_dropped_row(report: CheckReport, reason: str, line: int, p1: str, p2: str) -> None:
+    # the example text is only built while the reason still collects examples (a million drops stay cheap)
+    full = len(report.examples.get(reason, ())) >= 5
+    report.count(report.dropped, reason, None if full else f"{RELATIONSHIPS_FILE} line {line}: {p1},{p2}")
+
+
+def _read_types(root: Path, rows: list[tuple[int, str, str]]) -> dict[tuple[str, str], str]:
+    """(p1, p2) -> type from the synthetic generator's relationship_types.csv, for the pairs of ``rows`` only."""
     path = root / TYPES_FILE
     if not path.is_file():
         return {}
+    wanted = {frozenset((p1, p2)) for _, p1, p2 in rows}
     types: dict[tuple[str, str], str] = {}
     for line, row in _read_csv(path, ("p1", "p2", "type")):
         if row["type"] not in RELATIONSHIP_TYPES:
             expected = ", ".join(RELATIONSHIP_TYPES)
             raise UserError(f"{TYPES_FILE} line {line}: unknown type {_shown(row['type'])} (expected one of {expected})")
-        types[(row["p1"], row["p2"])] = row["type"]
+        if frozenset((row["p1"], row["p2"])) in wanted:
+            types[(row["p1"], row["p2"])] = row["type"]
     return types
 
 
@@ -455,19 +482,14 @@ def _build_people(
 def _resolve_relationships(
     rows: list[tuple[int, str, str]],
     types: dict[tuple[str, str], str],
-    folders: set[str],
     people: dict[str, Person],
     report: CheckReport,
 ) -> list[Relationship]:
-    """Usable relationships: well-formed, not to oneself, counted once, both people with usable images."""
-    seen: set[frozenset[str]] = set()
+    """Usable relationships: the distinct rows kept while reading whose two people have usable images."""
     result = []
     for line, p1, p2 in rows:
-        where = f"{RELATIONSHIPS_FILE} line {line}: {p1},{p2}"
-        reason = _relationship_problem(p1, p2, seen, folders, people)
-        seen.add(frozenset((p1, p2)))
-        if reason is not None:
-            report.count(report.dropped, reason, where)
+        if p1 not in people or p2 not in people:
+            _count_dropped_row(report, DROP_REL_NO_IMAGES, line, p1, p2)
         elif (p1, p2) not in types and (p2, p1) in types:
             # types like "fd" are directional: keep the orientation the types file gives
             result.append(Relationship(p2, p1, types[(p2, p1)]))
@@ -476,17 +498,16 @@ def _resolve_relationships(
     return result
 
 
-def _relationship_problem(p1: str, p2: str, seen, folders: set[str], people: dict[str, Person]) -> str | None:
-    if not all(_looks_like_person_id(p) for p in (p1, p2)):
+def _relationship_problem(p1: str, p2: str, seen: set[frozenset[str]], folders: set[str]) -> str | None:
+    # the folder test comes before the duplicate test so that ``seen`` only ever holds kept pairs
+    if not (_looks_like_person_id(p1) and _looks_like_person_id(p2)):
         return DROP_REL_MALFORMED
     if p1 == p2:
         return DROP_REL_SELF
-    if frozenset((p1, p2)) in seen:
-        return DROP_REL_DUPLICATE
     if p1 not in folders or p2 not in folders:
         return DROP_REL_NO_FOLDER
-    if p1 not in people or p2 not in people:
-        return DROP_REL_NO_IMAGES
+    if frozenset((p1, p2)) in seen:
+        return DROP_REL_DUPLICATE
     return None
 
 

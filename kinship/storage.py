@@ -13,7 +13,9 @@ last, so a tree without a manifest is an interrupted push, never a complete-look
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import logging
 import os
 import random
 import re
@@ -40,6 +42,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 Progress = Callable[[ProgressEvent], None]
+log = logging.getLogger(__name__)
 
 
 class IntegrityError(UserError):
@@ -65,19 +68,31 @@ class StoreSettings:
     scratch: Path = field(default_factory=lambda: Path.home() / ".cache" / "kinship")
     multipart_threshold: int = 8 * MiB
     multipart_chunksize: int = 8 * MiB
-    max_attempts: int = 5  # botocore's own per-request retries
+    # botocore's own quick retries of one request (throttling, 5xx, a dropped connection): 3 retries after the
+    # first try, a fraction of a second in all on a refused connection (measured: 4 sends in 0.2 s).
+    max_attempts: int = 3
     retry_mode: str = "standard"
-    transfer_attempts: int = 3  # our retries around a whole transfer, for dropped connections
+    # Our retries around a whole transfer or call, for a server that is down or restarting: backoff from
+    # retry_base_delay doubling up to retry_max_delay (each +-50 % jitter), for retry_window seconds after the
+    # first failure, then one StoreAccessError naming the endpoint and key. Total retry window: 45 s, so an
+    # outage of 30 s is survived with margin (tests/test_faults_s3.py, KINSHIP_TEST_OUTAGE_S=35: a 35.8 s
+    # outage, 10-11 retries per transfer). Against a closed port the give-up came after 45.2 s and 16 attempts;
+    # a host that drops packets instead adds up to 4 x connect_timeout for the last attempt.
+    retry_window: float = 45.0
     retry_base_delay: float = 0.5
+    retry_max_delay: float = 4.0
     max_workers: int = 8
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        validate_endpoint(self.endpoint_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreSettings:
         """Read the standard AWS variables plus ``KINSHIP_BUCKET``, ``KINSHIP_PREFIX``, ``KINSHIP_SCRATCH``."""
         env = os.environ if environ is None else environ
-        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        endpoint = validate_endpoint(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None)
         bucket = env.get("KINSHIP_BUCKET") or None
         scratch = env.get("KINSHIP_SCRATCH")
         return cls(
@@ -165,6 +180,25 @@ def validate_prefix(prefix: str, what: str = "prefix") -> str:
     """Like ``validate_key`` but allows an empty prefix and drops one trailing slash."""
     prefix = (prefix or "").removesuffix("/")
     return validate_key(prefix, what) if prefix else ""
+
+
+def validate_endpoint(endpoint: str | None) -> str | None:
+    """Return ``endpoint`` if it is an ``http(s)://host[:port]`` URL without credentials in it, else raise."""
+    if endpoint is None:
+        return None
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname or _CONTROL.search(endpoint):
+        raise UserError(f"invalid S3 endpoint {_redacted(endpoint)!r}: expected http(s)://host[:port]")
+    if parts.username or parts.password:
+        # settings are printed and logged: a secret in the URL would go with them
+        raise UserError(f"S3 endpoint {_redacted(endpoint)!r} carries credentials: use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    return endpoint
+
+
+def _redacted(url: str) -> str:
+    """``url`` without any ``user:password@`` part, for messages."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url.rpartition("@")[2]
 
 
 def validate_bucket(bucket: str) -> str:
@@ -353,6 +387,10 @@ class _BaseStore:
     def _sizes(self, prefix: str) -> dict[str, int]:
         raise NotImplementedError
 
+    def _some_keys(self, loc: StoreURI, limit: int) -> list[str]:
+        """Up to ``limit`` keys (S3) or file paths (local) below the folder-like ``loc``, in no set order."""
+        raise NotImplementedError
+
     # addressing -------------------------------------------------------
     def _to_location(self, key_or_uri: str, allow_empty_key: bool = False) -> StoreURI:
         if "://" in key_or_uri:
@@ -374,6 +412,9 @@ class _BaseStore:
         uri = self._uri_of(loc)
         stat = self._stat(loc)
         if stat is None:
+            name = loc.key.rsplit("/", 1)[-1]
+            if name == MANIFEST_NAME:  # a data set is fetched through its manifest: say which data set is missing
+                raise ArtifactNotFound(self._no_dataset(_parent(loc)))
             raise ArtifactNotFound(f"no object at {uri}")
         size, sha256 = stat
         if not sha256 or not _HEX64.match(sha256):
@@ -545,7 +586,7 @@ class _BaseStore:
         prefix_loc = self._to_location(uri_prefix, allow_empty_key=True)
         manifest_loc = _child(prefix_loc, MANIFEST_NAME)
         if self._stat(manifest_loc) is None:
-            raise ArtifactNotFound(f"no data set at {uri_prefix}: {MANIFEST_NAME} is missing (interrupted push?)")
+            raise ArtifactNotFound(self._no_dataset(prefix_loc))
         manifest = self.read_manifest(self._uri_of(manifest_loc))
         manifest_bytes = _json_bytes(_manifest_entries(manifest.values()))
         dest = Path(dest)
@@ -554,6 +595,19 @@ class _BaseStore:
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise UserError(f"destination {dest} exists and is not an empty folder")
         return self._assemble_tree(prefix_loc, manifest, manifest_bytes, dest, on_progress)
+
+    def _no_dataset(self, prefix_loc: StoreURI) -> str:
+        """Why there is no data set at ``prefix_loc``, in one line naming it: nothing there, a folder of data
+        sets, or files without a manifest (an interrupted push)."""
+        uri = self._uri_of(prefix_loc).rstrip("/") + "/"
+        keys = self._some_keys(prefix_loc, 1000)
+        if not keys:
+            return f"no data set at {uri}: nothing is stored there (check the URI; `kinship data push DIR URI` creates one)"
+        below = sorted(key for key in keys if key.endswith(f"/{MANIFEST_NAME}"))
+        if below:
+            example = self._uri_of(replace(prefix_loc, key=below[0].rsplit("/", 1)[0]))
+            return f"no data set at {uri}: it holds data sets in sub-folders, e.g. {example}"
+        return f"no data set at {uri}: {MANIFEST_NAME} is missing (an interrupted push? push it again)"
 
     def _assemble_tree(self, prefix_loc: StoreURI, manifest: dict[str, ArtifactRef], manifest_bytes: bytes, dest: Path, on_progress: Progress) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -581,6 +635,12 @@ def _json_bytes(obj: Any) -> bytes:
 
 def _manifest_entries(refs: Any) -> dict:
     return {ref.key: {"sha256": ref.sha256, "size": ref.size, "uri": ref.uri} for ref in refs}
+
+
+def _parent(loc: StoreURI) -> StoreURI:
+    """``loc`` one level up (the bucket's root for a top-level S3 key)."""
+    parent = loc.key.rsplit("/", 1)[0] if "/" in loc.key else ""
+    return replace(loc, key=parent or ("/" if loc.scheme == "file" else ""))
 
 
 def _child(loc: StoreURI, name: str) -> StoreURI:
@@ -680,19 +740,46 @@ class S3Store(_BaseStore):
 
         return self._call(f"list s3://{self.bucket}/{listing_prefix}", attempt)
 
+    def _some_keys(self, loc: StoreURI, limit: int) -> list[str]:
+        prefix = f"{loc.key}/" if loc.key else ""
+        response = self._call(f"list s3://{loc.bucket}/{prefix}", lambda: self.client.list_objects_v2(
+            Bucket=loc.bucket, Prefix=prefix, MaxKeys=limit))
+        return [item["Key"] for item in response.get("Contents", [])]
+
     def _call(self, what: str, action: Callable[[], Any]) -> Any:
-        """Run ``action``, retrying dropped connections with backoff; S3 refusals become one-line errors."""
-        attempts = max(1, self.settings.transfer_attempts)
-        for attempt in range(1, attempts + 1):
-            with _s3_errors(what, self.settings.endpoint_url):
-                try:
+        """Run ``action``; while the server is unreachable or failing, retry it with backoff (see StoreSettings).
+
+        S3's refusals (no such object, access denied) become one-line ``UserError``s at once, never retried.
+        A server still failing ``retry_window`` seconds after the first failure is one ``StoreAccessError``
+        naming the endpoint and the object.
+        """
+        first_failure = None
+        for attempt in itertools.count(1):
+            try:
+                with _s3_errors(what, self.settings.endpoint_url):
                     return action()
-                except _transient_errors() as error:
-                    if attempt == attempts:
-                        raise StoreAccessError(f"{what}: store unreachable after {attempts} attempts ({error})") from None
-            delay = self.settings.retry_base_delay * 2 ** (attempt - 1)
-            time.sleep(delay * (0.5 + random.random()))  # jitter, so parallel uploads do not retry in lockstep
+            except _ServerTrouble as trouble:
+                now = time.monotonic()
+                first_failure = first_failure or now
+                remaining = self.settings.retry_window - (now - first_failure)
+                if remaining <= 0:
+                    raise StoreAccessError(
+                        f"{what}: gave up after {attempt} attempts over {now - first_failure:.0f} s, "
+                        f"S3 endpoint {self.settings.endpoint_url or 'AWS'} unreachable or failing ({trouble})"
+                    ) from None
+                delay = min(self.settings.retry_max_delay, self.settings.retry_base_delay * 2 ** (attempt - 1))
+                delay = min(remaining, delay * (0.5 + random.random()))  # jitter: parallel transfers spread out
+                log.warning("%s: attempt %d failed (%s); retrying in %.1f s", what, attempt, trouble, delay)
+                time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+class _ServerTrouble(Exception):
+    """The server could not be reached or failed (5xx) even after botocore's own retries: worth retrying."""
+
+    def __init__(self, error: BaseException):
+        text = " ".join(str(error).split())  # one line, whatever botocore put in it
+        super().__init__(f"{type(error).__name__}: {text[:200]}")
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -705,19 +792,27 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
 @contextmanager
 def _s3_errors(what: str, endpoint: str | None) -> Iterator[None]:
-    """Turn S3's refusals into ``UserError``s that name the object and say what to check."""
+    """Turn S3's refusals into ``UserError``s that name the object; a dead or failing server into ``_ServerTrouble``."""
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
     try:
         yield
+    except _transient_errors() as error:
+        raise _ServerTrouble(error) from None
     except (NoCredentialsError, PartialCredentialsError):
         raise StoreAccessError(f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)") from None
     except (ClientError, S3UploadFailedError) as error:
         client_error = error if isinstance(error, ClientError) else error.__context__
         if not isinstance(client_error, ClientError):
             raise
+        if _status(client_error) >= 500:
+            raise _ServerTrouble(client_error) from None
         raise _translate_client_error(client_error, what, endpoint) from None
+
+
+def _status(error: Any) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 def _translate_client_error(error: Any, what: str, endpoint: str | None) -> Exception:
@@ -839,6 +934,15 @@ class LocalStore(_BaseStore):
                 if ".partial-" not in name and path.is_file():
                     sizes[path.relative_to(self.root).as_posix()[strip:]] = path.stat().st_size
         return sizes
+
+    def _some_keys(self, loc: StoreURI, limit: int) -> list[str]:
+        found: list[str] = []
+        for directory, dirs, names in os.walk(loc.key):
+            dirs[:] = [d for d in dirs if d != _LOCAL_META_DIR]
+            found += [f"{directory.rstrip('/')}/{name}" for name in names if ".partial-" not in name]
+            if len(found) >= limit:
+                break
+        return found[:limit]
 
 
 # ---------------------------------------------------------------- choosing a store

@@ -50,11 +50,11 @@ class IntegrityError(UserError):
 
 
 class ArtifactNotFound(UserError):
-    """No object at the given URI."""
+    """No object (or no data set, or no bucket) at the given URI."""
 
 
 class StoreAccessError(UserError):
-    """The store refused us (credentials, bucket) or could not be reached."""
+    """The store refused us (credentials) or could not be reached within the retry window."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,10 @@ class StoreSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreSettings:
-        """Read the standard AWS variables plus ``KINSHIP_BUCKET``, ``KINSHIP_PREFIX``, ``KINSHIP_SCRATCH``."""
+        """Read the standard AWS variables plus ``KINSHIP_BUCKET``, ``KINSHIP_PREFIX``, ``KINSHIP_SCRATCH`` and
+        ``KINSHIP_RETRY_WINDOW`` (seconds, default 45)."""
         env = os.environ if environ is None else environ
-        endpoint = validate_endpoint(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None)
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         bucket = env.get("KINSHIP_BUCKET") or None
         scratch = env.get("KINSHIP_SCRATCH")
         return cls(
@@ -101,6 +102,7 @@ class StoreSettings:
             bucket=validate_bucket(bucket) if bucket else None,
             prefix=validate_prefix(env.get("KINSHIP_PREFIX", "")),
             scratch=Path(scratch).expanduser() if scratch else Path.home() / ".cache" / "kinship",
+            retry_window=_seconds(env, "KINSHIP_RETRY_WINDOW", cls.retry_window),
         )
 
 
@@ -180,6 +182,19 @@ def validate_prefix(prefix: str, what: str = "prefix") -> str:
     """Like ``validate_key`` but allows an empty prefix and drops one trailing slash."""
     prefix = (prefix or "").removesuffix("/")
     return validate_key(prefix, what) if prefix else ""
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        raise UserError(f"{name}={value!r}: expected a number of seconds between 0 and 86400")
+    return seconds
 
 
 def validate_endpoint(endpoint: str | None) -> str | None:
@@ -599,7 +614,10 @@ class _BaseStore:
     def _no_dataset(self, prefix_loc: StoreURI) -> str:
         """Why there is no data set at ``prefix_loc``, in one line naming it: nothing there, a folder of data
         sets, or files without a manifest (an interrupted push)."""
-        uri = self._uri_of(prefix_loc).rstrip("/") + "/"
+        uri = self._uri_of(prefix_loc)
+        uri = uri if uri.endswith("/") else f"{uri}/"
+        if prefix_loc.scheme == "s3" and not prefix_loc.key:
+            return f"no data set at {uri}: name its folder inside the bucket, e.g. s3://{prefix_loc.bucket}/datasets/NAME"
         keys = self._some_keys(prefix_loc, 1000)
         if not keys:
             return f"no data set at {uri}: nothing is stored there (check the URI; `kinship data push DIR URI` creates one)"
@@ -820,8 +838,8 @@ def _translate_client_error(error: Any, what: str, endpoint: str | None) -> Exce
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code in ("404", "NoSuchKey", "NotFound"):
         return ArtifactNotFound(f"{what}: no such object")
-    if code == "NoSuchBucket":
-        return StoreAccessError(f"{what}: the bucket does not exist at {endpoint or 'AWS'}")
+    if code == "NoSuchBucket":  # a misspelt bucket is a mistake in the URI: waiting will not create it
+        return ArtifactNotFound(f"{what}: the bucket does not exist at {endpoint or 'AWS'}")
     if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403") or status == 403:
         return StoreAccessError(f"{what}: access denied ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
     return StoreAccessError(f"{what}: {code or status} {error.response.get('Error', {}).get('Message', '')}".rstrip())

@@ -16,7 +16,9 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from kinship.cli import main
 from kinship.cli.data_push import add_push_command
+from kinship.errors import UserError
 from kinship.storage import (
     MANIFEST_NAME,
     MiB,
@@ -27,7 +29,7 @@ from kinship.storage import (
     StoreSettings,
     parse_uri,
 )
-from tests.stack import WeedServer, weed_server  # noqa: F401  (fixture)
+from tests.stack import WeedServer, localstack, weed_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -105,21 +107,35 @@ def test_json_and_manifest(tmp_path: Path, store: S3Store, s3_env: WeedServer) -
 
 
 def test_anonymous_and_wrong_key_requests_are_refused(s3_env: WeedServer, settings: StoreSettings, monkeypatch) -> None:
+    present = f"{settings.prefix}/present.txt"
+    s3_env.client().put_object(Bucket=s3_env.bucket, Key=present, Body=b"kept")  # a refusal must not be a 404
     unsigned = boto3.session.Session().client("s3", endpoint_url=s3_env.endpoint, region_name=s3_env.region,
                                               config=Config(signature_version=UNSIGNED))
     wrong_secret = s3_env.client(secret_key="not-the-secret")
     unknown_key = s3_env.client(access_key="AKUNKNOWN", secret_key="whatever")
+    intruder = f"{settings.prefix}/intruder.txt"
     for client in (unsigned, wrong_secret, unknown_key):
+        answers: list[tuple[int, str]] = []  # what the server itself said, seen on the wire
+        client.meta.events.register("after-call.s3", lambda http_response, **_: answers.append(
+            (http_response.status_code, http_response.headers.get("Server", ""))))
         for call in (lambda: client.list_objects_v2(Bucket=s3_env.bucket),
-                     lambda: client.put_object(Bucket=s3_env.bucket, Key="intruder.txt", Body=b"x"),
-                     lambda: client.get_object(Bucket=s3_env.bucket, Key="intruder.txt")):
+                     lambda: client.put_object(Bucket=s3_env.bucket, Key=intruder, Body=b"x"),
+                     lambda: client.get_object(Bucket=s3_env.bucket, Key=present),
+                     lambda: client.head_object(Bucket=s3_env.bucket, Key=present)):
             with pytest.raises(ClientError) as refused:
                 call()
             assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] in (401, 403)
+        assert len(answers) == 4 and all(status == 403 and "SeaweedFS" in server for status, server in answers), answers
+    for url in (f"{s3_env.endpoint}/{s3_env.bucket}/{present}", f"{s3_env.endpoint}/{s3_env.bucket}?list-type=2",
+                f"http://127.0.0.1:{s3_env.ports['filer']}/buckets/{s3_env.bucket}/{present}"):  # no client at all
+        status, body = localstack.http_get(url)
+        assert status in (401, 403) and b"kept" not in body, (url, status)
+    listed = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix=f"{settings.prefix}/")
+    assert [item["Key"] for item in listed["Contents"]] == [present]  # no intruder got in
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    with pytest.raises(StoreAccessError, match="access denied"):
+    with pytest.raises(StoreAccessError, match="access denied") as denied:
         S3Store(settings).put_json({"a": 1}, "denied.json")
-    assert "not-the-secret" not in repr(settings)
+    assert "not-the-secret" not in repr(settings) and "not-the-secret" not in str(denied.value)
 
 
 def push_parser() -> argparse.ArgumentParser:
@@ -145,3 +161,84 @@ def test_data_push_is_idempotent(tmp_path: Path, settings: StoreSettings, s3_env
     assert sorted(o["Key"].rsplit("rfiw/", 1)[1] for o in listed["Contents"]) == sorted([*files, MANIFEST_NAME])
     got = S3Store(replace(settings, prefix="")).get_tree(uri, tmp_path / "got")
     assert {p.relative_to(got).as_posix(): p.read_bytes() for p in got.rglob("*") if p.is_file() and p.name != MANIFEST_NAME} == files
+    manifest = s3_env.client().get_object(Bucket=s3_env.bucket, Key=f"{settings.prefix}/datasets/rfiw/{MANIFEST_NAME}")
+    for text in (manifest["Body"].read().decode(), json.dumps(manifest["Metadata"]), repr(settings), repr(S3Store(settings))):
+        assert s3_env.access_key not in text and s3_env.secret_key not in text  # credentials never stored or shown
+
+
+# ---------------------------------------------------------------- data sets that are not there, or not intact
+
+
+def one_line_error(capsys, *named: str) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured
+    assert captured.err.startswith("kinship data: error: ")
+    for name in named:
+        assert name in captured.err, (name, captured.err)
+    return captured.err
+
+
+def test_missing_and_empty_data_set_uris_name_the_uri(tmp_path: Path, settings: StoreSettings, s3_env: WeedServer,
+                                                       monkeypatch, capsys) -> None:
+    from kinship.pipeline import fetch_dataset
+    from tests.test_layout import make_clean
+
+    monkeypatch.setenv("KINSHIP_SCRATCH", str(tmp_path / "scratch"))
+    base = f"s3://{s3_env.bucket}/{settings.prefix}"
+    root = S3Store(replace(settings, prefix=""))
+    root.put_tree(make_clean(tmp_path / "tiny"), f"{settings.prefix}/sets/rfiw")
+    root.put_file(write(tmp_path / "x", b"x"), f"{settings.prefix}/half/x")  # files without a manifest
+    cases = {
+        f"{base}/datasets/never-pushed": "nothing is stored there",
+        f"{base}/datasets/": "nothing is stored there",  # an empty bucket prefix
+        f"s3://{s3_env.bucket}/": "name its folder inside the bucket",
+        f"{base}/half": "interrupted push",
+        f"{base}/sets": f"sub-folders, e.g. {base}/sets/rfiw",
+        "s3://no-such-bucket-here/datasets/x": "the bucket does not exist",
+    }
+    for uri, why in cases.items():
+        for fetch in (lambda: fetch_dataset(uri), lambda: root.get_tree(uri, tmp_path / "got")):
+            with pytest.raises(UserError) as error:
+                fetch()
+            assert "\n" not in str(error.value) and uri.rstrip("/") in str(error.value) and why in str(error.value)
+        assert main(["data", "check", uri]) == 2
+        one_line_error(capsys, uri.rstrip("/"), why)
+    assert not (tmp_path / "got").exists() and not (tmp_path / "scratch" / "datasets").exists()
+
+
+def test_data_check_fetches_a_pushed_set_and_refuses_a_tampered_one(tmp_path: Path, settings: StoreSettings,
+                                                                    s3_env: WeedServer, monkeypatch, capsys) -> None:
+    from tests.test_layout import make_clean
+
+    uri = f"s3://{s3_env.bucket}/{settings.prefix}/datasets/tiny"
+    assert main(["data", "push", str(make_clean(tmp_path / "tiny")), uri, "--json"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("KINSHIP_SCRATCH", str(tmp_path / "scratch1"))
+    assert main(["data", "check", uri, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["images"] == 8
+    key = f"{settings.prefix}/datasets/tiny/train/F0002/MID1/P00005_face1.jpg"
+    recorded = s3_env.client().head_object(Bucket=s3_env.bucket, Key=key)["Metadata"]
+    s3_env.client().put_object(Bucket=s3_env.bucket, Key=key, Body=b"\xff\xd8 not the pushed image", Metadata=recorded)
+    scratch = tmp_path / "scratch2"  # a fresh host: the verified copy cached by the first check is not there
+    monkeypatch.setenv("KINSHIP_SCRATCH", str(scratch))
+    assert main(["data", "check", uri]) == 2
+    one_line_error(capsys, f"s3://{s3_env.bucket}/{key}", "size mismatch", "nothing was kept")
+    assert list((scratch / "datasets").iterdir()) == []  # the tree is assembled aside, never half in place
+    assert not [p for p in scratch.rglob("*") if ".partial-" in p.name or p.name == "P00005_face1.jpg"]
+
+
+def test_data_push_to_a_refusing_or_dead_server_is_one_line(tmp_path: Path, settings: StoreSettings, s3_env: WeedServer,
+                                                            monkeypatch, capsys) -> None:
+    from tests.test_layout import make_clean
+
+    source = str(make_clean(tmp_path / "tiny"))
+    assert main(["data", "push", source, "s3://no-such-bucket-here/datasets/x"]) == 2
+    one_line_error(capsys, "s3://no-such-bucket-here/datasets/x", "the bucket does not exist", s3_env.endpoint)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert main(["data", "push", source, f"s3://{s3_env.bucket}/{settings.prefix}/datasets/x"]) == 2
+    assert "not-the-secret" not in one_line_error(capsys, "access denied", f"{settings.prefix}/datasets/x")
+    closed = f"http://127.0.0.1:{localstack.free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", closed)
+    monkeypatch.setenv("KINSHIP_RETRY_WINDOW", "1")
+    assert main(["data", "push", source, f"s3://{s3_env.bucket}/{settings.prefix}/datasets/x"]) == 2
+    one_line_error(capsys, "gave up", closed, f"s3://{s3_env.bucket}/{settings.prefix}/datasets/x")

@@ -1,6 +1,7 @@
 """``kinship data ...``: commands about data sets in the Kaggle RFIW layout.
 
-``data check DIR`` reads a data set, decodes every image once and says what it kept, dropped and fixed.
+``data check DIR|URI`` reads a data set (a pushed one is fetched and sha256-verified first), decodes every
+image once and says what it kept, dropped and fixed.
 More subcommands join the group by adding one ``add_...(group)`` call in ``register``.
 """
 
@@ -41,9 +42,11 @@ def add_check(group) -> None:
         help="read a data set, decode every image, and report what was kept, dropped and fixed",
         description="Read DIR (train/FXXXX/MIDn/*.jpg, train_relationships.csv, optional test/ and "
         "sample_submission.csv), decode every image once, and report counts, what was dropped or fixed "
-        "and why, and the data set fingerprint. Exit 0 when readable, 2 when not.",
+        "and why, and the data set fingerprint. A data set pushed with `kinship data push` can be named by "
+        "its URI (s3://bucket/datasets/NAME or file:///folder): it is fetched into the scratch folder, every "
+        "file checked against its manifest, first. Exit 0 when readable, 2 when not.",
     )
-    parser.add_argument("dir", type=Path, metavar="DIR", help="the data set folder")
+    parser.add_argument("dir", metavar="DIR|URI", help="the data set folder, or the URI of a pushed data set")
     add_json_flag(parser)
     parser.set_defaults(handler=run_check)
 
@@ -52,13 +55,22 @@ def run_check(args) -> int:
     """Handler of ``kinship data check``."""
     # Bars only on a terminal: piped stderr stays one line per error.
     with progress_bars(enabled=err_console.is_terminal) as on_progress:
-        dataset = read_dataset(args.dir, on_progress=on_progress)
+        dataset = read_dataset(local_copy(args.dir, on_progress), on_progress=on_progress)
         fingerprint = dataset_fingerprint(dataset, on_progress=on_progress)
     if args.json:
         print_json(check_payload(dataset.root, dataset.report, fingerprint))
     else:
         _print_tables(dataset.report, fingerprint)
     return 0
+
+
+def local_copy(dir_or_uri: str, on_progress=lambda event: None) -> Path:
+    """The folder to read: ``dir_or_uri`` itself, or a verified copy of the data set pushed at that URI."""
+    if "://" not in dir_or_uri:
+        return Path(dir_or_uri)
+    from kinship.pipeline import fetch_dataset  # imports torch: only when there is something to fetch
+
+    return fetch_dataset(dir_or_uri, on_progress=on_progress).path
 
 
 def check_payload(root: Path, report: CheckReport, fingerprint: str) -> dict:

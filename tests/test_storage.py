@@ -255,3 +255,22 @@ def test_data_push_cli_to_a_folder(tmp_path: Path, monkeypatch, capsys) -> None:
     args = push_parser().parse_args(["data", "push", str(tmp_path / "missing"), target])
     with pytest.raises(UserError, match="missing"):
         args.handler(args)
+
+
+@pytest.mark.parametrize("entry", [
+    {"key": "d/../../escape.txt"},  # a key climbing out of the destination
+    {"key": "d/a\nb"},  # a control character in a key
+    {"uri": "file:///etc/passwd"},  # an entry outside the data set
+    {"uri": "file:///tmp/x/../../etc/passwd"},
+])
+def test_a_hostile_manifest_is_refused_and_nothing_written(tmp_path: Path, store: LocalStore, entry: dict) -> None:
+    ref = store.put_file(write(tmp_path / "f.txt", b"fine"), "d/f.txt")
+    hostile = {"key": entry.get("key", "d/g.txt"), "uri": entry.get("uri", ref.uri), "sha256": ref.sha256, "size": ref.size}
+    manifest = {"d/f.txt": {"sha256": ref.sha256, "size": ref.size, "uri": ref.uri},
+                hostile["key"]: {k: hostile[k] for k in ("sha256", "size", "uri")}}
+    store.put_json(manifest, f"d/{MANIFEST_NAME}")
+    with pytest.raises(UserError, match="manifest entry|invalid (key|URI)") as error:  # refused before a byte is read
+        store.get_tree("d", tmp_path / "out" / "got")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out" / "escape.txt").exists()

@@ -85,10 +85,33 @@ def test_tampered_object_is_refused(tmp_path: Path, store: S3Store, s3_env: Weed
         store.get_file(ref, dest)
     assert not dest.exists() and [p.name for p in (tmp_path / "out").glob("*")] == []
     assert not store.cache.path(ref.sha256).exists()
+    s3_env.client().put_object(Bucket=s3_env.bucket, Key=key, Body=data[:100_000], Metadata={"sha256": ref.sha256})
+    with pytest.raises(IntegrityError, match="size mismatch"):
+        store.get_file(ref, dest)  # truncated, under a forged record
+    assert not dest.exists() and not store.cache.path(ref.sha256).exists()
     s3_env.client().put_object(Bucket=s3_env.bucket, Key=key, Body=b"short")
     with pytest.raises(IntegrityError):
         store.get_file(ref.uri, dest)  # no digest recorded on the replacement: nothing to trust
     assert not dest.exists()
+    assert [p.name for p in store.settings.scratch.rglob("*") if p.is_file()] == []  # nothing cached, nothing partial
+
+
+@pytest.mark.parametrize("key", ["../escape.txt", "a/../../b", "/etc/passwd", "a\x00b", "line\nbreak", "a\x7fb", "a\\b"])
+def test_bad_keys_never_reach_the_server(tmp_path: Path, store: S3Store, s3_env: WeedServer, key: str) -> None:
+    sent: list[str] = []
+    store.client.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.url))
+    source = write(tmp_path / "f.bin", b"x")
+    calls = [lambda: store.put_file(source, key), lambda: store.get_file(key), lambda: store.put_json({}, key),
+             lambda: store.exists(key), lambda: store.list(key), lambda: store.get_tree(key, tmp_path / "got")]
+    if not key.startswith("/"):  # s3://bucket//etc/passwd is the plain key etc/passwd, inside the bucket
+        calls.append(lambda: store.get_file(f"s3://{s3_env.bucket}/{key}"))
+    for call in calls:
+        with pytest.raises(UserError) as error:
+            call()
+        assert "\n" not in str(error.value)
+    assert sent == []  # refused here, before any request
+    assert not store.exists("fine") and len(sent) == 1  # the hook does see a request that is sent
+    assert "Contents" not in s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix=f"{store.prefix}/")
 
 
 def test_json_and_manifest(tmp_path: Path, store: S3Store, s3_env: WeedServer) -> None:

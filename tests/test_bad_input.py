@@ -114,6 +114,18 @@ def test_data_check_of_a_uri_fetches_it_and_refuses_what_is_missing(tmp_path: Pa
     one_line_error(capsys, missing, "no data set")
 
 
+@pytest.mark.parametrize("uri, named", [
+    ("s3://kinship/../x", "'..'"),
+    ("s3://kinship/a\x01b", "control characters"),
+    ("s3://Bad_Bucket/x", "invalid bucket name"),
+    ("file:///tmp/a/../b", "'..'"),
+    ("ftp://host/x", "unsupported URI scheme"),
+])
+def test_data_check_refuses_bad_uris(scratch: Path, capsys, uri: str, named: str) -> None:
+    assert main(["data", "check", uri]) == 2
+    one_line_error(capsys, named)
+
+
 def test_data_check_refuses_a_tampered_data_set_and_keeps_nothing(tmp_path: Path, scratch: Path, capsys) -> None:
     dataset = push_tiny(tmp_path, tmp_path / "sets" / "rfiw")
     image = next(dataset.glob("train/F0002/MID1/*.jpg"))

@@ -17,6 +17,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -253,3 +254,43 @@ def test_a_server_that_stays_down_is_one_line_naming_endpoint_and_key(store: S3S
     # the window, plus the first and last attempts' own botocore retries (3 attempts: 3 s of backoff at most each)
     assert window <= elapsed <= window + 2 * 3 + 2, elapsed
     print(f"\ngive-up after {elapsed:.1f} s with a {window:.0f} s window, {retries(caplog, 'upload') + 1} attempts: {message}")
+
+
+class _Failing(BaseHTTPRequestHandler):
+    """Answers every request with the status in ``server.status`` and an S3 error body."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        code = {500: "InternalError", 501: "NotImplemented"}[self.server.status]
+        body = f"<Error><Code>{code}</Code><Message>failing on purpose</Message></Error>".encode()
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_POST = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status, retried", [(500, True), (501, False)])
+def test_a_failing_server_is_retried_and_a_refusing_one_is_not(store: S3Store, tmp_path: Path, caplog,
+                                                               status: int, retried: bool) -> None:
+    caplog.set_level(logging.WARNING, logger="kinship.storage")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    server.status = status
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    try:
+        # botocore's own retries off (max_attempts=0): the retries counted are ours
+        failing = S3Store(replace(store.settings, endpoint_url=endpoint, retry_window=1.5, max_attempts=0))
+        with pytest.raises(StoreAccessError) as error:
+            failing.put_json({"a": 1}, "data/a.json")
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(error.value)
+    assert "\n" not in message and f"s3://{store.bucket}/{store.prefix}/data/a.json" in message
+    assert (retries(caplog, "write") > 0) == retried and (endpoint in message) == retried, message

@@ -22,7 +22,8 @@ def add_push_command(data_subparsers) -> argparse.ArgumentParser:
         help="upload a data set folder to the artifact store (with a sha256 manifest)",
         description="Upload every file under DIR below URI, then a manifest naming each file's sha256. "
         "Files already stored with the same sha256 are skipped, so an interrupted push can simply be rerun. "
-        "Endpoint and credentials come from AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.",
+        "Endpoint and credentials come from AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; "
+        "a server that is down is retried for KINSHIP_RETRY_WINDOW seconds (default 45) before giving up.",
     )
     parser.add_argument("dir", type=Path, help="local folder holding the data set")
     parser.add_argument("uri", help="destination, e.g. s3://kinship/datasets/rfiw (or file:///folder)")

@@ -105,11 +105,14 @@ def store(weed: RestartableWeed, tmp_path: Path, monkeypatch) -> S3Store:
 
 
 class Poller(threading.Thread):
-    """HEAD the upload's final key and list the prefix every 0.1 s; record every inconsistent sighting."""
+    """Every 0.1 s: HEAD the upload's final key, list the prefix, look at the download's destination file;
+    record every inconsistent sighting (a half-written object or file)."""
 
-    def __init__(self, weed: RestartableWeed, key: str, expected: tuple[str, int], allowed: set[str]):
+    def __init__(self, weed: RestartableWeed, key: str, expected: tuple[str, int], allowed: set[str],
+                 dest: Path, dest_size: int):
         super().__init__(daemon=True)
         self.client, self.bucket, self.key, self.expected, self.allowed = weed.client(), weed.config.bucket, key, expected, allowed
+        self.dest, self.dest_size = dest, dest_size
         self.halt = threading.Event()
         self.sightings: dict[str, int] = {"absent": 0, "complete": 0, "unreachable": 0}
         self.bad: list[str] = []
@@ -117,6 +120,8 @@ class Poller(threading.Thread):
 
     def run(self) -> None:
         while not self.halt.is_set():
+            if self.dest.exists() and self.dest.stat().st_size != self.dest_size:
+                self.bad.append(f"{self.dest} has {self.dest.stat().st_size} bytes")
             try:
                 self._look()
             except (BotoCoreError, ClientError) as error:
@@ -206,24 +211,29 @@ def test_upload_and_download_survive_a_server_outage(store: S3Store, weed: Resta
     download_ref = store.put_file(tmp_path / "down.bin", "data/down.bin")
     up_digest = random_file(tmp_path / "up.bin", 24 * MiB)
     up_key = f"{store.prefix}/data/up.bin"
-    poller = Poller(weed, up_key, up_digest, {up_key, f"{store.prefix}/data/down.bin"})
-    up_mid, down_mid, killed = threading.Event(), threading.Event(), threading.Event()
     dest = tmp_path / "out" / "down.bin"
+    poller = Poller(weed, up_key, up_digest, {up_key, f"{store.prefix}/data/down.bin"}, dest, download_ref.size)
+    up_mid, down_mid, killed = threading.Event(), threading.Event(), threading.Event()
     poller.start()
     began = time.monotonic()
-    with in_thread(lambda: store.put_file(tmp_path / "up.bin", "data/up.bin", gate(up_mid, killed, CHUNK))) as upload, \
-            in_thread(lambda: store.get_file(download_ref, dest, gate(down_mid, killed, CHUNK))) as download:
-        assert up_mid.wait(60) and down_mid.wait(60), "the transfers never got going"
-        weed.kill()
-        down_at = time.monotonic()
-        killed.set()  # the held transfer threads now find the server gone
-        time.sleep(OUTAGE_S)
-        restart_s = weed.start()
-        outage_s = time.monotonic() - down_at
-    total_s = time.monotonic() - began
-    time.sleep(0.3)
-    poller.halt.set()
-    poller.join(timeout=10)
+    try:
+        with in_thread(lambda: store.put_file(tmp_path / "up.bin", "data/up.bin", gate(up_mid, killed, CHUNK))) as upload, \
+                in_thread(lambda: store.get_file(download_ref, dest, gate(down_mid, killed, CHUNK))) as download:
+            try:
+                assert up_mid.wait(60) and down_mid.wait(60), "the transfers never got going"
+                weed.kill()
+                down_at = time.monotonic()
+                killed.set()  # the held transfer threads now find the server gone
+                time.sleep(OUTAGE_S)
+            finally:
+                killed.set()  # whatever failed, no transfer thread stays held, and the next test has a server
+                restart_s = weed.start() if weed.process.poll() is not None else 0.0
+            outage_s = time.monotonic() - down_at
+        total_s = time.monotonic() - began
+        time.sleep(0.3)
+    finally:
+        poller.halt.set()
+        poller.join(timeout=10)
 
     assert "error" not in upload and "error" not in download, (upload.get("error"), download.get("error"))
     assert (upload["value"].sha256, upload["value"].size) == up_digest

@@ -14,11 +14,16 @@ Store layout, below the store's root::
                             report.json, PNGs), manifest.json (the engines manifest, written last)
     runs/<run_id>/report.md, summary.json    the run's final report
     champion.json                            the pointer to the best model so far (``kinship.champion``)
+    checkpoints/train/<inputs>/              the resumable epoch checkpoint of one training input (data set
+                            sha256 + TrainConfig, not the run id): manifest.json, slot-0/ and slot-1/
+                            (last.pt, model.pt), so a rerun on another host continues an interrupted training
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -32,13 +37,18 @@ from typing import Callable, Literal
 from kinship import __version__
 from kinship.engines.calibration import CalibrationConfig
 from kinship.errors import UserError
-from kinship.progress import ProgressEvent, silent
+from kinship.progress import ProgressEvent, fan_out, silent
 from kinship.storage import (
-    MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreSettings, file_digest, join_key, store_from_uri,
+    MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreAccessError, StoreSettings, file_digest, join_key,
+    store_from_uri,
 )
 from kinship.train import TrainConfig
 
+log = logging.getLogger(__name__)
+
 TRAIN_MANIFEST_FORMAT = "kinship-train-manifest/1"
+CHECKPOINT_FORMAT = "kinship-train-checkpoint/1"
+CHECKPOINT_FILES = ("checkpoints/last.pt", "model.pt")  # what train() needs to continue, relative to its run folder
 ENGINES_MANIFEST_FORMAT = "kinship-engines-manifest/1"
 ONNX_FILES = ("model.onnx", "model.encoder.onnx", "model.head.onnx")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -162,24 +172,152 @@ def _resume_possible(run_dir: Path, config: TrainConfig) -> bool:
     return (run_dir / "checkpoints" / "last.pt").is_file() and saved == asdict(config)
 
 
+def checkpoint_prefix(dataset: DatasetHandle, config: TrainConfig) -> str:
+    """Store folder of the epoch checkpoint of one training input: the data set's sha256 and the whole config.
+
+    Not the run id: a rerun after a lost host has a new run id and must find the checkpoint of the same work.
+    """
+    inputs = json.dumps({"dataset": dataset.sha256, "train": asdict(config)}, sort_keys=True)
+    return join_key("checkpoints", "train", hashlib.sha256(inputs.encode()).hexdigest()[:32])
+
+
+def _checkpoint_epoch(run_dir: Path) -> int:
+    """Epochs done by the checkpoint in ``run_dir`` (loaded with ``weights_only``: never arbitrary code)."""
+    from kinship.checkpoint import read_checkpoint
+
+    return int(read_checkpoint(run_dir / CHECKPOINT_FILES[0])["state"]["epoch"])
+
+
+class CheckpointMirror:
+    """Copies ``train()``'s epoch checkpoint to the store each time a new one is on disk, then a manifest.
+
+    ``train()`` writes ``checkpoints/last.pt``, ``model.pt`` and ``metrics.json`` after each epoch without
+    an event; its next progress event (the next epoch's first batch) is the first moment they are complete,
+    so the mirror compares the checkpoint's inode and mtime on every event (one ``stat`` per batch). Epochs
+    alternate between two slots: the manifest always names the slot not being written, so an upload cut
+    short never damages the checkpoint the manifest points to.
+    """
+
+    def __init__(self, store: ArtifactStore, prefix: str, run_dir: Path, dataset: DatasetHandle, config: TrainConfig):
+        self.store, self.prefix, self.run_dir, self.dataset, self.config = store, prefix, Path(run_dir), dataset, config
+        self.seen = self._stamp()  # a checkpoint already here (resumed) is in the store already
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = (self.run_dir / CHECKPOINT_FILES[0]).stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def __call__(self, event: ProgressEvent) -> None:
+        stamp = self._stamp()
+        if stamp is None or stamp == self.seen:
+            return
+        self.seen = stamp
+        try:
+            self.upload()
+        except Exception as error:  # training goes on; the next epoch's checkpoint is uploaded again
+            log.warning("could not store the epoch checkpoint in %s: %s", self.store.uri(self.prefix), error)
+
+    def _manifest(self, epoch: int, files: dict, complete: bool) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "dataset": self.dataset.identity(), "train_config": asdict(self.config),
+                "epoch": epoch, "complete": complete, "files": files,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_facts()}
+
+    def upload(self) -> int:
+        """Store the checkpoint now in the run folder (files first, manifest last); returns its epoch."""
+        epoch = _checkpoint_epoch(self.run_dir)
+        slot = join_key(self.prefix, f"slot-{epoch % 2}")
+        files = {name: self.store.put_file(self.run_dir / name, join_key(slot, name)).to_dict()
+                 for name in CHECKPOINT_FILES}
+        self.store.put_json(self._manifest(epoch, files, complete=False), join_key(self.prefix, "manifest.json"))
+        log.info("epoch %d checkpoint stored in %s", epoch, self.store.uri(slot))
+        return epoch
+
+    def finish(self) -> None:
+        """Mark the training complete: a later run of the same inputs trains afresh instead of resuming."""
+        epoch = _checkpoint_epoch(self.run_dir)
+        self.store.put_json(self._manifest(epoch, {}, complete=True), join_key(self.prefix, "manifest.json"))
+
+
+def restore_checkpoint(store: ArtifactStore, prefix: str, run_dir: Path, dataset: DatasetHandle,
+                       config: TrainConfig) -> int:
+    """Download the stored checkpoint of these inputs into an empty ``run_dir``; the epochs it holds (0: none).
+
+    Every file is verified against the manifest's sha256 and the checkpoint is loaded with ``weights_only``;
+    a damaged or foreign checkpoint is reported and ignored (training starts over), never trusted.
+    """
+    key = join_key(prefix, "manifest.json")
+    if not store.exists(key):
+        return 0
+    try:
+        epoch = _fetch_checkpoint(store, store.get_json(store.uri(key)), run_dir, dataset, config)
+    except StoreAccessError:
+        raise  # the store is unreachable: worth a retry, not a silent restart from scratch
+    except (UserError, AttributeError, KeyError, TypeError, ValueError) as error:  # a malformed manifest too
+        log.warning("ignoring the stored checkpoint %s: %s", store.uri(key), error)
+        epoch = 0
+    if not epoch:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return epoch
+
+
+def _fetch_checkpoint(store: ArtifactStore, manifest: dict, run_dir: Path, dataset: DatasetHandle,
+                      config: TrainConfig) -> int:
+    from kinship.train import save_config
+
+    if manifest.get("format") != CHECKPOINT_FORMAT or manifest.get("dataset", {}).get("sha256") != dataset.sha256:
+        raise UserError("not a checkpoint of this data set")
+    if manifest.get("train_config") != asdict(config):
+        raise UserError("not a checkpoint of this training configuration")
+    epoch = int(manifest["epoch"])
+    if manifest.get("complete") or not 0 < epoch < config.epochs:
+        return 0  # finished (or empty): nothing to continue
+    for name in CHECKPOINT_FILES:
+        store.get_file(_ref(manifest["files"][name]), run_dir / name)  # sha256-verified before it lands
+    if _checkpoint_epoch(run_dir) != epoch:
+        raise UserError(f"its last.pt holds another epoch than the manifest's {epoch}")
+    save_config(run_dir, config, dataset.path)  # train(resume=True) reads the configuration from the run folder
+    return epoch
+
+
+def _prepare_run_dir(store: ArtifactStore, prefix: str, run_dir: Path, dataset: DatasetHandle,
+                     config: TrainConfig) -> tuple[str | None, int]:
+    """Where training continues from: this host's run folder (a retried task), the store (a rerun), or nowhere."""
+    if _resume_possible(run_dir, config):
+        return "scratch", _checkpoint_epoch(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run of another configuration: never mix the two
+    epoch = restore_checkpoint(store, prefix, run_dir, dataset, config)
+    return ("store", epoch) if epoch else (None, 0)
+
+
 def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfig, run_dir: Path, prefix: str,
                 on_progress: Progress = silent) -> dict:
-    """Train (continuing an interrupted run of the same config in ``run_dir``), upload model, metrics, config."""
+    """Train, upload model, metrics, config; each epoch's checkpoint goes to the store as training runs.
+
+    An interrupted training of the same inputs continues: from ``run_dir`` when this host still has it (a
+    retried task), else from the checkpoint in the store (a rerun, possibly on another host).
+    """
     from kinship.train import train
 
     run_dir = Path(run_dir)
-    resume = _resume_possible(run_dir, config)
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # a run of another configuration: never mix the two
+    saved = checkpoint_prefix(dataset, config)
+    source, done = _prepare_run_dir(store, saved, run_dir, dataset, config)
+    if source:
+        log.info("resuming at epoch %d of %d from the checkpoint in %s", done + 1, config.epochs,
+                 run_dir if source == "scratch" else store.uri(saved))
     started = time.perf_counter()
-    result = train(dataset.path, run_dir, config, resume=resume, on_progress=on_progress)
+    mirror = CheckpointMirror(store, saved, run_dir, dataset, config)
+    result = train(dataset.path, run_dir, config, resume=bool(source), on_progress=fan_out(on_progress, mirror))
     names = ("model.pt", "metrics.json", "config.json")
     artifacts = _upload(store, {name: run_dir / name for name in names}, prefix)
+    mirror.finish()
     last = result.history[-1] if result.history else {}
     metrics = {
         "best_val_auc": result.best_auc, "best_epoch": result.best_epoch, "epochs": len(result.history),
-        "final_train_loss": last.get("train_loss"), "precision": result.precision,
-        "train_seconds": time.perf_counter() - started, "resumed": resume,
+        "final_train_loss": last.get("train_loss"), "final_val_auc": last.get("val_auc"),
+        "precision": result.precision, "train_seconds": time.perf_counter() - started,
+        "resumed": bool(source), "resumed_from": source, "start_epoch": done + 1,
     }
     return {"artifacts": artifacts, "metrics": metrics}
 

@@ -35,8 +35,9 @@ def _calibration_key(context, parameters: dict) -> str:
 def train_model(dataset: DatasetHandle, config: TrainConfig, run_id: str) -> dict:
     """Train on the fetched data set and upload model.pt, metrics.json, config.json.
 
-    Cached on (data set manifest sha256, configuration): the same inputs reuse the stored model. A retry
-    continues from the last epoch checkpoint in this host's scratch folder.
+    Cached on (data set manifest sha256, configuration): the same inputs reuse the stored model. Each epoch's
+    checkpoint is stored under those same inputs, so an interrupted training continues from its last epoch:
+    a retry from this host's scratch folder, a rerun (new run id, maybe another host) from the store.
     """
     logger = get_run_logger()
     store = open_store()
@@ -44,9 +45,11 @@ def train_model(dataset: DatasetHandle, config: TrainConfig, run_id: str) -> dic
         trained = pipeline.train_stage(store, dataset, config, work_dir(run_id, "train", "run"),
                                        pipeline.run_prefix(run_id, "train"), on_progress)
     metrics = trained["metrics"]
+    resumed = ""
+    if metrics["resumed"]:
+        resumed = f", resumed at epoch {metrics['start_epoch']} from the {metrics['resumed_from']}"
     logger.info("best validation AUC %.4f at epoch %s of %s on %s (%.0f s%s)", metrics["best_val_auc"],
-                metrics["best_epoch"], metrics["epochs"], metrics["precision"], metrics["train_seconds"],
-                ", resumed" if metrics["resumed"] else "")
+                metrics["best_epoch"], metrics["epochs"], metrics["precision"], metrics["train_seconds"], resumed)
     return trained
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -183,8 +184,11 @@ def running_prefect_worker(server: PrefectServer, pool: str, folder: Path, env: 
     venv = Path(_bin("prefect")).parent.parent
     name = f"test-{pool}-{os.getpid()}"
     (folder / "scratch").mkdir(parents=True, exist_ok=True)
-    worker_env = _clean_env(**server.env(), KINSHIP_SCRATCH=str(folder / "scratch"), KINSHIP_ROOT=str(REPO),
-                            PREFECT_WORKER_QUERY_SECONDS="2", **(env or {}))
+    worker_env = _clean_env(**{**server.env(), "KINSHIP_SCRATCH": str(folder / "scratch"), "KINSHIP_ROOT": str(REPO),
+                               "PREFECT_WORKER_QUERY_SECONDS": "2",
+                               # as infra/local/up: flow runs beat often enough for the zombie automation
+                               "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(localstack.heartbeat_seconds()),
+                               **(env or {})})
     worker_env["PREFECT_HOME"] = str(folder / "prefect-home")
     argv = localstack.prefect_worker_argv(venv, pool, name)
     log = folder / f"worker-{pool}.log"
@@ -196,3 +200,17 @@ def running_prefect_worker(server: PrefectServer, pool: str, folder: Path, env: 
         yield process.pid
     finally:
         _stop(process, argv)
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid`` and all its descendants at once, as a host losing power would: nothing can clean up.
+
+    Returns the pids signalled (``pid`` first). Only for processes a test started itself.
+    """
+    tree = [pid, *localstack.descendants(pid)]
+    for target in tree:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return tree

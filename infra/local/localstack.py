@@ -32,6 +32,13 @@ REPO = Path(__file__).resolve().parents[2]
 BUCKET = "kinship"
 REGION = "us-east-1"
 WORKER_POOLS = ("orchestrator", "rocm", "cuda")
+# Flow runs send a heartbeat event every HEARTBEAT seconds (Prefect's minimum is 30; at its default of 180 a
+# dead run would wait 9 minutes to be noticed). The zombie automation marks a kinship flow run Crashed when no
+# event of it arrives for ZOMBIE seconds after a heartbeat: 3 heartbeats missed, as Prefect's docs advise, so
+# one late or lost heartbeat (a server restart) never crashes a healthy run. Both can be overridden.
+HEARTBEAT_SECONDS = 30
+ZOMBIE_SECONDS = 90
+ZOMBIE_AUTOMATION = "kinship: crash flow runs without heartbeats"
 # Preferred ports (SeaweedFS defaults, Prefect's 4200); a busy one is swapped for a free one on first up.
 PREFERRED_PORTS = {
     "s3": 8333, "s3_grpc": 18333, "master": 9333, "master_grpc": 19333, "volume": 9340, "volume_grpc": 19340,
@@ -357,16 +364,81 @@ def prefect_healthy(api_url: str, auth_string: str | None = None) -> bool:
     return answer is not None and answer[0] == 200 and answer[1].strip() == b"true"
 
 
-def prefect_api(api_url: str, path: str, auth_string: str | None, body: dict | None = None) -> object | None:
+def prefect_api(api_url: str, path: str, auth_string: str | None, body: dict | None = None,
+                method: str | None = None) -> object | None:
     """JSON answer of a Prefect REST call (POST when ``body`` is given), or None on any failure."""
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json", **auth_headers(auth_string)}
-    request = urllib.request.Request(f"{api_url}{path}", data=data, headers=headers, method="POST" if data else "GET")
+    request = urllib.request.Request(f"{api_url}{path}", data=data, headers=headers,
+                                     method=method or ("POST" if data else "GET"))
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return json.loads(response.read())
+            return json.loads(response.read() or b"{}")  # 204 No Content: {} (None means it failed)
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def heartbeat_seconds() -> int:
+    """Flow-run heartbeat period for the workers (``KINSHIP_HEARTBEAT_SECONDS``, at least Prefect's 30)."""
+    return max(30, int(os.environ.get("KINSHIP_HEARTBEAT_SECONDS") or HEARTBEAT_SECONDS))
+
+
+def zombie_seconds() -> int:
+    """Silence after a heartbeat that marks a run Crashed (``KINSHIP_ZOMBIE_SECONDS``, over one heartbeat)."""
+    return max(heartbeat_seconds() + 15, int(os.environ.get("KINSHIP_ZOMBIE_SECONDS") or ZOMBIE_SECONDS))
+
+
+def zombie_automation(within: int) -> dict:
+    """Prefect's documented zombie-run automation: after a flow run's heartbeat, expect another event of that
+    run (heartbeat or any state change) within ``within`` seconds, else set the run Crashed.
+
+    Only runs tagged ``kinship`` (every deployment in prefect.yaml) are watched: they run on workers that send
+    heartbeats every ``heartbeat_seconds()``, while another client's flow run may beat only every 180 s.
+    """
+    return {
+        "name": ZOMBIE_AUTOMATION,
+        "description": "A flow run whose process died (host lost, worker killed) stops sending heartbeats; "
+                       "mark it Crashed so it does not hold its work pool's slot for ever. See infra/README.md.",
+        "enabled": True,
+        "trigger": {
+            "type": "event", "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+            "match_related": {"prefect.resource.role": "tag", "prefect.resource.id": ["prefect.tag.kinship"]},
+            "after": ["prefect.flow-run.heartbeat"], "expect": ["prefect.flow-run.*"],
+            "for_each": ["prefect.resource.id"], "posture": "Proactive", "threshold": 1, "within": within,
+        },
+        "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
+                     "message": f"No heartbeat for {within} s: the flow run's process is gone (marked by kinship's "
+                                "zombie automation)."}],
+    }
+
+
+def _automation_differs(existing: dict, wanted: dict) -> bool:
+    keys = ("match", "match_related", "after", "expect", "for_each", "posture", "threshold", "within")
+    trigger = existing.get("trigger", {})
+    same_trigger = all(sorted(trigger.get(k)) == sorted(wanted["trigger"][k]) if isinstance(wanted["trigger"][k], list)
+                       else trigger.get(k) == wanted["trigger"][k] for k in keys)
+    actions = [(a.get("type"), a.get("state")) for a in existing.get("actions", [])]
+    return not (same_trigger and existing.get("enabled") and actions == [("change-flow-run-state", "CRASHED")])
+
+
+def ensure_zombie_automation(api_url: str, auth_string: str | None, within: int) -> str:
+    """Create (or bring back in line) the zombie automation; 'created', 'updated' or 'unchanged'."""
+    wanted = zombie_automation(within)
+    found = prefect_api(api_url, "/automations/filter", auth_string,
+                        {"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}, "limit": 5})
+    if not isinstance(found, list):
+        raise RuntimeError(f"cannot list automations at {api_url}")
+    if found and not _automation_differs(found[0], wanted):
+        return "unchanged"
+    if found:
+        answer = prefect_api(api_url, f"/automations/{found[0]['id']}", auth_string, wanted, method="PUT")
+        outcome = "updated"
+    else:
+        answer = prefect_api(api_url, "/automations/", auth_string, wanted)
+        outcome = "created"
+    if answer is None:
+        raise RuntimeError(f"the Prefect server at {api_url} refused the automation {ZOMBIE_AUTOMATION!r}")
+    return outcome
 
 
 def worker_online(api_url: str, pool: str, name: str, auth_string: str | None, since: float = 0.0) -> bool:
@@ -526,7 +598,8 @@ def ensure_worker(stack: Stack, state: dict, secret: dict, pool: str) -> tuple[s
     (host / "scratch").mkdir(parents=True, exist_ok=True)
     env = {**stack.clean_env(), **stack_env(state["ports"], secret), "PREFECT_HOME": str(host / "prefect"),
            "KINSHIP_SCRATCH": str(host / "scratch"), "KINSHIP_ROOT": str(REPO), "KINSHIP_HOST_ROLE": pool,
-           "PREFECT_WORKER_QUERY_SECONDS": "3"}  # poll often: the local stack should feel immediate
+           "PREFECT_WORKER_QUERY_SECONDS": "3",  # poll often: the local stack should feel immediate
+           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds())}  # its flow runs inherit it
     argv = prefect_worker_argv(stack.venv, pool, name)
     process = start_process(argv, log, env, cwd=host)
     _record(state, f"worker-{pool}", process, argv, log)
@@ -571,13 +644,16 @@ def up(stack: Stack) -> int:
         ensure_weed(stack, state, secret, timings)
         ensure_prefect_server(stack, state, secret, timings)
         ensure_pools(stack, state, secret, timings)
+        automation = ensure_zombie_automation(stack_env(state["ports"], secret)["PREFECT_API_URL"],
+                                              secret["prefect_auth"], zombie_seconds())
         ensure_workers(stack, state, secret, timings)
         env_path = write_env_file(stack, state, secret)
     ports = state["ports"]
     print(f"stack up in {time.monotonic() - t0:.1f}s  ({', '.join(f'{k} {v:.1f}s' for k, v in timings.items())})")
     print(f"  S3        http://127.0.0.1:{ports['s3']}  bucket {BUCKET}")
     print(f"  Prefect   http://127.0.0.1:{ports['prefect']}  (API auth: see {env_path})")
-    print(f"  workers   {', '.join(f'local-{p}' for p in WORKER_POOLS)}")
+    print(f"  workers   {', '.join(f'local-{p}' for p in WORKER_POOLS)}  (flow runs beat every {heartbeat_seconds()} s)")
+    print(f"  zombies   a run silent {zombie_seconds()} s after a heartbeat is marked Crashed (automation {automation})")
     print(f"  logs      {stack.state_dir / 'logs'}")
     print(f"  use it:   source {env_path}")
     return 0
@@ -625,13 +701,25 @@ class _locked:
         self.handle.close()
 
 
+def zombie_automation_command(stack: Stack) -> int:
+    """The zombie automation on the server named by ``PREFECT_API_URL`` (two-host setup: run it once)."""
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        print("zombie-automation: set PREFECT_API_URL (and PREFECT_API_AUTH_STRING) first", file=sys.stderr)
+        return 2
+    outcome = ensure_zombie_automation(api_url, os.environ.get("PREFECT_API_AUTH_STRING"), zombie_seconds())
+    print(f"automation {ZOMBIE_AUTOMATION!r}: {outcome} (Crashed after {zombie_seconds()} s without a heartbeat)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start/stop the local kinship stack (SeaweedFS S3, Prefect, workers).")
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "zombie-automation"])
     args = parser.parse_args(argv)
     stack = Stack.default()
+    actions = {"up": up, "down": down, "status": status, "zombie-automation": zombie_automation_command}
     try:
-        return {"up": up, "down": down, "status": status}[args.action](stack)
+        return actions[args.action](stack)
     except (RuntimeError, TimeoutError) as error:
         print(f"{args.action}: {error}", file=sys.stderr)
         if args.action == "up":

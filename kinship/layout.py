@@ -11,9 +11,10 @@ import hashlib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from kinship.errors import UserError
 from kinship.images import UnreadableImage, open_rgb
@@ -195,11 +196,12 @@ def _fill_counts(report, people, relationships, test_images, test_pairs) -> None
 # --- CSVs ----------------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows of ``path``, one at a time, as (line number, column -> stripped value).
+@contextmanager
+def _open_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[Any, list[int]]]:
+    """A csv reader over the open file, past its header, and the column index of each ``required`` name.
 
-    The header is line 1; blank lines are skipped. Rows are read from the open file as they are asked for
-    (the csv module bounds a field at 128 KiB), so no CSV is ever held in memory whole.
+    Rows are read from the file as they are asked for (the csv module bounds a field at 128 KiB), so no
+    CSV is ever held in memory whole. Decoding and CSV errors met while reading become one-line ``UserError``s.
     """
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as handle:
@@ -209,14 +211,24 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict
             if missing:
                 found = ",".join(header) or "nothing"
                 raise UserError(f"{path.name}: expected columns {','.join(required)}, found {found}")
-            for cells in reader:
-                if any(cell.strip() for cell in cells):
-                    values = {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)}
-                    yield reader.line_num, values
+            yield reader, [header.index(name) for name in required]
     except UnicodeDecodeError as error:
         raise UserError(f"{path.name}: not a UTF-8 text CSV ({error.reason})") from error
     except csv.Error as error:
         raise UserError(f"{path.name}: not a valid CSV ({error})") from error
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of ``path``, one at a time, as (line number, required column -> stripped value); header is
+    line 1, blank lines are skipped."""
+    with _open_csv(path, required) as (reader, columns):
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                yield reader.line_num, {name: _cell(cells, i) for name, i in zip(required, columns)}
+
+
+def _cell(cells: list[str], index: int) -> str:
+    return cells[index].strip() if index < len(cells) else ""
 
 
 def _read_relationship_rows(root: Path, folders: set[str], report: CheckReport) -> list[tuple[int, str, str]]:
@@ -224,18 +236,23 @@ def _read_relationship_rows(root: Path, folders: set[str], report: CheckReport) 
 
     Rows are streamed; a malformed row, a self-relationship, a row naming a person with no folder, or a
     repeat of a pair already kept is counted in ``report`` and forgotten as it is read. So memory follows
-    the distinct usable pairs (at most people squared), never the file's length.
+    the distinct usable pairs (at most people squared), never the file's length. The loop allocates as
+    little as it can per row: the real file has thousands of rows, a hostile one millions.
     """
-    seen: set[frozenset[str]] = set()
+    seen: set[tuple[str, str]] = set()  # each kept pair, in sorted order
     kept = []
-    for line, row in _read_csv(root / RELATIONSHIPS_FILE, ("p1", "p2")):
-        p1, p2 = row["p1"], row["p2"]
-        reason = _relationship_problem(p1, p2, seen, folders)
-        if reason is None:
-            seen.add(frozenset((p1, p2)))
-            kept.append((line, p1, p2))
-        else:
-            _count_dropped_row(report, reason, line, p1, p2)
+    with _open_csv(root / RELATIONSHIPS_FILE, ("p1", "p2")) as (reader, (first, second)):
+        for cells in reader:
+            p1, p2 = _cell(cells, first), _cell(cells, second)
+            if not (p1 or p2 or any(cell.strip() for cell in cells)):
+                continue  # a blank line
+            pair = (p1, p2) if p1 < p2 else (p2, p1)
+            reason = _relationship_problem(p1, p2, pair in seen, folders)
+            if reason is None:
+                seen.add(pair)
+                kept.append((reader.line_num, p1, p2))
+            else:
+                _count_dropped_row(report, reason, reader.line_num, p1, p2)
     return kept
 
 
@@ -498,15 +515,15 @@ def _resolve_relationships(
     return result
 
 
-def _relationship_problem(p1: str, p2: str, seen: set[frozenset[str]], folders: set[str]) -> str | None:
-    # the folder test comes before the duplicate test so that ``seen`` only ever holds kept pairs
+def _relationship_problem(p1: str, p2: str, repeated: bool, folders: set[str]) -> str | None:
+    # the folder test comes before the duplicate test so that only kept pairs need remembering
     if not (_looks_like_person_id(p1) and _looks_like_person_id(p2)):
         return DROP_REL_MALFORMED
     if p1 == p2:
         return DROP_REL_SELF
     if p1 not in folders or p2 not in folders:
         return DROP_REL_NO_FOLDER
-    if frozenset((p1, p2)) in seen:
+    if repeated:
         return DROP_REL_DUPLICATE
     return None
 

@@ -63,9 +63,9 @@ class RestartableWeed:
         self.process.wait(timeout=15)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            localstack.stop_pid(self.process.pid, self.argv, timeout=15)
-            self.process.wait(timeout=15)
+        """At the end: SIGKILL too (its data is a temporary folder; a graceful stop can take 10 s and more)."""
+        if self.process is not None and self.process.poll() is None and localstack.owns(self.process.pid, self.argv):
+            self.kill()
 
     def env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL_S3": self.config.endpoint, "AWS_ACCESS_KEY_ID": self.config.access_key,

@@ -17,7 +17,7 @@ def kinship_flow(dataset_uri: str, train: TrainConfig = TrainConfig(), precision
                  engines: EngineSettings = EngineSettings(), calibration: CalibrationConfig = CalibrationConfig(),
                  force: bool = False) -> dict:
     """Train on ``dataset_uri``, build engines at ``precisions``, promote if better, report; ``force`` skips caches."""
-    run = plan_run(dataset_uri)
+    run = plan_run(dataset_uri, precisions, engines)
     train_manifest = run_training(run, dataset_uri, train, calibration, force)
     engines_manifest = run_engines(run, train_manifest, precisions, engines, force)
     promotion = promote_champion(train_manifest, engines_manifest)

@@ -12,7 +12,7 @@ from prefect.logging import get_run_logger
 from kinship import pipeline
 from kinship.pipeline import DatasetHandle, EngineSettings
 from kinship.run_report import engine_table
-from kinship.storage import file_digest
+from kinship.storage import ArtifactRef, file_digest
 from kinship.train import TrainConfig
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
@@ -24,14 +24,17 @@ def read_train_manifest(uri: str) -> dict:
     return pipeline.read_manifest(open_store(), uri, pipeline.TRAIN_MANIFEST_FORMAT)
 
 
-@task(name="fetch model and calibration", **IO_RETRIES)
+@task(name="fetch model", **IO_RETRIES)
 def fetch_inputs(manifest: dict, run_id: str) -> dict:
-    """The ONNX trio and the calibration set named in the manifest, each sha256-verified, in scratch."""
-    store, folder = open_store(), work_dir(run_id, "engines")
-    onnx = pipeline.fetch_model(store, manifest, folder)
-    calibration = pipeline.fetch_calibration(store, manifest, folder)
+    """The ONNX trio named in the manifest, sha256-verified, in scratch; the calibration set's ref for INT8.
+
+    The calibration set is fetched by the INT8 builds themselves: it is their input alone, so a damaged
+    one fails those builds (recorded with the reason) and never the precisions that do not read it.
+    """
+    onnx = pipeline.fetch_model(open_store(), manifest, work_dir(run_id, "engines"))
+    calibration = manifest["artifacts"]["calibration.npz"]
     return {"onnx": onnx, "onnx_sha256": manifest["artifacts"]["model.onnx"]["sha256"],
-            "calibration": calibration, "calibration_sha256": manifest["artifacts"]["calibration.npz"]["sha256"],
+            "calibration_ref": calibration, "calibration_sha256": calibration["sha256"],
             "train_config": TrainConfig.from_dict(manifest["train_config"])}
 
 
@@ -63,10 +66,13 @@ def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: st
     """
     if file_digest(Path(inputs["onnx"]))[0] != inputs["onnx_sha256"]:
         raise ValueError(f"{inputs['onnx']} changed on disk since it was fetched")
+    store, folder = open_store(), work_dir(run_id, "engines")
+    calibration = None
+    if variant.startswith("int8"):  # sha256-verified: a damaged set fails this build, with the reason
+        calibration = store.get_file(ArtifactRef.from_dict(inputs["calibration_ref"]), folder / "calibration.npz")
     with progress_artifact(f"engine {variant}") as on_progress:
-        built = pipeline.engine_stage(open_store(), Path(inputs["onnx"]), dataset, Path(inputs["calibration"]), variant,
-                                      settings, inputs["train_config"], work_dir(run_id, "engines"),
-                                      pipeline.run_prefix(run_id, "engines"), on_progress)
+        built = pipeline.engine_stage(store, Path(inputs["onnx"]), dataset, calibration, variant, settings,
+                                      inputs["train_config"], folder, pipeline.run_prefix(run_id, "engines"), on_progress)
     if built["backend"] != backend:
         raise ValueError(f"asked for {backend} but the build used {built['backend']}")
     summary = built["row"].get("summary") or {}
@@ -75,17 +81,48 @@ def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: st
     return built
 
 
+def engine_outcome(state, variant: str, backend: str) -> dict:
+    """A build task's result, or for a build task that failed a ``failed`` record with its reason.
+
+    One precision failing (its build, its inputs, its validation) is recorded and reported; the others
+    go on and the run completes (``kinship.engines.build``'s rule, applied to whole tasks).
+    """
+    if state.is_completed():
+        return state.result()
+    from kinship.engines.build import reason_of
+    from kinship.engines.report import EngineResult
+
+    error = state.result(raise_on_failure=False)
+    reason = reason_of(error) if isinstance(error, BaseException) else (state.message or state.name)
+    get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, variant, reason)
+    return {"variant": variant, "backend": backend, "backend_note": None, "status": "failed", "reason": reason,
+            "artifacts": {}, "row": EngineResult.failed(backend, variant, reason).to_dict(), "context": {},
+            "reference": None, "validation": None, "environment": None}
+
+
+_RUN_FACTS = ("backend_note", "context", "reference", "validation", "environment")
+
+
+def _with_run_facts(variants: list[dict]) -> list[dict]:
+    """Failed records borrow the run-wide facts (model, reference AUC, machine) from a variant that ran."""
+    source = next((v for v in variants if v.get("context")), None)
+    if source is None:
+        return variants
+    return [v if v.get("context") else {**v, **{k: source[k] for k in _RUN_FACTS}} for v in variants]
+
+
 @task(name="write engine report", **ONE_RETRY)
 def write_engines_report(variants: list[dict], run_id: str) -> dict:
     """One report over every variant (markdown, JSON, plots), uploaded under the run's engines prefix."""
-    return pipeline.engines_report_stage(open_store(), variants, work_dir(run_id, "engines"),
+    return pipeline.engines_report_stage(open_store(), _with_run_facts(variants), work_dir(run_id, "engines"),
                                          pipeline.run_prefix(run_id, "engines", "report"))
 
 
 @task(name="write engines manifest", **IO_RETRIES)
 def write_engines_manifest(run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
     """Store the engines manifest last and show the engine table on this run's page."""
-    manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, variants, report, host())
+    manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, _with_run_facts(variants), report,
+                                               host())
     create_table_artifact(engine_table(manifest), description=f"engines of run {run_id} ({manifest['backend_note']})")
     get_run_logger().info("engines manifest: %s", manifest["manifest"]["uri"])
     return manifest

@@ -20,11 +20,13 @@ import hashlib
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from deployments import driver
 from kinship.pipeline import (
@@ -38,7 +40,7 @@ from tests.stack import kill_tree, localstack
 
 TINY = dict(image_size=32, width=8, embedding_dim=32, max_batches_per_epoch=6)
 HOST_LOST = {**TINY, "epochs": 8}  # enough epochs that the kill lands mid-training even on a fast machine
-RESTARTED = {**TINY, "epochs": 3}
+RESTARTED = {**TINY, "epochs": 2}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 ZOMBIE_SECONDS = 60
 
@@ -60,7 +62,7 @@ def _crash_at(epoch: int):
 
 @pytest.fixture()
 def local(tiny_data, tmp_path):
-    config = TrainConfig(**{**TINY, "epochs": 3, "max_batches_per_epoch": 4})
+    config = TrainConfig(**{**TINY, "epochs": 2, "max_batches_per_epoch": 4})
     return open_local_store(tmp_path / "out"), local_dataset(tiny_data), config
 
 
@@ -86,7 +88,7 @@ def test_a_damaged_stored_checkpoint_is_ignored_not_loaded(local, tmp_path, capl
         train_stage(store, dataset, config, tmp_path / "lost", "runs/a/train", _crash_at(2))
     prefix = checkpoint_prefix(dataset, config)
     manifest = store.get_json(store.uri(join_key(prefix, "manifest.json")))
-    assert (manifest["epoch"], manifest["complete"]) == (1, False)
+    assert (manifest["epoch"], manifest["complete"]) == (1, False)  # epoch 2 was cut short
     damaged = store.root / manifest["files"]["checkpoints/last.pt"]["key"]
     content = bytearray(damaged.read_bytes())
     content[len(content) // 2] ^= 0xFF  # one flipped byte, same size: only the sha256 can tell
@@ -96,7 +98,7 @@ def test_a_damaged_stored_checkpoint_is_ignored_not_loaded(local, tmp_path, capl
         assert restore_checkpoint(store, prefix, tmp_path / "rerun", dataset, config) == 0
     assert "ignoring the stored checkpoint" in caplog.text and "sha256 mismatch" in caplog.text
     assert not (tmp_path / "rerun").exists()  # nothing partial left behind
-    other = TrainConfig(**{**TINY, "epochs": 5})
+    other = TrainConfig(**{**TINY, "epochs": 3})
     assert checkpoint_prefix(dataset, other) != prefix  # another configuration never finds this checkpoint
 
 
@@ -114,10 +116,12 @@ def stack(tiny_data, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KINSHIP_ZOMBIE_SECONDS", str(ZOMBIE_SECONDS))  # read by every `up` of this module
         try:
+            started = time.monotonic()
             local_stack = driver.up(state_dir)
             driver.push(local_stack, tiny_data, DATA_URI)
             driver.command(local_stack, [str(driver.VENV_BIN / "prefect"), "--no-prompt", "deploy", "--name", "train"],
                            timeout=300)
+            print(f"\nstack up, data set pushed, train deployed in {time.monotonic() - started:.0f} s")
             yield local_stack
         finally:
             driver.down(state_dir)
@@ -131,7 +135,7 @@ def s3(stack):
 def read_json(stack, key: str) -> dict | None:
     try:
         body = s3(stack).get_object(Bucket=stack.env["KINSHIP_BUCKET"], Key=key)["Body"].read()
-    except Exception:  # not there (yet)
+    except ClientError:  # not there (yet)
         return None
     return json.loads(body)
 
@@ -155,8 +159,11 @@ def state_of(stack, flow_run_id: str) -> str | None:
 
 
 def wait_for_state(stack, flow_run_id: str, wanted: set[str], timeout: float) -> str:
-    return driver.wait_for(lambda: (state_of(stack, flow_run_id) in wanted) and state_of(stack, flow_run_id),
-                           f"flow run {flow_run_id} in {sorted(wanted)}", timeout, interval=1.0)
+    def reached() -> str | None:
+        state = state_of(stack, flow_run_id)
+        return state if state in wanted else None
+
+    return driver.wait_for(reached, f"flow run {flow_run_id} in {sorted(wanted)}", timeout, interval=1.0)
 
 
 def pid_of(stack, name: str) -> dict:
@@ -189,7 +196,9 @@ def host_lost(stack, tiny_data, tmp_path_factory) -> dict:
         manifest = read_json(stack, key)
         return manifest if manifest and manifest["epoch"] >= 1 else None
 
+    started = time.monotonic()
     driver.wait_for(first_epoch_stored, "the first epoch checkpoint in S3", timeout=240, interval=0.3)
+    print(f"\nfirst epoch checkpoint in S3 {time.monotonic() - started:.0f} s after the run was created")
     signalled = kill_tree(pid_of(stack, "worker-rocm")["pid"])
     killed_at = time.monotonic()
     shutil.rmtree(stack.state_dir / "hosts" / "rocm")  # scratch and Prefect home: the host lost its disk
@@ -200,13 +209,15 @@ def host_lost(stack, tiny_data, tmp_path_factory) -> dict:
     localstack.stop_pid(server["pid"], server["argv"])
     clean = train(tiny_data, tmp_path_factory.mktemp("clean") / "run", TrainConfig(**HOST_LOST))
     driver.up(stack.state_dir)  # the server again (same port and database) and a fresh worker for the rocm pool
+    rerun = start_run(stack, HOST_LOST)  # waits for the rocm pool's one slot, which the dead run holds until Crashed
     crashed = wait_for_state(stack, killed, TERMINAL, timeout=ZOMBIE_SECONDS + 90)
     crashed_after = time.monotonic() - killed_at
-    rerun = driver.run_deployment(stack, "kinship-train/train", {"dataset_uri": DATA_URI, "train": HOST_LOST})
-    assert rerun.returncode == 0, rerun.output[-4000:]
-    manifest = train_manifest_of(stack, rerun.flow_run_id)
-    print(f"\nhost lost: {len(signalled)} processes killed at stored epoch {at_kill['epoch']}; {crashed} after "
-          f"{crashed_after:.0f} s; rerun resumed at epoch {manifest['metrics']['start_epoch']}, {rerun.seconds:.0f} s")
+    finished = wait_for_state(stack, rerun, TERMINAL, timeout=300)
+    assert finished == "COMPLETED", driver.flow_run(stack, rerun)["state"]
+    manifest = train_manifest_of(stack, rerun)
+    print(f"host lost: {len(signalled)} processes killed at stored epoch {at_kill['epoch']}; {crashed} after "
+          f"{crashed_after:.0f} s; rerun resumed at epoch {manifest['metrics']['start_epoch']}, done "
+          f"{time.monotonic() - killed_at - crashed_after:.0f} s after that")
     return {"killed": killed, "signalled": signalled, "state": crashed, "crashed_after_s": crashed_after,
             "at_kill": at_kill, "clean": clean, "rerun": rerun, "manifest": manifest}
 
@@ -226,6 +237,21 @@ def test_a_run_whose_worker_was_killed_is_crashed_within_the_heartbeat_window_ac
 
 
 @pytest.mark.integration
+def test_the_zombie_automation_exists_once_and_its_command_needs_a_server(stack) -> None:
+    automations = stack.api("/automations/filter", {"automations": {"name": {"any_": [localstack.ZOMBIE_AUTOMATION]}}})
+    assert len(automations) == 1  # every `up` of this module found it instead of adding another
+    assert automations[0]["trigger"]["within"] == ZOMBIE_SECONDS
+    command = [sys.executable, str(localstack.REPO / "infra" / "local" / "localstack.py"), "zombie-automation"]
+    env = stack.process_env(KINSHIP_ZOMBIE_SECONDS=str(ZOMBIE_SECONDS))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "unchanged" in done.stdout, done.stdout + done.stderr
+    env.pop("PREFECT_API_URL")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "zombie-automation: set PREFECT_API_URL (and PREFECT_API_AUTH_STRING) first"]
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_rerun_on_a_fresh_host_resumes_from_the_checkpoint_in_s3(host_lost, stack) -> None:
     metrics, at_kill = host_lost["manifest"]["metrics"], host_lost["at_kill"]
@@ -233,7 +259,7 @@ def test_a_rerun_on_a_fresh_host_resumes_from_the_checkpoint_in_s3(host_lost, st
     assert metrics["start_epoch"] == at_kill["epoch"] + 1 > 1
     assert metrics["epochs"] == HOST_LOST["epochs"]
     assert any(f"resumed at epoch {metrics['start_epoch']} from the store" in line
-               for line in log_lines(stack, host_lost["rerun"].flow_run_id))
+               for line in log_lines(stack, host_lost["rerun"]))
     clean = host_lost["clean"]
     # Resume restores weights, optimiser, RNG and schedule step, so it is exact up to float summation order.
     assert metrics["final_val_auc"] == pytest.approx(clean.history[-1]["val_auc"], abs=0.01)

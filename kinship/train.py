@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kinship.augment import AugmentConfig, augment
 from kinship.checkpoint import model_payload, read_checkpoint, save_atomic
 from kinship.data import PreparedData, SplitConfig, prepare
 from kinship.errors import UserError
@@ -54,6 +55,8 @@ class TrainConfig:
     pairs_per_relationship: int = 1  # positives drawn per relationship per epoch (12 x 1 fits 10 min on 2 cores)
     val_fraction: float = 0.2
     flip: bool = True  # random horizontal flips: faces are near-symmetric
+    shift: int = 0  # random translation of training photos, pixels per axis
+    jitter: float = 0.0  # random brightness / contrast change of training photos (relative)
     contrastive_weight: float = 1.0  # 0 = plain BCE on sampled pairs
     contrastive_temperature: float = 0.1
     identity_weight: float = 1.0  # 0 = no identity classifier
@@ -62,6 +65,9 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width, embedding_dim=self.embedding_dim)
+
+    def augmentation(self) -> AugmentConfig:
+        return AugmentConfig(flip=self.flip, shift=self.shift, jitter=self.jitter)
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(val_fraction=self.val_fraction, seed=self.seed)
@@ -120,13 +126,13 @@ class TrainResult:
     precision: str = ""
 
 
-def batch_tensors(pixels: np.ndarray, pairs: PairSet, device: torch.device, flip: np.ndarray | None = None):
-    """Gather the pair's images from the uint8 cache and normalise them into two NCHW tensors."""
+def batch_tensors(pixels: np.ndarray, pairs: PairSet, device: torch.device, augmentation: AugmentConfig | None = None,
+                  rng: np.random.Generator | None = None):
+    """Gather the pair's images from the uint8 cache, normalise (and augment) them into two NCHW tensors."""
     left = to_network_input(pixels[pairs.left])
     right = to_network_input(pixels[pairs.right])
-    if flip is not None:
-        left[flip[0]] = left[flip[0], :, :, ::-1]
-        right[flip[1]] = right[flip[1], :, :, ::-1]
+    if augmentation is not None and augmentation.active:
+        left, right = augment(left, rng, augmentation), augment(right, rng, augmentation)
     return torch.from_numpy(np.ascontiguousarray(left)).to(device), torch.from_numpy(np.ascontiguousarray(right)).to(device)
 
 
@@ -230,8 +236,7 @@ def train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler
     losses, images, started = [], 0, time.perf_counter()
     stage = f"epoch {epoch + 1}/{config.epochs}"
     for number, batch in enumerate(batches, start=1):
-        flips = rng.random((2, len(batch))) < 0.5 if config.flip else None
-        img0, img1 = batch_tensors(prepared.pixels, batch, precision.device, flips)
+        img0, img1 = batch_tensors(prepared.pixels, batch, precision.device, config.augmentation(), rng)
         with precision.autocast():
             loss = objective(model, img0, img1, batch, family_of, person_of)
         optimizer.zero_grad(set_to_none=True)

@@ -28,6 +28,12 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--pairs-per-relationship", type=int, default=defaults.pairs_per_relationship,
                         help="kin pairs drawn per relationship per epoch (as many non-kin pairs are added)")
+    parser.add_argument("--shift", type=int, default=defaults.shift, help="augmentation: random translation in pixels")
+    parser.add_argument("--jitter", type=float, default=defaults.jitter, help="augmentation: brightness/contrast change")
+    parser.add_argument("--identity-weight", type=float, default=defaults.identity_weight,
+                        help="weight of the identity-classifier loss (0 = off)")
+    parser.add_argument("--contrastive-weight", type=float, default=defaults.contrastive_weight,
+                        help="weight of the in-batch kin contrastive loss (0 = off)")
     parser.add_argument("--max-batches-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_json_flag(parser)

@@ -27,7 +27,7 @@ from typing import Iterator
 
 from kinship.errors import KinshipError
 from kinship.storage import (
-    _LOCAL_META_DIR, _SHA_META, ArtifactNotFound, ArtifactRef, ArtifactStore, LocalStore, S3Store, StoreAccessError,
+    _LOCAL_META_DIR, _SHA_META, ArtifactNotFound, ArtifactRef, ArtifactStore, LocalStore, S3Store,
     parse_uri,
 )
 
@@ -113,11 +113,16 @@ def _read_versioned(store: ArtifactStore) -> tuple[dict | None, str | None]:
     from botocore.exceptions import ClientError
 
     bucket, key = _s3_location(store)
-    try:
-        etag = store.client.head_object(Bucket=bucket, Key=key)["ETag"]
-    except ClientError as error:
-        if _error_code(error) not in ("404", "NoSuchKey", "NotFound"):
-            raise StoreAccessError(f"stat {store.uri(CHAMPION_KEY)}: {_error_code(error)}") from None
+    def head() -> str | None:
+        try:
+            return store.client.head_object(Bucket=bucket, Key=key)["ETag"]
+        except ClientError as error:
+            if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    etag = store.call_with_retries(f"stat {store.uri(CHAMPION_KEY)}", head)  # an outage is retried like any transfer
+    if etag is None:
         return None, None
     return read_champion(store), etag
 
@@ -132,14 +137,19 @@ def _write_if_unchanged(store: ArtifactStore, record: dict, version: str | None)
     sha256 = hashlib.sha256(data).hexdigest()
     bucket, key = _s3_location(store)
     condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
-    try:
-        store.client.put_object(Bucket=bucket, Key=key, Body=data, Metadata={_SHA_META: sha256},
-                                ContentType="application/json", **condition)
-    except ClientError as error:
-        status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        if _error_code(error) in _STALE_WRITE or status in ("409", "412"):
-            return None
-        raise StoreAccessError(f"write {store.uri(CHAMPION_KEY)}: {_error_code(error) or status}") from None
+    def put() -> bool:
+        try:
+            store.client.put_object(Bucket=bucket, Key=key, Body=data, Metadata={_SHA_META: sha256},
+                                    ContentType="application/json", **condition)
+        except ClientError as error:
+            status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if _error_code(error) in _STALE_WRITE or status in ("409", "412"):
+                return False
+            raise
+        return True
+
+    if not store.call_with_retries(f"write {store.uri(CHAMPION_KEY)}", put):
+        return None
     return ArtifactRef(uri=store.uri(CHAMPION_KEY), key=CHAMPION_KEY, sha256=sha256, size=len(data))
 
 

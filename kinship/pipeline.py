@@ -54,6 +54,8 @@ ONNX_FILES = ("model.onnx", "model.encoder.onnx", "model.head.onnx")
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
 # The build variants of ``kinship.engines.base.VARIANTS``, as a type (flow parameter schemas list them).
 PrecisionName = Literal["fp32", "tf32", "fp16", "int8", "int8-qdq"]
+# ``auto`` or a backend of ``kinship.engines.base.BACKENDS``: deployments refuse anything else before a run starts.
+BackendName = Literal["auto", "onnxruntime", "tensorrt"]
 Progress = Callable[[ProgressEvent], None]
 
 
@@ -61,7 +63,7 @@ Progress = Callable[[ProgressEvent], None]
 class EngineSettings:
     """How the engine stage builds and measures: backend (``auto`` picks TensorRT on NVIDIA hosts) and bench."""
 
-    backend: str = "auto"
+    backend: BackendName = "auto"
     bench_batches: tuple[int, ...] = (1, 8, 64)
     bench_seconds: float = 1.0
     warmup_seconds: float = 0.3

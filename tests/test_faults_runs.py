@@ -279,6 +279,7 @@ def _prefect_run(stack, *params: str, watch: bool = False):
     ('precisions="fp99"', ["precisions", "fp99"]),
     ('precisions=["fp32", "int3"]', ["int3"]),
     ('engines={"bench_batches": "lots"}', ["bench_batches", "lots"]),
+    ('engines={"backend": "cuda-magic"}', ["backend", "cuda-magic"]),
 ])
 def test_parameters_of_the_wrong_type_are_refused_before_any_run(kinship_stack, param, names) -> None:  # noqa: F811
     stack = kinship_stack.stack
@@ -292,19 +293,6 @@ def test_parameters_of_the_wrong_type_are_refused_before_any_run(kinship_stack, 
     assert _runs_of(stack, "kinship/full") == before  # no flow run was created
 
 
-def test_an_unknown_backend_fails_the_run_before_any_child_starts(kinship_stack) -> None:  # noqa: F811
-    stack = kinship_stack.stack
-    done = _prefect_run(stack, 'engines={"backend": "cuda-magic"}', f'dataset_uri="{TINY_PARAMETERS["dataset_uri"]}"',
-                        watch=True)
-    run_id = driver.UUID_LINE.search(done.stdout).group(1)
-    run = driver.flow_run(stack, run_id)
-    print(f"\n--param engines={{\"backend\": \"cuda-magic\"}} -> exit {done.returncode}, run {run['state_name']}: "
-          f"{run['state']['message']}")
-    assert done.returncode == 1 and run["state_type"] == "FAILED"
-    assert "unknown backend 'cuda-magic'" in run["state"]["message"]
-    assert driver.child_runs(stack, run_id) == []  # nothing trained, nothing built
-
-
 def test_every_deployment_enforces_its_parameter_schema(kinship_stack) -> None:  # noqa: F811
     deployments = kinship_stack.stack.api("/deployments/filter", {"limit": 50})
     assert {d["name"] for d in deployments} >= {"train", "engines", "full", "retrain-nightly"}
@@ -312,6 +300,7 @@ def test_every_deployment_enforces_its_parameter_schema(kinship_stack) -> None: 
     full = next(d for d in deployments if d["name"] == "full")
     schema = json.dumps(full["parameter_openapi_schema"])
     assert '"int8-qdq"' in schema and '"fp32"' in schema  # precisions are an enum, not free text
+    assert '"onnxruntime"' in schema and '"tensorrt"' in schema  # so are backends
 
 
 # ---------------------------------------------------------------- secrets

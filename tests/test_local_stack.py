@@ -38,6 +38,7 @@ def test_up_is_idempotent_and_down_stops_only_its_own(tmp_path: Path) -> None:
         for private in ("env", "secrets.json"):
             assert stat.S_IMODE((state_dir / private).stat().st_mode) == 0o600
         client_env = read_env_file(state_dir / "env")
+        check_no_secret_on_command_lines(pids, client_env["AWS_SECRET_ACCESS_KEY"])
         check_s3(client_env)
         check_pools(client_env)
 
@@ -57,6 +58,13 @@ def test_up_is_idempotent_and_down_stops_only_its_own(tmp_path: Path) -> None:
         run("down", env)
         bystander.kill()
         bystander.wait()
+
+
+def check_no_secret_on_command_lines(pids: dict, secret: str) -> None:
+    """Any local user can read /proc/PID/cmdline: the S3 secret must not be on one."""
+    for name, entry in pids.items():
+        argv = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().decode(errors="replace")
+        assert argv and secret not in argv, f"{name}'s command line holds the S3 secret"
 
 
 def check_s3(client_env: dict[str, str]) -> None:

@@ -293,7 +293,9 @@ def weed_argv(config: WeedConfig, conf_dir: Path) -> list[str]:
         f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
         f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
         f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}", "-admin.ui=false",
-        f"-admin.password={config.secret_key}", "-webdav=false", "-master.telemetry=false",
+        # A throwaway admin password (the admin UI is off): the S3 secret must never be on a command line,
+        # which every local user can read, nor in the mini.options file weed writes from it.
+        f"-admin.password={secrets.token_urlsafe(24)}", "-webdav=false", "-master.telemetry=false",
         f"-s3.config={conf_dir / 's3.json'}", f"-bucket={config.bucket}",
     ]
     # Unix sockets default to /tmp/seaweedfs-*-PORT.sock; keep ours inside the data folder when the path fits.

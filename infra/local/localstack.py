@@ -600,7 +600,7 @@ def ensure_worker(stack: Stack, state: dict, secret: dict, pool: str) -> tuple[s
     (host / "scratch").mkdir(parents=True, exist_ok=True)
     env = {**stack.clean_env(), **stack_env(state["ports"], secret), "PREFECT_HOME": str(host / "prefect"),
            "KINSHIP_SCRATCH": str(host / "scratch"), "KINSHIP_ROOT": str(REPO), "KINSHIP_HOST_ROLE": pool,
-           "PREFECT_WORKER_QUERY_SECONDS": "3",  # poll often: the local stack should feel immediate
+           "PREFECT_WORKER_QUERY_SECONDS": "1",  # poll often: each flow run waits up to this long to be picked up
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds())}  # its flow runs inherit it
     argv = prefect_worker_argv(stack.venv, pool, name)
     process = start_process(argv, log, env, cwd=host)

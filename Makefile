@@ -35,7 +35,7 @@ run: setup
 	. "$(STACK_ENV)" && $(BIN)/kinship data push $(DEMO_DATA) $(DEMO_URI)
 	. "$(STACK_ENV)" && $(BIN)/prefect --no-prompt deploy --all
 	. "$(STACK_ENV)" && $(BIN)/prefect deployment run kinship/full --param 'dataset_uri="$(DEMO_URI)"' \
-	    $(if $(TRAIN),--param 'train=$(TRAIN)') $(if $(PRECISIONS),--param 'precisions=$(PRECISIONS)') --watch
+	    $(if $(TRAIN),--param 'train=$(TRAIN)') $(if $(PRECISIONS),--param 'precisions=$(PRECISIONS)') --watch --watch-interval 1
 	. "$(STACK_ENV)" && $(BIN)/python deployments/show_run.py --out out
 
 # The browser test drives Debian's chromium (Playwright's own browser download cannot work offline).

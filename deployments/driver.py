@@ -115,7 +115,7 @@ class RunOutcome:
 
 def run_deployment(stack: LocalStack, name: str, parameters: dict | None = None, timeout: float = 1200) -> RunOutcome:
     """``prefect deployment run NAME --params JSON --watch``; returns when the run is final."""
-    argv = [str(VENV_BIN / "prefect"), "deployment", "run", name, "--watch"]
+    argv = [str(VENV_BIN / "prefect"), "deployment", "run", name, "--watch", "--watch-interval", "1"]
     if parameters:
         argv += ["--params", json.dumps(parameters)]
     started = time.perf_counter()

@@ -37,7 +37,7 @@ from typing import Callable, Literal
 from kinship import __version__
 from kinship.engines.calibration import CalibrationConfig
 from kinship.errors import UserError
-from kinship.progress import ProgressEvent, fan_out, silent
+from kinship.progress import ProgressEvent, silent
 from kinship.storage import (
     MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreAccessError, StoreSettings, file_digest, join_key,
     store_from_uri,
@@ -191,31 +191,18 @@ def _checkpoint_epoch(run_dir: Path) -> int:
 
 
 class CheckpointMirror:
-    """Copies ``train()``'s epoch checkpoint to the store each time a new one is on disk, then a manifest.
+    """Copies ``train()``'s epoch checkpoint to the store after each epoch (its ``on_checkpoint`` hook).
 
-    ``train()`` writes ``checkpoints/last.pt``, ``model.pt`` and ``metrics.json`` after each epoch without
-    an event; its next progress event (the next epoch's first batch) is the first moment they are complete,
-    so the mirror compares the checkpoint's inode and mtime on every event (one ``stat`` per batch). Epochs
-    alternate between two slots: the manifest always names the slot not being written, so an upload cut
-    short never damages the checkpoint the manifest points to.
+    Epochs alternate between two slots: the manifest always names the slot not being written, so an
+    upload cut short never damages the checkpoint the manifest points to.
     """
 
     def __init__(self, store: ArtifactStore, prefix: str, run_dir: Path, dataset: DatasetHandle, config: TrainConfig):
         self.store, self.prefix, self.run_dir, self.dataset, self.config = store, prefix, Path(run_dir), dataset, config
-        self.seen = self._stamp()  # a checkpoint already here (resumed) is in the store already
 
-    def _stamp(self) -> tuple[int, int] | None:
-        try:
-            stat = (self.run_dir / CHECKPOINT_FILES[0]).stat()
-        except FileNotFoundError:
-            return None
-        return stat.st_ino, stat.st_mtime_ns
-
-    def __call__(self, event: ProgressEvent) -> None:
-        stamp = self._stamp()
-        if stamp is None or stamp == self.seen:
-            return
-        self.seen = stamp
+    def __call__(self, epoch: int) -> None:
+        if epoch >= self.config.epochs:
+            return  # the training is done: ``finish`` marks it complete instead
         try:
             self.upload()
         except Exception as error:  # training goes on; the next epoch's checkpoint is uploaded again
@@ -310,7 +297,7 @@ def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfi
                  run_dir if source == "scratch" else store.uri(saved))
     started = time.perf_counter()
     mirror = CheckpointMirror(store, saved, run_dir, dataset, config)
-    result = train(dataset.path, run_dir, config, resume=bool(source), on_progress=fan_out(on_progress, mirror))
+    result = train(dataset.path, run_dir, config, resume=bool(source), on_progress=on_progress, on_checkpoint=mirror)
     names = ("model.pt", "metrics.json", "config.json")
     artifacts = _upload(store, {name: run_dir / name for name in names}, prefix)
     mirror.finish()

@@ -235,8 +235,9 @@ def train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler
     person_of, _ = person_index(prepared)
     losses, images, started = [], 0, time.perf_counter()
     stage = f"epoch {epoch + 1}/{config.epochs}"
+    augmentation = config.augmentation()
     for number, batch in enumerate(batches, start=1):
-        img0, img1 = batch_tensors(prepared.pixels, batch, precision.device, config.augmentation(), rng)
+        img0, img1 = batch_tensors(prepared.pixels, batch, precision.device, augmentation, rng)
         with precision.autocast():
             loss = objective(model, img0, img1, batch, family_of, person_of)
         optimizer.zero_grad(set_to_none=True)
@@ -304,8 +305,13 @@ def train(
     resume: bool = False,
     on_progress=silent,
     cache_dir: Path | None = None,
+    on_checkpoint=None,
 ) -> TrainResult:
-    """Train on ``data_dir`` into ``run_dir``; with ``resume`` continue from ``checkpoints/last.pt``."""
+    """Train on ``data_dir`` into ``run_dir``; with ``resume`` continue from ``checkpoints/last.pt``.
+
+    ``on_checkpoint(epoch)`` is called after each epoch once its checkpoint, ``model.pt`` and
+    ``metrics.json`` are complete on disk (the pipeline copies them to the store from there).
+    """
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     if resume:
@@ -346,6 +352,8 @@ def train(
             save_atomic(model_payload(model, _model_metadata(prepared, config, precision, record)), run_dir / "model.pt")
         _checkpoint(last, model, objective, optimizer, scaler, state)
         _write_json_atomic(run_dir / "metrics.json", _metrics_document(state, precision))
+        if on_checkpoint is not None:
+            on_checkpoint(epoch + 1)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
     return TrainResult(run_dir, state["best_epoch"], state["best_auc"], state["history"], precision.describe())
 

@@ -8,7 +8,7 @@ from prefect import flow
 from flows.naming import full_run_name
 from kinship.engines.calibration import CalibrationConfig
 from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings, PrecisionName
-from kinship.train import TrainConfig
+from kinship.train_config import TrainConfig
 from tasks.orchestration import plan_run, promote_champion, publish_report, run_engines, run_training
 
 

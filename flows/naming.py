@@ -11,7 +11,7 @@ def _dataset_name(uri: str) -> str:
 
 def _config_tag(train) -> str:
     """The training configuration in a few characters; fields not given are TrainConfig's defaults."""
-    from kinship.train import TrainConfig
+    from kinship.train_config import TrainConfig
 
     config = TrainConfig.from_dict(train) if isinstance(train, dict) else train
     text = f"e{config.epochs}-{config.image_size}px-w{config.width}"

@@ -6,7 +6,7 @@ from prefect import flow
 
 from flows.naming import train_run_name
 from kinship.engines.calibration import CalibrationConfig
-from kinship.train import TrainConfig
+from kinship.train_config import TrainConfig
 from tasks.data import clean_work, fetch_data_set
 from tasks.runtime import new_run_id_for_this_run
 from tasks.training import build_calibration, export_onnx, train_model, write_train_manifest

@@ -13,7 +13,7 @@ from kinship.data import PreparedData, prepare
 from kinship.inference import PairScorer, open_scorer, score_image_pairs, validation_threshold
 from kinship.metrics import VerificationReport, verification_report
 from kinship.progress import silent
-from kinship.train import TrainConfig
+from kinship.train_config import TrainConfig
 
 
 @dataclass

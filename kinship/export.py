@@ -120,7 +120,7 @@ def _stamp(path: Path, metadata: dict[str, str]) -> None:
 def validation_sample(data_dir: Path, metadata: dict, image_size: int, count: int = 64, on_progress=None):
     """Up to ``count`` real validation pairs (uint8 NHWC each side) from the model's own split."""
     from kinship.data import prepare
-    from kinship.train import TrainConfig
+    from kinship.train_config import TrainConfig
 
     config = TrainConfig.from_dict(metadata.get("train_config", {}))
     kwargs = {"on_progress": on_progress} if on_progress else {}

@@ -42,7 +42,7 @@ from kinship.storage import (
     MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreAccessError, StoreSettings, file_digest, join_key,
     store_from_uri,
 )
-from kinship.train import TrainConfig
+from kinship.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

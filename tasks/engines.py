@@ -13,7 +13,7 @@ from kinship import pipeline
 from kinship.pipeline import DatasetHandle, EngineSettings
 from kinship.run_report import engine_table
 from kinship.storage import ArtifactRef, file_digest
-from kinship.train import TrainConfig
+from kinship.train_config import TrainConfig
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
 

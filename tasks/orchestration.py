@@ -18,13 +18,13 @@ from kinship.champion import promote_if_better
 from kinship.engines.calibration import CalibrationConfig
 from kinship.pipeline import EngineSettings
 from kinship.run_report import publish_run_report
-from kinship.train import TrainConfig
+from kinship.train_config import TrainConfig
 from tasks.runtime import ONE_RETRY, open_store
 
 TRAIN_DEPLOYMENT = "kinship-train/train"
 ENGINES_DEPLOYMENT = "kinship-engines/engines"
 CHILD_TIMEOUT_S = 12 * 3600
-POLL_S = 1.0
+POLL_S = 0.25  # a child's end is seen within this; one small read on the API per poll
 MAX_ATTEMPTS = 5
 
 

@@ -12,8 +12,8 @@ import pytest
 from kinship.cli import main
 from kinship.engines.base import PhaseTimes
 from kinship.engines.bench import (
-    BenchResult, bench_engine, bench_test_set_scoring, bench_torch, benchmark, default_threads,
-    percentile_nearest_rank, ratio, summarise, timing_stats,
+    BenchResult, bench_engine, bench_interleaved, bench_test_set_scoring, bench_torch, benchmark, default_threads,
+    keep_freed_memory, merge_slices, percentile_nearest_rank, ratio, summarise, timing_stats,
 )
 from kinship.engines.ceiling import matmul_gflops, model_flops_per_pair, share_of_ceiling, torch_flops_per_pair
 from kinship.errors import UserError
@@ -114,6 +114,66 @@ def test_benchmark_times_only_calls_after_warmup():
     assert result.h2d_ms.mean == 0.25 and result.enqueue_ms.mean == 0.125 and result.batch == 4
     assert result.pairs_per_s == pytest.approx(4 * result.queries_per_s)
     assert result.cpu_s is None or result.pairs_per_cpu_s == pytest.approx(7 * 4 / result.cpu_s)
+
+
+def _logging_contender(name: str, log: list, fail_on_call: int | None = None):
+    def run_once():
+        log.append(name)
+        if fail_on_call is not None and log.count(name) >= fail_on_call:
+            raise RuntimeError(f"{name} lost its device\nsecond line")
+        return None
+
+    return run_once
+
+
+def _runs(log: list) -> list:
+    """The log with repeats collapsed: who ran, in which order."""
+    return [name for index, name in enumerate(log) if index == 0 or log[index - 1] != name]
+
+
+def test_interleaved_slices_alternate_and_reverse_each_round():
+    log = []
+    contenders = {name: _logging_contender(name, log) for name in ("a", "b", "c")}
+    results, failed = bench_interleaved(contenders, batch=2, duration_s=0.0, warmup_s=0.0, rounds=3)
+    assert failed == {}
+    # warm-ups a b c, then round 1 a b c, round 2 c b a, round 3 a b c (adjacent repeats merge)
+    assert _runs(log) == ["a", "b", "c", "a", "b", "c", "b", "a", "b", "c"]
+    for name, result in results.items():
+        assert len(result.rounds_pairs_per_s) == 3 and result.label == name
+        # per slice: 1 warm-up call (untimed), 1 untimed call, then 3 timed calls (the minimum per slice)
+        assert result.iterations == 9 and log.count(name) == 1 + 3 * (1 + 3)
+
+
+def test_interleaved_keeps_the_others_when_one_fails():
+    log = []
+    contenders = {"good": _logging_contender("good", log), "bad": _logging_contender("bad", log, fail_on_call=6)}
+    results, failed = bench_interleaved(contenders, batch=2, duration_s=0.0, warmup_s=0.0, rounds=3)
+    assert set(results) == {"good"} and len(results["good"].rounds_pairs_per_s) == 3
+    assert failed == {"bad": "RuntimeError: bad lost its device"}  # one line
+    assert log.count("bad") == 6  # not called again after it failed
+    with pytest.raises(ValueError):
+        bench_interleaved(contenders, batch=2, duration_s=0.0, warmup_s=0.0, rounds=0)
+
+
+def test_merged_slices_pool_timings_and_keep_each_slice():
+    slices = [([10.0] * 4, [None] * 4, 0.05, 0.1), ([20.0] * 2, [None] * 2, 0.05, 0.1)]
+    merged = merge_slices(slices, batch=8, label="x")
+    assert (merged.iterations, merged.wall_s, merged.label) == (6, pytest.approx(0.1), "x")
+    assert merged.pairs_per_s == pytest.approx(6 * 8 / 0.1)  # only timed windows count
+    assert merged.rounds_pairs_per_s == pytest.approx([4 * 8 / 0.05, 2 * 8 / 0.05])
+    assert merged.pairs_per_cpu_s == pytest.approx(48 / 0.2)
+    assert merged.latency_ms.median == 10.0 and merged.latency_ms.max == 20.0
+
+
+def test_freed_memory_is_kept_where_glibc_is():
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6")
+    except OSError:
+        assert keep_freed_memory() is False
+    else:
+        assert keep_freed_memory() is True
 
 
 # --- real engines ---------------------------------------------------------------------------------
@@ -251,6 +311,8 @@ def test_bench_cli_json_with_torch_beside(tiny_export, capsys):
     summary = json.loads(out)
     assert summary["batch"] == 4 and summary["threads"] == 1
     assert summary["result"]["label"] == "onnxruntime fp32" and summary["torch"]["label"] == "pytorch eager"
+    # side by side: both timed in the same three alternating slices
+    assert len(summary["result"]["rounds_pairs_per_s"]) == len(summary["torch"]["rounds_pairs_per_s"]) == 3
     assert summary["ratio_vs_torch"] == pytest.approx(summary["result"]["pairs_per_s"] / summary["torch"]["pairs_per_s"])
     assert summary["flops_per_pair"] == torch_flops_per_pair(checkpoint)
     ceiling = summary["ceiling"]["gflops"]

@@ -75,6 +75,16 @@ def test_report_lists_every_precision_with_figures_only_where_measured(result):
     assert "simulated crash" in markdown and "tf32" in markdown
 
 
+def test_engines_and_pytorch_are_timed_in_alternating_slices(result):
+    report = json.loads((result.out_dir / "report.json").read_text())
+    for row in report["results"]:
+        if row["status"] == "ok":
+            assert len(row["bench"]["4"]["rounds_pairs_per_s"]) == 3
+    torch_figures = report["context"]["torch"]["4"]  # model.pt sits beside the tiny export
+    assert len(torch_figures["rounds_pairs_per_s"]) == 3 and torch_figures["threads"] >= 1
+    assert "alternating slices" in (result.out_dir / "report.md").read_text()
+
+
 def test_run_config_beside_the_model_gives_the_split(tiny_onnx, tmp_path):
     assert training_split(tiny_onnx)[2].endswith("config.json")
     assert training_split(tmp_path / "model.onnx") == (0.2, 0, "training defaults")

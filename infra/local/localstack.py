@@ -564,7 +564,10 @@ def ensure_prefect_server(stack: Stack, state: dict, secret: dict, timings: dict
     if started:
         env = {**stack.clean_env(), "PREFECT_HOME": str(stack.state_dir / "prefect"),
                "PREFECT_SERVER_API_AUTH_STRING": secret["prefect_auth"], "PREFECT_API_AUTH_STRING": secret["prefect_auth"],
-               "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+               "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               # SQLite answers a write that meets a lock with 503, and clients retry after about 2 s: log each
+               # one, so a slow step can be traced to lock contention (the sign to move to PostgreSQL).
+               "PREFECT_API_LOG_RETRYABLE_ERRORS": "true"}
         argv = prefect_server_argv(stack.venv, state["ports"]["prefect"])
         process = start_process(argv, log, env, cwd=stack.state_dir)
         _record(state, "prefect-server", process, argv, log)

@@ -17,7 +17,7 @@ from kinship.cli.output import add_json_flag, console, key_value_table, print_js
 def register(subparsers) -> None:
     from kinship.engines.calibration import CalibrationConfig
     from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings
-    from kinship.train import TrainConfig
+    from kinship.train_config import TrainConfig
 
     train, engines, calibration = TrainConfig(), EngineSettings(), CalibrationConfig()
     parser = subparsers.add_parser(
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 def _train_config(args):
     from kinship.errors import UserError
-    from kinship.train import TrainConfig
+    from kinship.train_config import TrainConfig
 
     values = {}
     if args.train_config:

@@ -11,7 +11,7 @@ from kinship.cli.output import add_json_flag, console, print_json, progress_bars
 
 
 def register(subparsers) -> None:
-    from kinship.train import TrainConfig
+    from kinship.train_config import TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser("train", help="train the Siamese network (AMP on GPU, CPU fallback)")

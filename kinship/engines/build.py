@@ -50,8 +50,9 @@ class EnginesConfig:
     options: EngineOptions = EngineOptions()
     validation_limit: int = 0  # 0 = every validation pair
     bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES  # empty: no benchmark
-    bench_seconds: float = 2.0
+    bench_seconds: float = 2.0  # per engine and batch, split over bench_rounds alternating slices
     warmup_seconds: float = 0.5
+    bench_rounds: int = 3
     policy: ValidationPolicy = ValidationPolicy()
 
     def split_config(self):
@@ -125,7 +126,7 @@ def _backend_note(requested: str, backend: str) -> str:
 def training_split(model_path: Path | None, val_fraction: float | None = None, seed: int | None = None) -> tuple[float, int, str]:
     """The family split the model was trained with: explicit values win, else the run's ``config.json``
     beside the model (a run folder), else the training defaults. Returns (val_fraction, seed, source)."""
-    from kinship.train import TrainConfig
+    from kinship.train_config import TrainConfig
 
     defaults, source = TrainConfig(), "training defaults"
     config_path = Path(model_path).parent / "config.json" if model_path else None
@@ -201,24 +202,58 @@ def build_one(onnx_path: Path, out_dir: Path, variant: str, backend: str, calibr
     return record
 
 
-def _benchmark(records: list[EngineRecord], config: EnginesConfig, pixels: np.ndarray, on_progress) -> None:
-    """The batch sweep over every engine that validated, via ``bench.bench_engine``."""
+def _benchmark(records: list[EngineRecord], config: EnginesConfig, pixels: np.ndarray, torch_checkpoint: Path | None,
+               on_progress) -> dict | None:
+    """The batch sweep over every engine that validated, in alternating slices (``bench.bench_interleaved``)
+    so the ratios between engines are side by side; PyTorch eager on ``torch_checkpoint`` joins the
+    slices at the reference batch. Returns PyTorch's ``{batch: figures}``, or None if it did not run."""
     if not config.bench_batches:
-        return
-    from kinship.engines.bench import bench_engine
+        return None
+    from kinship.engines.bench import bench_interleaved, timed_call
 
-    runnable = [r for r in records if r.validation is not None]
-    for record in runnable:
-        engine = load_engine(record.build.path)
-        for batch in config.bench_batches:
-            if record.backend == "tensorrt" and batch > config.options.max_batch:
-                continue  # beyond the profile: TensorRT would run it as several calls
-            try:
-                record.bench.append(bench_engine(engine, batch, config.bench_seconds, config.warmup_seconds, pixels,
-                                                 on_progress, label=f"{record.backend} {record.variant}"))
-            except Exception as error:
-                record.reason = f"benchmark at batch {batch} failed: {reason_of(error)}"
-                break
+    runnable = {f"{r.backend} {r.variant}": r for r in records if r.validation is not None}
+    engines = {name: load_engine(record.build.path) for name, record in runnable.items()}
+    reference = reference_batch(config)
+    torch_figures = None
+    for batch in config.bench_batches:
+        contenders = {name: timed_call(engine, batch, pixels) for name, engine in engines.items()
+                      if not (runnable[name].backend == "tensorrt" and batch > config.options.max_batch)
+                      and not (runnable[name].reason or "").startswith("benchmark at batch")}
+        if batch == reference and torch_checkpoint is not None and engines:
+            contenders["pytorch eager"] = _torch_call(torch_checkpoint, batch, pixels, config)
+        results, failed = bench_interleaved(contenders, batch, config.bench_seconds, config.warmup_seconds,
+                                            config.bench_rounds, on_progress)
+        for name, figures in results.items():
+            if name in runnable:
+                runnable[name].bench.append(figures)
+        for name, why in failed.items():
+            if name in runnable:
+                runnable[name].reason = f"benchmark at batch {batch} failed: {why}"
+        if "pytorch eager" in results:
+            torch_figures = {batch: {**results["pytorch eager"].to_dict(), "threads": _threads(config)}}
+    return torch_figures
+
+
+def _threads(config: EnginesConfig) -> int:
+    from kinship.engines.bench import default_threads
+
+    return config.options.threads or default_threads()
+
+
+def _torch_call(checkpoint: Path, batch: int, pixels: np.ndarray, config: EnginesConfig):
+    """PyTorch eager's timed call, with the engines' thread count (torch keeps it for this process)."""
+    import torch
+
+    from kinship.engines.bench import TorchEager, timed_call
+
+    torch.set_num_threads(_threads(config))
+    return timed_call(TorchEager(checkpoint), batch, pixels)
+
+
+def reference_batch(config: EnginesConfig) -> int:
+    """The batch of the report's table and ratios: 64 when swept, else the largest swept."""
+    batches = config.bench_batches or (64,)
+    return 64 if 64 in batches else max(batches)
 
 
 def _environment(backend: str) -> dict:
@@ -306,7 +341,9 @@ def build_engines(
                                  inputs.reference, inputs.reference_report.auc, builder))
     on_progress(ProgressEvent("build and validate engines", len(variants), len(variants)))
     pairs = inputs.prepared.val_pairs
-    _benchmark(records, config, np.asarray(inputs.prepared.pixels[np.unique(pairs.left)[:512]]), on_progress)
+    companion = onnx_path.with_suffix(".pt")
+    torch_figures = _benchmark(records, config, np.asarray(inputs.prepared.pixels[np.unique(pairs.left)[:512]]),
+                               companion if companion.is_file() else None, on_progress)
     calibration = ({**inputs.calibration_meta, "file": str(inputs.calibration), "method": config.options.calibration_method}
                    if inputs.calibration else {})
     result = EnginesResult(
@@ -316,7 +353,7 @@ def build_engines(
          "threshold_source": inputs.data.threshold_source, "policy": asdict(config.policy)},
         calibration, records, _environment(backend), time.perf_counter() - started,
     )
-    result.report_files = write_report(result, config, inputs.data.label)
+    result.report_files = write_report(result, config, inputs.data.label, torch_figures)
     return result
 
 
@@ -367,11 +404,10 @@ def report_context(result: EnginesResult, config: EnginesConfig) -> dict:
     """What the report shows around the rows: model, machine, reference batch, FLOPs, notes."""
     from kinship.engines.bench import default_threads
 
-    batches = config.bench_batches or (64,)
     context = {
         "title": f"Engines for {result.onnx.name} ({result.backend})",
         "model": str(result.onnx),
-        "reference_batch": 64 if 64 in batches else max(batches),
+        "reference_batch": reference_batch(config),
         "threads": default_threads(),
         "machine": result.environment,
         "notes": [
@@ -396,7 +432,7 @@ def report_context(result: EnginesResult, config: EnginesConfig) -> dict:
     return context
 
 
-def write_report(result: EnginesResult, config: EnginesConfig, labels: np.ndarray) -> list[str]:
+def write_report(result: EnginesResult, config: EnginesConfig, labels: np.ndarray, torch_figures: dict | None = None) -> list[str]:
     """report.json, report.md and the plots in the out folder, through ``kinship.engines.report``.
 
     With a benchmark, the report also gets this machine's GEMM ceiling and (when ``model.pt`` sits
@@ -407,6 +443,8 @@ def write_report(result: EnginesResult, config: EnginesConfig, labels: np.ndarra
 
     rows = report_rows(result, labels)
     context = report_context(result, config)
+    if torch_figures:
+        context["torch"] = torch_figures
     if config.bench_batches:
         try:
             measured = measure_context(result.onnx, [EngineResult.from_dict(r) for r in rows], context)

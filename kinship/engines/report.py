@@ -319,7 +319,10 @@ def markdown(rows: list[EngineResult], summaries: list[dict], context: dict, plo
     if torch_figures:
         lines += ["", f"PyTorch eager (inference mode, same threads, batch {batch}): "
                   f"{torch_figures['pairs_per_s']:.1f} pairs/s, p50 {torch_figures['latency_ms']['median']:.2f} ms, "
-                  f"p99 {torch_figures['latency_ms']['p99']:.2f} ms. \"vs PyTorch\" is each engine's pairs/s over this."]
+                  f"p99 {torch_figures['latency_ms']['p99']:.2f} ms. \"vs PyTorch\" is each engine's pairs/s over this. "
+                  "glibc was set to keep freed memory (PyTorch allocates each activation afresh; without it, "
+                  "page faults cost it up to half its speed, while ONNX Runtime has its own arena)."]
+    lines += _slice_lines(rows, torch_figures, batch)
     lines += _scoring_lines(context.get("scoring"))
     explained = [row for row in rows if row.int8_size_explanation]
     if explained:
@@ -365,6 +368,18 @@ def _table_cells(row: EngineResult, summary: dict) -> list[str]:
         (summary["vs_torch"], "{:.2f}x"),
     ]
     return [row.backend, row.variant, status] + ["—" if value is None else fmt.format(value) for value, fmt in values]
+
+
+def _slice_lines(rows: list[EngineResult], torch_figures: dict | None, batch: int) -> list[str]:
+    """Pairs/s of each alternating slice at ``batch``: the spread within a run, and whether it moved alike."""
+    series = [(row.name, (_bench_at(row.bench, batch) or {}).get("rounds_pairs_per_s")) for row in rows if row.status == STATUS_OK]
+    series.append(("pytorch eager", (torch_figures or {}).get("rounds_pairs_per_s")))
+    series = [(name, values) for name, values in series if values]
+    if not series:
+        return []
+    lines = ["", f"Timed in {len(series[0][1])} alternating slices (order reversed every other round), so the "
+             "ratios are side by side; pairs/s per slice:"]
+    return lines + [f"- {name}: " + " / ".join(f"{value:,.0f}" for value in values) for name, values in series]
 
 
 def _scoring_lines(scoring: dict | None) -> list[str]:
@@ -479,7 +494,7 @@ def measure_context(onnx_path: Path, rows: list[EngineResult], context: dict, ce
     batch = int(context.get("reference_batch", 64))
     checkpoint = Path(onnx_path).with_suffix(".pt")
     benched = [figures for row in rows for figures in [_bench_at(row.bench, batch)] if figures]
-    if checkpoint.is_file() and benched:
+    if "torch" not in context and checkpoint.is_file() and benched:  # the sweep may have timed it side by side
         seconds = max(1.0, max(figures["wall_s"] for figures in benched))
         measured["torch"] = {batch: bench_torch(checkpoint, batch, seconds, 0.5, threads=threads).to_dict()}
     return measured

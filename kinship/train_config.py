@@ -1,0 +1,62 @@
+"""The training configuration, apart from the training code so that orchestration (the parent flow, the
+engines host, parameter schemas) can name it without importing torch: about 1.3 s of every flow run's start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+from kinship.augment import AugmentConfig
+from kinship.data import SplitConfig
+
+if TYPE_CHECKING:
+    from kinship.model import ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as ``config.json`` in the run folder.
+
+    The defaults are the demo configuration, sized for about 10 minutes on 2 CPU cores at 64 px.
+    Width 16 keeps every stage a multiple of 16 channels, the block size of ONNX Runtime's NCHWc
+    convolutions (width 24 ran at 61% of the GEMM ceiling, 32 at 94%), and trains 1.9x faster than 24
+    for the same validation AUC per epoch on the default synthetic set.
+    """
+
+    epochs: int = 16
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    image_size: int = 64
+    width: int = 16
+    embedding_dim: int = 128
+    arch: str = "residual"
+    amp: str = "auto"  # auto | on | off
+    device: str = "auto"  # auto | cpu | cuda (ROCm shows up as cuda too)
+    seed: int = 0
+    pairs_per_relationship: int = 1  # positives drawn per relationship per epoch
+    val_fraction: float = 0.2
+    flip: bool = True  # random horizontal flips: faces are near-symmetric
+    shift: int = 4  # random translation of training photos, pixels per axis
+    jitter: float = 0.1  # random brightness / contrast change of training photos (relative)
+    contrastive_weight: float = 1.0  # 0 = plain BCE on sampled pairs
+    contrastive_temperature: float = 0.1
+    identity_weight: float = 0.3  # 0 = no identity classifier; 1.0 overfits the training people sooner
+    identity_scale: float = 16.0  # logit scale of the cosine softmax
+    max_batches_per_epoch: int = 0  # 0 = all; tests shrink the job with it
+
+    def model_config(self) -> ModelConfig:
+        from kinship.model import ModelConfig
+
+        return ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width, embedding_dim=self.embedding_dim)
+
+    def augmentation(self) -> AugmentConfig:
+        return AugmentConfig(flip=self.flip, shift=self.shift, jitter=self.jitter)
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig(val_fraction=self.val_fraction, seed=self.seed)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

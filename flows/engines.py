@@ -8,8 +8,8 @@ from flows.naming import engines_run_name
 from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings, PrecisionName
 from tasks.data import clean_work, fetch_data_set
 from tasks.engines import (
-    build_engine, choose_backend, engine_outcome, fetch_inputs, read_train_manifest, write_engines_manifest,
-    write_engines_report,
+    build_engine, choose_backend, engine_outcome, fetch_inputs, read_train_manifest, require_an_engine,
+    write_engines_manifest, write_engines_report,
 )
 from tasks.runtime import new_run_id_for_this_run
 
@@ -20,6 +20,7 @@ def engines_flow(train_manifest: str, precisions: list[PrecisionName] = list(DEF
     """Engines for the model named by the training manifest at ``train_manifest``; return the engines manifest.
 
     A precision whose build fails is a ``failed`` row with its reason; the others are built and reported.
+    If none is built the run fails, after storing the report and the manifest.
     """
     run_id = run_id or new_run_id_for_this_run()
     backend = choose_backend(engines)  # a bad setting fails here, before any download
@@ -32,4 +33,4 @@ def engines_flow(train_manifest: str, precisions: list[PrecisionName] = list(DEF
     report = write_engines_report(variants, run_id)
     result = write_engines_manifest(run_id, manifest, variants, report)
     clean_work(run_id)
-    return result
+    return require_an_engine(result)

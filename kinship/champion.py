@@ -184,6 +184,10 @@ def promote_if_better(store: ArtifactStore, train_manifest: dict, engines_manife
     pointer in force afterwards, with its own ref under ``pointer`` when this call wrote it).
     """
     candidate, run_id = train_manifest["metrics"].get("best_val_auc"), train_manifest["run_id"]
+    if not any(engine.get("status") == "built" for engine in engines_manifest.get("engines", [])):
+        current = read_champion(store)
+        return _outcome(store, False, f"run {run_id} has no built engine: nothing to deploy, champion kept",
+                        candidate, current, current)
     with _local_lock(store):
         for _ in range(attempts):
             previous, version = _read_versioned(store)

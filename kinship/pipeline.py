@@ -36,7 +36,7 @@ from typing import Callable, Literal
 
 from kinship import __version__
 from kinship.engines.calibration import CalibrationConfig
-from kinship.errors import UserError
+from kinship.errors import KinshipError, UserError
 from kinship.progress import ProgressEvent, silent
 from kinship.storage import (
     MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreAccessError, StoreSettings, file_digest, join_key,
@@ -436,6 +436,26 @@ def engine_stage(store: ArtifactStore, onnx: Path, dataset: DatasetHandle, calib
     }
 
 
+def failed_engine(variant: str, backend: str, reason: str) -> dict:
+    """What ``engine_stage`` returns, for a precision whose stage itself failed (its inputs, its task)."""
+    from kinship.engines.report import EngineResult
+
+    return {"variant": variant, "backend": backend, "backend_note": None, "status": "failed", "reason": reason,
+            "artifacts": {}, "row": EngineResult.failed(backend, variant, reason).to_dict(), "context": {},
+            "reference": None, "validation": None, "environment": None}
+
+
+_RUN_FACTS = ("backend_note", "context", "reference", "validation", "environment")
+
+
+def with_run_facts(variants: list[dict]) -> list[dict]:
+    """Failed records borrow the run-wide facts (model, reference AUC, machine) from a variant that ran."""
+    source = next((v for v in variants if v.get("context")), None)
+    if source is None:
+        return variants
+    return [v if v.get("context") else {**v, **{k: source[k] for k in _RUN_FACTS}} for v in variants]
+
+
 def engines_report_stage(store: ArtifactStore, variants: list[dict], work_dir: Path, prefix: str) -> dict:
     """One report over every variant (``kinship.engines.report``): written, uploaded, refs returned."""
     from kinship.engines.report import write_report
@@ -473,6 +493,26 @@ def write_engines_manifest(store: ArtifactStore, run_id: str, train_manifest: di
         "host": host or host_facts(),
     }
     return _store_manifest(store, manifest, run_prefix(run_id, "engines", "manifest.json"))
+
+
+class NoEngineBuilt(KinshipError):
+    """Every precision of a run failed or does not apply on this host: nothing to deploy or promote."""
+
+
+def built_engines(manifest: dict) -> list[str]:
+    """The precisions an engines manifest records as built (validated against FP32)."""
+    return [engine["variant"] for engine in manifest.get("engines", []) if engine.get("status") == "built"]
+
+
+def require_an_engine(manifest: dict) -> dict:
+    """``manifest`` (an engines manifest) if at least one precision was built; else ``NoEngineBuilt``,
+    naming each precision's outcome and where the report is, so the run fails instead of completing."""
+    if built_engines(manifest):
+        return manifest
+    outcomes = "; ".join(f"{e['variant']} {e['status']}" + (f" ({e['reason']})" if e.get("reason") else "")
+                         for e in manifest.get("engines", []))
+    report = (manifest.get("report") or {}).get("report.md", {}).get("uri", "not written")
+    raise NoEngineBuilt(f"no engine was built for run {manifest.get('run_id')}: {outcomes}; report: {report}")
 
 
 def _row_summary(row: dict) -> dict:
@@ -541,6 +581,7 @@ def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineC
     train_manifest = clock("train", lambda: _training_half(store, run_id, dataset, config, work / "train", clock, on_progress))
     engines_manifest = clock("engines", lambda: _engines_half(
         store, run_id, train_manifest["manifest"], dataset, precisions, config.engines, work / "engines", on_progress))
+    require_an_engine(engines_manifest)  # the engines report is stored; no promotion, no run report
     from kinship.champion import promote_if_better
     from kinship.run_report import publish_run_report
 

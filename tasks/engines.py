@@ -90,39 +90,31 @@ def engine_outcome(state, variant: str, backend: str) -> dict:
     if state.is_completed():
         return state.result()
     from kinship.engines.build import reason_of
-    from kinship.engines.report import EngineResult
 
     error = state.result(raise_on_failure=False)
     reason = reason_of(error) if isinstance(error, BaseException) else (state.message or state.name)
     get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, variant, reason)
-    return {"variant": variant, "backend": backend, "backend_note": None, "status": "failed", "reason": reason,
-            "artifacts": {}, "row": EngineResult.failed(backend, variant, reason).to_dict(), "context": {},
-            "reference": None, "validation": None, "environment": None}
-
-
-_RUN_FACTS = ("backend_note", "context", "reference", "validation", "environment")
-
-
-def _with_run_facts(variants: list[dict]) -> list[dict]:
-    """Failed records borrow the run-wide facts (model, reference AUC, machine) from a variant that ran."""
-    source = next((v for v in variants if v.get("context")), None)
-    if source is None:
-        return variants
-    return [v if v.get("context") else {**v, **{k: source[k] for k in _RUN_FACTS}} for v in variants]
+    return pipeline.failed_engine(variant, backend, reason)
 
 
 @task(name="write engine report", **ONE_RETRY)
 def write_engines_report(variants: list[dict], run_id: str) -> dict:
     """One report over every variant (markdown, JSON, plots), uploaded under the run's engines prefix."""
-    return pipeline.engines_report_stage(open_store(), _with_run_facts(variants), work_dir(run_id, "engines"),
+    return pipeline.engines_report_stage(open_store(), pipeline.with_run_facts(variants), work_dir(run_id, "engines"),
                                          pipeline.run_prefix(run_id, "engines", "report"))
 
 
 @task(name="write engines manifest", **IO_RETRIES)
 def write_engines_manifest(run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
     """Store the engines manifest last and show the engine table on this run's page."""
-    manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, _with_run_facts(variants), report,
+    manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, pipeline.with_run_facts(variants), report,
                                                host())
     create_table_artifact(engine_table(manifest), description=f"engines of run {run_id} ({manifest['backend_note']})")
     get_run_logger().info("engines manifest: %s", manifest["manifest"]["uri"])
     return manifest
+
+
+@task(name="require an engine")
+def require_an_engine(manifest: dict) -> dict:
+    """Fail the run (report and manifest already stored) when no precision was built: nothing to deploy."""
+    return pipeline.require_an_engine(manifest)

@@ -12,8 +12,8 @@ import pytest
 
 from kinship.champion import CHAMPION_KEY, decide, promote_if_better, read_champion
 from kinship.pipeline import (
-    ENGINES_MANIFEST_FORMAT, ONNX_FILES, TRAIN_MANIFEST_FORMAT, EngineSettings, PipelineConfig, _resume_possible,
-    open_local_store, read_manifest, run_pipeline,
+    ENGINES_MANIFEST_FORMAT, ONNX_FILES, TRAIN_MANIFEST_FORMAT, EngineSettings, NoEngineBuilt, PipelineConfig,
+    _engines_half, _resume_possible, local_dataset, open_local_store, read_manifest, require_an_engine, run_pipeline,
 )
 from kinship.storage import file_digest, parse_uri
 from kinship.train import TrainConfig
@@ -116,6 +116,31 @@ def test_champion_is_only_replaced_by_a_better_model(finished) -> None:
     assert better["promoted"]
     after = store.get_json(CHAMPION_KEY)
     assert after["run_id"] == "better" and after["previous"] == {"run_id": "test-run", "val_auc": auc}
+
+
+def test_a_run_without_a_built_engine_fails_and_is_never_promoted(finished, tiny_data, tmp_path: Path) -> None:
+    result, out = finished
+    store = open_local_store(out)
+    before = store.get_json(CHAMPION_KEY)
+    # TF32 alone on a CPU host: the report says "not applicable", and there is nothing to deploy
+    engines = _engines_half(store, "tf32-only", result.train["manifest"], local_dataset(tiny_data), ["tf32"], TINY.engines,
+                            tmp_path / "work", lambda event: None)
+    assert [e["status"] for e in engines["engines"]] == ["not applicable"]
+    with pytest.raises(NoEngineBuilt, match=r"no engine was built for run tf32-only: tf32 not applicable \(.+\); report: "):
+        require_an_engine(engines)
+    better = {**result.train, "run_id": "tf32-only",
+              "metrics": {**result.train["metrics"], "best_val_auc": result.train["metrics"]["best_val_auc"] + 0.1}}
+    kept = promote_if_better(store, better, engines)
+    assert not kept["promoted"] and "no built engine" in kept["reason"]
+    assert store.get_json(CHAMPION_KEY) == before
+    assert require_an_engine(result.engines) is result.engines
+
+
+def test_orchestration_imports_no_torch() -> None:
+    # the parent flow and the engine host start a process per run: torch would add about 1.3 s to each
+    code = ("import sys, flows.full, flows.engines, tasks.orchestration; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0
 
 
 def test_champion_decision_rule() -> None:

@@ -10,31 +10,22 @@ compare-and-swap: the pointer is rewritten only if it is still the version the d
 against. On S3 that is a conditional PUT (``If-Match`` on the ETag read before deciding, or
 ``If-None-Match: *`` when there is no champion yet; AWS S3, SeaweedFS and MinIO refuse a stale one with
 412); a refused write re-reads the new champion and decides again. A local store (the in-process
-``kinship pipeline``) holds an exclusive file lock around the read-decide-write instead.
+``kinship pipeline``) compares content digests under an exclusive file lock. Both are the store's
+``get_json_versioned`` / ``put_json_if_version``.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Iterator
 
 from kinship.errors import KinshipError
-from kinship.storage import (
-    _LOCAL_META_DIR, _SHA_META, ArtifactNotFound, ArtifactRef, ArtifactStore, LocalStore, S3Store,
-    parse_uri,
-)
+from kinship.storage import ArtifactNotFound, ArtifactStore
 
 CHAMPION_KEY = "champion.json"
 CHAMPION_FORMAT = "kinship-champion/1"
 SWAP_ATTEMPTS = 10  # each refused swap means another run promoted meanwhile: a handful of runs never exhaust it
-_STALE_WRITE = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 
 class ChampionContention(KinshipError):
@@ -90,86 +81,6 @@ def champion_record(train_manifest: dict, engines_manifest: dict, previous: dict
     }
 
 
-# ---------------------------------------------------------------- compare-and-swap
-
-
-def _s3_location(store: S3Store) -> tuple[str, str]:
-    loc = parse_uri(store.uri(CHAMPION_KEY))
-    return loc.bucket, loc.key
-
-
-def _error_code(error) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-def _read_versioned(store: ArtifactStore) -> tuple[dict | None, str | None]:
-    """The champion and the version it was read at (the S3 ETag; None on a local store or with no champion).
-
-    The ETag is read before the body: if the pointer changes between the two, the body is the newer one
-    and the older ETag makes the conditional write fail, so the decision is taken again. Never unsafe.
-    """
-    if not isinstance(store, S3Store):
-        return read_champion(store), None
-    from botocore.exceptions import ClientError
-
-    bucket, key = _s3_location(store)
-    def head() -> str | None:
-        try:
-            return store.client.head_object(Bucket=bucket, Key=key)["ETag"]
-        except ClientError as error:
-            if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-
-    etag = store.call_with_retries(f"stat {store.uri(CHAMPION_KEY)}", head)  # an outage is retried like any transfer
-    if etag is None:
-        return None, None
-    return read_champion(store), etag
-
-
-def _write_if_unchanged(store: ArtifactStore, record: dict, version: str | None) -> ArtifactRef | None:
-    """Write the pointer if it is still at ``version``; None when another run changed it first."""
-    if not isinstance(store, S3Store):
-        return store.put_json(record, CHAMPION_KEY)  # under _local_lock: nobody else is between read and write
-    from botocore.exceptions import ClientError
-
-    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    sha256 = hashlib.sha256(data).hexdigest()
-    bucket, key = _s3_location(store)
-    condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
-    def put() -> bool:
-        try:
-            store.client.put_object(Bucket=bucket, Key=key, Body=data, Metadata={_SHA_META: sha256},
-                                    ContentType="application/json", **condition)
-        except ClientError as error:
-            status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if _error_code(error) in _STALE_WRITE or status in ("409", "412"):
-                return False
-            raise
-        return True
-
-    if not store.call_with_retries(f"write {store.uri(CHAMPION_KEY)}", put):
-        return None
-    return ArtifactRef(uri=store.uri(CHAMPION_KEY), key=CHAMPION_KEY, sha256=sha256, size=len(data))
-
-
-@contextmanager
-def _local_lock(store: ArtifactStore) -> Iterator[None]:
-    """An exclusive lock beside a local store's pointer (released by the kernel if the process dies)."""
-    if not isinstance(store, LocalStore):
-        yield
-        return
-    pointer = Path(parse_uri(store.uri(CHAMPION_KEY)).key)
-    lock = store.root / _LOCAL_META_DIR / f"{pointer.relative_to(store.root).as_posix()}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _outcome(store: ArtifactStore, promoted: bool, reason: str, candidate, previous: dict | None,
              champion: dict | None) -> dict:
     return {"promoted": promoted, "reason": reason, "candidate_auc": candidate, "previous": previous,
@@ -188,19 +99,18 @@ def promote_if_better(store: ArtifactStore, train_manifest: dict, engines_manife
         current = read_champion(store)
         return _outcome(store, False, f"run {run_id} has no built engine: nothing to deploy, champion kept",
                         candidate, current, current)
-    with _local_lock(store):
-        for _ in range(attempts):
-            previous, version = _read_versioned(store)
-            if previous and previous.get("run_id") == run_id and previous.get("val_auc") == candidate:
-                # An earlier attempt of this run wrote the pointer (its answer was lost): nothing to do.
-                return _outcome(store, True, f"run {run_id} is already the champion (AUC {candidate:.4f})",
-                                candidate, previous.get("previous"), previous)
-            decision = decide(candidate, previous)
-            if not decision.promote:
-                return _outcome(store, False, decision.reason, candidate, previous, previous)
-            record = champion_record(train_manifest, engines_manifest, previous)
-            ref = _write_if_unchanged(store, record, version)
-            if ref is not None:
-                return _outcome(store, True, decision.reason, candidate, previous, {**record, "pointer": ref.to_dict()})
+    for _ in range(attempts):
+        previous, version = store.get_json_versioned(CHAMPION_KEY)
+        if previous and previous.get("run_id") == run_id and previous.get("val_auc") == candidate:
+            # An earlier attempt of this run wrote the pointer (its answer was lost): nothing to do.
+            return _outcome(store, True, f"run {run_id} is already the champion (AUC {candidate:.4f})",
+                            candidate, previous.get("previous"), previous)
+        decision = decide(candidate, previous)
+        if not decision.promote:
+            return _outcome(store, False, decision.reason, candidate, previous, previous)
+        record = champion_record(train_manifest, engines_manifest, previous)
+        ref = store.put_json_if_version(record, CHAMPION_KEY, version)  # None: another run promoted meanwhile
+        if ref is not None:
+            return _outcome(store, True, decision.reason, candidate, previous, {**record, "pointer": ref.to_dict()})
     raise ChampionContention(f"{store.uri(CHAMPION_KEY)} changed under each of {attempts} attempts to promote "
                              f"run {run_id}: try again")

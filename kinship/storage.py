@@ -35,6 +35,7 @@ from kinship.progress import ProgressEvent, silent
 MiB = 1024 * 1024
 MANIFEST_NAME = "kinship-manifest.json"
 _SHA_META = "sha256"
+_STALE_WRITE = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")  # a conditional write lost
 _LOCAL_META_DIR = ".kinship-meta"
 _JSON_LIMIT = 64 * MiB
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -145,6 +146,8 @@ class ArtifactStore(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
     def put_json(self, obj: Any, key: str) -> ArtifactRef: ...
     def get_json(self, ref_or_uri: ArtifactRef | str) -> Any: ...
+    def get_json_versioned(self, key: str) -> tuple[Any, str | None]: ...
+    def put_json_if_version(self, obj: Any, key: str, version: str | None) -> ArtifactRef | None: ...
     def write_manifest(self, refs: list[ArtifactRef], key: str) -> ArtifactRef: ...
     def read_manifest(self, ref_or_uri: ArtifactRef | str) -> dict[str, ArtifactRef]: ...
 
@@ -400,6 +403,14 @@ class _BaseStore:
     def _stat(self, loc: StoreURI) -> tuple[int, str | None] | None:
         raise NotImplementedError
 
+    def _version(self, loc: StoreURI) -> str | None:
+        """An opaque version of the object at ``loc`` that changes with every write; None when absent."""
+        raise NotImplementedError
+
+    def _upload_bytes_if(self, data: bytes, loc: StoreURI, sha256: str, version: str | None) -> bool:
+        """Write ``data`` only if the object is still at ``version`` (None: only if absent); False if not."""
+        raise NotImplementedError
+
     def _sizes(self, prefix: str) -> dict[str, int]:
         raise NotImplementedError
 
@@ -496,6 +507,30 @@ class _BaseStore:
         data = _json_bytes(obj)
         sha256 = hashlib.sha256(data).hexdigest()
         self._upload_bytes(data, self._location(key), sha256)
+        return ArtifactRef(uri=self.uri(key), key=key, sha256=sha256, size=len(data))
+
+    def get_json_versioned(self, key: str) -> tuple[Any, str | None]:
+        """A JSON document (verified like ``get_json``) and the version it was read at; ``(None, None)`` if absent.
+
+        The version is read before the body: if a writer comes between the two, the body is the newer one
+        and the older version makes the next ``put_json_if_version`` fail, so the caller decides again.
+        """
+        version = self._version(self._location(validate_key(key)))
+        if version is None:
+            return None, None
+        try:
+            return self.get_json(self.uri(key)), version
+        except ArtifactNotFound:  # deleted between the two reads: absent now
+            return None, None
+
+    def put_json_if_version(self, obj: Any, key: str, version: str | None) -> ArtifactRef | None:
+        """Compare-and-swap: store ``obj`` at ``key`` only if the object is still at ``version`` (from
+        ``get_json_versioned``; None: only if there is none). None when another writer came first."""
+        key = validate_key(key)
+        data = _json_bytes(obj)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if not self._upload_bytes_if(data, self._location(key), sha256, version):
+            return None
         return ArtifactRef(uri=self.uri(key), key=key, sha256=sha256, size=len(data))
 
     def get_json(self, ref_or_uri: ArtifactRef | str) -> Any:
@@ -748,6 +783,32 @@ class S3Store(_BaseStore):
             return None
         return int(head["ContentLength"]), head.get("Metadata", {}).get(_SHA_META)
 
+    def _version(self, loc: StoreURI) -> str | None:
+        try:
+            return self._call(f"stat s3://{loc.bucket}/{loc.key}",
+                              lambda: self.client.head_object(Bucket=loc.bucket, Key=loc.key))["ETag"]
+        except ArtifactNotFound:
+            return None
+
+    def _upload_bytes_if(self, data: bytes, loc: StoreURI, sha256: str, version: str | None) -> bool:
+        from botocore.exceptions import ClientError
+
+        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}  # S3 conditional writes
+
+        def put() -> bool:
+            try:
+                self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, Metadata={_SHA_META: sha256},
+                                       ContentType="application/json", **condition)
+            except ClientError as error:
+                code = str(error.response.get("Error", {}).get("Code", ""))
+                status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+                if code in _STALE_WRITE or status in ("409", "412"):
+                    return False
+                raise
+            return True
+
+        return self._call(f"write s3://{loc.bucket}/{loc.key} if unchanged", put)
+
     def _sizes(self, prefix: str) -> dict[str, int]:
         full = self._full_key(prefix)
         listing_prefix = f"{full}/" if full else ""
@@ -919,6 +980,37 @@ class LocalStore(_BaseStore):
         target = Path(loc.key)
         _write_bytes_atomic(data, target)
         self._write_meta(target, sha256, len(data))
+
+    def _version(self, loc: StoreURI) -> str | None:
+        try:
+            return hashlib.sha256(Path(loc.key).read_bytes()).hexdigest()  # small documents only
+        except FileNotFoundError:
+            return None
+
+    def _upload_bytes_if(self, data: bytes, loc: StoreURI, sha256: str, version: str | None) -> bool:
+        with self._locked(Path(loc.key), exclusive=True):  # compare and write as one; the kernel drops it if we die
+            if self._version(loc) != version:
+                return False
+            self._upload_bytes(data, loc, sha256)
+        return True
+
+    def get_json_versioned(self, key: str) -> tuple[Any, str | None]:
+        # A file and its digest record are two writes: read them under the lock writers hold.
+        with self._locked(Path(self._location(validate_key(key)).key), exclusive=False):
+            return super().get_json_versioned(key)
+
+    @contextmanager
+    def _locked(self, path: Path, exclusive: bool) -> Iterator[None]:
+        import fcntl
+
+        lock = (self._meta_path(path) or path).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _download(self, loc: StoreURI, dest: Path, on_bytes: Callable[[int], None]) -> None:
         source = Path(loc.key)

@@ -52,13 +52,16 @@ def _candidate(run_id: str, auc: float) -> dict:
             "artifacts": {"model.onnx": ref, "model.pt": ref}, "manifest": ref}
 
 
+BUILT = {"manifest": {}, "engines": [{"variant": "fp32", "status": "built"}]}  # a model with a deployable engine
+
+
 def _promote_all_at_once(stores: list, aucs: list[float]) -> list[dict]:
     """Every store promotes its candidate at the same instant (a barrier), one thread each."""
     barrier, results = threading.Barrier(len(stores)), [None] * len(stores)
 
     def promote(index: int) -> None:
         barrier.wait()
-        results[index] = champion.promote_if_better(stores[index], _candidate(f"run-{index}", aucs[index]), {"manifest": {}})
+        results[index] = champion.promote_if_better(stores[index], _candidate(f"run-{index}", aucs[index]), BUILT)
 
     threads = [threading.Thread(target=promote, args=(index,)) for index in range(len(stores))]
     for thread in threads:

@@ -51,6 +51,33 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if ".partial-" in p.name) if folder.exists() else []
 
 
+def check_compare_and_swap(store, key: str = "pointer.json") -> None:
+    """The contract of ``get_json_versioned`` / ``put_json_if_version`` (shared with the S3 tests)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert store.get_json_versioned(key) == (None, None)
+    first = store.put_json_if_version({"n": 0}, key, None)
+    assert first is not None and store.get_json(first) == {"n": 0}
+    assert store.put_json_if_version({"n": 99}, key, None) is None  # "only if absent" refused: it exists now
+    value, version = store.get_json_versioned(key)
+    assert value == {"n": 0} and version
+    assert store.put_json_if_version({"n": 1}, key, version) is not None
+    assert store.put_json_if_version({"n": 2}, key, version) is None  # stale: another write came in between
+    assert store.get_json_versioned(key)[0] == {"n": 1}
+
+    def increment(_: int) -> int:
+        for attempt in range(1, 200):
+            value, version = store.get_json_versioned(key)
+            if store.put_json_if_version({"n": value["n"] + 1}, key, version) is not None:
+                return attempt
+        raise AssertionError("never won a swap")
+
+    with ThreadPoolExecutor(4) as pool:
+        attempts = list(pool.map(increment, range(12)))
+    assert store.get_json_versioned(key)[0] == {"n": 13}  # no increment lost to a race
+    assert len(attempts) == 12
+
+
 def test_put_get_round_trip(tmp_path: Path, store: LocalStore) -> None:
     data = os.urandom(70_000)
     ref = store.put_file(write(tmp_path / "model.onnx", data), "models/run1/model.onnx")
@@ -105,6 +132,10 @@ def test_damaged_cache_entry_is_fetched_again(tmp_path: Path, store: LocalStore)
     cached.chmod(0o644)
     cached.write_bytes(b"junk")
     assert store.get_file(ref).read_bytes() == data
+
+
+def test_compare_and_swap_on_a_folder(store: LocalStore) -> None:
+    check_compare_and_swap(store)
 
 
 def test_missing_object(store: LocalStore) -> None:

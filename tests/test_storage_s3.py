@@ -117,6 +117,12 @@ def test_bad_keys_never_reach_the_server(tmp_path: Path, store: S3Store, s3_env:
     assert "Contents" not in s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix=f"{store.prefix}/")
 
 
+def test_compare_and_swap_with_conditional_writes(store: S3Store) -> None:
+    from tests.test_storage import check_compare_and_swap
+
+    check_compare_and_swap(store)
+
+
 def test_json_and_manifest(tmp_path: Path, store: S3Store, s3_env: WeedServer) -> None:
     refs = [store.put_file(write(tmp_path / f"f{i}", os.urandom(1000 + i)), f"set/f{i}") for i in range(3)]
     manifest = store.write_manifest(refs, "set/manifest.json")

@@ -58,6 +58,10 @@ class StoreAccessError(UserError):
     """The store refused us (credentials) or could not be reached within the retry window."""
 
 
+class StoreUnreachable(StoreAccessError):
+    """The store could not be reached, or kept failing, for the whole retry window: trouble, not a refusal."""
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Where artifacts live and how transfers behave. Holds no secrets: credentials come from boto3's chain."""
@@ -847,7 +851,7 @@ class S3Store(_BaseStore):
                 first_failure = first_failure or now
                 remaining = self.settings.retry_window - (now - first_failure)
                 if remaining <= 0:
-                    raise StoreAccessError(
+                    raise StoreUnreachable(
                         f"{what}: gave up after {attempt} attempts over {now - first_failure:.0f} s, "
                         f"S3 endpoint {self.settings.endpoint_url or 'AWS'} unreachable or failing ({trouble})"
                     ) from None

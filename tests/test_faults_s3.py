@@ -25,7 +25,7 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kinship.progress import ProgressEvent
-from kinship.storage import MiB, S3Store, StoreAccessError, StoreSettings
+from kinship.storage import MiB, S3Store, StoreAccessError, StoreSettings, StoreUnreachable
 from tests.stack import _bin, _clean_env, localstack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -260,7 +260,7 @@ def test_a_server_that_stays_down_is_one_line_naming_endpoint_and_key(store: S3S
     elapsed = time.monotonic() - began
     message = str(error.value)
     assert "\n" not in message and closed in message and f"s3://{store.bucket}/{store.prefix}/data/f.bin" in message
-    assert "gave up" in message
+    assert "gave up" in message and isinstance(error.value, StoreUnreachable)
     # the window, plus the first and last attempts' own botocore retries (3 attempts: 3 s of backoff at most each)
     assert window <= elapsed <= window + 2 * 3 + 2, elapsed
     print(f"\ngive-up after {elapsed:.1f} s with a {window:.0f} s window, {retries(caplog, 'upload') + 1} attempts: {message}")
@@ -304,3 +304,4 @@ def test_a_failing_server_is_retried_and_a_refusing_one_is_not(store: S3Store, t
     message = str(error.value)
     assert "\n" not in message and f"s3://{store.bucket}/{store.prefix}/data/a.json" in message
     assert (retries(caplog, "write") > 0) == retried and (endpoint in message) == retried, message
+    assert isinstance(error.value, StoreUnreachable) == retried  # what Prefect tasks retry again

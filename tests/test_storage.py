@@ -305,3 +305,18 @@ def test_a_hostile_manifest_is_refused_and_nothing_written(tmp_path: Path, store
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out" / "escape.txt").exists()
+
+
+def test_tasks_retry_trouble_but_not_mistakes_or_refusals() -> None:
+    from types import SimpleNamespace
+
+    from kinship.storage import StoreAccessError, StoreUnreachable
+    from tasks.runtime import retry_unless_user_error
+
+    def retried(error) -> bool:
+        return retry_unless_user_error(None, None, SimpleNamespace(data=error))
+
+    assert retried(StoreUnreachable("s3://b/k: gave up after 9 attempts over 45 s"))
+    assert retried(ConnectionResetError("peer reset")) and retried(RuntimeError("worker hiccup"))
+    assert not retried(StoreAccessError("s3://b/k: access denied (InvalidAccessKeyId)"))
+    assert not retried(ArtifactNotFound("s3://b/k: no such object")) and not retried(UserError("bad value"))

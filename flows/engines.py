@@ -8,8 +8,8 @@ from flows.naming import engines_run_name
 from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings, PrecisionName
 from tasks.data import clean_work, fetch_data_set
 from tasks.engines import (
-    build_engine, choose_backend, engine_outcome, fetch_inputs, read_train_manifest, require_an_engine,
-    write_engines_manifest, write_engines_report,
+    benchmark_engines, build_engine, choose_backend, engine_outcome, fetch_inputs, read_train_manifest,
+    require_an_engine, write_engines_manifest, write_engines_report,
 )
 from tasks.runtime import new_run_id_for_this_run
 
@@ -30,6 +30,7 @@ def engines_flow(train_manifest: str, precisions: list[PrecisionName] = list(DEF
     build = build_engine.with_options(refresh_cache=force)
     states = {v: build(inputs, dataset, v, backend, engines, run_id, return_state=True) for v in dict.fromkeys(precisions)}
     variants = [engine_outcome(state, variant, backend) for variant, state in states.items()]
+    variants = benchmark_engines(inputs, dataset, variants, backend, engines, run_id)
     report = write_engines_report(variants, run_id)
     result = write_engines_manifest(run_id, manifest, variants, report)
     clean_work(run_id)

@@ -396,15 +396,74 @@ def fetch_calibration(store: ArtifactStore, manifest: dict, work_dir: Path) -> P
 
 
 def engines_config(variant: str, settings: EngineSettings, train: TrainConfig, calibration: Path | None) -> "EnginesConfig":
-    """The ``kinship.engines.build`` configuration of one variant, on the model's own family split."""
+    """The ``kinship.engines.build`` configuration of one variant, on the model's own family split.
+
+    It builds and validates only: ``benchmark_stage`` times every built variant together afterwards.
+    """
     from kinship.engines.build import EnginesConfig
 
     return EnginesConfig(
         backend=settings.backend, variants=(variant,), calibration=calibration if variant.startswith("int8") else None,
         val_fraction=train.val_fraction, split_seed=train.seed, validation_limit=settings.validation_pairs,
+        bench_batches=(),
+    )
+
+
+def bench_config(settings: EngineSettings, train: TrainConfig) -> "EnginesConfig":
+    """The ``kinship.engines.build`` configuration of the batch sweep over every built variant."""
+    from kinship.engines.build import EnginesConfig
+
+    return EnginesConfig(
+        backend=settings.backend, val_fraction=train.val_fraction, split_seed=train.seed,
         bench_batches=tuple(int(b) for b in settings.bench_batches), bench_seconds=settings.bench_seconds,
         warmup_seconds=settings.warmup_seconds,
     )
+
+
+def benchmark_stage(store: ArtifactStore, onnx: Path, variants: list[dict], dataset: DatasetHandle,
+                    settings: EngineSettings, train: TrainConfig, work_dir: Path,
+                    on_progress: Progress = silent) -> list[dict]:
+    """Time every built variant side by side, after all the builds; return the variants with figures.
+
+    Built one task each (so one failing precision loses nothing else), the engines are benchmarked here
+    together, in alternating slices, so the ratios between precisions come from the same minutes of the
+    same machine. Each engine folder is fetched from the store (sha256-verified): a build served from the
+    cache may have run on another day. The machine ceiling joins every variant's context; a variant whose
+    benchmark fails keeps its validation and gets the reason.
+    """
+    from kinship.data import prepare
+    from kinship.engines.base import load_engine
+    from kinship.engines.build import bench_pixels, reference_batch, sweep_engines
+    from kinship.engines.report import EngineResult, measure_context
+
+    built = [v for v in variants if v["status"] == "built" and (v.get("row") or {}).get("path")]
+    if not built or not settings.bench_batches:
+        return variants
+    config = bench_config(settings, train)
+    folders = {v["variant"]: store.get_tree(v["row"]["path"], Path(work_dir) / "bench" / v["variant"], on_progress)
+               for v in built}
+    engines = {f"{v['backend']} {v['variant']}": load_engine(folders[v["variant"]]) for v in built}
+    image_size = next(iter(engines.values())).image_size
+    prepared = prepare(dataset.path, image_size, config.split_config(), on_progress=on_progress)
+    companion = Path(onnx).with_suffix(".pt")
+    sweep = sweep_engines(engines, config, bench_pixels(prepared), companion if companion.is_file() else None,
+                          on_progress)
+    timed = []
+    for variant in variants:
+        name = f"{variant['backend']} {variant['variant']}"
+        if name not in sweep.bench:
+            timed.append(variant)
+            continue
+        row = {**variant["row"], "bench": {figures.batch: figures.to_dict() for figures in sweep.bench[name]}}
+        if name in sweep.failed:
+            row["reason"] = sweep.failed[name]
+        timed.append({**variant, "row": row})
+    context = {**built[0]["context"], "reference_batch": reference_batch(config)}
+    if sweep.torch:
+        context["torch"] = sweep.torch
+    rows = [EngineResult.from_dict({k: v for k, v in t["row"].items() if k != "summary"}) for t in timed if t.get("context")]
+    context = {**measure_context(Path(onnx), rows, context), **context}  # the machine ceiling, measured now
+    return [{**t, "context": {**context, "notes": t["context"].get("notes", [])}} if t.get("context") else t for t in timed]
 
 
 def engine_stage(store: ArtifactStore, onnx: Path, dataset: DatasetHandle, calibration: Path | None, variant: str,
@@ -611,5 +670,6 @@ def _engines_half(store, run_id, train_ref: dict, dataset, precisions, settings,
     prefix = run_prefix(run_id, "engines")
     variants = [engine_stage(store, onnx, dataset, calibration, variant, settings, train, work, prefix, on_progress)
                 for variant in precisions]
+    variants = benchmark_stage(store, onnx, variants, dataset, settings, train, work, on_progress)
     report = engines_report_stage(store, variants, work, join_key(prefix, "report"))
     return write_engines_manifest(store, run_id, train_manifest, variants, report)

@@ -52,17 +52,18 @@ def _engine_key(context, parameters: dict) -> str:
     inputs = parameters["inputs"]
     variant = parameters["variant"]
     calibration = inputs["calibration_sha256"] if variant.startswith("int8") else None
+    settings = {k: v for k, v in asdict(parameters["settings"]).items() if k in ("backend", "validation_pairs")}
     return cache_key("engine", inputs["onnx_sha256"], variant, parameters["backend"], calibration,
-                     parameters["dataset"].sha256, asdict(parameters["settings"]))
+                     parameters["dataset"].sha256, settings)  # the speeds are measured later, by benchmark_engines
 
 
 @task(name="build engine", cache_key_fn=_engine_key, task_run_name="engine {variant} ({backend})",
       **ONE_RETRY)
 def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: str, settings: EngineSettings,
                  run_id: str) -> dict:
-    """Build, validate and benchmark one precision; upload the engine folder.
+    """Build and validate one precision against FP32; upload the engine folder (``benchmark_engines`` times it).
 
-    Cached on (ONNX sha256, precision, backend, calibration sha256 for INT8, data set, bench settings).
+    Cached on (ONNX sha256, precision, backend, calibration sha256 for INT8, data set, validation settings).
     """
     if file_digest(Path(inputs["onnx"]))[0] != inputs["onnx_sha256"]:
         raise ValueError(f"{inputs['onnx']} changed on disk since it was fetched")
@@ -95,6 +96,27 @@ def engine_outcome(state, variant: str, backend: str) -> dict:
     reason = reason_of(error) if isinstance(error, BaseException) else (state.message or state.name)
     get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, variant, reason)
     return pipeline.failed_engine(variant, backend, reason)
+
+
+@task(name="benchmark engines", task_run_name="benchmark {backend} engines side by side")
+def benchmark_engines(inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str, settings: EngineSettings,
+                      run_id: str) -> list[dict]:
+    """Every built precision timed together in alternating slices, after the builds; the variants with figures.
+
+    Not cached: a speed is a measurement of this run's host. A benchmark that fails leaves the engines built
+    and validated, reported without speeds and with the reason.
+    """
+    from kinship.engines.build import reason_of
+
+    try:
+        with progress_artifact("benchmark engines") as on_progress:
+            return pipeline.benchmark_stage(open_store(), Path(inputs["onnx"]), variants, dataset, settings,
+                                            inputs["train_config"], work_dir(run_id, "engines"), on_progress)
+    except Exception as error:  # the builds stand without speeds
+        reason = reason_of(error)
+        get_run_logger().warning("benchmark failed, engines reported without speeds: %s", reason)
+        return [{**v, "row": {**v["row"], "reason": f"benchmark failed: {reason}"}} if v["status"] == "built" else v
+                for v in variants]
 
 
 @task(name="write engine report", **ONE_RETRY)

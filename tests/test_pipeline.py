@@ -83,6 +83,19 @@ def test_pipeline_builds_each_precision_and_reads_back_its_manifests(finished) -
         read_manifest(store, result.train["manifest"], ENGINES_MANIFEST_FORMAT)
 
 
+def test_precisions_are_benchmarked_together_after_their_builds(finished) -> None:
+    result, out = finished
+    report = json.loads(local_file(result.engines["report"]["report.json"]).read_text())
+    rows = {row["variant"]: row for row in report["results"]}
+    for variant in ("fp32", "int8"):
+        bench = rows[variant]["bench"]
+        assert sorted(int(batch) for batch in bench) == [1, 8]
+        # one sweep over both: each timed in the same three alternating slices per batch
+        assert all(len(figures["rounds_pairs_per_s"]) == 3 for figures in bench.values())
+    assert report["context"]["reference_batch"] == 8 and report["context"]["ceiling"]["gflops"] > 0
+    assert "alternating slices" in local_file(result.engines["report"]["report.md"]).read_text()
+
+
 @pytest.mark.slow
 def test_pipeline_report_and_first_champion(finished) -> None:
     result, out = finished

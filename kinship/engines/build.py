@@ -202,36 +202,63 @@ def build_one(onnx_path: Path, out_dir: Path, variant: str, backend: str, calibr
     return record
 
 
-def _benchmark(records: list[EngineRecord], config: EnginesConfig, pixels: np.ndarray, torch_checkpoint: Path | None,
-               on_progress) -> dict | None:
-    """The batch sweep over every engine that validated, in alternating slices (``bench.bench_interleaved``)
-    so the ratios between engines are side by side; PyTorch eager on ``torch_checkpoint`` joins the
-    slices at the reference batch. Returns PyTorch's ``{batch: figures}``, or None if it did not run."""
-    if not config.bench_batches:
-        return None
+@dataclass
+class Sweep:
+    """What a batch sweep measured: each engine's figures per batch, why any engine stopped, and PyTorch's
+    ``{batch: figures}`` at the reference batch (None when it did not run)."""
+
+    bench: dict[str, list] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    torch: dict | None = None
+
+
+def sweep_engines(engines: dict, config: EnginesConfig, pixels: np.ndarray, torch_checkpoint: Path | None = None,
+                  on_progress: Callable[[ProgressEvent], None] = silent) -> Sweep:
+    """The batch sweep over ``engines`` (name -> loaded engine) in alternating slices (``bench.bench_interleaved``),
+    so the ratios between engines are side by side; PyTorch eager on ``torch_checkpoint`` joins the slices at
+    the reference batch. An engine that fails at one batch is left out of the larger ones."""
     from kinship.engines.bench import bench_interleaved, timed_call
 
-    runnable = {f"{r.backend} {r.variant}": r for r in records if r.validation is not None}
-    engines = {name: load_engine(record.build.path) for name, record in runnable.items()}
+    sweep = Sweep({name: [] for name in engines})
+    if not config.bench_batches or not engines:
+        return sweep
     reference = reference_batch(config)
-    torch_figures = None
     for batch in config.bench_batches:
         contenders = {name: timed_call(engine, batch, pixels) for name, engine in engines.items()
-                      if not (runnable[name].backend == "tensorrt" and batch > config.options.max_batch)
-                      and not (runnable[name].reason or "").startswith("benchmark at batch")}
-        if batch == reference and torch_checkpoint is not None and engines:
+                      if name not in sweep.failed
+                      and not (engine.backend == "tensorrt" and batch > config.options.max_batch)}  # beyond the profile
+        if batch == reference and torch_checkpoint is not None:
             contenders["pytorch eager"] = _torch_call(torch_checkpoint, batch, pixels, config)
         results, failed = bench_interleaved(contenders, batch, config.bench_seconds, config.warmup_seconds,
                                             config.bench_rounds, on_progress)
         for name, figures in results.items():
-            if name in runnable:
-                runnable[name].bench.append(figures)
-        for name, why in failed.items():
-            if name in runnable:
-                runnable[name].reason = f"benchmark at batch {batch} failed: {why}"
+            if name in engines:
+                sweep.bench[name].append(figures)
+        sweep.failed.update({name: f"benchmark at batch {batch} failed: {why}" for name, why in failed.items() if name in engines})
         if "pytorch eager" in results:
-            torch_figures = {batch: {**results["pytorch eager"].to_dict(), "threads": _threads(config)}}
-    return torch_figures
+            sweep.torch = {batch: {**results["pytorch eager"].to_dict(), "threads": _threads(config)}}
+    return sweep
+
+
+def bench_pixels(prepared) -> np.ndarray:
+    """The photos the benchmarks feed: up to 512 distinct validation images (real inputs, not noise)."""
+    return np.asarray(prepared.pixels[np.unique(prepared.val_pairs.left)[:512]])
+
+
+def _benchmark(records: list[EngineRecord], config: EnginesConfig, pixels: np.ndarray, torch_checkpoint: Path | None,
+               on_progress) -> dict | None:
+    """``sweep_engines`` over every engine that validated; figures and failures go into the records.
+    Returns PyTorch's ``{batch: figures}``, or None if it did not run."""
+    runnable = {f"{r.backend} {r.variant}": r for r in records if r.validation is not None}
+    if not config.bench_batches or not runnable:
+        return None
+    sweep = sweep_engines({name: load_engine(r.build.path) for name, r in runnable.items()}, config, pixels,
+                          torch_checkpoint, on_progress)
+    for name, record in runnable.items():
+        record.bench.extend(sweep.bench[name])
+        if name in sweep.failed:
+            record.reason = sweep.failed[name]
+    return sweep.torch
 
 
 def _threads(config: EnginesConfig) -> int:
@@ -340,10 +367,9 @@ def build_engines(
         records.append(build_one(onnx_path, out_dir, variant, backend, inputs.calibration, config, inputs.data,
                                  inputs.reference, inputs.reference_report.auc, builder))
     on_progress(ProgressEvent("build and validate engines", len(variants), len(variants)))
-    pairs = inputs.prepared.val_pairs
     companion = onnx_path.with_suffix(".pt")
-    torch_figures = _benchmark(records, config, np.asarray(inputs.prepared.pixels[np.unique(pairs.left)[:512]]),
-                               companion if companion.is_file() else None, on_progress)
+    torch_figures = _benchmark(records, config, bench_pixels(inputs.prepared), companion if companion.is_file() else None,
+                               on_progress)
     calibration = ({**inputs.calibration_meta, "file": str(inputs.calibration), "method": config.options.calibration_method}
                    if inputs.calibration else {})
     result = EnginesResult(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from kinship.errors import KinshipError
+from kinship.pipeline import built_engines
 from kinship.storage import ArtifactNotFound, ArtifactStore
 
 CHAMPION_KEY = "champion.json"
@@ -95,7 +96,7 @@ def promote_if_better(store: ArtifactStore, train_manifest: dict, engines_manife
     pointer in force afterwards, with its own ref under ``pointer`` when this call wrote it).
     """
     candidate, run_id = train_manifest["metrics"].get("best_val_auc"), train_manifest["run_id"]
-    if not any(engine.get("status") == "built" for engine in engines_manifest.get("engines", [])):
+    if not built_engines(engines_manifest):
         current = read_champion(store)
         return _outcome(store, False, f"run {run_id} has no built engine: nothing to deploy, champion kept",
                         candidate, current, current)

@@ -17,3 +17,9 @@ class CheckFailed(KinshipError):
     """A conversion did not reproduce its source within tolerance (export vs torch, engine vs FP32)."""
 
     exit_code = 1
+
+
+def reason_of(error: BaseException) -> str:
+    """One line for a report: a KinshipError's own message, else the type and first line."""
+    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return text if isinstance(error, KinshipError) else f"{type(error).__name__}: {text}".rstrip(": ")

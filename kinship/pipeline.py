@@ -466,6 +466,11 @@ def benchmark_stage(store: ArtifactStore, onnx: Path, variants: list[dict], data
     return [{**t, "context": {**context, "notes": t["context"].get("notes", [])}} if t.get("context") else t for t in timed]
 
 
+def without_speeds(variants: list[dict], reason: str) -> list[dict]:
+    """The variants as built, each built one carrying ``reason`` for its missing speeds."""
+    return [{**v, "row": {**v["row"], "reason": reason}} if v["status"] == "built" else v for v in variants]
+
+
 def engine_stage(store: ArtifactStore, onnx: Path, dataset: DatasetHandle, calibration: Path | None, variant: str,
                  settings: EngineSettings, train: TrainConfig, work_dir: Path, prefix: str,
                  on_progress: Progress = silent) -> dict:
@@ -624,14 +629,23 @@ def open_local_store(out: Path) -> LocalStore:
     return LocalStore(Path(out) / "store", settings)
 
 
+def check_engine_request(precisions, settings: EngineSettings) -> list[str]:
+    """The precisions, parsed, after checking them and the engine settings; ``UserError`` names the first bad value.
+
+    Checked before any work, so a mistake costs nothing (the parameter schema cannot see these rules).
+    """
+    from kinship.engines.base import parse_variants
+
+    parsed = parse_variants(list(precisions))
+    settings.check()
+    return parsed
+
+
 def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineConfig(), run_id: str | None = None,
                  on_progress: Progress = silent) -> PipelineResult:
     """Run every stage in this process against ``out/store``; ``data`` is a folder or a pushed data set URI."""
-    from kinship.engines.base import parse_variants
-
     started = time.perf_counter()
-    precisions = parse_variants(list(config.precisions))
-    config.engines.check()
+    precisions = check_engine_request(config.precisions, config.engines)
     out = Path(out).resolve()
     store, run_id = open_local_store(out), run_id or new_run_id()
     work, clock = out / "work" / run_id, _Clock(on_progress)

@@ -830,10 +830,6 @@ class S3Store(_BaseStore):
             Bucket=loc.bucket, Prefix=prefix, MaxKeys=limit))
         return [item["Key"] for item in response.get("Contents", [])]
 
-    def call_with_retries(self, what: str, action: Callable[[], Any]) -> Any:
-        """Run a raw ``self.client`` call with this store's outage retries and one-line errors (see ``_call``)."""
-        return self._call(what, action)
-
     def _call(self, what: str, action: Callable[[], Any]) -> Any:
         """Run ``action``; while the server is unreachable or failing, retry it with backoff (see StoreSettings).
 

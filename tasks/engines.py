@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from kinship import pipeline
+from kinship.errors import reason_of
 from kinship.pipeline import DatasetHandle, EngineSettings
 from kinship.run_report import engine_table
 from kinship.storage import ArtifactRef, file_digest
@@ -90,8 +91,6 @@ def engine_outcome(state, variant: str, backend: str) -> dict:
     """
     if state.is_completed():
         return state.result()
-    from kinship.engines.build import reason_of
-
     error = state.result(raise_on_failure=False)
     reason = reason_of(error) if isinstance(error, BaseException) else (state.message or state.name)
     get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, variant, reason)
@@ -106,8 +105,6 @@ def benchmark_engines(inputs: dict, dataset: DatasetHandle, variants: list[dict]
     Not cached: a speed is a measurement of this run's host. A benchmark that fails leaves the engines built
     and validated, reported without speeds and with the reason.
     """
-    from kinship.engines.build import reason_of
-
     try:
         with progress_artifact("benchmark engines") as on_progress:
             return pipeline.benchmark_stage(open_store(), Path(inputs["onnx"]), variants, dataset, settings,
@@ -115,8 +112,7 @@ def benchmark_engines(inputs: dict, dataset: DatasetHandle, variants: list[dict]
     except Exception as error:  # the builds stand without speeds
         reason = reason_of(error)
         get_run_logger().warning("benchmark failed, engines reported without speeds: %s", reason)
-        return [{**v, "row": {**v["row"], "reason": f"benchmark failed: {reason}"}} if v["status"] == "built" else v
-                for v in variants]
+        return pipeline.without_speeds(variants, f"benchmark failed: {reason}")
 
 
 @task(name="write engine report", **ONE_RETRY)

@@ -39,10 +39,7 @@ def plan_run(dataset_uri: str, precisions: list[str], engines: EngineSettings) -
     Checks the values the parameter schema cannot (a backend name, an empty precision list, bench
     settings) first, so a mistake fails the run with its one-line reason before any child run starts.
     """
-    from kinship.engines.base import parse_variants
-
-    parse_variants(list(precisions))
-    engines.check()
+    pipeline.check_engine_request(precisions, engines)
     parent_id = str(this_run.get_id() or "local")
     started = this_run.get_scheduled_start_time() or datetime.now(timezone.utc)
     run_id = pipeline.new_run_id(started, parent_id.replace("-", "")[:8])

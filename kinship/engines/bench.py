@@ -26,10 +26,11 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -205,6 +206,8 @@ def bench_interleaved(
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    from kinship.errors import reason_of
+
     slices: dict[str, list] = {name: [] for name in contenders}
     failed: dict[str, str] = {}
 
@@ -212,7 +215,7 @@ def bench_interleaved(
         try:
             action()
         except Exception as error:  # one engine's failure must not lose the others' figures
-            failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}".rstrip(": ")
+            failed[name] = reason_of(error)
 
     for name, run_once in contenders.items():
         attempt(name, lambda: _call_for(run_once, warmup_s, 1, f"warm-up {name}", on_progress))
@@ -297,6 +300,20 @@ def timed_call(engine, batch: int, pixels: np.ndarray | None = None) -> Callable
     return lambda: engine.run_pairs_timed(img0, img1)[1]
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``threads`` (None or 0: unchanged), restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 
@@ -341,7 +358,7 @@ class TorchEager:
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
-        self.allocator = "glibc, freed memory kept" if keep_freed_memory() else "the platform's default"
+        keep_freed_memory()
 
     def _tensor(self, array: np.ndarray):
         import torch
@@ -387,17 +404,11 @@ def bench_torch(
     Pass the ONNX Runtime session's intra-op thread count so the two are compared like for like; the
     process's previous torch thread count is restored afterwards.
     """
-    import torch
-
     threads = threads or default_threads()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         model = TorchEager(checkpoint, channels_last=channels_last)
         label = "pytorch eager" + (" channels_last" if channels_last else "")
         result = bench_engine(model, batch, duration_s, warmup_s, pixels, on_progress, label=label)
-    finally:
-        torch.set_num_threads(previous)
     result.threads = threads
     return result
 
@@ -408,16 +419,10 @@ def bench_side_by_side(
 ) -> tuple[BenchResult, BenchResult]:
     """``engine`` and PyTorch eager on ``checkpoint``, timed in alternating slices (``bench_interleaved``)
     with ``threads`` intra-op threads each; a failure of either raises."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         contenders = {f"{engine.backend} {engine.precision}": timed_call(engine, batch),
                       "pytorch eager": timed_call(TorchEager(checkpoint), batch)}
         results, failed = bench_interleaved(contenders, batch, duration_s, warmup_s, rounds, on_progress)
-    finally:
-        torch.set_num_threads(previous)
     if failed:
         raise RuntimeError("; ".join(f"{name}: {why}" for name, why in failed.items()))
     engine_result, torch_result = (results[name] for name in contenders)

@@ -29,7 +29,7 @@ from kinship.engines.validate import (
     ValidationData, ValidationPolicy, ValidationResult, choose_threshold, engine_logits, reference_engine,
     validate_engine, validation_data,
 )
-from kinship.errors import KinshipError, UserError
+from kinship.errors import UserError, reason_of
 from kinship.metrics import verification_report
 from kinship.progress import ProgressEvent, silent
 
@@ -106,12 +106,6 @@ class EnginesResult:
 
     def record(self, variant: str) -> EngineRecord:
         return next(r for r in self.records if r.variant == variant)
-
-
-def reason_of(error: BaseException) -> str:
-    """One line for the report: a KinshipError's own message, else the type and first line."""
-    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    return text if isinstance(error, KinshipError) else f"{type(error).__name__}: {text}".rstrip(": ")
 
 
 def _backend_note(requested: str, backend: str) -> str:

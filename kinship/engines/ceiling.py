@@ -56,15 +56,11 @@ def gemm_rates(duration_s: float, n: int, threads: int | None, library: str) -> 
         return _rates(lambda: session.run(None, {"a": a, "b": b}), flops, duration_s)
     import torch
 
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    from kinship.engines.bench import torch_threads
+
+    with torch_threads(threads), torch.inference_mode():
         ta, tb, out = torch.from_numpy(a), torch.from_numpy(b), torch.empty(n, n)
-        with torch.inference_mode():
-            return _rates(lambda: torch.mm(ta, tb, out=out), flops, duration_s)
-    finally:
-        torch.set_num_threads(previous)
+        return _rates(lambda: torch.mm(ta, tb, out=out), flops, duration_s)
 
 
 def _ort_matmul(n: int, threads: int | None):

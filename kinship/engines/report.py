@@ -320,8 +320,8 @@ def markdown(rows: list[EngineResult], summaries: list[dict], context: dict, plo
         lines += ["", f"PyTorch eager (inference mode, same threads, batch {batch}): "
                   f"{torch_figures['pairs_per_s']:.1f} pairs/s, p50 {torch_figures['latency_ms']['median']:.2f} ms, "
                   f"p99 {torch_figures['latency_ms']['p99']:.2f} ms. \"vs PyTorch\" is each engine's pairs/s over this. "
-                  "glibc was set to keep freed memory (PyTorch allocates each activation afresh; without it, "
-                  "page faults cost it up to half its speed, while ONNX Runtime has its own arena)."]
+                  "Where glibc is the allocator it was set to keep freed memory (PyTorch allocates each activation "
+                  "afresh; without it, page faults cost it up to half its speed, while ONNX Runtime has its own arena)."]
     lines += _slice_lines(rows, torch_figures, batch)
     lines += _scoring_lines(context.get("scoring"))
     explained = [row for row in rows if row.int8_size_explanation]

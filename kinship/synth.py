@@ -1,6 +1,8 @@
-"""Synthetic families in the Kaggle RFIW layout, drawn with Pillow from heritable face traits.
+"""Synthetic families in the Kaggle RFIW layout, drawn by one of several generators ("styles").
 
-Every founder gets random traits (face shape, skin/hair/eye colours, feature geometry...); a child
+The pedigree (families, relationships, test pairs) and the file layout are shared; a style decides how
+traits are drawn, inherited and photographed (``kinship.synth_style``). The default style, ``faces``,
+lives here. Every founder gets random traits (face shape, skin/hair/eye colours, feature geometry...); a child
 takes each trait from one parent or a blend of both, plus a small mutation. Each photo of a person
 then adds nuisance that is drawn independently per photo (pose, scale, lighting, background,
 clothes, expression, blur, JPEG quality), so raw pixels say little while the traits stay visible
@@ -11,6 +13,8 @@ seed whatever the number of worker processes.
 from __future__ import annotations
 
 import csv
+import importlib
+import json
 import math
 import os
 import shutil
@@ -18,6 +22,7 @@ import time
 from io import BytesIO
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from kinship.errors import UserError
 from kinship.layout import RELATIONSHIP_TYPES, UNRELATED
 from kinship.progress import ProgressEvent, silent
+from kinship.synth_style import Style, StyleSettings, encode_jpeg, negative_distance
 
 TRAITS = (
     "face_width", "face_length", "jaw", "skin_tone", "skin_warmth", "hair_tone", "hair_style",
@@ -69,6 +75,7 @@ class SynthConfig:
     mutation: float = 0.015  # standard deviation added to each inherited trait (traits live in [0, 1])
     nuisance: float = 1.0  # scales per-photo variation (pose, lighting, background); 0 = studio photos
     workers: int = 2
+    style: str = "faces"  # which generator draws the people (``kinship synth --style``)
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first bad value."""
@@ -93,6 +100,11 @@ class SynthConfig:
                             f"{self.grandchildren_rate} and {self.mutation}")
         if self.workers < 1:
             raise UserError(f"workers must be at least 1, got {self.workers}")
+        if self.style not in STYLE_NAMES:
+            raise UserError(f"unknown style {self.style!r}: choose one of {', '.join(STYLE_NAMES)}")
+
+    def style_settings(self) -> StyleSettings:
+        return StyleSettings(seed=self.seed, nuisance=self.nuisance, mutation=self.mutation)
 
 
 @dataclass
@@ -143,50 +155,42 @@ class Member:
         return f"MID{self.index + 1}"
 
 
-def _founder(rng: np.random.Generator, index: int, sex: str, age: int) -> Member:
-    # U-shaped: founders lean to the ends of each trait, so unrelated people differ visibly.
-    return Member(index, sex, age, rng.beta(FOUNDER_SPREAD, FOUNDER_SPREAD, len(TRAITS)))
+def _founder(rng: np.random.Generator, style: Style, index: int, sex: str, age: int) -> Member:
+    return Member(index, sex, age, style.founder(rng))
 
 
-def _child(rng: np.random.Generator, index: int, father: Member, mother: Member, age: int, mutation: float) -> Member:
-    # Per trait: from the father, from the mother, or a blend; then a small mutation.
-    pick = rng.random(len(TRAITS))
-    blend = (father.traits + mother.traits) / 2
-    single = (1 - BLEND) / 2
-    traits = np.where(pick < single, father.traits, np.where(pick < 2 * single, mother.traits, blend))
-    # Colour and size traits are polygenic: always a mix of both parents, like real skin tone.
-    weight = rng.uniform(0.3, 0.7, len(TRAITS))
-    traits = np.where(POLYGENIC, weight * father.traits + (1 - weight) * mother.traits, traits)
-    traits = np.clip(traits + rng.normal(0.0, mutation, len(TRAITS)), 0.0, 1.0)
+def _child(rng: np.random.Generator, style: Style, index: int, father: Member, mother: Member, age: int) -> Member:
+    traits = style.child(rng, father.traits, mother.traits)
     sex = "m" if rng.random() < 0.5 else "f"
     return Member(index, sex, age, traits, father.index, mother.index)
 
 
-def build_family(rng: np.random.Generator, config: SynthConfig) -> list[Member]:
+def build_family(rng: np.random.Generator, config: SynthConfig, style: Style | None = None) -> list[Member]:
     """Two founders, 1-4 children and, in some families, in-laws with grandchildren."""
+    style = style if style is not None else make_style(config)
     three_generations = rng.random() < config.grandchildren_rate
     elder_age = int(rng.integers(58, 82)) if three_generations else int(rng.integers(30, 56))
-    members = [_founder(rng, 0, "m", elder_age + int(rng.integers(0, 5))), _founder(rng, 1, "f", elder_age)]
+    members = [_founder(rng, style, 0, "m", elder_age + int(rng.integers(0, 5))), _founder(rng, style, 1, "f", elder_age)]
     for _ in range(int(rng.integers(1, 5))):
         age = int(rng.integers(max(1, elder_age - 42), elder_age - 19))
-        members.append(_child(rng, len(members), members[0], members[1], age, config.mutation))
+        members.append(_child(rng, style, len(members), members[0], members[1], age))
     if three_generations:
         children = members[2:]
         married = rng.choice(len(children), size=min(len(children), int(rng.integers(1, 3))), replace=False)
         for which in sorted(int(i) for i in married):
-            _add_grandchildren(rng, members, children[which], config)
+            _add_grandchildren(rng, style, members, children[which])
     return members
 
 
-def _add_grandchildren(rng: np.random.Generator, members: list[Member], parent: Member, config: SynthConfig) -> None:
+def _add_grandchildren(rng: np.random.Generator, style: Style, members: list[Member], parent: Member) -> None:
     # The in-law is a founder: no blood relation to anyone but their own children.
     in_law_sex = "f" if parent.sex == "m" else "m"
-    in_law = _founder(rng, len(members), in_law_sex, max(20, parent.age + int(rng.integers(-4, 5))))
+    in_law = _founder(rng, style, len(members), in_law_sex, max(20, parent.age + int(rng.integers(-4, 5))))
     members.append(in_law)
     father, mother = (parent, in_law) if parent.sex == "m" else (in_law, parent)
     for _ in range(int(rng.integers(1, 4))):
         age = int(rng.integers(1, max(2, min(parent.age, in_law.age) - 18)))
-        members.append(_child(rng, len(members), father, mother, age, config.mutation))
+        members.append(_child(rng, style, len(members), father, mother, age))
 
 
 def relationships(members: list[Member]) -> list[tuple[Member, Member, str]]:
@@ -633,7 +637,7 @@ def render_photo(face: Face, rng: np.random.Generator, size: int, nuisance: floa
     image = _light(image, shot, rng)
     if shot.blur > 0:
         image = image.filter(ImageFilter.GaussianBlur(shot.blur * size / 224))
-    return _jpeg(image, shot.quality)
+    return encode_jpeg(image, shot.quality)
 
 
 def _pose_matrix(shot: Shot, canvas: int) -> tuple[float, ...]:
@@ -659,11 +663,68 @@ def _light(image: Image.Image, shot: Shot, rng: np.random.Generator) -> Image.Im
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
 
 
-def _jpeg(image: Image.Image, quality: int) -> bytes:
-    buffer = BytesIO()
-    # Fixed encoder settings: same pixels and quality give the same bytes.
-    image.save(buffer, "JPEG", quality=quality, subsampling=2, optimize=False, progressive=False)
-    return buffer.getvalue()
+class FacesStyle:
+    """The default style: cartoon faces from 35 named traits (see the module docstring)."""
+
+    name = "faces"
+    summary = ("face parts from 35 named traits / each trait from one parent, colours polygenic, small mutation / "
+               "background, clothes, mild pose and light, blur, noise, JPEG quality")
+
+    def __init__(self, settings: StyleSettings = StyleSettings()):
+        self.settings = settings
+
+    def founder(self, rng: np.random.Generator) -> np.ndarray:
+        # U-shaped: founders lean to the ends of each trait, so unrelated people differ visibly.
+        return rng.beta(FOUNDER_SPREAD, FOUNDER_SPREAD, len(TRAITS))
+
+    def child(self, rng: np.random.Generator, father: np.ndarray, mother: np.ndarray) -> np.ndarray:
+        # Per trait: from the father, from the mother, or a blend; then a small mutation.
+        pick = rng.random(len(TRAITS))
+        blend = (father + mother) / 2
+        single = (1 - BLEND) / 2
+        traits = np.where(pick < single, father, np.where(pick < 2 * single, mother, blend))
+        # Colour and size traits are polygenic: always a mix of both parents, like real skin tone.
+        weight = rng.uniform(0.3, 0.7, len(TRAITS))
+        traits = np.where(POLYGENIC, weight * father + (1 - weight) * mother, traits)
+        return np.clip(traits + rng.normal(0.0, self.settings.mutation, len(TRAITS)), 0.0, 1.0)
+
+    def appearance(self, genome: np.ndarray, sex: str, age: int, rng: np.random.Generator) -> Face:
+        return face_of(Member(0, sex, age, genome), rng)
+
+    def photo(self, appearance: Face, rng: np.random.Generator, size: int) -> bytes:
+        return render_photo(appearance, rng, size, self.settings.nuisance)
+
+    def oracle_features(self, genome: np.ndarray) -> np.ndarray:
+        return np.asarray(genome, float).ravel()
+
+    def oracle_similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return negative_distance(a, b)
+
+
+# Styles other than ``faces`` live in kinship/synth_styles/, each module exporting ``STYLE``; imported on
+# use so that generating one style never pays for the others.
+STYLE_MODULES = {
+    "faces": None,
+    "mosaic": "kinship.synth_styles.mosaic",
+    "eigen": "kinship.synth_styles.eigen",
+    "critters": "kinship.synth_styles.critters",
+}
+STYLE_NAMES = tuple(STYLE_MODULES)
+
+
+def make_style(config: "SynthConfig") -> Style:
+    """The generator named by ``config.style``, built with the data set's seed and nuisance."""
+    return _style(config.style, config.style_settings())
+
+
+@lru_cache(maxsize=8)
+def _style(name: str, settings: StyleSettings) -> Style:
+    # Cached: a style may build fixed tables (bases, palettes) once per data set, not once per family.
+    if name == "faces":
+        return FacesStyle(settings)
+    if name not in STYLE_MODULES:
+        raise UserError(f"unknown style {name!r}: choose one of {', '.join(STYLE_NAMES)}")
+    return importlib.import_module(STYLE_MODULES[name]).STYLE(settings)
 
 
 # --------------------------------------------------------------------------- families -> files
@@ -683,12 +744,14 @@ class FamilyResult:
     relations: list[tuple[str, str, str]]  # (p1 mid, p2 mid, type)
     photos: dict[str, list[str]] = field(default_factory=dict)  # mid -> file names (train)
     test_photos: dict[str, list[bytes]] = field(default_factory=dict)  # mid -> JPEG bytes (test)
+    heritable: dict[str, np.ndarray] = field(default_factory=dict)  # mid -> oracle features (test)
 
 
 def make_family(config: SynthConfig, split: int, number: int, root: Path) -> FamilyResult:
     """Build and draw family ``number`` of ``split``; train photos go to ``root/train/FXXXX/MIDn``."""
+    style = make_style(config)
     rng = _seed(config, split, number)
-    members = build_family(rng, config)
+    members = build_family(rng, config, style)
     name = f"F{number:04d}" if split == TRAIN else f"T{number:04d}"
     result = FamilyResult(split, name, [(m.mid, m.sex) for m in members],
                           [(a.mid, b.mid, kind) for a, b, kind in relationships(members)])
@@ -696,11 +759,13 @@ def make_family(config: SynthConfig, split: int, number: int, root: Path) -> Fam
     photo_number = 0
     for member in members:
         person_rng = _seed(config, split, number, member.index + 1)
-        face = face_of(member, person_rng)
+        look = style.appearance(member.traits, member.sex, member.age, person_rng)
         count = int(person_rng.integers(low, high + 1))
+        if split == TEST:
+            result.heritable[member.mid] = style.oracle_features(member.traits)
         for k in range(count):
             photo_number += 1
-            data = render_photo(face, _seed(config, split, number, member.index + 1, k + 1), config.size, config.nuisance)
+            data = style.photo(look, _seed(config, split, number, member.index + 1, k + 1), config.size)
             if split == TRAIN:
                 folder = root / "train" / name / member.mid
                 folder.mkdir(parents=True, exist_ok=True)
@@ -769,7 +834,46 @@ def _write_test_set(config: SynthConfig, root: Path, test: list[FamilyResult]) -
     pairs = _test_pairs(rng, test, names)
     _write_csv(root / "sample_submission.csv", ["img_pair", "is_related"], [(pair, 0) for pair, _, _ in pairs])
     _write_csv(root / "test_labels.csv", ["img_pair", "is_related", "relationship"], pairs)
+    _write_oracle(root, test, names)
     return len(photos), len(pairs)
+
+
+ORACLE_FILE = "oracle.npz"  # the heritable features behind each test photo (the generator's truth)
+RECORD_FILE = "synth.json"  # how the set was generated
+
+
+def _write_oracle(root: Path, test: list[FamilyResult], names: dict) -> None:
+    images, features = [], []
+    for r in test:
+        for mid, vector in r.heritable.items():
+            for name in names.get((r.family, mid), []):
+                images.append(name)
+                features.append(vector)
+    np.savez(root / ORACLE_FILE, images=np.asarray(images), features=np.asarray(features, dtype=np.float64))
+
+
+def oracle_scores(data_dir: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """The generator's own kin score for test image pairs ``(a.jpg, b.jpg)``: how much signal there is to find.
+
+    Reads ``oracle.npz`` and ``synth.json`` written by ``generate``; raises ``UserError`` for other data sets.
+    """
+    data_dir = Path(data_dir)
+    try:
+        record = json.loads((data_dir / RECORD_FILE).read_text())
+        with np.load(data_dir / ORACLE_FILE) as oracle:
+            row = {str(name): i for i, name in enumerate(oracle["images"])}
+            features = np.asarray(oracle["features"])
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"{data_dir}: no generator truth ({ORACLE_FILE}, {RECORD_FILE}); only `kinship synth` sets have it") from error
+    style = make_style(SynthConfig(style=record.get("style", "faces"), seed=record.get("seed", 0)))
+    left = features[[row[a] for a, _ in pairs]]
+    right = features[[row[b] for _, b in pairs]]
+    return style.oracle_similarity(left, right)
+
+
+def _write_record(root: Path, config: SynthConfig) -> None:
+    record = {k: v for k, v in config.__dict__.items() if k != "workers"}
+    (root / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _test_pairs(rng: np.random.Generator, test: list[FamilyResult], names: dict) -> list[tuple[str, int, str]]:
@@ -825,6 +929,7 @@ def generate(config: SynthConfig, out: Path, on_progress: Callable[[ProgressEven
         test = [r for r in results if r.split == TEST]
         counts = _write_train_tables(staging, train)
         test_images, test_pairs = _write_test_set(config, staging, test) if test else (0, 0)
+        _write_record(staging, config)
         size_on_disk = _disk_bytes(staging)
         if out.exists():
             shutil.rmtree(out)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from kinship.cli.output import add_json_flag, console, key_value_table, print_json, progress_bars, table
-from kinship.synth import SynthConfig, SynthSummary, generate
+from kinship.synth import STYLE_NAMES, SynthConfig, SynthSummary, generate
 
 DEFAULTS = SynthConfig()
 
@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     parser.add_argument("--test-families", type=int, default=DEFAULTS.test_families,
                         help=f"separate families photographed for test/ (default {DEFAULTS.test_families})")
     parser.add_argument("--size", type=int, default=DEFAULTS.size, help=f"image side in pixels (default {DEFAULTS.size})")
+    parser.add_argument("--style", choices=STYLE_NAMES, default=DEFAULTS.style,
+                        help=f"which generator draws the people (default {DEFAULTS.style}); see README, transfer benchmark")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="same seed, byte-identical output")
     parser.add_argument("--nuisance", type=float, default=DEFAULTS.nuisance,
                         help="scale of per-photo variation: 0 = studio photos, 1 = default, up to 3")
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     config = SynthConfig(families=args.families, test_families=args.test_families, size=args.size,
-                         seed=args.seed, nuisance=args.nuisance, workers=args.workers)
+                         seed=args.seed, nuisance=args.nuisance, workers=args.workers, style=args.style)
     with progress_bars(enabled=not args.json) as on_progress:
         summary = generate(config, args.out, on_progress, force=args.force)
     if args.json:

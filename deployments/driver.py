@@ -47,13 +47,38 @@ class LocalStack:
         return {**base, **self.env, "KINSHIP_SCRATCH": str(self.state_dir / "client-scratch"), **extra}
 
     def api(self, path: str, body: dict | None = None, method: str | None = None):
-        """JSON answer of a Prefect REST call (POST when ``body`` is given); HTTP errors raise."""
+        """JSON answer of a Prefect REST call (POST when ``body`` is given); HTTP errors raise.
+
+        Retryable answers (503 while the server's SQLite is locked, 429, 502, 504, 408) are retried with
+        backoff, as Prefect's own client does, so a busy server never fails a caller.
+        """
         data = None if body is None else json.dumps(body).encode()
         auth = b64encode(self.env["PREFECT_API_AUTH_STRING"].encode()).decode()
         request = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method or ("POST" if data else "GET"),
                                          headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+        return json.loads(with_server_retries(lambda: _read(request)) or b"null")
+
+
+# Prefect's client retries these (PREFECT_CLIENT_MAX_RETRIES = 5, exponential backoff with jitter).
+RETRYABLE_STATUS = {408, 429, 502, 503, 504}
+
+
+def _read(request: urllib.request.Request) -> bytes:
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
+
+
+def with_server_retries(call, attempts: int = 8, first_delay: float = 0.5, sleep=time.sleep):
+    """``call()``, retried while the server answers a retryable status (honouring ``Retry-After``)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except urllib.error.HTTPError as error:
+            if error.code not in RETRYABLE_STATUS or attempt == attempts - 1:
+                raise
+            retry_after = error.headers.get("Retry-After") if error.headers else None
+            delay = float(retry_after) if retry_after and retry_after.isdigit() else min(8.0, first_delay * 2**attempt)
+            sleep(delay)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

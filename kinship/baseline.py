@@ -13,6 +13,9 @@ from kinship.data import PreparedData
 from kinship.metrics import verification_report
 
 BASELINE_SIZE = 64  # the pixels compared; larger sizes change the AUC by < 0.01 on the synthetic set
+# A model must beat raw-pixel cosine on the same validation pairs by this much to count as having learnt
+# anything: below it, it is flagged everywhere it is reported and never promoted to champion.
+REQUIRED_MARGIN = 0.02
 
 
 @dataclass
@@ -48,3 +51,29 @@ def pixel_baseline(prepared: PreparedData) -> BaselineResult:
         val_families=len(prepared.split.val),
         image_size=prepared.image_size,
     )
+
+
+@dataclass(frozen=True)
+class BaselineComparison:
+    """A model's validation AUC beside raw-pixel cosine on the same pairs."""
+
+    model_auc: float
+    pixel_auc: float
+
+    @property
+    def margin(self) -> float:
+        return self.model_auc - self.pixel_auc
+
+    @property
+    def beats_baseline(self) -> bool:
+        return self.margin >= REQUIRED_MARGIN
+
+    def sentence(self) -> str:
+        """One line for tables, logs and reports; says plainly when the model has not learnt enough."""
+        verdict = "" if self.beats_baseline else f": FLAGGED, not {REQUIRED_MARGIN} above raw pixels"
+        return (f"validation AUC {self.model_auc:.4f} vs raw-pixel cosine {self.pixel_auc:.4f} "
+                f"({self.margin:+.4f}{verdict})")
+
+    def to_dict(self) -> dict:
+        return {"pixel_baseline_auc": self.pixel_auc, "margin_over_baseline": self.margin,
+                "beats_baseline": self.beats_baseline, "required_margin": REQUIRED_MARGIN}

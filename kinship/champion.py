@@ -1,7 +1,8 @@
 """The champion: a small JSON pointer in the store to the best model so far, replaced only by a better one.
 
 Scheduled retraining must never replace a better model with a worse one, so a run is promoted only if
-its validation ROC AUC is strictly higher than the champion's (ties keep the champion: a rerun of the
+its validation ROC AUC beats raw-pixel cosine on the same pairs by ``required_margin`` (0.02: a model that
+does not has learnt nothing worth deploying) and is strictly higher than the champion's (ties keep the champion: a rerun of the
 same configuration changes nothing). The pointer names the run, its AUC, the data set and the
 manifests, so a consumer can fetch the model with every byte verified.
 
@@ -20,6 +21,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from kinship.baseline import REQUIRED_MARGIN, BaselineComparison
 from kinship.errors import KinshipError
 from kinship.pipeline import built_engines
 from kinship.storage import ArtifactNotFound, ArtifactStore
@@ -56,6 +58,19 @@ def decide(candidate_auc: float | None, champion: dict | None) -> Decision:
                            f"(run {champion.get('run_id')}): champion kept")
 
 
+def below_baseline(metrics: dict, required_margin: float = REQUIRED_MARGIN) -> str | None:
+    """Why a model may not be promoted for failing to beat raw pixels by ``required_margin``, or None.
+
+    Runs trained before the baseline was measured carry no ``pixel_baseline_auc`` and are judged by AUC alone.
+    """
+    pixel = metrics.get("pixel_baseline_auc")
+    auc = metrics.get("best_val_auc")
+    if not isinstance(pixel, (int, float)) or not isinstance(auc, (int, float)):
+        return None
+    comparison = BaselineComparison(auc, pixel)
+    return None if comparison.margin >= required_margin else comparison.sentence()
+
+
 def read_champion(store: ArtifactStore) -> dict | None:
     """The current champion pointer, or None when there is none yet (a damaged pointer is an error)."""
     try:
@@ -89,13 +104,17 @@ def _outcome(store: ArtifactStore, promoted: bool, reason: str, candidate, previ
 
 
 def promote_if_better(store: ArtifactStore, train_manifest: dict, engines_manifest: dict,
-                      attempts: int = SWAP_ATTEMPTS) -> dict:
+                      attempts: int = SWAP_ATTEMPTS, required_margin: float = REQUIRED_MARGIN) -> dict:
     """Compare the run with the champion and rewrite the pointer only if the run is better (compare-and-swap).
 
     Returns ``{"promoted", "reason", "candidate_auc", "previous", "champion", "uri"}`` (``champion``: the
     pointer in force afterwards, with its own ref under ``pointer`` when this call wrote it).
     """
     candidate, run_id = train_manifest["metrics"].get("best_val_auc"), train_manifest["run_id"]
+    below = below_baseline(train_manifest["metrics"], required_margin)
+    if below:
+        current = read_champion(store)
+        return _outcome(store, False, f"run {run_id}: {below}: champion kept", candidate, current, current)
     if not built_engines(engines_manifest):
         current = read_champion(store)
         return _outcome(store, False, f"run {run_id} has no built engine: nothing to deploy, champion kept",

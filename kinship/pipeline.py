@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from kinship import __version__
+from kinship.baseline import REQUIRED_MARGIN
 from kinship.engines.calibration import CalibrationConfig
 from kinship.errors import KinshipError, UserError
 from kinship.progress import ProgressEvent, silent
@@ -89,6 +90,7 @@ class PipelineConfig:
     precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     engines: EngineSettings = EngineSettings()
     calibration: CalibrationConfig = CalibrationConfig()
+    required_margin: float = REQUIRED_MARGIN  # over raw-pixel cosine, for promotion to champion
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,7 @@ def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfi
     last = result.history[-1] if result.history else {}
     metrics = {
         "best_val_auc": result.best_auc, "best_epoch": result.best_epoch, "epochs": len(result.history),
+        **result.baseline.to_dict(),
         "final_train_loss": last.get("train_loss"), "final_val_auc": last.get("val_auc"),
         "precision": result.precision, "train_seconds": time.perf_counter() - started,
         "resumed": bool(source), "resumed_from": source, "start_epoch": done + 1,
@@ -658,7 +661,8 @@ def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineC
     from kinship.champion import promote_if_better
     from kinship.run_report import publish_run_report
 
-    promotion = clock("champion", lambda: promote_if_better(store, train_manifest, engines_manifest))
+    promotion = clock("champion", lambda: promote_if_better(store, train_manifest, engines_manifest,
+                                                                         required_margin=config.required_margin))
     report = clock("report", lambda: publish_run_report(store, run_id, train_manifest, engines_manifest, promotion))
     report_path = store.get_file(_ref(report["artifacts"]["report.md"]), out / "report.md")
     return PipelineResult(run_id, train_manifest, engines_manifest, promotion, report, report_path,

@@ -7,6 +7,7 @@ a machine that holds none of the files. ``engine_table`` gives the rows the Pref
 
 from __future__ import annotations
 
+from kinship.baseline import BaselineComparison
 from kinship.storage import ArtifactStore, join_key
 
 TABLE_COLUMNS = ("variant", "backend", "status", "size_mb", "pairs_per_s", "p50_ms", "p99_ms", "auc", "agreement", "note")
@@ -65,10 +66,20 @@ def _training_lines(manifest: dict) -> list[str]:
         f"- validation ROC AUC **{_format(metrics.get('best_val_auc'), '.4f')}** (best epoch {metrics.get('best_epoch')} "
         f"of {metrics.get('epochs')}), on {metrics.get('precision')}, host `{manifest['host'].get('hostname')}` "
         f"({manifest['host'].get('role')})",
+        f"- {_baseline_line(metrics)}",
         f"- ONNX export checked against PyTorch (max abs diff): {checks or '-'}",
         f"- calibration set: {calibration.get('pairs')} pairs from {calibration.get('families_used')} of "
         f"{calibration.get('train_families')} training families",
     ]
+
+
+def _baseline_line(metrics: dict) -> str:
+    pixel = metrics.get("pixel_baseline_auc")
+    if not isinstance(pixel, (int, float)):
+        return "raw-pixel baseline: not measured by this run"
+    comparison = BaselineComparison(metrics["best_val_auc"], pixel)
+    line = comparison.sentence()
+    return line if comparison.beats_baseline else f"**{line}**: this model is never promoted to champion"
 
 
 def _engine_lines(manifest: dict) -> list[str]:

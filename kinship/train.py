@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kinship.augment import AugmentConfig, augment
+from kinship.baseline import BaselineComparison, pixel_baseline
 from kinship.checkpoint import model_payload, read_checkpoint, save_atomic
 from kinship.data import PreparedData, SplitConfig, prepare
 from kinship.errors import UserError
@@ -78,6 +79,11 @@ class TrainResult:
     best_auc: float
     history: list[dict] = field(default_factory=list)
     precision: str = ""
+    pixel_baseline_auc: float = float("nan")  # raw-pixel cosine on the same validation pairs
+
+    @property
+    def baseline(self) -> BaselineComparison:
+        return BaselineComparison(self.best_auc, self.pixel_baseline_auc)
 
 
 def batch_tensors(pixels: np.ndarray, pairs: PairSet, device: torch.device, augmentation: AugmentConfig | None = None,
@@ -291,6 +297,8 @@ def train(
     state = {"epoch": 0, "history": [], "best_auc": -1.0, "best_epoch": -1, "step": 0}
     if resume:
         state = _restore(last, model, objective, optimizer, scaler)
+    # Measured on the very pairs the model is judged on, so the two AUCs are comparable (a few seconds).
+    state["pixel_baseline_auc"] = pixel_baseline(prepared).auc
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(run_dir, config, Path(data_dir))
     steps_per_epoch = _steps_per_epoch(sampler, config)
@@ -309,7 +317,8 @@ def train(
         if on_checkpoint is not None:
             on_checkpoint(epoch + 1)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
-    return TrainResult(run_dir, state["best_epoch"], state["best_auc"], state["history"], precision.describe())
+    return TrainResult(run_dir, state["best_epoch"], state["best_auc"], state["history"], precision.describe(),
+                       state["pixel_baseline_auc"])
 
 
 def _steps_per_epoch(sampler: PairSampler, config: TrainConfig) -> int:
@@ -363,4 +372,6 @@ def _restore(path: Path, model, objective, optimizer, scaler) -> dict:
 
 
 def _metrics_document(state: dict, precision: Precision) -> dict:
-    return {"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"], "precision": precision.describe(), "epochs": state["history"]}
+    comparison = BaselineComparison(state["best_auc"], state["pixel_baseline_auc"])
+    return {"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"], **comparison.to_dict(),
+            "precision": precision.describe(), "epochs": state["history"]}

@@ -39,6 +39,12 @@ class TrainConfig:
     flip: bool = True  # random horizontal flips: faces are near-symmetric
     shift: int = 4  # random translation of training photos, pixels per axis
     jitter: float = 0.1  # random brightness / contrast change of training photos (relative)
+    rotate: float = 0.0  # random rotation of training photos, degrees
+    zoom: float = 0.0  # random change of scale (relative)
+    colour: float = 0.0  # random gain per colour channel (relative): colour casts
+    blur: float = 0.0  # share of training photos blurred
+    noise: float = 0.0  # largest sensor-noise standard deviation (input units)
+    erase: float = 0.0  # share of training photos with a random patch painted over
     contrastive_weight: float = 1.0  # 0 = plain BCE on sampled pairs
     contrastive_temperature: float = 0.1
     identity_weight: float = 0.3  # 0 = no identity classifier; 1.0 overfits the training people sooner
@@ -51,7 +57,8 @@ class TrainConfig:
         return ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width, embedding_dim=self.embedding_dim)
 
     def augmentation(self) -> AugmentConfig:
-        return AugmentConfig(flip=self.flip, shift=self.shift, jitter=self.jitter)
+        return AugmentConfig(flip=self.flip, shift=self.shift, jitter=self.jitter, rotate=self.rotate, zoom=self.zoom,
+                             colour=self.colour, blur=self.blur, noise=self.noise, erase=self.erase)
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(val_fraction=self.val_fraction, seed=self.seed)

@@ -114,9 +114,9 @@ def run_engines(run: dict, train_manifest: dict, precisions: list[str], engines:
 
 
 @task(name="promote champion", **ONE_RETRY)
-def promote_champion(train_manifest: dict, engines_manifest: dict) -> dict:
-    """Make this run's model the champion only if its validation AUC beats the current champion's."""
-    promotion = promote_if_better(open_store(), train_manifest, engines_manifest)
+def promote_champion(train_manifest: dict, engines_manifest: dict, required_margin: float) -> dict:
+    """Make this run's model the champion only if it beats raw pixels by ``required_margin`` and the champion."""
+    promotion = promote_if_better(open_store(), train_manifest, engines_manifest, required_margin=required_margin)
     get_run_logger().info("champion: %s", promotion["reason"])
     return promotion
 

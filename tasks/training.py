@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from kinship import pipeline
+from kinship.baseline import REQUIRED_MARGIN, BaselineComparison
 from kinship.engines.calibration import CalibrationConfig
 from kinship.pipeline import DatasetHandle
 from kinship.train_config import TrainConfig
@@ -50,7 +51,19 @@ def train_model(dataset: DatasetHandle, config: TrainConfig, run_id: str) -> dic
         resumed = f", resumed at epoch {metrics['start_epoch']} from the {metrics['resumed_from']}"
     logger.info("best validation AUC %.4f at epoch %s of %s on %s (%.0f s%s)", metrics["best_val_auc"],
                 metrics["best_epoch"], metrics["epochs"], metrics["precision"], metrics["train_seconds"], resumed)
+    comparison = BaselineComparison(metrics["best_val_auc"], metrics["pixel_baseline_auc"])
+    (logger.info if comparison.beats_baseline else logger.warning)("%s", comparison.sentence())
+    create_markdown_artifact(_baseline_markdown(comparison), key="model-vs-pixels",
+                             description=f"model vs raw-pixel baseline, run {run_id}")
     return trained
+
+
+def _baseline_markdown(comparison: BaselineComparison) -> str:
+    flag = ("" if comparison.beats_baseline else
+            f"\n\n**FLAGGED**: not {REQUIRED_MARGIN} above raw pixels; this model will not be promoted to champion.")
+    return ("| model validation AUC | raw-pixel cosine AUC | margin | beats baseline |\n|---|---|---|---|\n"
+            f"| {comparison.model_auc:.4f} | {comparison.pixel_auc:.4f} | {comparison.margin:+.4f} | "
+            f"{'yes' if comparison.beats_baseline else 'NO'} |{flag}")
 
 
 @task(name="export onnx", cache_key_fn=_export_key, task_run_name="export onnx", **ONE_RETRY)

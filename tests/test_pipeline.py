@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kinship.champion import CHAMPION_KEY, decide, promote_if_better, read_champion
+from kinship.run_report import render
 from kinship.pipeline import (
     ENGINES_MANIFEST_FORMAT, ONNX_FILES, TRAIN_MANIFEST_FORMAT, EngineSettings, NoEngineBuilt, PipelineConfig,
     _engines_half, _resume_possible, local_dataset, open_local_store, read_manifest, require_an_engine, run_pipeline,
@@ -23,6 +24,7 @@ TINY = PipelineConfig(
     train=TrainConfig(epochs=1, image_size=32, width=8, embedding_dim=32, max_batches_per_epoch=4),
     precisions=("fp32", "int8"),
     engines=EngineSettings(bench_batches=(1, 8), bench_seconds=0.2, warmup_seconds=0.05),
+    required_margin=-1.0,  # a 4-batch model tests the plumbing; the raw-pixel gate has its own test below
 )
 
 
@@ -122,10 +124,10 @@ def test_champion_is_only_replaced_by_a_better_model(finished) -> None:
         return {**result.train, "run_id": run_id, "metrics": {**result.train["metrics"], "best_val_auc": value}}
 
     for run_id, value in (("worse", auc - 0.01), ("tie", auc)):
-        kept = promote_if_better(store, candidate(run_id, value), result.engines)
+        kept = promote_if_better(store, candidate(run_id, value), result.engines, required_margin=-1.0)
         assert not kept["promoted"] and "champion kept" in kept["reason"]
         assert store.get_json(CHAMPION_KEY) == before
-    better = promote_if_better(store, candidate("better", auc + 0.01), result.engines)
+    better = promote_if_better(store, candidate("better", auc + 0.01), result.engines, required_margin=-1.0)
     assert better["promoted"]
     after = store.get_json(CHAMPION_KEY)
     assert after["run_id"] == "better" and after["previous"] == {"run_id": "test-run", "val_auc": auc}
@@ -154,6 +156,23 @@ def test_orchestration_imports_no_torch() -> None:
     code = ("import sys, flows.full, flows.engines, tasks.orchestration; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0
+
+
+def test_a_model_that_does_not_beat_raw_pixels_is_never_promoted(finished) -> None:
+    result, out = finished
+    store = open_local_store(out)
+    before = store.get_json(CHAMPION_KEY)
+    metrics = result.train["metrics"]
+    assert {"pixel_baseline_auc", "margin_over_baseline", "beats_baseline"} <= set(metrics)
+    # far above the champion, but only 0.01 above raw-pixel cosine on its own validation pairs
+    weak = {**result.train, "run_id": "weak",
+            "metrics": {**metrics, "best_val_auc": 0.99, "pixel_baseline_auc": 0.98}}
+    kept = promote_if_better(store, weak, result.engines)
+    assert not kept["promoted"]
+    assert "vs raw-pixel cosine 0.9800 (+0.0100: FLAGGED, not 0.02 above raw pixels): champion kept" in kept["reason"]
+    assert store.get_json(CHAMPION_KEY) == before
+    report = render("weak", weak, result.engines, kept, [])
+    assert "FLAGGED" in report and "never promoted to champion" in report
 
 
 def test_champion_decision_rule() -> None:

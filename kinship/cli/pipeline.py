@@ -24,7 +24,7 @@ def register(subparsers) -> None:
         "pipeline", help="train, export, calibrate, build engines, report and promote: all in this process",
         description="Run every stage of the kinship workflow in this process (no Prefect server): train on "
         "--data, export and check ONNX, draw the INT8 calibration set, build/validate/benchmark engines, write "
-        "the report and promote the model to champion if its validation AUC beats the current one. Artifacts "
+        "the report and promote the model to champion if its validation AUC beats raw pixels by --required-margin and the current champion. Artifacts "
         "go to a local store in --out/store (same layout as the S3 bucket); the report to --out/report.md.",
     )
     parser.add_argument("--data", required=True, help="data set folder, or a pushed data set URI (s3://... or file://...)")
@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     parser.add_argument("--validation-pairs", type=int, default=0, help="at most this many validation pairs (0 = all)")
     parser.add_argument("--calibration-batches", type=int, default=calibration.batches)
     parser.add_argument("--calibration-batch-size", type=int, default=calibration.batch_size)
+    parser.add_argument("--required-margin", type=float, default=0.02,
+                        help="validation AUC a model must gain over raw-pixel cosine to be promoted (default 0.02)")
     parser.add_argument("--run-id", help="name of the run in the store (default: time + random suffix)")
     add_json_flag(parser)
     parser.set_defaults(handler=run)
@@ -75,7 +77,7 @@ def config_from_args(args):
                              bench_seconds=args.bench_seconds, validation_pairs=args.validation_pairs).check()
     calibration = CalibrationConfig(batches=args.calibration_batches, batch_size=args.calibration_batch_size)
     return PipelineConfig(train=_train_config(args), precisions=parse_variants(args.precisions), engines=engines,
-                          calibration=calibration)
+                          calibration=calibration, required_margin=args.required_margin)
 
 
 def run(args) -> int:

@@ -30,6 +30,10 @@ def register(subparsers) -> None:
                         help="kin pairs drawn per relationship per epoch (as many non-kin pairs are added)")
     parser.add_argument("--shift", type=int, default=defaults.shift, help="augmentation: random translation in pixels")
     parser.add_argument("--jitter", type=float, default=defaults.jitter, help="augmentation: brightness/contrast change")
+    for name, what in (("rotate", "largest rotation, degrees"), ("zoom", "largest relative change of scale"),
+                       ("colour", "largest gain per colour channel"), ("blur", "share of photos blurred"),
+                       ("noise", "largest sensor-noise std"), ("erase", "share of photos with a patch painted over")):
+        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name), help=f"augmentation: {what}")
     parser.add_argument("--identity-weight", type=float, default=defaults.identity_weight,
                         help="weight of the identity-classifier loss (0 = off)")
     parser.add_argument("--contrastive-weight", type=float, default=defaults.contrastive_weight,
@@ -55,6 +59,7 @@ def run(args) -> int:
         "best_epoch": result.best_epoch,
         "best_val_auc": result.best_auc,
         "precision": result.precision,
+        **result.baseline.to_dict(),
         "epochs": result.history,
     }
     if args.json:
@@ -62,5 +67,6 @@ def run(args) -> int:
         return 0
     columns = ["epoch", "train_loss", "val_auc", "val_accuracy", "val_loss", "epoch_seconds", "images_per_second"]
     console.print(table(f"training on {result.precision}", columns, [[r[c] for c in columns] for r in result.history]))
-    console.print(f"best epoch {result.best_epoch}: validation AUC {result.best_auc:.4f} -> {summary['model']}")
+    console.print(f"best epoch {result.best_epoch}: {result.baseline.sentence()} -> {summary['model']}",
+                  style=None if result.baseline.beats_baseline else "bold red")
     return 0

@@ -14,11 +14,12 @@ insightface install needed):
 
 * ``resnet18``, ``resnet50``: torchvision's ``torchvision.models.resnet18/50`` layout (``conv1``,
   ``bn1``, ``layer1..4`` of ``BasicBlock``/``Bottleneck`` with ``downsample.0/1``, ``fc``), e.g.
-  ``torch.save(torchvision.models.resnet50(weights=...).state_dict(), "resnet50.pth")`` or a
-  VGGFace2 ResNet-50 ported to that layout. The classifier ``fc.*`` (any number of classes) is read
-  and ignored. The input is ImageNet-normalised RGB on [0, 1] (mean 0.485/0.456/0.406, std
-  0.229/0.224/0.225), the torchvision convention; the trunk ends with global average pooling
-  (512 or 2048 features).
+  ``torch.save(torchvision.models.resnet50(weights=...).state_dict(), "resnet50.pth")``. The
+  classifier ``fc.*`` (any number of classes) is read and ignored. The trunk is fed ImageNet-
+  normalised RGB on [0, 1] (mean 0.485/0.456/0.406, std 0.229/0.224/0.225), the torchvision
+  convention, and ends with global average pooling (512 or 2048 features). Face weights ported to
+  this layout from Caffe (VGGFace2 ResNet-50) load too, but were trained on BGR 0-255 minus a mean:
+  they see the wrong input convention here, which fine-tuning only partly absorbs.
 * ``iresnet50``, ``iresnet100``: insightface ``recognition/arcface_torch`` ``iresnet50/100``, the
   ``backbone.pth`` (or ``model.pt``) it writes: ``conv1``, ``bn1``, ``prelu``, ``layer1..4`` of
   ``IBasicBlock`` (``bn1, conv1, bn2, prelu, conv2, bn3``, ``downsample.0/1``), ``bn2``, ``fc``

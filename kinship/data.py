@@ -21,6 +21,8 @@ class SplitConfig:
     val_fraction: float = 0.2
     seed: int = 0
     val_pairs_per_relationship: int = 4
+    folds: int = 1  # > 1: families dealt into this many groups, group ``fold`` held out
+    fold: int = 0
 
 
 @dataclass
@@ -48,7 +50,7 @@ def prepare(
     dataset = read_dataset(Path(data_dir), verify_images=False, on_progress=on_progress)
     table = ImageTable.from_dataset(dataset)
     try:
-        split = split_families(dataset, split_config.val_fraction, split_config.seed)
+        split = split_families(dataset, split_config.val_fraction, split_config.seed, split_config.folds, split_config.fold)
     except ValueError as error:
         raise UserError(f"{data_dir}: {error}") from error
     fingerprint = dataset_fingerprint(dataset)
@@ -56,7 +58,7 @@ def prepare(
     if unreadable:
         dataset, table, pixels = _without_images(dataset, table, pixels, unreadable)
         try:
-            split = split_families(dataset, split_config.val_fraction, split_config.seed)
+            split = split_families(dataset, split_config.val_fraction, split_config.seed, split_config.folds, split_config.fold)
         except ValueError as error:
             raise UserError(f"{data_dir}: {error}") from error
     val = validation_pairs(dataset, table, split, split_config.val_pairs_per_relationship, split_config.seed)

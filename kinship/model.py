@@ -7,7 +7,7 @@ can be scored by embedding each unique image once.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +27,15 @@ class ModelConfig:
     embedding_dim: int = 128
     head_hidden: int = 64
     dropout: float = 0.1
+    members: int = 1  # > 1: a fold ensemble of that many networks of this shape (``EnsembleNet``)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
         if self.image_size < 16 or self.image_size % (2 ** (self.stages + 1)):
             raise ValueError(f"image_size {self.image_size} must be >= 16 and divisible by {2 ** (self.stages + 1)}")
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, got {self.members}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,8 +151,66 @@ class SeedNet(KinshipNet):
         self.head = SeedHead(config, self.encoder.flat_dim)
 
 
+class EnsembleEncoder(nn.Module):
+    """Every member's embedding of the image, side by side: ``[B, members * D]``."""
+
+    def __init__(self, encoders: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(encoders)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.cat([encoder(image) for encoder in self.members], dim=1)
+
+
+class EnsembleHead(nn.Module):
+    """Each member's head on its own slice of the two embeddings; the logit is the members' mean."""
+
+    def __init__(self, heads: list[nn.Module], widths: list[int]):
+        super().__init__()
+        self.members = nn.ModuleList(heads)
+        self.widths = list(widths)
+
+    def forward(self, emb0: torch.Tensor, emb1: torch.Tensor) -> torch.Tensor:
+        parts0, parts1 = torch.split(emb0, self.widths, dim=1), torch.split(emb1, self.widths, dim=1)
+        return torch.stack([head(a, b) for head, a, b in zip(self.members, parts0, parts1)]).mean(0)
+
+
+class EnsembleNet(KinshipNet):
+    """A fold ensemble as one model: mean of the members' logits, with the same encoder / head split.
+
+    The encoder concatenates the members' embeddings and the head scores each member's slice, so a test
+    set is still embedded once per unique image and every export, engine and scorer treats it like any model.
+    """
+
+    def __init__(self, config: ModelConfig):
+        nn.Module.__init__(self)
+        self.config = config
+        member_config = replace(config, members=1)
+        nets = [build_model(member_config) for _ in range(config.members)]
+        widths = [_embedding_width(net, member_config) for net in nets]
+        self.encoder = EnsembleEncoder([net.encoder for net in nets])
+        self.head = EnsembleHead([net.head for net in nets], widths)
+
+    @classmethod
+    def of(cls, members: list[KinshipNet]) -> "EnsembleNet":
+        """An ensemble holding trained ``members`` (all of one configuration)."""
+        ensemble = cls(replace(members[0].config, members=len(members)))
+        for index, member in enumerate(members):
+            ensemble.encoder.members[index].load_state_dict(member.encoder.state_dict())
+            ensemble.head.members[index].load_state_dict(member.head.state_dict())
+        return ensemble.eval()
+
+
+def _embedding_width(net: KinshipNet, config: ModelConfig) -> int:
+    if isinstance(net.encoder, SeedEncoder):
+        return net.encoder.flat_dim
+    return config.embedding_dim
+
+
 def build_model(config: ModelConfig) -> KinshipNet:
-    """The network for ``config.arch``."""
+    """The network for ``config`` (a fold ensemble when ``config.members > 1``)."""
+    if config.members > 1:
+        return EnsembleNet(config)
     return SeedNet(config) if config.arch == "seed" else KinshipNet(config)
 
 

@@ -49,17 +49,27 @@ class FamilySplit:
     val: tuple[str, ...]
 
 
-def split_families(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0) -> FamilySplit:
-    """Hold out ``val_fraction`` of the families that have relationships (never people or pairs)."""
+def split_families(dataset: Dataset, val_fraction: float = 0.2, seed: int = 0, folds: int = 1, fold: int = 0) -> FamilySplit:
+    """Hold out ``val_fraction`` of the families that have relationships (never people or pairs).
+
+    With ``folds`` > 1 the families are dealt into that many groups instead and group ``fold`` is held
+    out, so the folds' validation sets cover every family exactly once (``val_fraction`` is then unused).
+    """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     related_families = sorted({r.p1.split("/")[0] for r in dataset.relationships})
-    if len(related_families) < 2:
-        raise ValueError("a family-held-out split needs at least two families with relationships")
+    if len(related_families) < max(2, folds):
+        raise ValueError(f"a family-held-out split needs at least {max(2, folds)} families with relationships, "
+                         f"found {len(related_families)}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
     order = np.random.default_rng(seed).permutation(len(related_families))
-    n_val = min(len(related_families) - 1, max(1, round(val_fraction * len(related_families))))
-    val = tuple(sorted(related_families[i] for i in order[:n_val]))
-    train = tuple(sorted(related_families[i] for i in order[n_val:]))
+    if folds > 1:
+        held_out = set(np.array_split(order, folds)[fold].tolist())
+    else:
+        held_out = set(order[: min(len(related_families) - 1, max(1, round(val_fraction * len(related_families))))].tolist())
+    val = tuple(sorted(related_families[i] for i in held_out))
+    train = tuple(sorted(f for i, f in enumerate(related_families) if i not in held_out))
     return FamilySplit(train=train, val=val)
 
 

@@ -173,7 +173,8 @@ def _resume_possible(run_dir: Path, config: TrainConfig) -> bool:
         saved = json.loads((run_dir / "config.json").read_text())["train"]
     except (OSError, ValueError, KeyError):
         return False
-    return (run_dir / "checkpoints" / "last.pt").is_file() and saved == asdict(config)
+    started = (run_dir / "checkpoints" / "last.pt").is_file() or (config.folds > 1 and (run_dir / "fold-1").is_dir())
+    return started and saved == asdict(config)
 
 
 def checkpoint_prefix(dataset: DatasetHandle, config: TrainConfig) -> str:
@@ -298,11 +299,13 @@ def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfi
         log.info("resuming at epoch %d of %d from the checkpoint in %s", done + 1, config.epochs,
                  run_dir if source == "scratch" else store.uri(saved))
     started = time.perf_counter()
-    mirror = CheckpointMirror(store, saved, run_dir, dataset, config)
+    # Fold runs keep their members' checkpoints on this host only (a retried task resumes them there).
+    mirror = CheckpointMirror(store, saved, run_dir, dataset, config) if config.folds <= 1 else None
     result = train(dataset.path, run_dir, config, resume=bool(source), on_progress=on_progress, on_checkpoint=mirror)
     names = ("model.pt", "metrics.json", "config.json")
     artifacts = _upload(store, {name: run_dir / name for name in names}, prefix)
-    mirror.finish()
+    if mirror is not None:
+        mirror.finish()
     last = result.history[-1] if result.history else {}
     metrics = {
         "best_val_auc": result.best_auc, "best_epoch": result.best_epoch, "epochs": len(result.history),

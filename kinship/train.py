@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kinship import folds
 from kinship.augment import AugmentConfig, augment
 from kinship.baseline import BaselineComparison, pixel_baseline
 from kinship.checkpoint import model_payload, read_checkpoint, save_atomic
@@ -80,6 +81,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     precision: str = ""
     pixel_baseline_auc: float = float("nan")  # raw-pixel cosine on the same validation pairs
+    cv_auc_std: float | None = None  # fold runs: spread of the members' validation AUCs
+    fold_aucs: tuple[float, ...] = ()
 
     @property
     def baseline(self) -> BaselineComparison:
@@ -273,6 +276,10 @@ def train(
     ``metrics.json`` are complete on disk (the pipeline copies them to the store from there).
     """
     run_dir = Path(run_dir)
+    if config.folds > 1 and config.fold < 0 and not resume:
+        return _train_folds(data_dir, run_dir, config, False, on_progress, cache_dir, on_checkpoint)
+    if resume and not (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "fold-1").is_dir():
+        return _train_folds(data_dir, run_dir, load_run_config(run_dir), True, on_progress, cache_dir, on_checkpoint)
     last = run_dir / "checkpoints" / "last.pt"
     if resume:
         if not last.exists():
@@ -319,6 +326,31 @@ def train(
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
     return TrainResult(run_dir, state["best_epoch"], state["best_auc"], state["history"], precision.describe(),
                        state["pixel_baseline_auc"])
+
+
+def _train_folds(data_dir, run_dir: Path, config: TrainConfig, resume: bool, on_progress, cache_dir, on_checkpoint) -> TrainResult:
+    """Train every fold's member (resuming or skipping the ones already trained), then save the ensemble."""
+    if not resume and folds.any_member_started(run_dir, config):
+        raise UserError(f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(run_dir, config, Path(data_dir))
+    results = []
+    for member in folds.member_configs(config):
+        where = folds.member_dir(run_dir, member.fold)
+        started = (where / "checkpoints" / "last.pt").exists()
+        log.info("fold %d of %d", member.fold + 1, config.folds)
+        results.append(train(data_dir, where, member, resume=started, on_progress=on_progress, cache_dir=cache_dir))
+    summary = folds.FoldSummary(
+        val_aucs=tuple(r.best_auc for r in results), pixel_aucs=tuple(r.pixel_baseline_auc for r in results),
+        best_epochs=tuple(r.best_epoch for r in results),
+        thresholds=tuple(r.history[r.best_epoch - 1]["val_threshold"] for r in results))
+    folds.save_ensemble(run_dir, config, summary)
+    _write_json_atomic(run_dir / "metrics.json", summary.metrics_document(results[0].precision))
+    if on_checkpoint is not None:
+        on_checkpoint(config.epochs)
+    log.info("%d folds: cross-validated AUC %.4f +- %.4f", config.folds, summary.cv_auc, summary.cv_std)
+    return TrainResult(run_dir, max(summary.best_epochs), summary.cv_auc, [], results[0].precision,
+                       summary.baseline.pixel_auc, cv_auc_std=summary.cv_std, fold_aucs=summary.val_aucs)
 
 
 def _steps_per_epoch(sampler: PairSampler, config: TrainConfig) -> int:

@@ -50,6 +50,8 @@ class TrainConfig:
     identity_weight: float = 0.3  # 0 = no identity classifier; 1.0 overfits the training people sooner
     identity_scale: float = 16.0  # logit scale of the cosine softmax
     max_batches_per_epoch: int = 0  # 0 = all; tests shrink the job with it
+    folds: int = 1  # > 1: train one model per group of held-out families and export their mean as one model
+    fold: int = -1  # which fold a member run trains (set by the fold runner); -1 = every fold and the ensemble
 
     def model_config(self) -> ModelConfig:
         from kinship.model import ModelConfig
@@ -61,7 +63,7 @@ class TrainConfig:
                              colour=self.colour, blur=self.blur, noise=self.noise, erase=self.erase)
 
     def split_config(self) -> SplitConfig:
-        return SplitConfig(val_fraction=self.val_fraction, seed=self.seed)
+        return SplitConfig(val_fraction=self.val_fraction, seed=self.seed, folds=self.folds, fold=max(0, self.fold))
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

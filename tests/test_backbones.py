@@ -204,6 +204,16 @@ def test_size_mismatch_names_the_tensor(tmp_path, capsys, recwarn):
     assert "size mismatch at layer1.0.conv1.weight: file [32,64,3,3], model [64,64,3,3] (and 1 more)" in message
 
 
+def test_half_precision_file_loads_as_float32(tmp_path):
+    state = _random_state("resnet18", 12)
+    path = tmp_path / "resnet18_fp16.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    encoder = BackboneEncoder("resnet18", 8)
+    load_backbone_weights(encoder, path)
+    assert encoder.backbone.conv1.weight.dtype == torch.float32
+    assert torch.equal(encoder.backbone.conv1.weight, state["conv1.weight"].half().float())
+
+
 def test_classifier_of_any_size_is_ignored(tmp_path):
     state = _random_state("resnet18", 6)
     state["fc.weight"], state["fc.bias"] = torch.zeros(8631, 512), torch.zeros(8631)  # a VGGFace2-sized classifier

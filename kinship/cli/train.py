@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                         help="weight of the identity-classifier loss (0 = off)")
     parser.add_argument("--contrastive-weight", type=float, default=defaults.contrastive_weight,
                         help="weight of the in-batch kin contrastive loss (0 = off)")
+    parser.add_argument("--folds", type=int, default=defaults.folds,
+                        help="train K models, each holding out a different group of families; model.pt is their "
+                             "ensemble (mean logit) and the cross-validated AUC is reported with its spread")
     parser.add_argument("--max-batches-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_json_flag(parser)
@@ -47,8 +50,12 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from kinship.train import TrainConfig, train
 
+    from kinship.errors import UserError
+
     names = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    if config.folds < 1 or config.folds > 20:
+        raise UserError(f"--folds must be between 1 and 20, got {config.folds}")
     if not args.json:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     with progress_bars(enabled=not args.json) as on_progress:
@@ -62,11 +69,20 @@ def run(args) -> int:
         **result.baseline.to_dict(),
         "epochs": result.history,
     }
+    if result.fold_aucs:
+        summary.update(folds=len(result.fold_aucs), cv_auc=result.best_auc, cv_auc_std=result.cv_auc_std,
+                       fold_val_aucs=list(result.fold_aucs))
     if args.json:
         print_json(summary)
         return 0
     columns = ["epoch", "train_loss", "val_auc", "val_accuracy", "val_loss", "epoch_seconds", "images_per_second"]
-    console.print(table(f"training on {result.precision}", columns, [[r[c] for c in columns] for r in result.history]))
+    if result.fold_aucs:
+        rows = [[k + 1, auc] for k, auc in enumerate(result.fold_aucs)]
+        console.print(table(f"{len(rows)} folds on {result.precision}", ["fold", "best val_auc"], rows))
+        console.print(f"cross-validated AUC {result.best_auc:.4f} +- {result.cv_auc_std:.4f} (std over folds); "
+                      f"model.pt is the {len(rows)}-fold ensemble (mean logit)")
+    else:
+        console.print(table(f"training on {result.precision}", columns, [[r[c] for c in columns] for r in result.history]))
     console.print(f"best epoch {result.best_epoch}: {result.baseline.sentence()} -> {summary['model']}",
                   style=None if result.baseline.beats_baseline else "bold red")
     return 0

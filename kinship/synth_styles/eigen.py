@@ -334,7 +334,7 @@ class EigenStyle:
         shot = self._shot(rng)
         # Everything here is smooth, so large photos are drawn at RENDER_MAX and scaled up (3x faster at 224).
         render = min(size, RENDER_MAX)
-        image = Image.fromarray(self._pixels(appearance, shot, self.tables(render), render), "RGB")
+        image = Image.fromarray(self._pixels(appearance, shot, self.tables(render), render))
         blur = shot.blur + 0.8 * appearance.youth  # children's photos are softer
         if blur > 0.05:
             image = image.filter(ImageFilter.GaussianBlur(blur * render / 64))
@@ -488,7 +488,7 @@ def _grain(image: Image.Image, noise: float, rng: np.random.Generator) -> Image.
     pixels = np.asarray(image, dtype=np.float32)
     size = pixels.shape[0]
     pixels = pixels + rng.standard_normal((size, size, 1), dtype=np.float32) * np.float32(noise * 255)
-    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
 
 
 def _sex_colour(u: np.ndarray, v: np.ndarray) -> np.ndarray:

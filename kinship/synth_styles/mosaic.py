@@ -308,7 +308,7 @@ def _pose_matrix(shot: Shot, size: int, canvas: int) -> tuple[float, ...]:
     """PIL's inverse affine map: output pixel -> subject pixel, rotating and scaling about the centre."""
     c_out, c_in = size / 2, canvas / 2
     # The head fills about two thirds of the photo at scale 1.
-    zoom = canvas / (size * 1.05) / shot.scale
+    zoom = canvas / (size * 1.15) / shot.scale
     angle = np.radians(shot.angle)
     cos, sin = np.cos(angle) * zoom, np.sin(angle) * zoom
     tx, ty = c_out + shot.shift[0] * size, c_out + shot.shift[1] * size
@@ -317,7 +317,7 @@ def _pose_matrix(shot: Shot, size: int, canvas: int) -> tuple[float, ...]:
 
 def _muted(rng: np.random.Generator, k: float) -> np.ndarray:
     """A background colour: grey around the middle, lightly tinted, so it does not outweigh the head."""
-    return 128 + rng.normal(0, 18) * min(k, 1.5) + rng.normal(0, 7, 3) * k
+    return 128 + rng.normal(0, 15) * min(k, 1.5) + rng.normal(0, 7, 3) * k
 
 
 def _background(rng: np.random.Generator, size: int, k: float) -> Image.Image:

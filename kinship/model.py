@@ -28,6 +28,7 @@ class ModelConfig:
     head_hidden: int = 64
     dropout: float = 0.1
     members: int = 1  # > 1: a fold ensemble of that many networks of this shape (``EnsembleNet``)
+    backbone: str = ""  # "" = our residual encoder; else a pretrained trunk of kinship.backbones (112 px)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -36,6 +37,14 @@ class ModelConfig:
             raise ValueError(f"image_size {self.image_size} must be >= 16 and divisible by {2 ** (self.stages + 1)}")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
+        if self.backbone:
+            from kinship.backbones import BACKBONE_IMAGE_SIZE, BACKBONES
+
+            if self.backbone not in BACKBONES:
+                raise ValueError(f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}")
+            if self.image_size != BACKBONE_IMAGE_SIZE:
+                raise ValueError(f"--backbone {self.backbone} takes {BACKBONE_IMAGE_SIZE} px faces: pass "
+                                 f"--image-size {BACKBONE_IMAGE_SIZE} (got {self.image_size})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,7 +113,7 @@ class KinshipNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.encoder = FaceEncoder(config)
+        self.encoder = FaceEncoder(config) if not config.backbone else _backbone_encoder(config)
         self.head = PairHead(config)
 
     def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
@@ -199,6 +208,12 @@ class EnsembleNet(KinshipNet):
             ensemble.encoder.members[index].load_state_dict(member.encoder.state_dict())
             ensemble.head.members[index].load_state_dict(member.head.state_dict())
         return ensemble.eval()
+
+
+def _backbone_encoder(config: ModelConfig) -> nn.Module:
+    from kinship.backbones import BackboneEncoder
+
+    return BackboneEncoder(config.backbone, config.embedding_dim)
 
 
 def _embedding_width(net: KinshipNet, config: ModelConfig) -> int:

@@ -189,6 +189,11 @@ class PairObjective(torch.nn.Module):
 def train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress) -> dict:
     """One pass over freshly sampled pairs; returns mean loss, seconds and images/s."""
     model.train()
+    if config.backbone:
+        from kinship.backbones import set_trunk_trainable
+
+        # A pretrained trunk stays frozen while the new projection and head settle, then fine-tunes slowly.
+        set_trunk_trainable(model.encoder, trainable=epoch >= config.freeze_epochs)
     rng = np.random.default_rng([config.seed, epoch, 1])
     pairs = sampler.epoch(epoch, config.pairs_per_relationship)
     batches = list(pairs.batches(config.batch_size))
@@ -258,7 +263,7 @@ class WarmupCosine:
 
     def _apply(self) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr()
+            group["lr"] = self.lr() * group.get("lr_scale", 1.0)
 
 
 def train(
@@ -296,10 +301,12 @@ def train(
     torch.manual_seed(config.seed)
     prepared = prepare(data_dir, config.image_size, config.split_config(), cache_dir, on_progress)
     sampler = PairSampler(prepared.dataset, prepared.table, prepared.split.train, seed=config.seed)
-    model = build_model(model_config).to(precision.device)
+    model = build_model(model_config)
+    if config.backbone and not resume:
+        _load_backbone(model, config)
+    model = model.to(precision.device)
     objective = PairObjective(_embedding_width(model, config), person_index(prepared)[1], config).to(precision.device)
-    parameters = list(model.parameters()) + list(objective.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, objective, config), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.scale_loss)
     state = {"epoch": 0, "history": [], "best_auc": -1.0, "best_epoch": -1, "step": 0}
     if resume:
@@ -351,6 +358,25 @@ def _train_folds(data_dir, run_dir: Path, config: TrainConfig, resume: bool, on_
     log.info("%d folds: cross-validated AUC %.4f +- %.4f", config.folds, summary.cv_auc, summary.cv_std)
     return TrainResult(run_dir, max(summary.best_epochs), summary.cv_auc, [], results[0].precision,
                        summary.baseline.pixel_auc, cv_auc_std=summary.cv_std, fold_aucs=summary.val_aucs)
+
+
+def _load_backbone(model, config: TrainConfig) -> None:
+    from kinship.backbones import load_backbone_weights
+
+    if not config.backbone_weights:
+        raise UserError(f"--backbone {config.backbone} needs --backbone-weights FILE (weights are never downloaded)")
+    load_backbone_weights(model.encoder, Path(config.backbone_weights))
+
+
+def _parameter_groups(model, objective, config: TrainConfig) -> list[dict]:
+    """One optimiser group, or two with a pretrained trunk: it fine-tunes at ``backbone_lr_scale`` of the rate."""
+    if not config.backbone:
+        return [{"params": list(model.parameters()) + list(objective.parameters()), "lr_scale": 1.0}]
+    from kinship.backbones import split_parameters
+
+    trunk, rest = split_parameters(model)
+    return [{"params": rest + list(objective.parameters()), "lr_scale": 1.0},
+            {"params": trunk, "lr_scale": config.backbone_lr_scale}]
 
 
 def _steps_per_epoch(sampler: PairSampler, config: TrainConfig) -> int:

@@ -50,13 +50,18 @@ class TrainConfig:
     identity_weight: float = 0.3  # 0 = no identity classifier; 1.0 overfits the training people sooner
     identity_scale: float = 16.0  # logit scale of the cosine softmax
     max_batches_per_epoch: int = 0  # 0 = all; tests shrink the job with it
+    backbone: str = ""  # a pretrained trunk (kinship.backbones: resnet18/50, iresnet50/100) instead of our encoder
+    backbone_weights: str = ""  # the user's weight file for ``backbone`` (nothing is ever downloaded)
+    freeze_epochs: int = 2  # with a backbone: epochs that train only the projection and head
+    backbone_lr_scale: float = 0.1  # with a backbone: the trunk's learning rate relative to ``lr`` once unfrozen
     folds: int = 1  # > 1: train one model per group of held-out families and export their mean as one model
     fold: int = -1  # which fold a member run trains (set by the fold runner); -1 = every fold and the ensemble
 
     def model_config(self) -> ModelConfig:
         from kinship.model import ModelConfig
 
-        return ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width, embedding_dim=self.embedding_dim)
+        return ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width, embedding_dim=self.embedding_dim,
+                           backbone=self.backbone)
 
     def augmentation(self) -> AugmentConfig:
         return AugmentConfig(flip=self.flip, shift=self.shift, jitter=self.jitter, rotate=self.rotate, zoom=self.zoom,

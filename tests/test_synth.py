@@ -42,8 +42,9 @@ def small_set(tmp_path_factory) -> Path:
 
 def test_top_level_is_exactly_the_kaggle_layout(small_set):
     assert sorted(p.name for p in small_set.iterdir()) == [
-        "relationship_types.csv", "sample_submission.csv", "test", "test_labels.csv", "train", "train_relationships.csv",
-    ]
+        "oracle.npz", "relationship_types.csv", "sample_submission.csv", "synth.json", "test", "test_labels.csv", "train",
+        "train_relationships.csv",
+    ]  # the Kaggle layout, plus the generator's truth (types, test labels, heritable features, its configuration)
     families = sorted(p.name for p in (small_set / "train").iterdir())
     assert families == [f"F{n:04d}" for n in range(1, SMALL.families + 1)]
 

@@ -38,6 +38,13 @@ def register(subparsers) -> None:
                         help="weight of the identity-classifier loss (0 = off)")
     parser.add_argument("--contrastive-weight", type=float, default=defaults.contrastive_weight,
                         help="weight of the in-batch kin contrastive loss (0 = off)")
+    parser.add_argument("--backbone", default="", help="pretrained trunk instead of our encoder: resnet18, resnet50 "
+                        "(torchvision layout), iresnet50, iresnet100 (insightface backbone.pth layout); 112 px")
+    parser.add_argument("--backbone-weights", default="", help="the weight file for --backbone (never downloaded)")
+    parser.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs,
+                        help="with --backbone: epochs training only the projection and head (default %(default)s)")
+    parser.add_argument("--backbone-lr-scale", type=float, default=defaults.backbone_lr_scale,
+                        help="with --backbone: the trunk's learning rate relative to --lr once unfrozen")
     parser.add_argument("--folds", type=int, default=defaults.folds,
                         help="train K models, each holding out a different group of families; model.pt is their "
                              "ensemble (mean logit) and the cross-validated AUC is reported with its spread")

@@ -91,7 +91,6 @@ class Look:
 
     genes: np.ndarray
     fade: float  # 0 = young adult colours; up to 0.6 for the oldest
-    child: bool
     noise: list[np.ndarray]  # one grid per octave, values in [-1, 1]
     cache: dict = field(default_factory=dict)
 
@@ -129,17 +128,21 @@ class MosaicStyle:
     # ------------------------------------------------------------------ genomes
 
     def founder(self, rng: np.random.Generator) -> np.ndarray:
+        """33 genes from Beta(0.6, 0.6)."""
         return rng.beta(FOUNDER_BETA, FOUNDER_BETA, len(GENES))
 
     def child(self, rng: np.random.Generator, father: np.ndarray, mother: np.ndarray) -> np.ndarray:
+        """Each gene a random-weight blend of the parents' (weight per gene), plus mutation."""
         weight = rng.uniform(MIX[0], MIX[1], len(GENES))
         genes = weight * father + (1 - weight) * mother
         return np.clip(genes + rng.normal(0.0, MUTATION, len(GENES)), 0.0, 1.0)
 
     def oracle_features(self, genome: np.ndarray) -> np.ndarray:
+        """The genes themselves: everything heritable."""
         return np.asarray(genome, float).ravel()
 
     def oracle_similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Row-wise cosine of the genes centred on 0.5."""
         # Cosine of the deviations from the middle: blended children shrink towards 0.5, so their
         # direction, not their distance, says whose they are.
         a = np.asarray(a, float) - 0.5
@@ -149,6 +152,7 @@ class MosaicStyle:
     # ------------------------------------------------------------------ people
 
     def appearance(self, genome: np.ndarray, sex: str, age: int, rng: np.random.Generator) -> Look:
+        """Genes plus a per-person jitter, sex and age effects, and the person's own noise field."""
         genes = np.clip(np.asarray(genome, float) + rng.normal(0.0, PERSON_JITTER, len(GENES)), 0.0, 1.0)
         # Sex shifts the shape a little: a family resemblance must survive it.
         if sex == "m":
@@ -157,14 +161,14 @@ class MosaicStyle:
         else:
             genes[G["height"]] = min(1.0, genes[G["height"]] + 0.08)
             genes[G["taper"]] = min(1.0, genes[G["taper"]] + 0.08)
-        child = age < 12
-        if child:  # rounder and shorter heads
+        if age < 12:  # young children: rounder, shorter heads
             genes[G["height"]] *= 0.8
             genes[G["squareness"]] *= 0.8
         noise = [rng.uniform(-1.0, 1.0, (n + 1, n + 1)).astype(np.float32) for n in OCTAVES]
-        return Look(genes=genes, fade=float(np.clip((age - 30) / 75, 0.0, 0.6)), child=child, noise=noise)
+        return Look(genes=genes, fade=float(np.clip((age - 30) / 75, 0.0, 0.6)), noise=noise)
 
     def photo(self, appearance: Look, rng: np.random.Generator, size: int) -> bytes:
+        """Pose the person's texture over a fresh background, then blur, develop and JPEG-encode."""
         k = self.settings.nuisance
         shot = _shot(rng, k)
         rgb, mask = self._subject(appearance, size)
@@ -206,14 +210,16 @@ class MosaicStyle:
         # Fading: colours drift towards mid-grey with age, as if the photo (and person) were older.
         image = image * (1 - 0.5 * look.fade) + 0.5 * (0.5 * look.fade)
         image *= (1.0 - (0.15 + 0.5 * g[G["rim"]]) * edge)[..., None]  # a dark rim outlines the head
-        # Outside the oval keep the edge colour (not black), so bilinear posing does not bleed a dark fringe.
+        # The texture covers the whole canvas, not only the oval: bilinear posing of the RGB image then
+        # blends edge pixels with texture, never with black, so the mask's soft edge shows no dark fringe.
         rgb = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(rgb, "RGB"), Image.fromarray((mask * 255 + 0.5).astype(np.uint8), "L")
 
     def _spots(self, g: list[float], px: np.ndarray, py: np.ndarray, canvas: int) -> np.ndarray:
         """A lattice of round spots; per-cell offsets come from the style-wide table, scaled by a gene."""
         spacing = 0.22 + 0.35 * g[G["spot_spacing"]]
-        u, v = (px + 1.5) / spacing, (py + 1.5) / spacing
+        # A cell boundary on the vertical axis: mirrored patterns then do not cut a spot in half there.
+        u, v = px / spacing, py / spacing
         i, j = np.floor(u), np.floor(v)
         ii, jj = i.astype(np.int64) % LATTICE, j.astype(np.int64) % LATTICE
         jitter = 0.8 * g[G["spot_jitter"]]
@@ -307,7 +313,7 @@ def _shot(rng: np.random.Generator, k: float) -> Shot:
 def _pose_matrix(shot: Shot, size: int, canvas: int) -> tuple[float, ...]:
     """PIL's inverse affine map: output pixel -> subject pixel, rotating and scaling about the centre."""
     c_out, c_in = size / 2, canvas / 2
-    # The head fills about two thirds of the photo at scale 1.
+    # At scale 1 the canvas spans 1.15 photo sides, so the head fills about 65-90% of the photo's height.
     zoom = canvas / (size * 1.15) / shot.scale
     angle = np.radians(shot.angle)
     cos, sin = np.cos(angle) * zoom, np.sin(angle) * zoom

@@ -1,17 +1,18 @@
 """The ``critters`` style: cartoon creature and robot heads assembled from discrete parts.
 
 What it draws: a head outline (round, rounded square, shield, hexagon, bulb or scalloped) in a coat
-colour with a marking pattern (spots, bands, patches, an eye mask or a split face) in a marking colour;
-one, two or three eyes of one of five kinds (round, slit, LED square, visor, bug) in a bright eye
-colour; a crown (round or pointed ears, antennae, horns, a spiky crest) in the coat, marking or ivory
-colour; a snout (button, triangle, beak, muzzle, pig snout) in a nose colour; a mouth (smile, fangs,
-teeth, an O, a robot grille) and cheeks (whiskers, blush, dots). Twenty genes: thirteen categorical
-(an integer choice among a gene's alleles) and seven continuous (sizes and spacings, in [0, 1]).
+colour (a hue gene times a shade gene) with a marking pattern (spots, bands, patches, an eye mask or a
+split face) in a marking colour; one, two or three eyes of one of five kinds (round, slit, LED square,
+visor, bug) in a bright eye colour; a crown (round or pointed ears, antennae, horns, a spiky crest) in a
+crown colour; a snout (button, triangle, beak, muzzle, pig snout) in a nose colour; a mouth (smile,
+fangs, teeth, an O, a robot grille), cheeks (whiskers, blush, dots) and shoulders in a body colour.
+Twenty-two genes: fifteen categorical (an integer choice among a gene's alleles) and seven continuous
+(sizes and spacings, in [0, 1]).
 
-Inheritance: the genes sit on six "chromosomes" (head, coat, eyes, crown, snout, mouth). A child takes
-each chromosome whole from one parent picked at random, so genes on it travel together (linkage);
-then each categorical gene is redrawn with probability 0.03 and each continuous gene gets a little
-noise. No blending and no per-gene Mendelian draw.
+Inheritance: the genes sit on six "chromosomes" (head, pattern, eyes, crown, snout, mouth-and-body). A
+child takes each chromosome whole from one parent picked at random, so genes on it travel together
+(linkage); then each categorical gene is redrawn with probability 0.03 and each continuous gene gets a
+little noise. No blending and no per-gene Mendelian draw.
 
 Not heritable: age (children have smaller heads, bigger eyes and small crowns; elders grey and get
 forehead wrinkles), sex (males grow a larger crown, females get eyelashes), a per-person jitter of
@@ -20,7 +21,7 @@ earring, plaster or none).
 
 Nuisance, drawn afresh for every photo and scaled by ``StyleSettings.nuisance``: roll (about +-15
 degrees), a yaw that squashes the head and slides the face parts sideways, scale 0.85-1.15, shift;
-a strong background (plain, gradient, shapes, stripes, blotches or checks in any colour); an occluder
+a strong background (plain, gradient, shapes, stripes, blotches or checks, in any hue); an occluder
 in about a third of the photos (a bar, a hand or an object over part of the head); directional light,
 colour temperature, blur, sensor noise and JPEG quality 50-95.
 
@@ -41,7 +42,9 @@ from kinship.synth_style import StyleSettings, encode_jpeg
 # --------------------------------------------------------------------------- genome
 
 # (name, alleles): alleles > 0 is a categorical gene with that many choices, 0 a continuous one in [0, 1].
-# Grouped by chromosome; a chromosome is inherited whole.
+# Grouped by chromosome; a chromosome is inherited whole. The large coloured areas (coat hue, coat shade,
+# markings, crown, body) sit on different chromosomes: with one colour chromosome, kin matched in colour
+# all or nothing and raw pixels could not tell half the parent-child pairs from strangers.
 CHROMOSOMES = (
     (("head_shape", 6), ("head_width", 0), ("head_height", 0), ("coat_hue", 8)),
     (("pattern", 6), ("mark_colour", 7), ("mark_scale", 0)),
@@ -77,8 +80,8 @@ SHADES = ((0.5, 0.95), (0.75, 0.8), (0.85, 0.55))
 ELDER_GREY = np.array((175, 175, 170), float)
 HAND_SKIN = np.array([(235, 190, 160), (200, 145, 105), (140, 95, 60), (95, 65, 45)], float)
 # How far backdrop colours may stray from mid-grey at nuisance 1. At 1.0 (any colour) the backdrop
-# swamped raw pixels (baseline AUC ~0.59); 0.5 still gives every hue and clearly different backdrops.
-BACKDROP_STRENGTH = 0.5
+# swamped raw pixels (baseline AUC ~0.59); 0.45 still gives every hue and clearly different backdrops.
+BACKDROP_STRENGTH = 0.45
 ACCESSORIES = ("none", "none", "none", "bow", "bandana", "glasses", "earring", "plaster")
 
 
@@ -146,10 +149,11 @@ def critter_of(genome: np.ndarray, sex: str, age: int, rng: np.random.Generator,
     g = genome
     jitter = rng.normal(0, 0.04, len(GENES))
     c = {name: float(np.clip(g[G[name]] + jitter[G[name]], 0, 1)) for name, alleles in GENES if alleles == 0}
+    # Colours fade toward grey from 50, by at most 0.3: more greying made grandparents look like strangers.
     child, elder = age < 13, max(0.0, min(0.3, (age - 50) / 60))
     head = 0.85 if child else 1.0
     coat = coats[int(g[G["coat_hue"]]), int(g[G["coat_shade"]])] + rng.normal(0, 6, 3)
-    coat = coat * (1 - elder) + ELDER_GREY * elder  # coats fade toward grey with age
+    coat, body = (colour * (1 - elder) + ELDER_GREY * elder for colour in (coat, BODY_COLOURS[int(g[G["body_colour"]])]))
     mark = MARK_COLOURS[int(g[G["mark_colour"]])]
     crown_colour = CROWN_COLOURS[int(g[G["crown_colour"]])]
     crown_size = (0.75 + 0.5 * c["crown_size"]) * (0.7 if child else 1.0) * (1.15 if sex == "m" else 0.92)
@@ -159,7 +163,7 @@ def critter_of(genome: np.ndarray, sex: str, age: int, rng: np.random.Generator,
                              (0.12 + 0.12 * (1 - c["mark_scale"])) * rng.uniform(0.8, 1.2, count)])
     return Critter(
         shape=int(g[G["head_shape"]]), hw=(0.27 + 0.1 * c["head_width"]) * head, hh=(0.25 + 0.08 * c["head_height"]) * head,
-        coat=coat, body=BODY_COLOURS[int(g[G["body_colour"]])] * (1 - elder) + ELDER_GREY * elder, pattern=int(g[G["pattern"]]), mark=mark, mark_scale=c["mark_scale"], blobs=blobs,
+        coat=coat, body=body, pattern=int(g[G["pattern"]]), mark=mark, mark_scale=c["mark_scale"], blobs=blobs,
         eye_type=int(g[G["eye_type"]]), eye_count=1 + int(g[G["eye_count"]]),
         eye_colour=EYE_COLOURS[int(g[G["eye_colour"]])],
         eye_radius=(0.03 + 0.035 * c["eye_size"]) * (1.25 if child else 1.0), eye_spacing=0.3 + 0.3 * c["eye_spacing"],
@@ -253,26 +257,32 @@ class Pen:
         self.draw = ImageDraw.Draw(image)
         a = math.radians(shot.angle)
         self.cos, self.sin = math.cos(a) * shot.scale * self.n, math.sin(a) * shot.scale * self.n
-        self.ox, self.oy = (0.5 + shot.shift[0]) * self.n, (0.53 + shot.shift[1]) * self.n
+        self.ox, self.oy = (0.5 + shot.shift[0]) * self.n, (0.55 + shot.shift[1]) * self.n
         self.squash = 1 - 0.22 * abs(shot.yaw)
         self.turn = 0.28 * shot.yaw * look.hw
         self.scale = shot.scale
 
     def pts(self, xy: np.ndarray, depth: float = 1.0) -> list[tuple[float, float]]:
+        """Pixel positions of ``[N, 2]`` head-centred points: yaw (squash, slide), then roll, scale, shift."""
         x = xy[:, 0] * self.squash + self.turn * depth
         y = xy[:, 1]
         return list(zip((self.ox + self.cos * x - self.sin * y).tolist(), (self.oy + self.sin * x + self.cos * y).tolist()))
 
     def poly(self, xy, fill, depth: float = 1.0, draw: ImageDraw.ImageDraw | None = None) -> None:
+        """A filled polygon, on the photo or on ``draw`` (a mask)."""
         (draw or self.draw).polygon(self.pts(np.asarray(xy, float), depth), fill=fill)
 
     def ellipse(self, x, y, rx, ry, fill, depth: float = 1.0, draw=None) -> None:
+        """An ellipse as a 24-gon, so that roll and yaw turn it like everything else."""
         self.poly(CIRCLE * (rx, ry) + (x, y), fill, depth, draw)
 
     def line(self, xy, fill, width: float, depth: float = 1.0) -> None:
-        self.draw.line(self.pts(np.asarray(xy, float), depth), fill=fill, width=max(1, int(round(width * self.n * self.scale))))
+        """A polyline ``width`` canvas fractions thick (at least one pixel)."""
+        pixels = max(1, int(round(width * self.n * self.scale)))
+        self.draw.line(self.pts(np.asarray(xy, float), depth), fill=fill, width=pixels)
 
     def centre(self) -> tuple[float, float]:
+        """The head centre in canvas fractions (for occluders, which ignore the pose)."""
         return self.ox / self.n, self.oy / self.n
 
 
@@ -310,18 +320,19 @@ def _paint_crown(p: Pen, look: Critter) -> None:
             p.ellipse(side * 0.72 * hw, -0.85 * hh, r * 0.55, r * 0.55, inner, 0.3)
         elif look.crown == 2:  # pointed ears
             base = side * 0.6 * hw
-            p.poly([(base - 0.07 * s, -0.7 * hh), (base + 0.07 * s, -0.7 * hh), (base + side * 0.06 * s, -hh - 0.14 * s)], colour, 0.3)
+            tip = (base + side * 0.06 * s, -hh - 0.11 * s)
+            p.poly([(base - 0.07 * s, -0.7 * hh), (base + 0.07 * s, -0.7 * hh), tip], colour, 0.3)
         elif look.crown == 3:  # antennae with a ball tip
-            tip = (side * (0.45 * hw + 0.06 * s), -hh - 0.13 * s)
+            tip = (side * (0.45 * hw + 0.06 * s), -hh - 0.1 * s)
             p.line([(side * 0.25 * hw, -0.8 * hh), tip], _rgb(look.coat * 0.5), 0.014)
             p.ellipse(tip[0], tip[1], 0.03 * s, 0.03 * s, colour, 0.3)
         elif look.crown == 4:  # horns curving outward
             x = side * 0.45 * hw
             p.poly([(x - 0.035 * s, -0.75 * hh), (x + 0.035 * s, -0.75 * hh), (x + side * 0.09 * s, -hh - 0.06 * s),
-                    (x + side * 0.14 * s, -hh - 0.12 * s), (x + side * 0.02 * s, -hh - 0.02 * s)], colour, 0.3)
+                    (x + side * 0.14 * s, -hh - 0.1 * s), (x + side * 0.02 * s, -hh - 0.02 * s)], colour, 0.3)
     if look.crown == 5:  # spiky crest along the top
         for x in (-0.3, 0.0, 0.3):
-            tall = 0.11 * s * (1.25 if x == 0 else 1.0)
+            tall = 0.09 * s * (1.25 if x == 0 else 1.0)
             p.poly([(x * hw - 0.05 * s, -0.8 * hh), (x * hw + 0.05 * s, -0.8 * hh), (x * hw, -hh - tall)], colour, 0.3)
 
 
@@ -589,7 +600,7 @@ class CritterStyle:
     """Creature heads from discrete parts, inherited chromosome by chromosome (see the module docstring)."""
 
     name = "critters"
-    summary = ("creature heads from 20 part genes (13 categorical: outline, eyes, crown, snout, mouth, markings, colours) / "
+    summary = ("creature heads from 22 part genes (15 categorical: outline, eyes, crown, snout, mouth, markings, colours) / "
                "6 linked chromosomes each whole from one parent, categorical redraw 3%, continuous noise / "
                "roll, yaw squash, scale, shift, strong backgrounds, occluders, directional light, colour temperature, "
                "blur, noise, JPEG quality")

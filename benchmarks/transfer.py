@@ -87,8 +87,9 @@ def train_and_test(data_dir: Path, run_dir: Path, config: TrainConfig) -> tuple[
     metrics_path = run_dir / "metrics.json"
     config_path = run_dir / "config.json"
     started = time.perf_counter()
-    finished = metrics_path.exists() and json.loads(config_path.read_text())["train"] == asdict(config) and \
-        len(json.loads(metrics_path.read_text())["epochs"]) == config.epochs
+    # A finished run of the same configuration is reused (fields added since it ran take their defaults).
+    finished = metrics_path.exists() and TrainConfig.from_dict(json.loads(config_path.read_text())["train"]) == config \
+        and len(json.loads(metrics_path.read_text())["epochs"]) == config.epochs
     if not finished:
         import shutil
 

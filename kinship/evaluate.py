@@ -51,6 +51,9 @@ def evaluate_model(model_path: Path, data_dir: Path, on_progress=silent, scorer:
     logits = score_image_pairs(scorer, prepared.pixels, pairs.left, pairs.right)
     validation = verification_report(pairs.label, logits, pairs.kind)
     report = EvaluationReport(str(model_path), validation, validation_threshold(scorer))
+    if config.folds > 1:
+        report.notes.append(f"{config.folds}-fold ensemble: the other members trained on these validation families, so "
+                            "this validation AUC is optimistic; the cross-validated AUC is in the run's metrics.json")
     report.test = _test_report(scorer, prepared, validation.threshold, report.notes, on_progress)
     return report
 

@@ -29,12 +29,17 @@ class ModelConfig:
     dropout: float = 0.1
     members: int = 1  # > 1: a fold ensemble of that many networks of this shape (``EnsembleNet``)
     backbone: str = ""  # "" = our residual encoder; else a pretrained trunk of kinship.backbones (112 px)
+    pool_grid: int = 1  # the encoder pools its last feature map to a grid x grid layout (1 = global average)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
         if self.image_size < 16 or self.image_size % (2 ** (self.stages + 1)):
             raise ValueError(f"image_size {self.image_size} must be >= 16 and divisible by {2 ** (self.stages + 1)}")
+        final_map = self.image_size // 2**self.stages
+        if self.pool_grid < 1 or final_map % self.pool_grid:
+            raise ValueError(f"pool_grid {self.pool_grid} must divide the encoder's last feature map "
+                             f"({final_map}x{final_map} at {self.image_size} px)")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
         if self.backbone:
@@ -83,11 +88,18 @@ class FaceEncoder(nn.Module):
             blocks.append(ResidualBlock(channels, out, stride=1 if stage == 0 else 2))
             channels = out
         self.blocks = nn.Sequential(*blocks)
-        self.project = nn.Linear(channels, config.embedding_dim)
+        # A coarse grid keeps where a trait sits (a blotch on the cheek, a band on the forehead), which a
+        # global average throws away; the faces are aligned crops, so position carries meaning.
+        self.pool_grid = config.pool_grid
+        self.project = nn.Linear(channels * config.pool_grid**2, config.embedding_dim)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        features = self.blocks(self.stem(image)).mean(dim=(2, 3))
-        return F.normalize(self.project(features), dim=1)
+        features = self.blocks(self.stem(image))
+        if self.pool_grid == 1:
+            pooled = features.mean(dim=(2, 3))
+        else:
+            pooled = F.adaptive_avg_pool2d(features, self.pool_grid).flatten(1)
+        return F.normalize(self.project(pooled), dim=1)
 
 
 class PairHead(nn.Module):

@@ -34,6 +34,7 @@ class TrainConfig:
     image_size: int = 64
     width: int = 16
     embedding_dim: int = 128
+    pool_grid: int = 1  # encoder's pooled layout: 1 = global average, 2 or 4 = a coarse grid that keeps position
     arch: str = "residual"
     amp: str = "auto"  # auto | on | off
     device: str = "auto"  # auto | cpu | cuda (ROCm shows up as cuda too)
@@ -65,7 +66,7 @@ class TrainConfig:
         from kinship.model import ModelConfig
 
         return ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width, embedding_dim=self.embedding_dim,
-                           backbone=self.backbone)
+                           backbone=self.backbone, pool_grid=self.pool_grid)
 
     def augmentation(self) -> AugmentConfig:
         return AugmentConfig(flip=self.flip, shift=self.shift, jitter=self.jitter, rotate=self.rotate, zoom=self.zoom,

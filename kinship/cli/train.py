@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (warm-up, then cosine)")
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--width", type=int, default=defaults.width, help="channels of the first encoder stage")
+    parser.add_argument("--pool-grid", type=int, default=defaults.pool_grid,
+                        help="encoder pools its last feature map to a GRID x GRID layout (1 = global average)")
     parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="width of the face embedding")
     parser.add_argument("--arch", choices=("residual", "seed"), default=defaults.arch, help="seed = the original 3-layer CNN")
     parser.add_argument("--amp", choices=("auto", "on", "off"), default=defaults.amp)

@@ -111,14 +111,14 @@ def promote_if_better(store: ArtifactStore, train_manifest: dict, engines_manife
     pointer in force afterwards, with its own ref under ``pointer`` when this call wrote it).
     """
     candidate, run_id = train_manifest["metrics"].get("best_val_auc"), train_manifest["run_id"]
-    below = below_baseline(train_manifest["metrics"], required_margin)
-    if below:
-        current = read_champion(store)
-        return _outcome(store, False, f"run {run_id}: {below}: champion kept", candidate, current, current)
     if not built_engines(engines_manifest):
         current = read_champion(store)
         return _outcome(store, False, f"run {run_id} has no built engine: nothing to deploy, champion kept",
                         candidate, current, current)
+    below = below_baseline(train_manifest["metrics"], required_margin)
+    if below:
+        current = read_champion(store)
+        return _outcome(store, False, f"run {run_id}: {below}: champion kept", candidate, current, current)
     for _ in range(attempts):
         previous, version = store.get_json_versioned(CHAMPION_KEY)
         if previous and previous.get("run_id") == run_id and previous.get("val_auc") == candidate:

@@ -89,5 +89,7 @@ def test_children_inherit_from_their_parents(style):
 
 
 def test_unknown_style_is_one_line(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path / "x"), "--style", "nope"]) == 2
-    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_code:
+        main(["synth", "--out", str(tmp_path / "x"), "--style", "nope"])
+    assert exit_code.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -91,8 +92,6 @@ def train_and_test(data_dir: Path, run_dir: Path, config: TrainConfig) -> tuple[
     finished = metrics_path.exists() and TrainConfig.from_dict(json.loads(config_path.read_text())["train"]) == config \
         and len(json.loads(metrics_path.read_text())["epochs"]) == config.epochs
     if not finished:
-        import shutil
-
         shutil.rmtree(run_dir, ignore_errors=True)
         train(data_dir, run_dir, config)
     minutes = (time.perf_counter() - started) / 60 if not finished else json.loads(metrics_path.read_text()).get(

@@ -21,7 +21,7 @@ import shutil
 import time
 from io import BytesIO
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -872,7 +872,7 @@ def oracle_scores(data_dir: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
 
 
 def _write_record(root: Path, config: SynthConfig) -> None:
-    record = {k: v for k, v in config.__dict__.items() if k != "workers"}
+    record = {k: v for k, v in asdict(config).items() if k != "workers"}
     (root / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 

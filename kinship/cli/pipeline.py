@@ -15,6 +15,7 @@ from kinship.cli.output import add_json_flag, console, key_value_table, print_js
 
 
 def register(subparsers) -> None:
+    from kinship.baseline import REQUIRED_MARGIN
     from kinship.engines.calibration import CalibrationConfig
     from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings
     from kinship.train_config import TrainConfig
@@ -39,8 +40,8 @@ def register(subparsers) -> None:
     parser.add_argument("--validation-pairs", type=int, default=0, help="at most this many validation pairs (0 = all)")
     parser.add_argument("--calibration-batches", type=int, default=calibration.batches)
     parser.add_argument("--calibration-batch-size", type=int, default=calibration.batch_size)
-    parser.add_argument("--required-margin", type=float, default=0.02,
-                        help="validation AUC a model must gain over raw-pixel cosine to be promoted (default 0.02)")
+    parser.add_argument("--required-margin", type=float, default=REQUIRED_MARGIN,
+                        help=f"validation AUC a model must gain over raw-pixel cosine to be promoted (default {REQUIRED_MARGIN})")
     parser.add_argument("--run-id", help="name of the run in the store (default: time + random suffix)")
     add_json_flag(parser)
     parser.set_defaults(handler=run)

@@ -9,7 +9,7 @@ import numpy as np
 
 from kinship import image_cache
 from kinship.errors import UserError
-from kinship.layout import DROP_CORRUPT_IMAGE, DROP_REL_NO_IMAGES, Dataset, Person, dataset_fingerprint, read_dataset
+from kinship.layout import DROP_REL_NO_IMAGES, Dataset, Person, dataset_fingerprint, read_dataset
 from kinship.pairs import FamilySplit, ImageTable, PairSet, split_families, validation_pairs
 from kinship.progress import silent
 
@@ -65,16 +65,17 @@ def prepare(
     return PreparedData(dataset, table, pixels, split, val, fingerprint)
 
 
-def _without_images(dataset: Dataset, table: ImageTable, pixels: np.ndarray, unreadable: list[int]):
-    """Drop images that would not decode (and people or relationships left without images)."""
+def _without_images(dataset: Dataset, table: ImageTable, pixels: np.ndarray, unreadable: dict[int, str]):
+    """Drop images that would not decode, counted under their reasons (and people or relationships left
+    without images)."""
     bad = {table.paths[i] for i in unreadable}
     people = {}
     for person_id, person in dataset.people.items():
         images = tuple(p for p in person.images if p not in bad)
         if images:
             people[person_id] = Person(person.family, person.mid, images)
-    for path in sorted(bad):
-        dataset.report.count(dataset.report.dropped, DROP_CORRUPT_IMAGE, str(path))
+    for index, reason in sorted(unreadable.items(), key=lambda item: table.paths[item[0]]):
+        dataset.report.count(dataset.report.dropped, reason, str(table.paths[index]))
     relationships = [r for r in dataset.relationships if r.p1 in people and r.p2 in people]
     for _ in range(len(dataset.relationships) - len(relationships)):
         dataset.report.count(dataset.report.dropped, DROP_REL_NO_IMAGES)

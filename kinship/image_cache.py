@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kinship.images import UnreadableImage, load_face
+from kinship.images import UnreadableImage, load_face, max_image_pixels
 from kinship.progress import ProgressEvent, silent
 
 
@@ -41,11 +41,13 @@ def load_or_build(
     cache_dir: Path | None = None,
     on_progress=silent,
     workers: int | None = None,
-) -> tuple[np.ndarray, list[int]]:
-    """The ``[len(paths), size, size, 3]`` uint8 array (read-only) and the indices that would not decode.
+) -> tuple[np.ndarray, dict[int, str]]:
+    """The ``[len(paths), size, size, 3]`` uint8 array (read-only) and index -> reason of each image that
+    would not decode.
 
-    Unreadable images (corrupt, truncated) are left black and listed, so one decode pass both
-    checks and caches; callers drop the listed indices.
+    Unusable images (corrupt, truncated, over the pixel limit, a link) are left black and listed with their
+    reason (``UnreadableImage.reason`` and its subclasses'), so one decode pass both checks and caches;
+    callers drop the listed indices.
     """
     cache_dir = Path(cache_dir or default_cache_dir())
     key = cache_key(fingerprint, paths, size)
@@ -53,35 +55,45 @@ def load_or_build(
     meta_path = array_path.with_suffix(".json")
     if array_path.exists() and meta_path.exists():
         on_progress(ProgressEvent("decode images (cached)", len(paths), len(paths)))
-        return np.load(array_path, mmap_mode="r"), json.loads(meta_path.read_text())["unreadable"]
+        return np.load(array_path, mmap_mode="r"), _reasons(json.loads(meta_path.read_text())["unreadable"])
     pixels, unreadable = decode_all(paths, size, on_progress, workers)
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = array_path.with_suffix(f".partial-{os.getpid()}.npy")
     np.save(partial, pixels)
-    meta = {"images": len(paths), "size": size, "fingerprint": fingerprint, "unreadable": unreadable}
+    meta = {"images": len(paths), "size": size, "fingerprint": fingerprint, "unreadable": {str(i): r for i, r in unreadable.items()}}
     meta_path.write_text(json.dumps(meta))
     os.replace(partial, array_path)  # a crash mid-write never leaves a complete-looking cache
     return np.load(array_path, mmap_mode="r"), unreadable
 
 
-def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: int | None = None) -> tuple[np.ndarray, list[int]]:
-    """Decode ``paths`` into one uint8 array; Pillow releases the GIL, so threads use every core."""
+def _reasons(recorded: dict | list) -> dict[int, str]:
+    # caches written before reasons were kept hold a plain list of indices
+    if isinstance(recorded, list):
+        return {int(index): UnreadableImage.reason for index in recorded}
+    return {int(index): reason for index, reason in recorded.items()}
+
+
+def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode ``paths`` into one uint8 array, and index -> reason of each that would not decode.
+
+    Pillow releases the GIL, so threads use every core. The pixel limit is read once, before any decode."""
     pixels = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
-    unreadable: list[int] = []
+    unreadable: dict[int, str] = {}
     workers = workers or min(8, os.cpu_count() or 1)
+    max_pixels = max_image_pixels()
 
     def decode(index: int) -> int:
         try:
-            pixels[index] = load_face(paths[index], size)
-        except UnreadableImage:
-            unreadable.append(index)
+            pixels[index] = load_face(paths[index], size, max_pixels)
+        except UnreadableImage as error:
+            unreadable[index] = error.reason
         return index
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for done, _ in enumerate(pool.map(decode, range(len(paths))), start=1):
             if done % 64 == 0 or done == len(paths):
                 on_progress(ProgressEvent("decode images", done, len(paths)))
-    return pixels, sorted(unreadable)
+    return pixels, dict(sorted(unreadable.items()))
 
 
 def content_fingerprint(paths: Sequence[Path]) -> str:

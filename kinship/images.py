@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO, Mapping
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -16,21 +20,68 @@ NORMALISE_MEAN = (0.5, 0.5, 0.5)
 NORMALISE_STD = (0.5, 0.5, 0.5)
 
 
+# Decoding a 25-megapixel photo takes 75 MB as RGB; a face crop is 224x224. Anything larger is refused before
+# its pixels are decoded, so one hostile header (a "decompression bomb") costs a counted drop, not the memory.
+MAX_PIXELS_ENV = "KINSHIP_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 25_000_000
+
+
+# Formats a face photo comes in. Pillow knows dozens more (EPS runs Ghostscript, TIFF and PSD have long
+# histories of decoder bugs); a data set gains nothing from them, so they are refused as unreadable.
+DECODED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
+
+
 class UnreadableImage(Exception):
     """The file is not a decodable image (corrupt, truncated, not an image at all)."""
 
+    reason = "corrupt or truncated image"
 
-def open_rgb(path: Path) -> tuple[Image.Image, dict]:
+
+class OversizedImage(UnreadableImage):
+    """The image's header declares more pixels than the limit (``max_image_pixels``): never decoded."""
+
+    reason = "image over the pixel limit (KINSHIP_MAX_IMAGE_PIXELS)"
+
+
+class NotRegularFile(UnreadableImage):
+    """A symbolic link, fifo, device or socket where an image file was expected: never followed or read."""
+
+    reason = "symbolic link or special file (not followed)"
+
+
+def max_image_pixels(environ: Mapping[str, str] | None = None) -> int:
+    """The pixel limit of every decode: ``KINSHIP_MAX_IMAGE_PIXELS`` or ``DEFAULT_MAX_PIXELS``.
+
+    A value that is not a positive integer is a one-line ``UserError`` naming it.
+    """
+    text = (os.environ if environ is None else environ).get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UserError(f"{MAX_PIXELS_ENV}={text[:40]!r} is not a positive whole number of pixels")
+    return value
+
+
+def open_rgb(path: Path, max_pixels: int | None = None, follow_links: bool = False) -> tuple[Image.Image, dict]:
     """Decode ``path`` fully and return it as RGB, with what had to be fixed on the way.
 
-    ``fixes`` may hold ``grayscale`` (converted from L/LA/P/...), ``format`` (the actual format when
-    the bytes are not JPEG, e.g. a PNG named .jpg) and ``size`` (the original size).
-    Raises ``UnreadableImage`` for corrupt or truncated files.
+    The one place images are decoded. ``fixes`` may hold ``grayscale`` (converted from L/LA/P/...),
+    ``format`` (the actual format when the bytes are not JPEG, e.g. a PNG named .jpg) and ``size`` (the
+    original size). Raises ``OversizedImage`` when the header declares more than ``max_pixels`` (default
+    ``max_image_pixels()``), before decoding; ``NotRegularFile`` for a symbolic link (unless
+    ``follow_links``: a file the user named) or a fifo/device; ``UnreadableImage`` for corrupt or truncated files.
     """
+    limit = max_pixels or max_image_pixels()
     try:
-        with warnings.catch_warnings():
+        with _open_regular(Path(path), follow_links) as handle, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            with Image.open(handle, formats=DECODED_FORMATS) as image:
+                if image.size[0] * image.size[1] > limit:
+                    raise OversizedImage(f"{path}: {image.size[0]}x{image.size[1]} is over {limit} pixels")
                 image.load()  # forces a full decode: truncated JPEGs fail here, not later
                 fixes: dict = {"format": image.format, "size": image.size}
                 if image.mode != "RGB":
@@ -38,8 +89,28 @@ def open_rgb(path: Path) -> tuple[Image.Image, dict]:
                         fixes["grayscale"] = True
                     image = image.convert("RGB")
                 return image.copy(), fixes
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except Image.DecompressionBombError as error:  # Pillow's own ceiling, met before ours could look
+        raise OversizedImage(f"{path}: {error}") from None
+    except UnreadableImage:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError, EOFError) as error:
         raise UnreadableImage(f"{path}: {error}") from error
+
+
+def _open_regular(path: Path, follow_links: bool) -> BinaryIO:
+    """``path`` opened for reading only if it is a regular file; never blocks on a fifo, never follows a link
+    unless asked. Checked on the open descriptor, so a file swapped for a link after listing is still caught."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise NotRegularFile(f"{path}: symbolic link") from None
+        raise UnreadableImage(f"{path}: {error.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 def _palette_is_gray(image: Image.Image) -> bool:
@@ -48,9 +119,13 @@ def _palette_is_gray(image: Image.Image) -> bool:
     return all(r == g == b for r, g, b in triples)
 
 
-def load_face(path: Path, size: int) -> np.ndarray:
+def load_face(path: Path, size: int, max_pixels: int | None = None) -> np.ndarray:
     """Decode ``path`` as a ``size``x``size``x3 uint8 RGB array (squashed to square like the Kaggle crops)."""
-    image, _ = open_rgb(path)
+    image, _ = open_rgb(path, max_pixels)
+    return _square(image, size)
+
+
+def _square(image: Image.Image, size: int) -> np.ndarray:
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
@@ -62,9 +137,12 @@ def load_face_for_user(path: Path, size: int) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     try:
-        return load_face(path, size)
+        image, _ = open_rgb(path, follow_links=True)  # a file the user named on the command line
+    except OversizedImage as error:
+        raise UserError(f"cannot read image {path}: {str(error).removeprefix(f'{path}: ')}") from None
     except UnreadableImage as error:
         raise UserError(f"cannot read image {path}: not a valid image file") from error
+    return _square(image, size)
 
 
 def to_network_input(batch_uint8: np.ndarray) -> np.ndarray:

@@ -1,7 +1,9 @@
 """The Kaggle RFIW layout: train/FXXXX/MIDn/*.jpg, train_relationships.csv, test/*.jpg, sample_submission.csv.
 
-Reading is tolerant of the untidy real download (each oddity is counted in ``CheckReport``);
-only a missing ``train/``, a missing relationships file or a CSV without the expected columns is fatal.
+Reading is tolerant of the untidy real download and of hostile files (each oddity is counted in
+``CheckReport``): one bad image, CSV row or link costs that image, row or link, never the data set.
+Symbolic links and special files are never followed or read. Only a missing (or linked) ``train/`` or
+relationships file, or a CSV whose header lacks a required column, is fatal.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ import csv
 import hashlib
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from kinship.errors import UserError
-from kinship.images import UnreadableImage, open_rgb
+from kinship.images import NotRegularFile, OversizedImage, UnreadableImage, max_image_pixels, open_rgb
 from kinship.progress import ProgressEvent, silent
 
 RELATIONSHIP_TYPES = ("fd", "fs", "md", "ms", "bb", "ss", "sibs", "gfgd", "gfgs", "gmgd", "gmgs")
@@ -84,7 +87,7 @@ class CheckReport:
         if example is not None:
             bucket = self.examples.setdefault(reason, [])
             if len(bucket) < 5:
-                bucket.append(example)
+                bucket.append(_printable(example))
 
 
 @dataclass
@@ -126,15 +129,28 @@ DROP_REL_MALFORMED = "malformed relationship row"
 DROP_EMPTY_MEMBER = "empty member folder"
 DROP_UNREADABLE_MEMBER = "member folder with no readable images"
 DROP_EMPTY_FAMILY = "family folder with no member folders"
-DROP_CORRUPT_IMAGE = "corrupt or truncated image"
+DROP_CORRUPT_IMAGE = UnreadableImage.reason
+DROP_OVERSIZED_IMAGE = OversizedImage.reason
+DROP_LINK = NotRegularFile.reason
 DROP_STRAY_FILE = "stray file (not an image)"
 DROP_PAIR_UNREADABLE = "test pair naming an unreadable image"
+DROP_PAIR_MALFORMED = "test pair row whose img_pair is not two image names"
+DROP_PAIR_MISSING = "test pair naming an image not in test/"
+DROP_TYPE_UNKNOWN = "relationship type row with an unknown type"
+DROP_LABEL_MALFORMED = "test label row that cannot be used"
+DROP_ROW_NOT_UTF8 = "CSV row that is not UTF-8 text"
+DROP_ROW_TOO_LONG = "CSV row longer than 64 KiB"
+DROP_ROW_UNPARSEABLE = "CSV row that cannot be parsed (unbalanced quotes)"
 FIX_GRAYSCALE = "grayscale image (converted to RGB)"
 FIX_OTHER_SIZE = "image of another size (resized on load)"
 FIX_WRONG_FORMAT = "image format does not match its extension (e.g. PNG named .jpg)"
 
+MAX_CSV_LINE = 64 * 1024  # bytes; RFIW rows are under 100, and a longer one must not cost its length in memory
+_BOM = b"\xef\xbb\xbf"
+
 _PAIR_SPLIT = re.compile(r"\.(?:jpe?g|png)-", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")  # C0, C1, bidi overrides
 
 
 def read_dataset(
@@ -155,7 +171,7 @@ def read_dataset(
     report = CheckReport()
     candidates = _scan_train(root, report)
     relationship_rows = _read_relationship_rows(root, set(candidates), report)
-    types = _read_types(root, relationship_rows)
+    types = _read_types(root, relationship_rows, report)
     test_files = _scan_test(root, report)
     raw_pairs = _read_test_pairs(root, test_files, report)
     all_images = [path for paths in candidates.values() for path in paths]
@@ -178,10 +194,30 @@ def _require_layout(root: Path) -> None:
         raise UserError(f"data set folder not found: {root}")
     if not root.is_dir():
         raise UserError(f"not a folder: {root} (expected a data set in the Kaggle RFIW layout)")
+    for name, kind in (("train", "folder"), (RELATIONSHIPS_FILE, "file")):
+        if (root / name).is_symlink():
+            raise UserError(f"{root / name}: a symbolic link (not followed: a data set's files must lie inside its folder)")
     if not (root / "train").is_dir():
         raise UserError(f"{root / 'train'}: folder missing (expected train/FXXXX/MIDn/*.jpg)")
-    if not (root / RELATIONSHIPS_FILE).is_file():
+    if not _is_regular(root / RELATIONSHIPS_FILE):
         raise UserError(f"{root / RELATIONSHIPS_FILE}: file missing (expected columns p1,p2)")
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _optional_file(root: Path, name: str, report: CheckReport) -> Path | None:
+    """``root/name`` if it is a regular file; a link or special file there is counted and ignored."""
+    path = root / name
+    if _is_regular(path):
+        return path
+    if os.path.lexists(path) and not path.is_dir():
+        report.count(report.dropped, DROP_LINK, name)
+    return None
 
 
 def _fill_counts(report, people, relationships, test_images, test_pairs) -> None:
@@ -197,38 +233,107 @@ def _fill_counts(report, people, relationships, test_images, test_pairs) -> None
 
 
 @contextmanager
-def _open_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[Any, list[int]]]:
-    """A csv reader over the open file, past its header, and the column index of each ``required`` name.
+def _open_csv(
+    path: Path, required: tuple[str, ...], report: CheckReport, optional: tuple[str, ...] = ()
+) -> Iterator[tuple[Iterator[tuple[int, list[str]]], dict[str, int]]]:
+    """(rows, columns): the rows of ``path`` past its header as (line number, cells), and the index of each
+    required and present optional column.
 
-    Rows are read from the file as they are asked for (the csv module bounds a field at 128 KiB), so no
-    CSV is ever held in memory whole. Decoding and CSV errors met while reading become one-line ``UserError``s.
+    Rows are read one physical line at a time (RFIW CSVs have no multi-line fields), so no CSV is held in
+    memory whole and one bad row costs one row: a line that is not UTF-8, longer than ``MAX_CSV_LINE`` or
+    with unbalanced quotes is counted in ``report`` with its line number and skipped. Only the header can
+    refuse the file (``UserError``): not UTF-8 text, or a required column missing.
     """
     try:
-        with path.open("r", encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
-            header = [name.strip() for name in next(reader, [])]
-            missing = [name for name in required if name not in header]
-            if missing:
-                found = ",".join(header) or "nothing"
-                raise UserError(f"{path.name}: expected columns {','.join(required)}, found {found}")
-            yield reader, [header.index(name) for name in required]
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path.name}: not a UTF-8 text CSV ({error.reason})") from error
-    except csv.Error as error:
-        raise UserError(f"{path.name}: not a valid CSV ({error})") from error
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        raise UserError(f"{path.name}: cannot be read ({error.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise UserError(f"{path.name}: not a regular file")
+        lines = _physical_lines(handle)
+        header = _header(next(lines, b""), path.name)
+        missing = [name for name in required if name not in header]
+        if missing:
+            found = _shown(",".join(header), 120) if any(header) else "nothing"
+            raise UserError(f"{path.name}: expected columns {','.join(required)}, found {found}")
+        columns = {name: header.index(name) for name in (*required, *optional) if name in header}
+        yield _rows(lines, path.name, report), columns
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows of ``path``, one at a time, as (line number, required column -> stripped value); header is
-    line 1, blank lines are skipped."""
-    with _open_csv(path, required) as (reader, columns):
-        for cells in reader:
-            if any(cell.strip() for cell in cells):
-                yield reader.line_num, {name: _cell(cells, i) for name, i in zip(required, columns)}
+def _physical_lines(handle: BinaryIO, block_size: int = 1 << 20) -> Iterator[bytes | None]:
+    """Each line of ``handle`` without its line end, or None for a line longer than ``MAX_CSV_LINE``.
+
+    Read in blocks (a per-line ``readline`` costs half again as much on a million rows); an over-long line
+    is skipped as it streams by, so memory stays one block plus one line whatever the file holds."""
+    carry, overlong = b"", False
+    while block := handle.read(block_size):
+        lines = (carry + block).split(b"\n")
+        carry = lines.pop()
+        for raw in lines:
+            if overlong:  # the tail of a line already known to be too long
+                overlong = False
+                yield None
+            else:
+                yield raw.rstrip(b"\r") if len(raw) <= MAX_CSV_LINE else None
+        if len(carry) > MAX_CSV_LINE:
+            carry, overlong = b"", True
+    if overlong:
+        yield None
+    elif carry:
+        yield carry.rstrip(b"\r")
 
 
-def _cell(cells: list[str], index: int) -> str:
-    return cells[index].strip() if index < len(cells) else ""
+def _header(raw: bytes | None, name: str) -> list[str]:
+    if raw is None:
+        raise UserError(f"{name}: header line is longer than {MAX_CSV_LINE // 1024} KiB (not a CSV)")
+    try:
+        text = raw.removeprefix(_BOM).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{name}: header line is not UTF-8 text (not a CSV)") from None
+    cells = _split_row(text)
+    if cells is None:
+        raise UserError(f"{name}: header line cannot be parsed as CSV")
+    return [cell.strip() for cell in cells]
+
+
+def _rows(lines: Iterator[bytes | None], name: str, report: CheckReport) -> Iterator[tuple[int, list[str]]]:
+    for line, raw in enumerate(lines, start=2):
+        if raw is None:
+            _count_row(report, DROP_ROW_TOO_LONG, name, line)
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            _count_row(report, DROP_ROW_NOT_UTF8, name, line)
+            continue
+        if not text.replace(",", "").strip():
+            continue  # a blank line, or only separators
+        cells = _split_row(text)
+        if cells is None:
+            _count_row(report, DROP_ROW_UNPARSEABLE, name, line)
+        else:
+            yield line, cells
+
+
+def _split_row(text: str) -> list[str] | None:
+    """The cells of one CSV line, or None when its quotes do not balance."""
+    if '"' not in text:
+        return text.split(",")  # the common case, without the csv module's per-call cost
+    try:
+        return next(csv.reader([text], strict=True), [])
+    except csv.Error:
+        return None
+
+
+def _count_row(report: CheckReport, reason: str, name: str, line: int, detail: str = "") -> None:
+    # the example text is only built while the reason still collects examples (a million drops stay cheap)
+    full = len(report.examples.get(reason, ())) >= 5
+    report.count(report.dropped, reason, None if full else f"{name} line {line}{detail}")
+
+
+def _cell(cells: list[str], index: int | None) -> str:
+    return cells[index].strip() if index is not None and index < len(cells) else ""
 
 
 def _read_relationship_rows(root: Path, folders: set[str], report: CheckReport) -> list[tuple[int, str, str]]:
@@ -241,39 +346,49 @@ def _read_relationship_rows(root: Path, folders: set[str], report: CheckReport) 
     """
     seen: set[tuple[str, str]] = set()  # each kept pair, in sorted order
     kept = []
-    with _open_csv(root / RELATIONSHIPS_FILE, ("p1", "p2")) as (reader, (first, second)):
-        for cells in reader:
+    with _open_csv(root / RELATIONSHIPS_FILE, ("p1", "p2"), report) as (rows, columns):
+        first, second = columns["p1"], columns["p2"]
+        for line, cells in rows:
             p1, p2 = _cell(cells, first), _cell(cells, second)
-            if not (p1 or p2 or any(cell.strip() for cell in cells)):
-                continue  # a blank line
             pair = (p1, p2) if p1 < p2 else (p2, p1)
             reason = _relationship_problem(p1, p2, pair in seen, folders)
             if reason is None:
                 seen.add(pair)
-                kept.append((reader.line_num, p1, p2))
+                kept.append((line, p1, p2))
             else:
-                _count_dropped_row(report, reason, reader.line_num, p1, p2)
+                _count_dropped_row(report, reason, line, p1, p2)
     return kept
 
 
 def _count_dropped_row(report: CheckReport, reason: str, line: int, p1: str, p2: str) -> None:
-    # the example text is only built while the reason still collects examples (a million drops stay cheap)
-    full = len(report.examples.get(reason, ())) >= 5
-    report.count(report.dropped, reason, None if full else f"{RELATIONSHIPS_FILE} line {line}: {p1},{p2}")
+    if len(report.examples.get(reason, ())) < 5:
+        _count_row(report, reason, RELATIONSHIPS_FILE, line, f": {_shown(p1, 40)[1:-1]},{_shown(p2, 40)[1:-1]}")
+    else:
+        _count_row(report, reason, RELATIONSHIPS_FILE, line)
 
 
-def _read_types(root: Path, rows: list[tuple[int, str, str]]) -> dict[tuple[str, str], str]:
-    """(p1, p2) -> type from the synthetic generator's relationship_types.csv, for the pairs of ``rows`` only."""
-    path = root / TYPES_FILE
-    if not path.is_file():
+def _read_csv(
+    path: Path, required: tuple[str, ...], report: CheckReport, optional: tuple[str, ...] = ()
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of ``path``, one at a time, as (line number, column -> stripped value; "" when absent)."""
+    with _open_csv(path, required, report, optional) as (rows, columns):
+        for line, cells in rows:
+            yield line, {name: _cell(cells, columns.get(name)) for name in (*required, *optional)}
+
+
+def _read_types(root: Path, rows: list[tuple[int, str, str]], report: CheckReport) -> dict[tuple[str, str], str]:
+    """(p1, p2) -> type from the synthetic generator's relationship_types.csv, for the pairs of ``rows`` only.
+
+    A row with an unknown type is counted and skipped (its relationship stays, typed ``kin``)."""
+    path = _optional_file(root, TYPES_FILE, report)
+    if path is None:
         return {}
     wanted = {frozenset((p1, p2)) for _, p1, p2 in rows}
     types: dict[tuple[str, str], str] = {}
-    for line, row in _read_csv(path, ("p1", "p2", "type")):
+    for line, row in _read_csv(path, ("p1", "p2", "type"), report):
         if row["type"] not in RELATIONSHIP_TYPES:
-            expected = ", ".join(RELATIONSHIP_TYPES)
-            raise UserError(f"{TYPES_FILE} line {line}: unknown type {_shown(row['type'])} (expected one of {expected})")
-        if frozenset((row["p1"], row["p2"])) in wanted:
+            _count_row(report, DROP_TYPE_UNKNOWN, TYPES_FILE, line, f": {_shown(row['type'], 40)}")
+        elif frozenset((row["p1"], row["p2"])) in wanted:
             types[(row["p1"], row["p2"])] = row["type"]
     return types
 
@@ -282,6 +397,12 @@ def _shown(value: str, limit: int = 80) -> str:
     """``value`` quoted for a one-line message: control characters escaped, long values cut."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """``text`` safe for one terminal line: control characters (a newline, an escape sequence) escaped, cut."""
+    text = _UNPRINTABLE.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_img_pair(value: str) -> tuple[str, str]:
@@ -312,19 +433,25 @@ def _is_plain_image_name(name: str) -> bool:
 
 
 def _read_test_pairs(root: Path, test_files: list[str] | None, report: CheckReport) -> list[TestPair]:
-    """Every img_pair of sample_submission.csv, checked against test/; a bad line is a ``UserError``."""
-    path = root / SUBMISSION_FILE
-    if test_files is None or not path.is_file():
+    """Every usable img_pair of sample_submission.csv, checked against test/.
+
+    A row whose img_pair is not two plain image names, or names an image missing from test/, is counted
+    with its line number and skipped (a submission then lacks it: ``data check`` says so first)."""
+    path = _optional_file(root, SUBMISSION_FILE, report)
+    if test_files is None or path is None:
         if test_files is not None:
             report.notes.append(f"no {SUBMISSION_FILE}: no test pairs")
-        elif path.is_file():
+        elif path is not None:
             report.notes.append(f"{SUBMISSION_FILE} ignored: there is no test/ folder")
         return []
-    labels = _read_labels(root)
+    labels = _read_labels(root, report)
     present = set(test_files)
     pairs = []
-    for line, row in _read_csv(path, ("img_pair", "is_related")):
-        left, right = _checked_pair(row["img_pair"], line, present)
+    for line, row in _read_csv(path, ("img_pair", "is_related"), report):
+        checked = _checked_pair(row["img_pair"], line, present, report)
+        if checked is None:
+            continue
+        left, right = checked
         label, kind = labels.get((left, right), labels.get((right, left), (None, None)))
         pairs.append(TestPair(line, left, right, label, kind))
     if labels and all(pair.label is None for pair in pairs):
@@ -332,37 +459,47 @@ def _read_test_pairs(root: Path, test_files: list[str] | None, report: CheckRepo
     return pairs
 
 
-def _checked_pair(value: str, line: int, present: set[str]) -> tuple[str, str]:
-    where = f"{SUBMISSION_FILE} line {line}: img_pair {_shown(value)}"
+def _checked_pair(value: str, line: int, present: set[str], report: CheckReport) -> tuple[str, str] | None:
     try:
         left, right = parse_img_pair(value)
     except ValueError as error:
-        raise UserError(f"{where} {error}") from None
+        _count_row(report, DROP_PAIR_MALFORMED, SUBMISSION_FILE, line, f": img_pair {_shown(value)} {error}")
+        return None
     for name in (left, right):
         if name not in present:
-            raise UserError(f"{where} names {name}, which is not an image file in test/")
+            _count_row(report, DROP_PAIR_MISSING, SUBMISSION_FILE, line, f": {_shown(name)}")
+            return None
     return left, right
 
 
-def _read_labels(root: Path) -> dict[tuple[str, str], tuple[int, str | None]]:
-    """(left, right) -> (is_related, relationship) from test_labels.csv (synthetic sets), if any."""
-    path = root / LABELS_FILE
-    if not path.is_file():
+def _read_labels(root: Path, report: CheckReport) -> dict[tuple[str, str], tuple[int, str | None]]:
+    """(left, right) -> (is_related, relationship) from test_labels.csv (synthetic sets), if any.
+
+    ``relationship`` is optional; a row that cannot be used is counted with its line number and skipped."""
+    path = _optional_file(root, LABELS_FILE, report)
+    if path is None:
         return {}
     allowed = set(RELATIONSHIP_TYPES) | {UNKNOWN_TYPE, UNRELATED}
     labels = {}
-    for line, row in _read_csv(path, ("img_pair", "is_related", "relationship")):
-        try:
-            pair = parse_img_pair(row["img_pair"])
-        except ValueError as error:
-            raise UserError(f"{LABELS_FILE} line {line}: img_pair {_shown(row['img_pair'])} {error}") from None
-        if row["is_related"] not in ("0", "1"):
-            raise UserError(f"{LABELS_FILE} line {line}: is_related {_shown(row['is_related'])} is not 0 or 1")
-        kind = row["relationship"] or None
-        if kind is not None and kind not in allowed:
-            raise UserError(f"{LABELS_FILE} line {line}: unknown relationship {_shown(kind)}")
-        labels[pair] = (int(row["is_related"]), kind)
+    for line, row in _read_csv(path, ("img_pair", "is_related"), report, optional=("relationship",)):
+        problem, pair = _label_problem(row, allowed)
+        if problem:
+            _count_row(report, DROP_LABEL_MALFORMED, LABELS_FILE, line, f": {problem}")
+        else:
+            labels[pair] = (int(row["is_related"]), row["relationship"] or None)
     return labels
+
+
+def _label_problem(row: dict[str, str], allowed: set[str]) -> tuple[str | None, tuple[str, str] | None]:
+    try:
+        pair = parse_img_pair(row["img_pair"])
+    except ValueError as error:
+        return f"img_pair {_shown(row['img_pair'])} {error}", None
+    if row["is_related"] not in ("0", "1"):
+        return f"is_related {_shown(row['is_related'])} is not 0 or 1", None
+    if row["relationship"] and row["relationship"] not in allowed:
+        return f"unknown relationship {_shown(row['relationship'])}", None
+    return None, pair
 
 
 # --- folders -------------------------------------------------------------------------------------
@@ -385,30 +522,45 @@ def _scan_train(root: Path, report: CheckReport) -> dict[str, list[Path]]:
 
 
 def _entries(root: Path, folder: Path, report: CheckReport) -> list[Path]:
-    """Sub-folders of ``folder`` (sorted); files and hidden entries beside them are counted as stray."""
+    """Sub-folders of ``folder`` (sorted); files and hidden entries beside them are counted as stray,
+    symbolic links and special files as links (never followed)."""
     folders = []
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
-            folders.append(entry)
+    for entry in _listing(folder):
+        if entry.is_symlink() or not (entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)):
+            report.count(report.dropped, DROP_LINK, _relative(root, Path(entry.path)))
+        elif entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+            folders.append(Path(entry.path))
         else:
-            report.count(report.dropped, DROP_STRAY_FILE, _relative(root, entry))
+            report.count(report.dropped, DROP_STRAY_FILE, _relative(root, Path(entry.path)))
     return folders
 
 
 def _image_files(root: Path, folder: Path, report: CheckReport) -> list[Path]:
-    """Image files of ``folder`` (by extension, sorted); anything else is counted as stray."""
+    """Image files of ``folder`` (by extension, sorted); links and special files are counted as links,
+    anything else as stray."""
     images = []
-    for entry in sorted(folder.iterdir()):
-        if entry.is_file() and _is_plain_image_name(entry.name):
-            images.append(entry)
+    for entry in _listing(folder):
+        if entry.is_symlink() or not (entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)):
+            report.count(report.dropped, DROP_LINK, _relative(root, Path(entry.path)))
+        elif entry.is_file(follow_symlinks=False) and _is_plain_image_name(entry.name):
+            images.append(Path(entry.path))
         else:
-            report.count(report.dropped, DROP_STRAY_FILE, _relative(root, entry))
+            report.count(report.dropped, DROP_STRAY_FILE, _relative(root, Path(entry.path)))
     return images
+
+
+def _listing(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
 
 
 def _scan_test(root: Path, report: CheckReport) -> list[str] | None:
     """Image file names in test/, or None when there is no test/ folder (a train-only data set)."""
     folder = root / "test"
+    if folder.is_symlink():
+        report.count(report.dropped, DROP_LINK, "test")
+        report.notes.append("test/ is a symbolic link (not followed): train-only data set")
+        return None
     if not folder.is_dir():
         report.notes.append("no test/ folder: train-only data set")
         return None
@@ -418,12 +570,12 @@ def _scan_test(root: Path, report: CheckReport) -> list[str] | None:
 # --- images --------------------------------------------------------------------------------------
 
 
-def _inspect(path: Path) -> dict | None:
-    """What decoding ``path`` had to fix, or None when it cannot be decoded."""
+def _inspect(path: Path, max_pixels: int) -> dict | str:
+    """What decoding ``path`` had to fix, or the reason it cannot be used (a ``CheckReport`` reason)."""
     try:
-        _, fixes = open_rgb(path)
-    except UnreadableImage:
-        return None
+        _, fixes = open_rgb(path, max_pixels)
+    except UnreadableImage as error:
+        return error.reason
     return fixes
 
 
@@ -437,12 +589,14 @@ def _verify_images(
     unusable: set[Path] = set()
     sizes: dict[Path, str] = {}
     total = len(paths)
+    max_pixels = max_image_pixels()  # read once: a bad setting is one error, not one per image
     on_progress(ProgressEvent("check images", 0, total))
     with ThreadPoolExecutor(max_workers=_decode_threads()) as pool:
-        for done, (path, fixes) in enumerate(zip(paths, pool.map(_inspect, paths)), start=1):
-            if fixes is None:
+        outcomes = pool.map(lambda path: _inspect(path, max_pixels), paths)
+        for done, (path, fixes) in enumerate(zip(paths, outcomes), start=1):
+            if isinstance(fixes, str):
                 unusable.add(path)
-                report.count(report.dropped, DROP_CORRUPT_IMAGE, _relative(root, path))
+                report.count(report.dropped, fixes, _relative(root, path))
             else:
                 sizes[path] = "{}x{}".format(*fixes["size"])
                 _count_fixes(root, path, fixes, report)

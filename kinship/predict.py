@@ -40,7 +40,7 @@ def write_submission(model_path: Path, data_dir: Path, out: Path, on_progress=si
     left = np.asarray([index[p.left] for p in dataset.test_pairs])
     right = np.asarray([index[p.right] for p in dataset.test_pairs])
     probabilities = sigmoid(score_image_pairs(scorer, pixels, left, right))
-    bad = np.isin(left, unreadable) | np.isin(right, unreadable)
+    bad = np.isin(left, list(unreadable)) | np.isin(right, list(unreadable))
     probabilities[bad] = UNSCORABLE_PROBABILITY
     _write_csv_atomic(Path(out), [(f"{p.left}-{p.right}", prob) for p, prob in zip(dataset.test_pairs, probabilities)])
     return SubmissionSummary(Path(out), len(dataset.test_pairs), len(names), int(bad.sum()))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -251,31 +253,131 @@ def test_parse_img_pair_rejects(value):
 
 
 @pytest.mark.parametrize(
-    "value, expected",
+    "value, reason, expected",
     [
-        ("../face00001.jpg-face00002.jpg", "path separator"),
-        ("/tmp/face00001.jpg-face00002.jpg", "path separator"),
-        ("face00001.jpg-face00099.jpg", "face00099.jpg"),
-        ("face00001.jpg-face00002.jpg-face00003.jpg", "exactly two"),
+        ("../face00001.jpg-face00002.jpg", layout.DROP_PAIR_MALFORMED, "path separator"),
+        ("/tmp/face00001.jpg-face00002.jpg", layout.DROP_PAIR_MALFORMED, "path separator"),
+        ("face00001.jpg-face00099.jpg", layout.DROP_PAIR_MISSING, "face00099.jpg"),
+        ("face00001.jpg-face00002.jpg-face00003.jpg", layout.DROP_PAIR_MALFORMED, "exactly two"),
     ],
 )
-def test_bad_img_pair_fails_with_its_line_number(clean, capsys, value, expected):
-    add_pairs = (clean / "sample_submission.csv").open("a")
-    add_pairs.write(f"face00002.jpg-face00003.jpg,0\n{value},0\n")
-    add_pairs.close()
-    with pytest.raises(UserError, match=rf"^sample_submission\.csv line 6: .*{expected}"):
-        read_dataset(clean)
-    assert main(["data", "check", str(clean)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "sample_submission.csv line 6:" in err
+def test_bad_img_pair_costs_its_row_with_its_line_number(clean, capsys, value, reason, expected):
+    with (clean / "sample_submission.csv").open("a") as handle:
+        handle.write(f"face00002.jpg-face00003.jpg,0\n{value},0\n")
+    dataset = read_dataset(clean)
+    assert dataset.report.dropped == {reason: 1} and dataset.report.test_pairs == 4
+    (example,) = dataset.report.examples[reason]
+    assert example.startswith("sample_submission.csv line 6: ") and expected in example
+    payload = check_json(clean, capsys)
+    assert payload["dropped"] == {reason: 1} and payload["counts"]["test_pairs"] == 4
 
 
-def test_control_characters_stay_on_one_line(clean, capsys):
+def test_a_quoted_newline_costs_two_rows_and_stays_on_one_line(clean, capsys):
     with (clean / "sample_submission.csv").open("a") as handle:
         handle.write('"face00001.jpg\nface00002.jpg",0\n')
-    assert main(["data", "check", str(clean), "--json"]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.count("\n") == 1 and "sample_submission.csv line" in captured.err
+    payload = check_json(clean, capsys)
+    assert payload["dropped"] == {layout.DROP_ROW_UNPARSEABLE: 1, layout.DROP_PAIR_MALFORMED: 1}
+    assert payload["examples"][layout.DROP_ROW_UNPARSEABLE] == ["sample_submission.csv line 5"]
+    assert payload["counts"]["test_pairs"] == 3
+
+
+def test_one_row_of_bytes_that_are_not_utf8_costs_that_row(clean, capsys):
+    with (clean / "train_relationships.csv").open("ab") as handle:
+        handle.write(b"F0001/MID1,\xff\xfe\xfa\nF0001/MID2,F0002/MID1\n")
+    payload = check_json(clean, capsys)
+    assert payload["dropped"] == {layout.DROP_ROW_NOT_UTF8: 1}
+    assert payload["examples"][layout.DROP_ROW_NOT_UTF8] == ["train_relationships.csv line 4"]
+    assert payload["counts"]["relationships"] == 3  # the row after the bad one is kept
+
+
+def test_an_endless_row_costs_that_row_not_its_length_in_memory(clean):
+    with (clean / "train_relationships.csv").open("a") as handle:
+        handle.write("F0001/MID1," + "x" * (layout.MAX_CSV_LINE * 3) + "\nF0001/MID2,F0002/MID1\n")
+    report = read_dataset(clean).report
+    assert report.dropped == {layout.DROP_ROW_TOO_LONG: 1} and report.relationships == 3
+    assert report.examples[layout.DROP_ROW_TOO_LONG] == ["train_relationships.csv line 4"]
+
+
+def test_labels_without_the_optional_relationship_column(clean):
+    write_csv(clean / "test_labels.csv", "img_pair,is_related", ["face00001.jpg-face00002.jpg,1", "face00003.jpg-face00004.jpg,x"])
+    dataset = read_dataset(clean)
+    assert [(p.label, p.kind) for p in dataset.test_pairs] == [(1, None), (None, None), (None, None)]
+    assert dataset.report.dropped == {layout.DROP_LABEL_MALFORMED: 1}
+    assert "test_labels.csv line 3: is_related 'x'" in dataset.report.examples[layout.DROP_LABEL_MALFORMED][0]
+
+
+def test_an_unknown_relationship_type_costs_its_row(clean):
+    write_csv(clean / "relationship_types.csv", "p1,p2,type", ["F0001/MID1,F0001/MID2,cousin", "F0002/MID1,F0002/MID2,ms"])
+    dataset = read_dataset(clean)
+    assert {rel.kind for rel in dataset.relationships} == {UNKNOWN_TYPE, "ms"}
+    assert dataset.report.dropped == {layout.DROP_TYPE_UNKNOWN: 1}
+
+
+def test_examples_never_carry_control_characters(clean):
+    add_relationships(clean, "F0001/MID1,F9\x1b[2J/MID\x9b1")
+    report = read_dataset(clean).report
+    (example,) = report.examples[layout.DROP_REL_NO_FOLDER]
+    assert "\x1b" not in example and "\x9b" not in example and "\\x1b" in example
+
+
+# --- links, special files and oversized images -----------------------------------------------------
+
+
+def test_links_and_special_files_are_named_in_their_own_row_and_never_read(clean, tmp_path, capsys):
+    secret = tmp_path / "secret.jpg"
+    write_image(secret, seed=77)
+    member = clean / "train" / "F0002" / "MID1"
+    (member / "P00012_face0.jpg").symlink_to(secret)
+    (member / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (clean / "train" / "F0001" / "MID9").symlink_to(member)  # a linked member folder
+    os.mkfifo(clean / "train" / "F0001" / "MID1" / "pipe.jpg")  # reading it would block forever
+    (clean / "test" / "face00009.jpg").symlink_to(secret)
+    payload = check_json(clean, capsys)
+    assert payload["dropped"] == {layout.DROP_LINK: 5}
+    assert sorted(payload["examples"][layout.DROP_LINK]) == [
+        "test/face00009.jpg", "train/F0001/MID1/pipe.jpg", "train/F0001/MID9",
+        "train/F0002/MID1/P00012_face0.jpg", "train/F0002/MID1/dangling.jpg"]  # fmt: skip
+    assert payload["counts"]["images"] == 8 and payload["counts"]["people"] == 4
+
+
+@pytest.mark.parametrize("name", ["train", "train_relationships.csv"])
+def test_a_linked_train_folder_or_relationships_file_is_refused(clean, tmp_path, capsys, name):
+    (clean / name).rename(tmp_path / name)
+    (clean / name).symlink_to(tmp_path / name)
+    assert main(["data", "check", str(clean)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "symbolic link" in err and name in err
+
+
+def test_linked_optional_files_are_ignored_and_counted(clean, tmp_path):
+    (clean / "sample_submission.csv").rename(tmp_path / "sample_submission.csv")
+    (clean / "sample_submission.csv").symlink_to(tmp_path / "sample_submission.csv")
+    report = read_dataset(clean).report
+    assert report.dropped == {layout.DROP_LINK: 1} and report.test_pairs == 0
+
+
+def test_an_image_over_the_pixel_limit_is_a_counted_drop_never_decoded(clean, monkeypatch, capsys):
+    member = clean / "train" / "F0001" / "MID1"
+    write_image(member / "big.jpg", size=(300, 200), seed=8)
+    monkeypatch.setenv("KINSHIP_MAX_IMAGE_PIXELS", "50000")
+    payload = check_json(clean, capsys)
+    assert payload["dropped"] == {layout.DROP_OVERSIZED_IMAGE: 1}
+    assert payload["examples"][layout.DROP_OVERSIZED_IMAGE] == ["train/F0001/MID1/big.jpg"]
+    monkeypatch.setenv("KINSHIP_MAX_IMAGE_PIXELS", "lots")
+    assert main(["data", "check", str(clean)]) == 2
+    assert "KINSHIP_MAX_IMAGE_PIXELS='lots'" in capsys.readouterr().err
+
+
+def test_a_decompression_bomb_costs_one_image_and_little_memory(clean):
+    bomb = clean / "train" / "F0001" / "MID1" / "bomb.jpg"
+    Image.new("1", (20000, 20000)).save(bomb, format="PNG")  # 400 MP behind a few KiB, named .jpg
+    assert bomb.stat().st_size < 100_000
+    tracemalloc.start()
+    report = read_dataset(clean).report
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert report.dropped == {layout.DROP_OVERSIZED_IMAGE: 1} and report.images == 8
+    assert peak < 20 * 2**20, peak
 
 
 # --- fatal cases ----------------------------------------------------------------------------------
@@ -295,9 +397,9 @@ def _remove_tree(path: Path) -> None:
         (lambda root: write_csv(root / "train_relationships.csv", "a,b", ["F0001/MID1,F0001/MID2"]), "train_relationships.csv"),
         (lambda root: (root / "train_relationships.csv").write_text(""), "train_relationships.csv"),
         (lambda root: write_csv(root / "sample_submission.csv", "pair,is_related", ["x"]), "sample_submission.csv"),
-        (lambda root: write_csv(root / "relationship_types.csv", "p1,p2,type", ["F0001/MID1,F0001/MID2,cousin"]), "relationship_types.csv"),
-        (lambda root: write_csv(root / "test_labels.csv", "img_pair,is_related", []), "test_labels.csv"),
-        (lambda root: (root / "train_relationships.csv").write_bytes(b"p1,p2\n\xff\xfe\xfa,x\n"), "train_relationships.csv"),
+        (lambda root: write_csv(root / "test_labels.csv", "img_pair,relationship", []), "test_labels.csv"),
+        (lambda root: (root / "train_relationships.csv").write_bytes(b"\xff\xfe,p2\nF0001/MID1,F0001/MID2\n"), "train_relationships.csv"),
+        (lambda root: (root / "train_relationships.csv").write_bytes(b"p1" + b"x" * 70_000 + b",p2\n"), "train_relationships.csv"),
     ],
 )
 def test_fatal_layout_problems_are_one_line_exit_2(clean, capsys, breakage, named):

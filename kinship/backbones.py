@@ -419,7 +419,7 @@ def load_backbone_weights(encoder: BackboneEncoder, path: Path) -> None:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # torch's pickle-protocol warning would bury the one-line refusal
             warnings.simplefilter("ignore")
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors all mean the same here

@@ -7,6 +7,7 @@ a checkpoint is never unpickled as arbitrary code.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,7 +45,11 @@ def read_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about the pickle protocol of a file torch.save did not write: the file is refused (or
+        # read) all the same, and the warning would only bury the one-line answer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for non-checkpoints; all mean the same to a user
         raise UserError(f"{path} is not a kinship checkpoint ({type(error).__name__})") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -19,6 +19,14 @@ class CheckFailed(KinshipError):
     exit_code = 1
 
 
+class ArtifactMismatch(KinshipError):
+    """An artifact is not the one a stage recorded or asked for: a data set pushed again after training, a file
+    changed on disk since it was fetched, an engine built by another backend. Permanent: waiting never fixes it,
+    so tasks do not retry it."""
+
+    exit_code = 1
+
+
 def reason_of(error: BaseException) -> str:
     """One line for a report: a KinshipError's own message, else the type and first line."""
     text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""

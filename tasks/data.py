@@ -7,6 +7,7 @@ import shutil
 from prefect import task
 from prefect.logging import get_run_logger
 
+from kinship.errors import ArtifactMismatch
 from kinship.pipeline import DatasetHandle, fetch_dataset
 from kinship.storage import StoreSettings
 from tasks.progress import progress_artifact
@@ -22,8 +23,8 @@ def fetch_data_set(uri: str, expected_sha256: str | None = None) -> DatasetHandl
     with progress_artifact(f"fetch {uri}") as on_progress:
         dataset = fetch_dataset(uri, StoreSettings.from_env(), on_progress)
     if expected_sha256 and dataset.sha256 != expected_sha256:
-        raise ValueError(f"{uri} now holds other content (manifest sha256 {dataset.sha256[:16]}, "
-                         f"expected {expected_sha256[:16]}): it was pushed again after training")
+        raise ArtifactMismatch(f"{uri} now holds other content (manifest sha256 {dataset.sha256[:16]}, "
+                               f"expected {expected_sha256[:16]}): it was pushed again after training")
     get_run_logger().info("data set %s (manifest sha256 %s) ready in %s", uri, dataset.sha256[:16], dataset.path)
     return dataset
 

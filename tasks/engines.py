@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from kinship import pipeline
-from kinship.errors import reason_of
+from kinship.errors import ArtifactMismatch, reason_of
 from kinship.pipeline import DatasetHandle, EngineSettings
 from kinship.run_report import engine_table
 from kinship.storage import ArtifactRef, file_digest
@@ -67,7 +67,7 @@ def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: st
     Cached on (ONNX sha256, precision, backend, calibration sha256 for INT8, data set, validation settings).
     """
     if file_digest(Path(inputs["onnx"]))[0] != inputs["onnx_sha256"]:
-        raise ValueError(f"{inputs['onnx']} changed on disk since it was fetched")
+        raise ArtifactMismatch(f"{inputs['onnx']} changed on disk since it was fetched")
     store, folder = open_store(), work_dir(run_id, "engines")
     calibration = None
     if variant.startswith("int8"):  # sha256-verified: a damaged set fails this build, with the reason
@@ -76,7 +76,7 @@ def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: st
         built = pipeline.engine_stage(store, Path(inputs["onnx"]), dataset, calibration, variant, settings,
                                       inputs["train_config"], folder, pipeline.run_prefix(run_id, "engines"), on_progress)
     if built["backend"] != backend:
-        raise ValueError(f"asked for {backend} but the build used {built['backend']}")
+        raise ArtifactMismatch(f"asked for {backend} but the build used {built['backend']}")
     summary = built["row"].get("summary") or {}
     get_run_logger().info("%s %s: %s%s; AUC %s, %s pairs/s", backend, variant, built["status"],
                           f" ({built['reason']})" if built["reason"] else "", summary.get("auc"), summary.get("pairs_per_s"))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kinship import __version__
+from kinship.errors import KinshipError
 from kinship.pipeline import host_facts
 from kinship.storage import ArtifactStore, StoreSettings, store_from_settings
 
@@ -57,15 +58,36 @@ def new_run_id_for_this_run() -> str:
     return new_run_id(flow_run.get_scheduled_start_time(), run_id.replace("-", "")[:8] or None)
 
 
-def retry_unless_user_error(task, task_run, state) -> bool:
-    """Retry condition of every I/O task: retry trouble (a dropped connection, an unreachable store), not a
-    user's mistake (a missing data set, a bad value, credentials the store refuses), which would only fail
-    the same way again. A store down for good fails a task after 4 windows of 45 s plus the delays: 3.7 min."""
-    from kinship.errors import UserError
+# Failures that waiting cannot fix: our own refusals (every KinshipError: a user's mistake, a check that failed,
+# an artifact that is not the one recorded) and the errors of wrong code or wrong data, which fail the same way
+# on every attempt. Anything else (a dropped connection, a timeout, Prefect's server answering 503, a library's
+# RuntimeError) may clear, and is retried.
+PERMANENT = (KinshipError, ValueError, TypeError, LookupError, AttributeError, ArithmeticError, AssertionError,
+             NotImplementedError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether running the task again later can help: trouble yes, a permanent failure (``PERMANENT``) no.
+
+    Two KinshipErrors are trouble that clears: the store unreachable for a whole retry window (it may be back
+    after the task's delay) and a promotion that kept losing the race to other runs (they finish).
+    """
+    from kinship.champion import ChampionContention
     from kinship.storage import StoreUnreachable
 
+    if isinstance(error, (StoreUnreachable, ChampionContention)):
+        return True
+    return not isinstance(error, PERMANENT)
+
+
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry condition of every task with retries: retry trouble, never a permanent failure (``is_transient``).
+
+    A store down for good fails a task after 4 windows of 45 s plus the delays: 3.7 min. A failed state that
+    carries no exception (nothing to judge) is retried, as Prefect would without a condition.
+    """
     error = state.data if isinstance(state.data, BaseException) else None
-    return not isinstance(error, UserError) or isinstance(error, StoreUnreachable)
+    return error is None or is_transient(error)
 
 
 # Task options: I/O steps retry with backoff, compute steps once (a training retry resumes from its checkpoint).

@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import shlex
+import subprocess
+import sys
 import time
 import tracemalloc
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from kinship import layout
-from kinship.cli import main
+from kinship.cli import HeldWarnings, main
 from kinship.errors import UserError
 from kinship.layout import read_dataset
 from kinship.storage import MANIFEST_NAME, ArtifactNotFound, LocalStore, StoreSettings
 from tests.test_layout import make_clean
 
 MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[1]
 
 
 def one_line_error(capsys, *named: str) -> str:
@@ -222,3 +228,76 @@ def test_local_manifest_holds_no_credentials(tmp_path: Path, monkeypatch) -> Non
         text = path.read_text()
         assert "AKIDLEAKCHECK" not in text and "secret-that-must-not-leak" not in text
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "secret-that-must-not-leak"  # the check above had one to leak
+
+
+# ---------------------------------------------------------------- clean refusals: no library warning before the error
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a hostile ``.pt`` file would do to ``pickle.load``."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def run_cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -m kinship ARGV`` in a fresh process, as a user runs it (the user's warning settings)."""
+    return subprocess.run([sys.executable, "-m", "kinship", *argv], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "submit"])
+def test_a_malicious_pickle_checkpoint_is_refused_in_one_line_and_never_runs(tmp_path: Path, command: str) -> None:
+    marker = tmp_path / "payload-ran"
+    checkpoint = tmp_path / "model.pt"
+    with checkpoint.open("wb") as handle:  # protocol 4: the one torch warns about before refusing
+        pickle.dump({"format": "kinship-checkpoint/1", "model_state": Payload(f"touch {shlex.quote(str(marker))}")},
+                    handle, protocol=4)
+    data = make_clean(tmp_path / "data")
+    image = next((data / "test").glob("*.jpg"))
+    args = {"predict": [str(image), str(image)], "submit": ["--data", str(data), "--out", str(tmp_path / "s.csv")]}
+    env = {**os.environ, "KINSHIP_SCRATCH": str(tmp_path / "scratch")}
+    done = run_cli(command, "--model", str(checkpoint), *args[command], env=env)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and "Warning" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"kinship {command}: error: {checkpoint} is not a kinship checkpoint"), done.stderr
+    assert not marker.exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_warnings_of_a_refused_command_are_dropped() -> None:
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError), HeldWarnings():
+            warnings.warn("a library's aside", UserWarning)
+            raise UserError("refused")
+    assert shown == []
+
+
+def test_warnings_of_a_command_that_ends_otherwise_are_shown() -> None:
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with HeldWarnings():
+            warnings.warn("worth knowing", UserWarning)
+            assert shown == []  # held while the command may still be refused
+        with pytest.raises(RuntimeError), HeldWarnings():  # a crash keeps them: they may explain it
+            warnings.warn("before the crash", UserWarning)
+            raise RuntimeError("bug")
+    assert [str(w.message) for w in shown] == ["worth knowing", "before the crash"]
+
+
+def test_a_long_command_shows_its_warnings_once_the_hold_ends() -> None:
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError), HeldWarnings(seconds=0.05):
+            warnings.warn("early", UserWarning)
+            deadline = time.monotonic() + 10
+            while not shown and time.monotonic() < deadline:  # the hold ends on its own, no new warning needed
+                time.sleep(0.01)
+            warnings.warn("late", UserWarning)  # shown at once
+            assert [str(w.message) for w in shown] == ["early", "late"]
+            raise UserError("a refusal after real work keeps what was already shown")
+    assert [str(w.message) for w in shown] == ["early", "late"]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import urllib.error
+from datetime import datetime, timedelta, timezone
+from email.message import Message
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from deployments.driver import LocalStack
+from deployments.driver import JITTER, LocalStack, retry_after_seconds, with_server_retries
 
 
 class FlakyServer(BaseHTTPRequestHandler):
@@ -62,3 +66,75 @@ def test_refusals_are_not_retried(stack: LocalStack) -> None:
     with pytest.raises(urllib.error.HTTPError) as error:
         stack.api("/flow_runs/", {"name": "x"})
     assert error.value.code == 422 and FlakyServer.calls == 1
+
+
+# ---------------------------------------------------------------- the same rules as Prefect's client, without a server
+
+
+def http_error(code: int, retry_after: str | None = None) -> urllib.error.HTTPError:
+    headers = Message()
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    return urllib.error.HTTPError("http://127.0.0.1/api/x", code, "busy", headers, None)
+
+
+def flaky(*errors: BaseException):
+    """A call that raises ``errors`` in turn, then answers ``b"ok"``; ``calls`` counts the attempts."""
+    pending = list(errors)
+
+    def call() -> bytes:
+        call.calls += 1
+        if pending:
+            raise pending.pop(0)
+        return b"ok"
+
+    call.calls = 0
+    return call
+
+
+def test_backoff_doubles_from_two_seconds_with_jitter_like_prefect() -> None:
+    slept: list[float] = []
+    call = flaky(*(http_error(503) for _ in range(5)))
+    assert with_server_retries(call, sleep=slept.append) == b"ok" and call.calls == 6
+    assert len(slept) == 5 and all(abs(delay / 2**n - 1) <= JITTER for n, delay in enumerate(slept, 1)), slept
+
+
+def test_retry_after_is_a_floor_in_both_forms() -> None:
+    slept: list[float] = []
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    call = flaky(http_error(429, "1.5"), http_error(503, later), http_error(502, "soon"))
+    assert with_server_retries(call, sleep=slept.append) == b"ok"
+    assert 1.5 <= slept[0] <= 1.5 * (1 + JITTER) and 28 <= slept[1] <= 30 * (1 + JITTER)
+    assert 8 * (1 - JITTER) <= slept[2] <= 8 * (1 + JITTER)  # unreadable: the usual backoff (third retry: 2**3 s)
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0 and retry_after_seconds("nan") is None
+
+
+def test_gives_up_after_prefect_client_max_retries(monkeypatch) -> None:
+    monkeypatch.setenv("PREFECT_CLIENT_MAX_RETRIES", "2")
+    call = flaky(*(http_error(503) for _ in range(5)))
+    with pytest.raises(urllib.error.HTTPError):
+        with_server_retries(call, sleep=lambda _: None)
+    assert call.calls == 3
+
+
+def test_extra_codes_are_retried_as_prefect_client_retry_extra_codes_says(monkeypatch) -> None:
+    call = flaky(http_error(500))
+    with pytest.raises(urllib.error.HTTPError):
+        with_server_retries(call, sleep=lambda _: None)
+    monkeypatch.setenv("PREFECT_CLIENT_RETRY_EXTRA_CODES", "404,500")
+    call = flaky(http_error(500))
+    assert with_server_retries(call, sleep=lambda _: None) == b"ok" and call.calls == 2
+
+
+@pytest.mark.parametrize("broken", [ConnectionResetError("reset by peer"), TimeoutError("timed out"),
+                                    http.client.RemoteDisconnected("closed"), urllib.error.URLError(TimeoutError())])
+def test_requests_broken_on_the_way_are_retried(broken: BaseException) -> None:
+    call = flaky(broken)
+    assert with_server_retries(call, sleep=lambda _: None) == b"ok" and call.calls == 2
+
+
+def test_a_refused_connection_fails_at_once() -> None:
+    call = flaky(urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")))
+    with pytest.raises(urllib.error.URLError):
+        with_server_retries(call, sleep=lambda _: None)
+    assert call.calls == 1

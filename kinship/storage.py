@@ -7,11 +7,17 @@ keeps a content-addressed copy in the scratch folder so a second read of the sam
 nothing. Credentials come from boto3's default chain; settings never hold secrets.
 
 Data sets are trees: ``put_tree`` uploads the files, then writes a manifest ``{key: {sha256, size, uri}}``
-last, so a tree without a manifest is an interrupted push, never a complete-looking one.
+last, so a tree without a manifest is an interrupted push, never a complete-looking one. Only regular files are
+uploaded: symbolic links and special files inside a folder are skipped and named, never followed nor read, so a
+push cannot carry a file from outside its folder (``/etc/passwd`` planted as a photo) into shared storage.
+
+Multipart uploads that an interrupted push left behind are aborted: those of a tree's keys before it is pushed
+again, and the ones under way when an upload fails or is interrupted.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -20,13 +26,15 @@ import os
 import random
 import re
 import shutil
+import stat
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 from kinship.errors import UserError
@@ -41,6 +49,8 @@ _JSON_LIMIT = 64 * MiB
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+NOT_FOLLOWED = "symbolic link or special file"  # what put_tree skips, in messages
+LISTED_SKIPS = 1000  # skipped names carried in a progress event (the count is always exact)
 
 Progress = Callable[[ProgressEvent], None]
 log = logging.getLogger(__name__)
@@ -274,6 +284,47 @@ def file_digest(path: str | Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+@dataclass(frozen=True)
+class _LocalFile:
+    """A regular file opened for upload, with the digest of the bytes read from that same handle."""
+
+    path: Path
+    handle: BinaryIO
+    sha256: str
+    size: int
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open ``path`` for reading only if it is itself a regular file: never through a symbolic link, never a fifo,
+    socket or device. lstat first, so a device is never opened; then O_NOFOLLOW and O_NONBLOCK (a fifo swapped
+    in meanwhile must not block the open) and fstat, so what is read is the file that was checked."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise UserError(f"not a regular file ({NOT_FOLLOWED}, not followed): {path}")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENXIO):  # became a link, or a socket, since the lstat
+            raise UserError(f"not a regular file ({NOT_FOLLOWED}, not followed): {path}") from None
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"not a regular file ({NOT_FOLLOWED}, not followed): {path}")
+    return os.fdopen(fd, "rb")
+
+
+@contextmanager
+def _regular_file(path: Path) -> Iterator[_LocalFile]:
+    """``path`` opened by ``_open_regular`` and hashed; uploads read the same handle, so the bytes sent are the
+    bytes hashed from the file that was checked, even if the path is swapped for a link meanwhile."""
+    with _open_regular(path) as handle:
+        digest = hashlib.sha256()
+        size = 0
+        while chunk := handle.read(4 * MiB):
+            digest.update(chunk)
+            size += len(chunk)
+        yield _LocalFile(path, handle, digest.hexdigest(), size)
+
+
 def _check_ref(ref: ArtifactRef, what: str) -> ArtifactRef:
     if not _HEX64.match(ref.sha256) or ref.size < 0:
         raise UserError(f"{what}: malformed record for {ref.uri} (sha256 must be 64 hex digits, size >= 0)")
@@ -291,12 +342,18 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def _copy_atomic(source: Path, dest: Path) -> Path:
-    """Copy ``source`` to ``dest`` through a temporary name, so ``dest`` is either absent or complete."""
+def _copy_atomic(source: Path | BinaryIO, dest: Path) -> Path:
+    """Copy ``source`` (a path, or an open file read from its start) to ``dest`` through a temporary name, so
+    ``dest`` is either absent or complete."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_sibling(dest)
     try:
-        shutil.copyfile(source, temp)
+        if isinstance(source, Path):
+            shutil.copyfile(source, temp)
+        else:
+            source.seek(0)
+            with open(temp, "wb") as out:
+                shutil.copyfileobj(source, out, 4 * MiB)
         os.replace(temp, dest)
     finally:
         _unlink_quietly(temp)
@@ -392,8 +449,13 @@ class _BaseStore:
     def _location(self, key: str) -> StoreURI:
         return parse_uri(self.uri(key))
 
-    def _upload_file(self, path: Path, loc: StoreURI, sha256: str, size: int, on_bytes: Callable[[int], None]) -> None:
+    def _upload_file(self, source: _LocalFile, loc: StoreURI, on_bytes: Callable[[int], None], cancel: _Cancel) -> None:
+        """Store ``source`` at ``loc``; stop early once ``cancel`` is set."""
         raise NotImplementedError
+
+    def _abort_stale_uploads(self, keys: list[str]) -> int:
+        """Abort incomplete uploads of exactly ``keys``; how many. Only S3 has any (multipart uploads)."""
+        return 0
 
     def _upload_bytes(self, data: bytes, loc: StoreURI, sha256: str) -> None:
         raise NotImplementedError
@@ -457,21 +519,26 @@ class _BaseStore:
 
     # public API -------------------------------------------------------
     def put_file(self, local_path: str | Path, key: str, on_progress: Progress = silent) -> ArtifactRef:
-        """Upload one file under ``key`` (relative to this store's root) and return its ref."""
+        """Upload one regular file under ``key`` (relative to this store's root) and return its ref.
+
+        A symbolic link or special file is refused (one line), as ``put_tree`` skips them: never followed.
+        """
         path = Path(local_path)
-        if not path.is_file():
+        if not os.path.lexists(path) or path.is_dir():
             raise UserError(f"not a file: {path}")
         key = validate_key(key)
-        sha256, size = file_digest(path)
         loc = self._location(key)
-        done = [0]
+        with _regular_file(path) as source:
+            done = [0]
 
-        def on_bytes(count: int) -> None:
-            done[0] += count
-            on_progress(ProgressEvent(f"upload {path.name}", done[0], size))
+            def on_bytes(count: int) -> None:
+                done[0] += count
+                on_progress(ProgressEvent(f"upload {path.name}", done[0], source.size))
 
-        self._upload_file(path, loc, sha256, size, on_bytes)
-        return ArtifactRef(uri=self.uri(key), key=key, sha256=sha256, size=size)
+            if source.size >= self.settings.multipart_threshold:  # only a multipart upload can be left half-done
+                self._abort_stale_uploads([key])
+            self._upload_file(source, loc, on_bytes, _Cancel())
+        return ArtifactRef(uri=self.uri(key), key=key, sha256=source.sha256, size=source.size)
 
     def get_file(self, ref_or_uri: ArtifactRef | str, dest: str | Path | None = None, on_progress: Progress = silent) -> Path:
         """Verified local copy of an object: the cache path, or ``dest`` (a file path, or a folder: existing or ending in /).
@@ -575,22 +642,31 @@ class _BaseStore:
         return refs
 
     def put_tree(self, local_dir: str | Path, key_prefix: str, on_progress: Progress = silent) -> list[ArtifactRef]:
-        """Upload every file under ``local_dir`` below ``key_prefix``, then the manifest, last.
+        """Upload every regular file under ``local_dir`` below ``key_prefix``, then the manifest, last.
 
-        Idempotent: files whose object already has the same size and sha256 are not sent again. The final
-        progress event carries ``uploaded``, ``skipped`` and ``bytes`` counts.
+        Idempotent: files whose object already has the same size and sha256 are not sent again. Symbolic links
+        (to files or folders) and special files inside ``local_dir`` are skipped: never followed nor read (the
+        folder itself may be a link: the caller named it). Incomplete multipart uploads of the tree's keys, left
+        by an interrupted push, are aborted first. The final progress event carries ``uploaded``, ``skipped``
+        (unchanged) and ``bytes`` counts, ``skipped_links`` and ``skipped_link_names`` (relative paths).
         """
         root = Path(local_dir)
         if not root.is_dir():
             raise UserError(f"not a folder: {root}")
         prefix = validate_prefix(key_prefix)
-        files = _tree_files(root, prefix)
+        files, not_followed = _tree_files(root, prefix)
+        if not_followed:  # info, not warning: the CLI prints its own line, and the final event carries the names
+            log.info("%s: skipped %s, not followed: %s", root, count_not_followed(len(not_followed)),
+                     ", ".join(not_followed[:5]) + (", ..." if len(not_followed) > 5 else ""))
         if not files:
-            raise UserError(f"no files to upload in {root}")
+            extra = f" (skipped {count_not_followed(len(not_followed))}, not followed)" if not_followed else ""
+            raise UserError(f"no files to upload in {root}{extra}")
         known = self._known_digests(prefix)
+        self._abort_stale_uploads([key for _, key in files])
         refs, counts = self._upload_all(files, known, on_progress)
         self.write_manifest(refs, join_key(prefix, MANIFEST_NAME))
-        on_progress(ProgressEvent("push", len(files), len(files), dict(counts)))
+        info = {**counts, "skipped_links": len(not_followed), "skipped_link_names": not_followed[:LISTED_SKIPS]}
+        on_progress(ProgressEvent("push", len(files), len(files), info))
         return refs
 
     def _known_digests(self, prefix: str) -> dict[str, tuple[int, str | None]]:
@@ -606,30 +682,40 @@ class _BaseStore:
         return {key: (size, previous[key].sha256 if key in previous else None) for key, size in sizes.items()}
 
     def _upload_all(self, files: list[tuple[Path, str]], known: dict, on_progress: Progress) -> tuple[list[ArtifactRef], dict]:
+        """Upload ``files`` in parallel. On an interrupt or error, queued files are dropped and the transfers under
+        way are cancelled (each aborts its multipart upload) before the error goes on: without this, Ctrl-C
+        waited for every queued file to be sent (measured: an interrupted push still completed its upload)."""
         counts = {"uploaded": 0, "skipped": 0, "bytes": 0}
         refs: list[ArtifactRef] = []
-        workers = max(1, min(self.settings.max_workers, len(files)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(self._upload_if_changed, path, key, known.get(key)) for path, key in files]
+        cancel = _Cancel()
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.max_workers, len(files))))
+        try:
+            futures = [pool.submit(self._upload_if_changed, path, key, known.get(key), cancel) for path, key in files]
             for done, future in enumerate(as_completed(futures), start=1):
                 ref, sent = future.result()
                 refs.append(ref)
                 counts["uploaded" if sent else "skipped"] += 1
                 counts["bytes"] += ref.size if sent else 0
                 on_progress(ProgressEvent("push", done, len(files), dict(counts)))
+        except BaseException:
+            cancel.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
         return sorted(refs, key=lambda ref: ref.key), counts
 
-    def _upload_if_changed(self, path: Path, key: str, known: tuple[int, str | None] | None) -> tuple[ArtifactRef, bool]:
-        sha256, size = file_digest(path)
-        ref = ArtifactRef(uri=self.uri(key), key=key, sha256=sha256, size=size)
-        if known is not None and known[0] == size:
-            recorded = known[1]
-            if recorded is None:  # no manifest entry (an interrupted push): ask the object itself
-                stat = self._stat(self._location(key))
-                recorded = stat[1] if stat else None
-            if recorded == sha256:
-                return ref, False
-        self._upload_file(path, self._location(key), sha256, size, lambda count: None)
+    def _upload_if_changed(self, path: Path, key: str, known: tuple[int, str | None] | None,
+                           cancel: _Cancel) -> tuple[ArtifactRef, bool]:
+        with _regular_file(path) as source:
+            ref = ArtifactRef(uri=self.uri(key), key=key, sha256=source.sha256, size=source.size)
+            if known is not None and known[0] == source.size:
+                recorded = known[1]
+                if recorded is None:  # no manifest entry (an interrupted push): ask the object itself
+                    found = self._stat(self._location(key))
+                    recorded = found[1] if found else None
+                if recorded == source.sha256:
+                    return ref, False
+            self._upload_file(source, self._location(key), lambda count: None, cancel)
         return ref, True
 
     def get_tree(self, uri_prefix: str, dest: str | Path, on_progress: Progress = silent) -> Path:
@@ -717,17 +803,80 @@ def _relative_key(loc: StoreURI, prefix: StoreURI) -> str:
     return validate_key(relative, "manifest entry")
 
 
-def _tree_files(root: Path, prefix: str) -> list[tuple[Path, str]]:
-    """(file, key) for every regular file below ``root``; a top-level manifest from ``get_tree`` is skipped."""
-    files = []
-    for directory, _dirs, names in os.walk(root):
-        for name in sorted(names):
-            path = Path(directory) / name
+def _tree_files(root: Path, prefix: str) -> tuple[list[tuple[Path, str]], list[str]]:
+    """(file, key) for every regular file below ``root``, and the sorted relative paths of what is not followed.
+
+    Entries are judged as lstat sees them: a symbolic link (to a file or a folder, dangling or not) and a special
+    file (fifo, socket, device) is named, never followed, opened or descended into. A top-level manifest from
+    ``get_tree`` is left out (it is written anew, last).
+    """
+    files: list[tuple[Path, str]] = []
+    not_followed: list[str] = []
+    pending = [root]
+    while pending:
+        for entry in _entries(pending.pop()):
+            path = Path(entry.path)
             relative = path.relative_to(root).as_posix()
-            if relative == MANIFEST_NAME or not path.is_file():
-                continue
-            files.append((path, join_key(prefix, validate_key(relative, f"file name in {root}"))))
-    return sorted(files, key=lambda item: item[1])
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(path)
+            elif not entry.is_file(follow_symlinks=False):
+                not_followed.append(relative)
+            elif relative != MANIFEST_NAME:
+                files.append((path, join_key(prefix, validate_key(relative, f"file name in {root}"))))
+    return sorted(files, key=lambda item: item[1]), sorted(not_followed)
+
+
+def count_not_followed(count: int) -> str:
+    """``"1 symbolic link or special file"``, ``"3 symbolic links or special files"``."""
+    return f"{count} {NOT_FOLLOWED}" if count == 1 else f"{count} symbolic links or special files"
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """The entries of ``folder``; an unreadable folder is one line, not a silently smaller data set."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as error:
+        raise UserError(f"cannot read folder {folder}: {error.strerror}") from None
+
+
+class _Cancel:
+    """Lets the thread that runs ``put_tree`` stop the uploads its workers run: no new attempt starts, and the
+    transfers under way are cancelled (s3transfer then aborts the multipart upload it began)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._transfers: set = set()
+
+    def set(self) -> None:
+        self._event.set()
+        with self._lock:
+            for transfer in self._transfers:
+                transfer.cancel()
+
+    def check(self) -> None:
+        """Raise ``_Cancelled`` once ``set`` was called."""
+        if self._event.is_set():
+            raise _Cancelled("upload cancelled")
+
+    @contextmanager
+    def tracking(self, transfer: Any) -> Iterator[None]:
+        """While the block runs, ``set`` cancels ``transfer`` (an s3transfer future)."""
+        with self._lock:
+            self._transfers.add(transfer)
+        if self._event.is_set():
+            transfer.cancel()  # set between the check and the tracking
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._transfers.discard(transfer)
+
+
+class _Cancelled(Exception):
+    """An upload stopped because another one of the same ``put_tree`` failed or was interrupted (never shown: the
+    thread running ``put_tree`` raises that failure)."""
 
 
 # ---------------------------------------------------------------- S3
@@ -753,11 +902,86 @@ class S3Store(_BaseStore):
     def _object_uri(self, full_key: str) -> str:
         return f"s3://{self.bucket}/{full_key}"
 
-    def _upload_file(self, path: Path, loc: StoreURI, sha256: str, size: int, on_bytes: Callable[[int], None]) -> None:
-        extra = {"Metadata": {_SHA_META: sha256}}
-        # S3 makes an object visible only when its PUT (or multipart completion) succeeds: never half-written.
-        self._call(f"upload {path} to s3://{loc.bucket}/{loc.key}", lambda: self.client.upload_file(
-            str(path), loc.bucket, loc.key, ExtraArgs=extra, Config=self._transfer_config, Callback=on_bytes))
+    def _upload_file(self, source: _LocalFile, loc: StoreURI, on_bytes: Callable[[int], None], cancel: _Cancel) -> None:
+        extra = {"Metadata": {_SHA_META: source.sha256}}
+        multipart = source.size >= self.settings.multipart_threshold
+        attempts = itertools.count(1)
+
+        def attempt() -> None:
+            cancel.check()
+            if next(attempts) > 1 and multipart:  # the failed attempt's parts, if its own abort missed the server
+                self._abort_incomplete([loc.key], quick=True)
+            self._transfer(source.handle, loc, extra, on_bytes, cancel)
+
+        try:
+            # S3 makes an object visible only when its PUT (or multipart completion) succeeds: never half-written.
+            self._call(f"upload {source.path} to s3://{loc.bucket}/{loc.key}", attempt)
+        except BaseException as error:
+            if multipart and not isinstance(error, StoreUnreachable):  # a gone server cannot be asked to abort
+                self._abort_incomplete([loc.key], quick=True)
+            raise
+
+    def _transfer(self, handle: BinaryIO, loc: StoreURI, extra: dict, on_bytes: Callable[[int], None],
+                  cancel: _Cancel) -> None:
+        """One upload through s3transfer, from the start of ``handle``, which ``cancel`` can stop from another
+        thread. On any exception, an interrupt included, the manager cancels the transfer and waits for
+        s3transfer's cleanup, which aborts the multipart upload it began."""
+        from boto3.s3.transfer import ProgressCallbackInvoker, create_transfer_manager
+
+        # s3transfer closes the file of a single-request upload: give it a duplicate, so a retry can read ours again.
+        with os.fdopen(os.dup(handle.fileno()), "rb") as body:
+            body.seek(0)
+            with create_transfer_manager(self.client, self._transfer_config) as manager:
+                transfer = manager.upload(body, loc.bucket, loc.key, extra_args=extra,
+                                          subscribers=[ProgressCallbackInvoker(on_bytes)])
+                with cancel.tracking(transfer):
+                    transfer.result()
+
+    def _abort_stale_uploads(self, keys: list[str]) -> int:
+        return self._abort_incomplete([self._location(key).key for key in keys])
+
+    def _abort_incomplete(self, full_keys: list[str], quick: bool = False) -> int:
+        """Abort the incomplete multipart uploads of exactly ``full_keys`` in this bucket; returns how many.
+
+        Parts of an upload that was never completed nor aborted stay stored (and billed) without being listed as
+        objects. A store that will not list uploads (no right to, not implemented) is a warning, not a failed
+        push. ``quick``, on the way out of a failure: one try, and nothing raised but an interrupt, so the
+        failure itself is what the caller sees; what is left, the next push of these keys or the bucket's
+        lifecycle rule removes.
+        """
+        wanted = set(full_keys)
+        prefix = os.path.commonprefix(sorted(wanted))
+        what = f"abort incomplete uploads under s3://{self.bucket}/{prefix}"
+        if not quick:
+            try:
+                return self._call(what, lambda: self._abort_listed(prefix, wanted))
+            except StoreAccessError as error:
+                if isinstance(error, StoreUnreachable):
+                    raise
+                log.warning("%s; left to the bucket's lifecycle rule, if it has one", error)
+                return 0
+        try:
+            with _s3_errors(what, self.settings.endpoint_url):
+                return self._abort_listed(prefix, wanted)
+        except Exception as error:  # noqa: BLE001  (never mask the failure being handled)
+            log.info("%s: not done (%s: %s)", what, type(error).__name__, error)
+            return 0
+
+    def _abort_listed(self, prefix: str, wanted: set[str]) -> int:
+        from botocore.exceptions import ClientError
+
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+        stale = [(item["Key"], item["UploadId"]) for page in pages for item in page.get("Uploads", [])
+                 if item["Key"] in wanted]
+        for key, upload_id in stale:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "NoSuchUpload":  # gone meanwhile: fine
+                    raise
+        if stale:
+            log.info("aborted %d incomplete multipart upload(s) under s3://%s/%s", len(stale), self.bucket, prefix)
+        return len(stale)
 
     def _upload_bytes(self, data: bytes, loc: StoreURI, sha256: str) -> None:
         self._call(f"write s3://{loc.bucket}/{loc.key}", lambda: self.client.put_object(
@@ -931,12 +1155,16 @@ def make_s3_client(settings: StoreSettings) -> Any:
 def _transfer_config(settings: StoreSettings) -> Any:
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(
+    config = TransferConfig(
         multipart_threshold=settings.multipart_threshold,
         multipart_chunksize=settings.multipart_chunksize,
         max_concurrency=4,
         use_threads=True,
     )
+    # Uploads read an open file (never a path a link could be swapped into), and s3transfer holds each part of
+    # such a file in memory: 4 parts in flight + 2 read ahead, not its default 10 (80 MiB per file at 8 MiB).
+    config.max_in_memory_upload_chunks = 6
+    return config
 
 
 # ---------------------------------------------------------------- local folder
@@ -970,11 +1198,12 @@ class LocalStore(_BaseStore):
         if meta is not None:
             _write_bytes_atomic(json.dumps({"sha256": sha256, "size": size}).encode(), meta)
 
-    def _upload_file(self, path: Path, loc: StoreURI, sha256: str, size: int, on_bytes: Callable[[int], None]) -> None:
+    def _upload_file(self, source: _LocalFile, loc: StoreURI, on_bytes: Callable[[int], None], cancel: _Cancel) -> None:
+        cancel.check()
         target = Path(loc.key)
-        _copy_atomic(path, target)
-        self._write_meta(target, sha256, size)
-        on_bytes(size)
+        _copy_atomic(source.handle, target)
+        self._write_meta(target, source.sha256, source.size)
+        on_bytes(source.size)
 
     def _upload_bytes(self, data: bytes, loc: StoreURI, sha256: str) -> None:
         target = Path(loc.key)

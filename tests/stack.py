@@ -60,7 +60,8 @@ def _stop(process, argv: list[str]) -> None:
 
 @dataclass
 class WeedServer:
-    """A running ``weed mini`` that only accepts ``access_key``/``secret_key`` on its S3 port."""
+    """A running ``weed mini`` that only accepts ``access_key``/``secret_key`` on its S3 port (and, on its gRPC
+    ports, clients holding the certificate in ``conf_dir``)."""
 
     endpoint: str
     access_key: str
@@ -71,6 +72,11 @@ class WeedServer:
     log: Path
     region: str = localstack.REGION
     ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def conf_dir(self) -> Path:
+        """``s3.json``, ``security.toml`` and the gRPC certificates: weed's working folder (``start_weed``)."""
+        return self.data_dir.parent / "conf"
 
     def env(self) -> dict[str, str]:
         """The variables a client (``StoreSettings.from_env``, boto3) needs to use this server."""

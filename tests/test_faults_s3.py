@@ -243,6 +243,8 @@ def test_upload_and_download_survive_a_server_outage(store: S3Store, weed: Resta
     assert poller.sightings["unreachable"] > 0 and poller.sightings["complete"] > 0 and poller.digest_checked
     up_retries, down_retries = retries(caplog, "upload"), retries(caplog, "download")
     assert up_retries > 0 and down_retries > 0, "the outage did not hit both transfers"
+    # The attempt the kill broke could not abort its multipart upload (no server); a later attempt did.
+    assert weed.client().list_multipart_uploads(Bucket=weed.config.bucket, Prefix=up_key).get("Uploads", []) == []
     print(f"\noutage {outage_s:.1f} s (restart took {restart_s:.1f} s); retries: upload {up_retries}, "
           f"download {down_retries}; upload {upload['seconds']:.1f} s, download {download['seconds']:.1f} s, "
           f"both {total_s:.1f} s; poller sightings {poller.sightings}")

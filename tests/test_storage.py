@@ -320,3 +320,106 @@ def test_tasks_retry_trouble_but_not_mistakes_or_refusals() -> None:
     assert retried(ConnectionResetError("peer reset")) and retried(RuntimeError("worker hiccup"))
     assert not retried(StoreAccessError("s3://b/k: access denied (InvalidAccessKeyId)"))
     assert not retried(ArtifactNotFound("s3://b/k: no such object")) and not retried(UserError("bad value"))
+
+
+# ---------------------------------------------------------------- links and special files are never followed
+
+
+def plant_links(root: Path, outside: Path) -> dict[str, str]:
+    """A data folder with one real photo and, beside it, a link to a file outside, a link to a folder outside, a
+    dangling link, a fifo and a unix socket; returns ``{relative path: kind}`` of what must be skipped."""
+    write(root / "train/F0001/MID1/P00001_face0.jpg", b"a real photo")
+    write(outside / "secret.txt", b"MARKER-outside-the-data-set")
+    write(outside / "folder" / "inside.jpg", b"MARKER-in-a-linked-folder")
+    (root / "train/F0002/MID1").mkdir(parents=True)
+    os.symlink(outside / "secret.txt", root / "train/F0002/MID1/P00012_face0.jpg")
+    os.symlink(outside / "folder", root / "train/F0003")
+    os.symlink(root / "nowhere", root / "train/dangling.jpg")
+    os.mkfifo(root / "train/F0001/MID1/fifo.jpg")
+    planted = {"train/F0002/MID1/P00012_face0.jpg": "file link", "train/F0003": "folder link",
+               "train/dangling.jpg": "dangling link", "train/F0001/MID1/fifo.jpg": "fifo"}
+    if len(str(root / "train/sock.jpg")) < 100:  # unix socket paths are short (104-108 bytes)
+        import socket
+
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(root / "train/sock.jpg"))
+        listener.close()  # the socket file stays
+        planted["train/sock.jpg"] = "socket"
+    return planted
+
+
+def in_thread(action, timeout: float = 30.0):
+    """Run ``action`` in a thread and return its result; fail (instead of hanging) if it blocks, as on a fifo."""
+    import threading
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = action()
+        except BaseException as error:  # re-raised in the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "blocked: a fifo was opened?"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def stored_bytes(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def test_put_tree_skips_and_names_links_and_special_files(tmp_path: Path, store: LocalStore) -> None:
+    skipped = plant_links(tmp_path / "rfiw", tmp_path / "outside")
+    events: list = []
+    refs = in_thread(lambda: store.put_tree(tmp_path / "rfiw", "datasets/rfiw", events.append))
+    assert [ref.key for ref in refs] == ["datasets/rfiw/train/F0001/MID1/P00001_face0.jpg"]
+    info = events[-1].info
+    assert info["uploaded"] == 1 and info["skipped_links"] == len(skipped) and info["skipped_link_names"] == sorted(skipped)
+    assert b"MARKER" not in stored_bytes(tmp_path / "store")  # no target's bytes were read
+    assert store.list("datasets/rfiw") == ["datasets/rfiw/kinship-manifest.json", refs[0].key]
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_symlink()]
+
+
+def test_a_folder_of_links_only_is_one_line(tmp_path: Path, store: LocalStore) -> None:
+    write(tmp_path / "outside" / "secret.txt", b"MARKER")
+    (tmp_path / "links").mkdir()
+    os.symlink(tmp_path / "outside" / "secret.txt", tmp_path / "links" / "a.jpg")
+    os.mkfifo(tmp_path / "links" / "b.jpg")
+    expected = "^no files to upload in .*skipped 2 symbolic links or special files, not followed"
+    with pytest.raises(UserError, match=expected) as error:
+        in_thread(lambda: store.put_tree(tmp_path / "links", "d"))
+    assert "\n" not in str(error.value) and not (tmp_path / "store").exists()
+
+
+def test_put_file_refuses_links_and_special_files(tmp_path: Path, store: LocalStore) -> None:
+    skipped = plant_links(tmp_path / "rfiw", tmp_path / "outside")
+    for relative in skipped:
+        with pytest.raises(UserError, match="not a regular file|not a file") as error:
+            in_thread(lambda: store.put_file(tmp_path / "rfiw" / relative, "x.jpg"))
+        assert "\n" not in str(error.value) and relative.rsplit("/", 1)[-1] in str(error.value)
+    assert not (tmp_path / "store").exists() or b"MARKER" not in stored_bytes(tmp_path / "store")
+    assert store.put_file(tmp_path / "outside" / "secret.txt", "named.txt").size == 27  # a file named itself: fine
+
+
+def test_data_push_cli_names_what_it_did_not_follow(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KINSHIP_SCRATCH", str(tmp_path / "scratch"))
+    skipped = plant_links(tmp_path / "rfiw", tmp_path / "outside")
+    target = (tmp_path / "bucket" / "rfiw").as_uri()
+    args = push_parser().parse_args(["data", "push", str(tmp_path / "rfiw"), target, "--json"])
+    assert in_thread(lambda: args.handler(args)) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["files"] == 1 and report["skipped_links"] == len(skipped)
+    assert report["skipped_link_names"] == sorted(skipped)
+    assert captured.err == (f"kinship data push: skipped {len(skipped)} symbolic links or special files (not followed): "
+                            + ", ".join(sorted(skipped)) + "\n")
+    args = push_parser().parse_args(["data", "push", str(tmp_path / "rfiw"), target])
+    assert in_thread(lambda: args.handler(args)) == 0
+    table = capsys.readouterr().out
+    assert "skipped_links" in table and "train/F0002/MID1/P00012_face0.jpg" in table
+    assert b"MARKER" not in stored_bytes(tmp_path / "bucket")

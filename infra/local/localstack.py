@@ -39,6 +39,14 @@ WORKER_POOLS = ("orchestrator", "rocm", "cuda")
 HEARTBEAT_SECONDS = 30
 ZOMBIE_SECONDS = 90
 ZOMBIE_AUTOMATION = "kinship: crash flow runs without heartbeats"
+# SeaweedFS's gRPC ports take only clients with a certificate of this name, signed by the stack's own CA.
+GRPC_NAME = "kinship-weed"
+GRPC_SECTIONS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq", "client")
+# Incomplete multipart uploads (a push killed mid-file) are removed a day after they began; SeaweedFS 4.48
+# accepts this rule and returns it from GetBucketLifecycleConfiguration (tests/test_weed_ports.py).
+ABORT_INCOMPLETE_UPLOADS = {"Rules": [{"ID": "abort-incomplete-multipart-uploads", "Status": "Enabled",
+                                       "Filter": {"Prefix": ""},
+                                       "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]}
 # Preferred ports (SeaweedFS defaults, Prefect's 4200); a busy one is swapped for a free one on first up.
 PREFERRED_PORTS = {
     "s3": 8333, "s3_grpc": 18333, "master": 9333, "master_grpc": 19333, "volume": 9340, "volume_grpc": 19340,
@@ -274,12 +282,58 @@ def write_weed_config_files(config: WeedConfig) -> Path:
     }]}
     write_private(conf_dir / "s3.json", json.dumps(identities, indent=2))
     keys = config.jwt_keys
-    # JWT keys close the master/volume/filer HTTP ports to anyone who bypasses S3 authentication.
-    write_private(conf_dir / "security.toml", "".join(
-        f'[{section}]\nkey = "{keys[name]}"\nexpires_after_seconds = 10\n\n' for section, name in (
-            ("jwt.signing", "signing"), ("jwt.signing.read", "signing_read"),
-            ("jwt.filer_signing", "filer"), ("jwt.filer_signing.read", "filer_read"))))
+    # JWT keys: the volume server and the filer take no read or write without a token signed with them. The
+    # master hands such tokens to whoever asks over HTTP (/dir/assign), so weed_argv turns its HTTP API off.
+    jwt = "".join(f'[{section}]\nkey = "{keys[name]}"\nexpires_after_seconds = 10\n\n' for section, name in (
+        ("jwt.signing", "signing"), ("jwt.signing.read", "signing_read"),
+        ("jwt.filer_signing", "filer"), ("jwt.filer_signing.read", "filer_read")))
+    write_private(conf_dir / "security.toml", jwt + grpc_tls_toml(write_grpc_certificates(conf_dir)))
     return conf_dir
+
+
+def write_grpc_certificates(conf_dir: Path, days: int = 825) -> dict[str, Path]:
+    """A new CA and one certificate (``GRPC_NAME``) for every SeaweedFS component, client and server: mutual TLS
+    on the gRPC ports, which otherwise hand out write tokens and file metadata to any local process. The CA's key
+    is never written, so no further certificate can be signed; a restart makes new ones."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kinship local stack CA")])
+
+    def certificate(subject, public_key, extensions):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=days)))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    ca = certificate(ca_name, ca_key.public_key(), [(x509.BasicConstraints(ca=True, path_length=0), True)])
+    leaf = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GRPC_NAME)]), key.public_key(), [
+        (x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)])
+    paths = {name: conf_dir / f"grpc-{name}" for name in ("ca.crt", "weed.crt", "weed.key")}
+    write_private(paths["ca.crt"], ca.decode())
+    write_private(paths["weed.crt"], leaf.decode())
+    write_private(paths["weed.key"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()).decode())
+    return paths
+
+
+def grpc_tls_toml(paths: dict[str, Path]) -> str:
+    """The ``security.toml`` sections that make every gRPC port of ``weed mini`` mutual TLS with ``paths``."""
+    text = f'[grpc]\nca = "{paths["ca.crt"]}"\n\n'
+    for section in GRPC_SECTIONS:
+        text += (f'[grpc.{section}]\ncert = "{paths["weed.crt"]}"\nkey = "{paths["weed.key"]}"\n'
+                 f'allowed_commonNames = "{GRPC_NAME}"\n\n')
+    return text
 
 
 def weed_argv(config: WeedConfig, conf_dir: Path) -> list[str]:
@@ -297,6 +351,10 @@ def weed_argv(config: WeedConfig, conf_dir: Path) -> list[str]:
         # which every local user can read, nor in the mini.options file weed writes from it.
         f"-admin.password={secrets.token_urlsafe(24)}", "-webdav=false", "-master.telemetry=false",
         f"-s3.config={conf_dir / 's3.json'}", f"-bucket={config.bucket}",
+        # No HTTP API on the master nor the filer: the master's /dir/assign gave any local process a write token
+        # for the volume server, /submit wrote and /col/delete deleted the bucket's data, all without
+        # credentials (measured on 4.48). S3 reaches them over gRPC, which is mutual TLS (security.toml).
+        "-disableHttp",
     ]
     # Unix sockets default to /tmp/seaweedfs-*-PORT.sock; keep ours inside the data folder when the path fits.
     if len(str(data / "filer.sock")) < 100:
@@ -323,13 +381,14 @@ def s3_client(endpoint: str, access_key: str, secret_key: str):
 
 
 def bucket_ready(config: WeedConfig) -> bool:
-    """True once S3 answers our credentials and the bucket exists (created here if weed has not yet)."""
+    """True once S3 answers our credentials and the bucket exists (created here if weed has not yet) with the
+    lifecycle rule that removes incomplete multipart uploads."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = s3_client(config.endpoint, config.access_key, config.secret_key)
     try:
         client.head_bucket(Bucket=config.bucket)
-        return True
+        return ensure_lifecycle(client, config.bucket)
     except ClientError as error:
         if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
             try:
@@ -339,6 +398,21 @@ def bucket_ready(config: WeedConfig) -> bool:
         return False
     except BotoCoreError:
         return False
+
+
+def ensure_lifecycle(client, bucket: str) -> bool:
+    """Give ``bucket`` the ``ABORT_INCOMPLETE_UPLOADS`` rule (a rerun of ``kinship data push`` aborts the uploads
+    of its own keys; this removes the rest). True once set; False while the server is still starting (5xx)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=ABORT_INCOMPLETE_UPLOADS)
+    except ClientError as error:
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if status >= 500:
+            return False
+        raise RuntimeError(f"SeaweedFS refused the lifecycle rule on bucket {bucket}: {error}") from None
+    return True
 
 
 # ---------------------------------------------------------------- Prefect

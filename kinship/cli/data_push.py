@@ -7,12 +7,25 @@ This module registers nothing by itself (no ``register``); the ``data`` command 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from kinship.cli.output import add_json_flag, console, key_value_table, print_json, progress_bars
-from kinship.errors import UserError
+from kinship.errors import KinshipError, UserError
 from kinship.progress import ProgressEvent
-from kinship.storage import MANIFEST_NAME, StoreSettings, parse_uri, store_from_uri
+from kinship.storage import MANIFEST_NAME, StoreSettings, count_not_followed, parse_uri, store_from_uri
+
+SHOWN_SKIPS = 5  # skipped links named in the table and on stderr; --json carries them all (up to 1000)
+
+
+class Terminated(KinshipError):
+    """SIGTERM during a push: the uploads under way were aborted, nothing half-stored is left."""
+
+    exit_code = 128 + signal.SIGTERM
 
 
 def add_push_command(data_subparsers) -> argparse.ArgumentParser:
@@ -22,6 +35,7 @@ def add_push_command(data_subparsers) -> argparse.ArgumentParser:
         help="upload a data set folder to the artifact store (with a sha256 manifest)",
         description="Upload every file under DIR below URI, then a manifest naming each file's sha256. "
         "Files already stored with the same sha256 are skipped, so an interrupted push can simply be rerun. "
+        "Symbolic links and special files inside DIR are never followed: they are skipped and named. "
         "Endpoint and credentials come from AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; "
         "a server that is down is retried for KINSHIP_RETRY_WINDOW seconds (default 45) before giving up.",
     )
@@ -33,7 +47,7 @@ def add_push_command(data_subparsers) -> argparse.ArgumentParser:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    """Handler for ``kinship data push``: upload, then report the data set's URI."""
+    """Handler for ``kinship data push``: upload, then report the data set's URI and what was not followed."""
     if not args.dir.is_dir():
         raise UserError(f"not a folder: {args.dir}")
     location = parse_uri(args.uri, allow_empty_key=True)
@@ -41,25 +55,61 @@ def run_push(args: argparse.Namespace) -> int:
         raise UserError(f"{args.uri}: name a folder inside the bucket, e.g. s3://{location.bucket}/datasets/NAME")
     store = store_from_uri(args.uri, StoreSettings.from_env())
     last: list[ProgressEvent] = []
-    with progress_bars(enabled=not args.json) as draw:
+    with progress_bars(enabled=not args.json) as draw, _sigterm_interrupts():
 
         def on_progress(event: ProgressEvent) -> None:
             last[:] = [event]
             draw(event)
 
         refs = store.put_tree(args.dir, "", on_progress)
-    counts = last[0].info if last else {}
-    summary = {
-        "uri": args.uri.rstrip("/"),
-        "manifest": store.uri(MANIFEST_NAME),
-        "files": len(refs),
-        "uploaded": counts.get("uploaded", 0),
-        "skipped": counts.get("skipped", 0),
-        "bytes_uploaded": counts.get("bytes", 0),
-    }
+    summary = _summary(args.uri, store.uri(MANIFEST_NAME), len(refs), last[0].info if last else {})
+    if summary["skipped_links"]:
+        print(f"kinship data push: {_skip_line(summary)}", file=sys.stderr)
     if args.json:
         print_json(summary)
     else:
-        console.print(key_value_table("data push", summary))
+        shown = dict(summary, skipped_link_names=_named(summary["skipped_link_names"], summary["skipped_links"]))
+        console.print(key_value_table("data push", shown))
         console.print(summary["uri"])
     return 0
+
+
+def _summary(uri: str, manifest: str, files: int, counts: dict) -> dict:
+    return {
+        "uri": uri.rstrip("/"),
+        "manifest": manifest,
+        "files": files,
+        "uploaded": counts.get("uploaded", 0),
+        "skipped": counts.get("skipped", 0),
+        "bytes_uploaded": counts.get("bytes", 0),
+        "skipped_links": counts.get("skipped_links", 0),
+        "skipped_link_names": list(counts.get("skipped_link_names", [])),
+    }
+
+
+def _skip_line(summary: dict) -> str:
+    count = summary["skipped_links"]
+    return f"skipped {count_not_followed(count)} (not followed): {_named(summary['skipped_link_names'], count)}"
+
+
+def _named(names: list[str], count: int) -> str:
+    shown = ", ".join(names[:SHOWN_SKIPS])
+    return f"{shown}, ... ({count - SHOWN_SKIPS} more)" if count > SHOWN_SKIPS else shown
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While pushing, SIGTERM (a service stopping, ``kill``) raises ``Terminated`` in the main thread, so the
+    uploads under way are aborted as for Ctrl-C; by default Python dies at once and leaves their parts behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame) -> None:
+        raise Terminated("terminated (SIGTERM); the uploads under way were aborted: push again to finish")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -8,22 +8,18 @@ tests and the benchmark exercise is what ``make run`` does. The Prefect REST API
 
 from __future__ import annotations
 
-import http.client
 import json
-import math
 import os
-import random
 import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from base64 import b64encode
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path
+
+from kinship.server_retries import prefect_request
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -57,81 +53,7 @@ class LocalStack:
         Retryable answers (503 while the server's SQLite is locked, 429, 502, 504, 408) and requests broken on
         the way are retried with backoff, as Prefect's own client does, so a busy server never fails a caller.
         """
-        data = None if body is None else json.dumps(body).encode()
-        auth = b64encode(self.env["PREFECT_API_AUTH_STRING"].encode()).decode()
-        request = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method or ("POST" if data else "GET"),
-                                         headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"})
-        return json.loads(with_server_retries(lambda: _read(request)) or b"null")
-
-
-# What Prefect's own client retries (prefect/client/base.py): answers 408, 429, 502 and 503 (its SQLite locked)
-# plus PREFECT_CLIENT_RETRY_EXTRA_CODES, and requests cut off by a timeout or a dropped connection; up to
-# PREFECT_CLIENT_MAX_RETRIES (5) times, 2, 4, 8, 16, 32 s apart with 20 % jitter, or at least the server's
-# Retry-After. 504 is added: a proxy's timeout is the same trouble as 502.
-RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
-MAX_RETRIES = 5
-JITTER = 0.2
-# Broken mid-request (Prefect: ReadTimeout, ReadError, WriteError, RemoteProtocolError). A refused connection
-# is not retried: Prefect retries it only once a client has connected, and a wrong URL should fail at once;
-# callers that wait out a restarting server poll with ``wait_for``.
-BROKEN_REQUEST = (TimeoutError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
-                  http.client.IncompleteRead, http.client.BadStatusLine)
-
-
-def _read(request: urllib.request.Request) -> bytes:
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.read()
-
-
-def with_server_retries(call, retries: int | None = None, sleep=time.sleep):
-    """``call()`` (one urllib request), retried as Prefect's client retries: see ``RETRYABLE_STATUS``."""
-    retries = _max_retries() if retries is None else retries
-    for attempt in range(1, retries + 2):
-        try:
-            return call()
-        except Exception as error:
-            if attempt > retries or not _retryable(error):
-                raise
-            sleep(_retry_delay(error, attempt))
-
-
-def _max_retries() -> int:
-    return int(os.environ.get("PREFECT_CLIENT_MAX_RETRIES") or MAX_RETRIES)
-
-
-def _retryable(error: Exception) -> bool:
-    """A retryable answer, or a request broken on the way (urllib wraps errors of the connect phase)."""
-    if isinstance(error, urllib.error.HTTPError):
-        extra = os.environ.get("PREFECT_CLIENT_RETRY_EXTRA_CODES") or ""
-        return error.code in RETRYABLE_STATUS | {int(code) for code in extra.split(",") if code.strip().isdigit()}
-    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
-        error = error.reason
-    return isinstance(error, BROKEN_REQUEST)
-
-
-def _retry_delay(error: Exception, attempt: int) -> float:
-    """At least the server's ``Retry-After`` (up to 20 % more), else 2**attempt s with 20 % jitter either way."""
-    headers = getattr(error, "headers", None)
-    asked = retry_after_seconds(headers.get("Retry-After")) if headers else None
-    if asked is not None:
-        return asked * random.uniform(1, 1 + JITTER)
-    return 2**attempt * random.uniform(1 - JITTER, 1 + JITTER)
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header in seconds (either form of RFC 9110: seconds or an HTTP date); None if unusable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+        return prefect_request(self.api_url, path, self.env["PREFECT_API_AUTH_STRING"], body, method)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""deployments/driver.py rides out a busy Prefect server (503 while SQLite is locked) like Prefect's client."""
+"""kinship.server_retries (deployments/driver.py, the local stack) rides out a busy Prefect server (503 while SQLite is locked) like Prefect's client."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.driver import JITTER, LocalStack, retry_after_seconds, with_server_retries
+from deployments.driver import LocalStack
+from kinship.server_retries import JITTER, retry_after_seconds, with_server_retries
 
 
 class FlakyServer(BaseHTTPRequestHandler):

@@ -442,16 +442,17 @@ def prefect_healthy(api_url: str, auth_string: str | None = None) -> bool:
 
 def prefect_api(api_url: str, path: str, auth_string: str | None, body: dict | None = None,
                 method: str | None = None) -> object | None:
-    """JSON answer of a Prefect REST call (POST when ``body`` is given), or None on any failure."""
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **auth_headers(auth_string)}
-    request = urllib.request.Request(f"{api_url}{path}", data=data, headers=headers,
-                                     method=method or ("POST" if data else "GET"))
+    """JSON answer of a Prefect REST call (POST when ``body`` is given), or None when it fails for good.
+
+    A busy server's retryable answers (503 while its SQLite is locked, 429, 502...) are retried as Prefect's
+    own client retries them (``kinship.server_retries``), so one locked moment never fails ``up``."""
+    from kinship.server_retries import prefect_request
+
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return json.loads(response.read() or b"{}")  # 204 No Content: {} (None means it failed)
+        answer = prefect_request(api_url, path, auth_string, body, method, timeout=5)
     except (urllib.error.URLError, OSError, ValueError):
         return None
+    return {} if answer is None else answer  # 204 No Content: {} (None means it failed)
 
 
 def heartbeat_seconds() -> int:

@@ -1,0 +1,102 @@
+"""Calls to a Prefect server's REST API that ride out its retryable answers the way Prefect's own client does.
+
+Used by every client of the server outside Prefect's own: ``deployments/driver.py`` and the local stack
+(``infra/local/localstack.py``). Plain urllib, no Prefect import: the stack script runs before any flow.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+
+def prefect_request(api_url: str, path: str, auth_string: str | None, body: dict | None = None,
+                    method: str | None = None, timeout: float = 30) -> object:
+    """JSON answer of a Prefect REST call (POST when ``body`` is given), retried as Prefect's client retries;
+    HTTP errors that are not retryable (401, 404, 422...) and refused connections raise at once."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if auth_string:
+        headers["Authorization"] = f"Basic {b64encode(auth_string.encode()).decode()}"
+    request = urllib.request.Request(f"{api_url}{path}", data=data, headers=headers,
+                                     method=method or ("POST" if data else "GET"))
+    return json.loads(with_server_retries(lambda: _read(request, timeout)) or b"null")
+
+
+# What Prefect's own client retries (prefect/client/base.py): answers 408, 429, 502 and 503 (its SQLite locked)
+# plus PREFECT_CLIENT_RETRY_EXTRA_CODES, and requests cut off by a timeout or a dropped connection; up to
+# PREFECT_CLIENT_MAX_RETRIES (5) times, 2, 4, 8, 16, 32 s apart with 20 % jitter, or at least the server's
+# Retry-After. 504 is added: a proxy's timeout is the same trouble as 502.
+RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
+MAX_RETRIES = 5
+JITTER = 0.2
+# Broken mid-request (Prefect: ReadTimeout, ReadError, WriteError, RemoteProtocolError). A refused connection
+# is not retried: Prefect retries it only once a client has connected, and a wrong URL should fail at once;
+# callers that wait out a restarting server poll with ``wait_for``.
+BROKEN_REQUEST = (TimeoutError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+                  http.client.IncompleteRead, http.client.BadStatusLine)
+
+
+def _read(request: urllib.request.Request, timeout: float = 30) -> bytes:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read()
+
+
+def with_server_retries(call, retries: int | None = None, sleep=time.sleep):
+    """``call()`` (one urllib request), retried as Prefect's client retries: see ``RETRYABLE_STATUS``."""
+    retries = _max_retries() if retries is None else retries
+    for attempt in range(1, retries + 2):
+        try:
+            return call()
+        except Exception as error:
+            if attempt > retries or not _retryable(error):
+                raise
+            sleep(_retry_delay(error, attempt))
+
+
+def _max_retries() -> int:
+    return int(os.environ.get("PREFECT_CLIENT_MAX_RETRIES") or MAX_RETRIES)
+
+
+def _retryable(error: Exception) -> bool:
+    """A retryable answer, or a request broken on the way (urllib wraps errors of the connect phase)."""
+    if isinstance(error, urllib.error.HTTPError):
+        extra = os.environ.get("PREFECT_CLIENT_RETRY_EXTRA_CODES") or ""
+        return error.code in RETRYABLE_STATUS | {int(code) for code in extra.split(",") if code.strip().isdigit()}
+    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
+        error = error.reason
+    return isinstance(error, BROKEN_REQUEST)
+
+
+def _retry_delay(error: Exception, attempt: int) -> float:
+    """At least the server's ``Retry-After`` (up to 20 % more), else 2**attempt s with 20 % jitter either way."""
+    headers = getattr(error, "headers", None)
+    asked = retry_after_seconds(headers.get("Retry-After")) if headers else None
+    if asked is not None:
+        return asked * random.uniform(1, 1 + JITTER)
+    return 2**attempt * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (either form of RFC 9110: seconds or an HTTP date); None if unusable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from kinship.cli.output import add_json_flag, console, print_json, progress_bars, table
+from kinship.cli.output import add_json_flag, console, parse_ints, print_json, progress_bars, table
 
 
 def register(subparsers) -> None:
@@ -36,16 +36,6 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def _ints(text: str, name: str) -> tuple[int, ...]:
-    from kinship.errors import UserError
-
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as error:
-        raise UserError(f"{name} must be comma-separated integers, got {text!r}") from error
-    if any(v < 1 for v in values):
-        raise UserError(f"{name} values must be at least 1, got {text!r}")
-    return values
 
 
 def config_from_args(args):
@@ -54,7 +44,7 @@ def config_from_args(args):
     from kinship.engines.build import EnginesConfig, training_split
     from kinship.errors import UserError
 
-    profile = _ints(args.profile, "--profile")
+    profile = parse_ints(args.profile, "--profile")
     if len(profile) != 3:
         raise UserError(f"--profile needs three values min,opt,max, got {args.profile!r}")
     options = EngineOptions(min_batch=profile[0], opt_batch=profile[1], max_batch=profile[2],
@@ -63,7 +53,7 @@ def config_from_args(args):
     return EnginesConfig(
         backend=check_backend_name(args.backend), variants=parse_variants(args.precisions), calibration=args.calibration,
         val_fraction=val_fraction, split_seed=split_seed, options=options, validation_limit=args.validation_pairs,
-        bench_batches=_ints(args.bench_batches, "--bench-batches"), bench_seconds=args.bench_seconds,
+        bench_batches=parse_ints(args.bench_batches, "--bench-batches"), bench_seconds=args.bench_seconds,
     )
 
 

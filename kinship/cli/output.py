@@ -84,3 +84,16 @@ def progress_bars(enabled: bool = True) -> Iterator:
             progress.update(tasks[event.stage], completed=event.done, total=event.total, info=info)
 
         yield on_event
+
+
+def parse_ints(text: str, name: str) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers >= 1 from the flag ``name``; a bad one is a one-line ``UserError``."""
+    from kinship.errors import UserError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as error:
+        raise UserError(f"{name} must be comma-separated integers, got {text!r}") from error
+    if any(v < 1 for v in values):
+        raise UserError(f"{name} values must be at least 1, got {text!r}")
+    return values

@@ -11,7 +11,7 @@ import json
 from dataclasses import fields, replace
 from pathlib import Path
 
-from kinship.cli.output import add_json_flag, console, key_value_table, print_json, progress_bars, table
+from kinship.cli.output import add_json_flag, console, key_value_table, parse_ints, print_json, progress_bars, table
 
 
 def register(subparsers) -> None:
@@ -69,12 +69,11 @@ def _train_config(args):
 
 def config_from_args(args):
     """The ``PipelineConfig`` of the command line."""
-    from kinship.cli.engines import _ints
     from kinship.engines.base import parse_variants
     from kinship.engines.calibration import CalibrationConfig
     from kinship.pipeline import EngineSettings, PipelineConfig
 
-    engines = EngineSettings(backend=args.backend, bench_batches=_ints(args.bench_batches, "--bench-batches"),
+    engines = EngineSettings(backend=args.backend, bench_batches=parse_ints(args.bench_batches, "--bench-batches"),
                              bench_seconds=args.bench_seconds, validation_pairs=args.validation_pairs).check()
     calibration = CalibrationConfig(batches=args.calibration_batches, batch_size=args.calibration_batch_size)
     return PipelineConfig(train=_train_config(args), precisions=parse_variants(args.precisions), engines=engines,

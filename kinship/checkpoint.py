@@ -6,7 +6,6 @@ a checkpoint is never unpickled as arbitrary code.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from kinship import __version__
 from kinship.errors import UserError
+from kinship.files import write_atomic
 from kinship.model import KinshipNet, ModelConfig, build_model
 
 FORMAT = "kinship-checkpoint/1"
@@ -21,11 +21,7 @@ FORMAT = "kinship-checkpoint/1"
 
 def save_atomic(payload: dict, path: Path) -> None:
     """Write ``payload`` with torch.save to a temp name, then rename: never a half-written ``.pt``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
 def model_payload(model: KinshipNet, metadata: dict) -> dict:

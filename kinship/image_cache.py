@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from kinship.files import file_digest, write_atomic
 from kinship.images import UnreadableImage, load_face, max_image_pixels
 from kinship.progress import ProgressEvent, silent
 
@@ -57,12 +58,10 @@ def load_or_build(
         on_progress(ProgressEvent("decode images (cached)", len(paths), len(paths)))
         return np.load(array_path, mmap_mode="r"), _reasons(json.loads(meta_path.read_text())["unreadable"])
     pixels, unreadable = decode_all(paths, size, on_progress, workers)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = array_path.with_suffix(f".partial-{os.getpid()}.npy")
-    np.save(partial, pixels)
     meta = {"images": len(paths), "size": size, "fingerprint": fingerprint, "unreadable": {str(i): r for i, r in unreadable.items()}}
-    meta_path.write_text(json.dumps(meta))
-    os.replace(partial, array_path)  # a crash mid-write never leaves a complete-looking cache
+    # the array first, its sidecar last: a crash mid-write never leaves a complete-looking cache
+    write_atomic(array_path, lambda handle: np.save(handle, pixels))
+    write_atomic(meta_path, json.dumps(meta))
     return np.load(array_path, mmap_mode="r"), unreadable
 
 
@@ -100,5 +99,5 @@ def content_fingerprint(paths: Sequence[Path]) -> str:
     """sha256 over the bytes of ``paths`` in order: a cache key for image sets outside a Dataset."""
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        digest.update(bytes.fromhex(file_digest(path)[0]))
     return digest.hexdigest()

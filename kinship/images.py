@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Mapping
@@ -12,7 +10,9 @@ from typing import BinaryIO, Mapping
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from kinship import files
 from kinship.errors import UserError
+from kinship.files import open_regular
 
 # Per-channel statistics used to normalise uint8 RGB into the network's input range.
 # 0.5/0.5 maps [0, 255] to [-1, 1]: simple, and recorded in every exported model's metadata.
@@ -98,19 +98,13 @@ def open_rgb(path: Path, max_pixels: int | None = None, follow_links: bool = Fal
 
 
 def _open_regular(path: Path, follow_links: bool) -> BinaryIO:
-    """``path`` opened for reading only if it is a regular file; never blocks on a fifo, never follows a link
-    unless asked. Checked on the open descriptor, so a file swapped for a link after listing is still caught."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    """``files.open_regular``, a refusal as ``NotRegularFile`` (a counted drop), any other failure as unreadable."""
     try:
-        fd = os.open(path, flags)
+        return open_regular(path, follow_links)
+    except files.NotRegularFile:
+        raise NotRegularFile(f"{path}: not a regular file (a symbolic link or special file)") from None
     except OSError as error:
-        if error.errno == errno.ELOOP:  # O_NOFOLLOW met a link
-            raise NotRegularFile(f"{path}: symbolic link") from None
         raise UnreadableImage(f"{path}: {error.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NotRegularFile(f"{path}: not a regular file")
-    return os.fdopen(fd, "rb")
 
 
 def _palette_is_gray(image: Image.Image) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from kinship.errors import UserError
+from kinship.files import file_digest
 from kinship.images import NotRegularFile, OversizedImage, UnreadableImage, max_image_pixels, open_rgb
 from kinship.progress import ProgressEvent, silent
 
@@ -712,18 +713,10 @@ def dataset_fingerprint(dataset: Dataset, on_progress: Callable[[ProgressEvent],
     entries = sorted((_relative(dataset.root, path), path) for path in images)
     digest = hashlib.sha256(b"kinship-dataset-v1\n")
     for done, (relative, path) in enumerate(entries, start=1):
-        digest.update(f"image\t{relative}\t{path.stat().st_size}\t{_file_sha256(path)}\n".encode())
+        digest.update(f"image\t{relative}\t{path.stat().st_size}\t{file_digest(path)[0]}\n".encode())
         on_progress(ProgressEvent("fingerprint", done, len(entries)))
     for row in sorted((r.p1, r.p2, r.kind) for r in dataset.relationships):
         digest.update(("relationship\t" + "\t".join(row) + "\n").encode())
     for pair in sorted((p.left, p.right, str(p.label), str(p.kind)) for p in dataset.test_pairs):
         digest.update(("test_pair\t" + "\t".join(pair) + "\n").encode())
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
     return digest.hexdigest()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kinship.errors import UserError
+from kinship.files import write_atomic
 from kinship.evaluate import test_pixels
 from kinship.images import load_face_for_user, to_network_input
 from kinship.inference import PairScorer, open_scorer, score_image_pairs, validation_threshold
@@ -47,13 +48,11 @@ def write_submission(model_path: Path, data_dir: Path, out: Path, on_progress=si
 
 
 def _write_csv_atomic(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["img_pair", "is_related"])
-        writer.writerows((pair, f"{prob:.6f}") for pair, prob in rows)
-    os.replace(partial, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["img_pair", "is_related"])
+    writer.writerows((pair, f"{prob:.6f}") for pair, prob in rows)
+    write_atomic(path, text.getvalue())
 
 
 @dataclass

@@ -17,7 +17,6 @@ again, and the ones under way when an upload fails or is interrupted.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import json
@@ -26,10 +25,8 @@ import os
 import random
 import re
 import shutil
-import stat
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +35,9 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 from kinship.errors import UserError
+from kinship.files import (
+    NotRegularFile, file_digest, open_regular, stream_digest, temp_sibling, unlink_quietly, write_atomic,
+)
 from kinship.progress import ProgressEvent, silent
 
 MiB = 1024 * 1024
@@ -273,17 +273,6 @@ def _file_path(uri: str, netloc: str, path: str) -> str:
     return path.rstrip("/") or "/"
 
 
-def file_digest(path: str | Path) -> tuple[str, int]:
-    """sha256 hex digest and size in bytes of a local file."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(4 * MiB):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 @dataclass(frozen=True)
 class _LocalFile:
     """A regular file opened for upload, with the digest of the bytes read from that same handle."""
@@ -295,21 +284,13 @@ class _LocalFile:
 
 
 def _open_regular(path: Path) -> BinaryIO:
-    """Open ``path`` for reading only if it is itself a regular file: never through a symbolic link, never a fifo,
-    socket or device. lstat first, so a device is never opened; then O_NOFOLLOW and O_NONBLOCK (a fifo swapped
-    in meanwhile must not block the open) and fstat, so what is read is the file that was checked."""
+    """``files.open_regular``, its refusals as one-line ``UserError``s naming the path."""
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            raise UserError(f"not a regular file ({NOT_FOLLOWED}, not followed): {path}")
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return open_regular(path)
+    except NotRegularFile:
+        raise UserError(f"not a regular file ({NOT_FOLLOWED}, not followed): {path}") from None
     except OSError as error:
-        if error.errno in (errno.ELOOP, errno.ENXIO):  # became a link, or a socket, since the lstat
-            raise UserError(f"not a regular file ({NOT_FOLLOWED}, not followed): {path}") from None
         raise UserError(f"cannot read {path}: {error.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UserError(f"not a regular file ({NOT_FOLLOWED}, not followed): {path}")
-    return os.fdopen(fd, "rb")
 
 
 @contextmanager
@@ -317,12 +298,8 @@ def _regular_file(path: Path) -> Iterator[_LocalFile]:
     """``path`` opened by ``_open_regular`` and hashed; uploads read the same handle, so the bytes sent are the
     bytes hashed from the file that was checked, even if the path is swapped for a link meanwhile."""
     with _open_regular(path) as handle:
-        digest = hashlib.sha256()
-        size = 0
-        while chunk := handle.read(4 * MiB):
-            digest.update(chunk)
-            size += len(chunk)
-        yield _LocalFile(path, handle, digest.hexdigest(), size)
+        sha256, size = stream_digest(handle)
+        yield _LocalFile(path, handle, sha256, size)
 
 
 def _check_ref(ref: ArtifactRef, what: str) -> ArtifactRef:
@@ -331,43 +308,14 @@ def _check_ref(ref: ArtifactRef, what: str) -> ArtifactRef:
     return ref
 
 
-def _temp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:12]}")
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
 def _copy_atomic(source: Path | BinaryIO, dest: Path) -> Path:
     """Copy ``source`` (a path, or an open file read from its start) to ``dest`` through a temporary name, so
     ``dest`` is either absent or complete."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_sibling(dest)
-    try:
-        if isinstance(source, Path):
-            shutil.copyfile(source, temp)
-        else:
-            source.seek(0)
-            with open(temp, "wb") as out:
-                shutil.copyfileobj(source, out, 4 * MiB)
-        os.replace(temp, dest)
-    finally:
-        _unlink_quietly(temp)
-    return dest
-
-
-def _write_bytes_atomic(data: bytes, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_sibling(dest)
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, dest)
-    finally:
-        _unlink_quietly(temp)
+    if isinstance(source, Path):
+        with open(source, "rb") as handle:
+            return write_atomic(dest, lambda out: shutil.copyfileobj(handle, out, 4 * MiB))
+    source.seek(0)
+    return write_atomic(dest, lambda out: shutil.copyfileobj(source, out, 4 * MiB))
 
 
 # ---------------------------------------------------------------- the cache
@@ -389,21 +337,21 @@ class HashCache:
             return None
         if file_digest(path) == (ref.sha256, ref.size):
             return path
-        _unlink_quietly(path)  # damaged: fetch again rather than serve it
+        unlink_quietly(path)  # damaged: fetch again rather than serve it
         return None
 
     def fill(self, ref: ArtifactRef, fetch: Callable[[Path], None]) -> Path:
         """Fetch into a temporary file, verify it against ``ref``, then move it into the cache."""
         final = self.path(ref.sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
-        temp = _temp_sibling(final)
+        temp = temp_sibling(final)
         try:
             fetch(temp)
             verify_file(temp, ref)
             temp.chmod(0o444)  # cached content is shared by every later read; nobody should edit it
             os.replace(temp, final)
         finally:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
         return final
 
 
@@ -755,7 +703,7 @@ class _BaseStore:
 
     def _assemble_tree(self, prefix_loc: StoreURI, manifest: dict[str, ArtifactRef], manifest_bytes: bytes, dest: Path, on_progress: Progress) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        temp = _temp_sibling(dest)
+        temp = temp_sibling(dest)
         targets = [(ref, temp / _relative_key(parse_uri(ref.uri), prefix_loc)) for ref in manifest.values()]
         workers = max(1, min(self.settings.max_workers, len(targets)))
         try:
@@ -989,7 +937,7 @@ class S3Store(_BaseStore):
 
     def _download(self, loc: StoreURI, dest: Path, on_bytes: Callable[[int], None]) -> None:
         def attempt() -> None:
-            _unlink_quietly(dest)
+            unlink_quietly(dest)
             self.client.download_file(loc.bucket, loc.key, str(dest), Config=self._transfer_config, Callback=on_bytes)
 
         self._call(f"download s3://{loc.bucket}/{loc.key}", attempt)
@@ -1196,7 +1144,7 @@ class LocalStore(_BaseStore):
     def _write_meta(self, path: Path, sha256: str, size: int) -> None:
         meta = self._meta_path(path)
         if meta is not None:
-            _write_bytes_atomic(json.dumps({"sha256": sha256, "size": size}).encode(), meta)
+            write_atomic(meta, json.dumps({"sha256": sha256, "size": size}).encode())
 
     def _upload_file(self, source: _LocalFile, loc: StoreURI, on_bytes: Callable[[int], None], cancel: _Cancel) -> None:
         cancel.check()
@@ -1207,7 +1155,7 @@ class LocalStore(_BaseStore):
 
     def _upload_bytes(self, data: bytes, loc: StoreURI, sha256: str) -> None:
         target = Path(loc.key)
-        _write_bytes_atomic(data, target)
+        write_atomic(target, data)
         self._write_meta(target, sha256, len(data))
 
     def _version(self, loc: StoreURI) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -24,6 +23,7 @@ from kinship.baseline import BaselineComparison, pixel_baseline
 from kinship.checkpoint import model_payload, read_checkpoint, save_atomic
 from kinship.data import PreparedData, SplitConfig, prepare
 from kinship.errors import UserError
+from kinship.files import write_atomic
 from kinship.images import to_network_input
 from kinship.metrics import verification_report
 from kinship.model import ModelConfig, build_model
@@ -236,9 +236,7 @@ def load_run_config(run_dir: Path) -> TrainConfig:
 
 
 def _write_json_atomic(path: Path, payload) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(payload, indent=2))
-    os.replace(partial, path)
+    write_atomic(path, json.dumps(payload, indent=2))
 
 
 class WarmupCosine:

@@ -14,6 +14,7 @@ from PIL import Image
 from kinship import layout
 from kinship.cli import main
 from kinship.errors import UserError
+from kinship.files import file_digest
 from kinship.layout import UNKNOWN_TYPE, dataset_fingerprint, parse_img_pair, read_dataset
 
 SIZE = (32, 32)
@@ -458,4 +459,4 @@ def test_fingerprint_follows_content_not_location(clean, tmp_path):
 def test_file_hash_in_chunks_matches_whole_file_hash(tmp_path):
     path = tmp_path / "big.bin"
     path.write_bytes(bytes(range(256)) * 9000 + b"tail")  # a little over 2 MiB: crosses chunk boundaries
-    assert layout._file_sha256(path, chunk=1 << 20) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_digest(path, chunk=1 << 20)[0] == hashlib.sha256(path.read_bytes()).hexdigest()

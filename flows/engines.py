@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.naming import engines_run_name
-from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings, PrecisionName
+from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig, PrecisionName
 from tasks.data import clean_work, fetch_data_set
 from tasks.engines import (
     benchmark_engines, build_engine, choose_backend, engine_outcome, fetch_inputs, read_train_manifest,
@@ -16,7 +16,7 @@ from tasks.runtime import new_run_id_for_this_run
 
 @flow(name="kinship-engines", flow_run_name=engines_run_name)
 def engines_flow(train_manifest: str, precisions: list[PrecisionName] = list(DEFAULT_PRECISIONS),
-                 engines: EngineSettings = EngineSettings(), run_id: str | None = None, force: bool = False) -> dict:
+                 engines: EngineConfig = EngineConfig(), run_id: str | None = None, force: bool = False) -> dict:
     """Engines for the model named by the training manifest at ``train_manifest``; return the engines manifest.
 
     A precision whose build fails is a ``failed`` row with its reason; the others are built and reported.

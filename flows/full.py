@@ -8,14 +8,14 @@ from prefect import flow
 from flows.naming import full_run_name
 from kinship.baseline import REQUIRED_MARGIN
 from kinship.engines.calibration import CalibrationConfig
-from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings, PrecisionName
+from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig, PrecisionName
 from kinship.train_config import TrainConfig
 from tasks.orchestration import plan_run, promote_champion, publish_report, run_engines, run_training
 
 
 @flow(name="kinship", flow_run_name=full_run_name)
 def kinship_flow(dataset_uri: str, train: TrainConfig = TrainConfig(), precisions: list[PrecisionName] = list(DEFAULT_PRECISIONS),
-                 engines: EngineSettings = EngineSettings(), calibration: CalibrationConfig = CalibrationConfig(),
+                 engines: EngineConfig = EngineConfig(), calibration: CalibrationConfig = CalibrationConfig(),
                  force: bool = False, required_margin: float = REQUIRED_MARGIN) -> dict:
     """Train on ``dataset_uri``, build engines at ``precisions``, promote if better, report; ``force`` skips caches.
 

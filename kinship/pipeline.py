@@ -29,14 +29,15 @@ import secrets
 import shutil
 import socket
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 from kinship import __version__
 from kinship.baseline import REQUIRED_MARGIN
 from kinship.engines.calibration import CalibrationConfig
+from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig
 from kinship.errors import KinshipError, UserError
 from kinship.progress import ProgressEvent, silent
 from kinship.storage import (
@@ -52,34 +53,7 @@ CHECKPOINT_FORMAT = "kinship-train-checkpoint/1"
 CHECKPOINT_FILES = ("checkpoints/last.pt", "model.pt")  # what train() needs to continue, relative to its run folder
 ENGINES_MANIFEST_FORMAT = "kinship-engines-manifest/1"
 ONNX_FILES = ("model.onnx", "model.encoder.onnx", "model.head.onnx")
-DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
-# The build variants of ``kinship.engines.base.VARIANTS``, as a type (flow parameter schemas list them).
-PrecisionName = Literal["fp32", "tf32", "fp16", "int8", "int8-qdq"]
-# ``auto`` or a backend of ``kinship.engines.base.BACKENDS``: deployments refuse anything else before a run starts.
-BackendName = Literal["auto", "onnxruntime", "tensorrt"]
 Progress = Callable[[ProgressEvent], None]
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How the engine stage builds and measures: backend (``auto`` picks TensorRT on NVIDIA hosts) and bench."""
-
-    backend: BackendName = "auto"
-    bench_batches: tuple[int, ...] = (1, 8, 64)
-    bench_seconds: float = 1.0
-    warmup_seconds: float = 0.3
-    validation_pairs: int = 0  # 0 = every validation pair
-
-    def check(self) -> "EngineSettings":
-        """Return self, or raise ``UserError`` naming the first bad value."""
-        from kinship.engines.base import check_backend_name
-
-        check_backend_name(self.backend)
-        if any(int(b) < 1 for b in self.bench_batches):
-            raise UserError(f"bench_batches must all be at least 1, got {list(self.bench_batches)}")
-        if self.bench_seconds <= 0 or self.warmup_seconds < 0 or self.validation_pairs < 0:
-            raise UserError("bench_seconds must be > 0; warmup_seconds and validation_pairs >= 0")
-        return self
 
 
 @dataclass(frozen=True)
@@ -88,7 +62,7 @@ class PipelineConfig:
 
     train: TrainConfig = TrainConfig()
     precisions: tuple[str, ...] = DEFAULT_PRECISIONS
-    engines: EngineSettings = EngineSettings()
+    engines: EngineConfig = EngineConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     required_margin: float = REQUIRED_MARGIN  # over raw-pixel cosine, for promotion to champion
 
@@ -401,7 +375,7 @@ def fetch_calibration(store: ArtifactStore, manifest: dict, work_dir: Path) -> P
     return store.get_file(_ref(manifest["artifacts"]["calibration.npz"]), Path(work_dir) / "calibration.npz")
 
 
-def engines_config(variant: str, settings: EngineSettings, train: TrainConfig, calibration: Path | None) -> "EnginesConfig":
+def engines_config(variant: str, settings: EngineConfig, train: TrainConfig, calibration: Path | None) -> "EnginesConfig":
     """The ``kinship.engines.build`` configuration of one variant, on the model's own family split.
 
     It builds and validates only: ``benchmark_stage`` times every built variant together afterwards.
@@ -410,24 +384,32 @@ def engines_config(variant: str, settings: EngineSettings, train: TrainConfig, c
 
     return EnginesConfig(
         backend=settings.backend, variants=(variant,), calibration=calibration if variant.startswith("int8") else None,
-        val_fraction=train.val_fraction, split_seed=train.seed, validation_limit=settings.validation_pairs,
-        bench_batches=(),
+        val_fraction=train.val_fraction, split_seed=train.seed, options=build_options(settings),
+        validation_limit=settings.validation_pairs, bench_batches=(),
     )
 
 
-def bench_config(settings: EngineSettings, train: TrainConfig) -> "EnginesConfig":
+def bench_config(settings: EngineConfig, train: TrainConfig) -> "EnginesConfig":
     """The ``kinship.engines.build`` configuration of the batch sweep over every built variant."""
     from kinship.engines.build import EnginesConfig
 
     return EnginesConfig(
         backend=settings.backend, val_fraction=train.val_fraction, split_seed=train.seed,
-        bench_batches=tuple(int(b) for b in settings.bench_batches), bench_seconds=settings.bench_seconds,
-        warmup_seconds=settings.warmup_seconds,
+        options=build_options(settings), bench_batches=tuple(int(b) for b in settings.bench_batches),
+        bench_seconds=settings.bench_seconds, warmup_seconds=settings.warmup_seconds,
+        bench_rounds=settings.bench_rounds,
     )
 
 
+def build_options(settings: EngineConfig) -> "EngineOptions":
+    """The build knobs of ``settings`` (profile, workspace, calibration method, threads, ...) as the builders take them."""
+    from kinship.engines.base import EngineOptions
+
+    return EngineOptions(**{f.name: getattr(settings, f.name) for f in fields(EngineOptions)})
+
+
 def benchmark_stage(store: ArtifactStore, onnx: Path, variants: list[dict], dataset: DatasetHandle,
-                    settings: EngineSettings, train: TrainConfig, work_dir: Path,
+                    settings: EngineConfig, train: TrainConfig, work_dir: Path,
                     on_progress: Progress = silent) -> list[dict]:
     """Time every built variant side by side, after all the builds; return the variants with figures.
 
@@ -468,7 +450,8 @@ def benchmark_stage(store: ArtifactStore, onnx: Path, variants: list[dict], data
     if sweep.torch:
         context["torch"] = sweep.torch
     rows = [EngineResult.from_dict({k: v for k, v in t["row"].items() if k != "summary"}) for t in timed if t.get("context")]
-    context = {**measure_context(Path(onnx), rows, context), **context}  # the machine ceiling, measured now
+    context = {**measure_context(Path(onnx), rows, context, ceiling_seconds=settings.ceiling_seconds),  # measured now
+               **context}
     return [{**t, "context": {**context, "notes": t["context"].get("notes", [])}} if t.get("context") else t for t in timed]
 
 
@@ -478,7 +461,7 @@ def without_speeds(variants: list[dict], reason: str) -> list[dict]:
 
 
 def engine_stage(store: ArtifactStore, onnx: Path, dataset: DatasetHandle, calibration: Path | None, variant: str,
-                 settings: EngineSettings, train: TrainConfig, work_dir: Path, prefix: str,
+                 settings: EngineConfig, train: TrainConfig, work_dir: Path, prefix: str,
                  on_progress: Progress = silent) -> dict:
     """Build, validate and benchmark one variant; upload its engine folder; return its record and report row."""
     from kinship.engines.base import variant_dir
@@ -635,7 +618,7 @@ def open_local_store(out: Path) -> LocalStore:
     return LocalStore(Path(out) / "store", settings)
 
 
-def check_engine_request(precisions, settings: EngineSettings) -> list[str]:
+def check_engine_request(precisions, settings: EngineConfig) -> list[str]:
     """The precisions, parsed, after checking them and the engine settings; ``UserError`` names the first bad value.
 
     Checked before any work, so a mistake costs nothing (the parameter schema cannot see these rules).

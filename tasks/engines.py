@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from prefect import task
@@ -11,7 +10,8 @@ from prefect.logging import get_run_logger
 
 from kinship import pipeline
 from kinship.errors import ArtifactMismatch, reason_of
-from kinship.pipeline import DatasetHandle, EngineSettings
+from kinship.engines.config import EngineConfig
+from kinship.pipeline import DatasetHandle
 from kinship.run_report import engine_table
 from kinship.storage import ArtifactRef, file_digest
 from kinship.train_config import TrainConfig
@@ -40,7 +40,7 @@ def fetch_inputs(manifest: dict, run_id: str) -> dict:
 
 
 @task(name="choose backend")
-def choose_backend(settings: EngineSettings) -> str:
+def choose_backend(settings: EngineConfig) -> str:
     """The backend this host will build with: TensorRT where it imports and sees a GPU, else ONNX Runtime."""
     from kinship.engines.base import resolve_backend
 
@@ -49,18 +49,26 @@ def choose_backend(settings: EngineSettings) -> str:
     return backend
 
 
+# The knobs that change what a build makes, beyond backend and validation pairs (always in the key). Each joins
+# the key only when set away from its default, so the engines cached before it was settable stay valid.
+BUILD_KNOBS = ("min_batch", "opt_batch", "max_batch", "workspace_mib", "calibration_method", "threads", "reduce_range",
+               "companions")
+
+
 def _engine_key(context, parameters: dict) -> str:
     inputs = parameters["inputs"]
     variant = parameters["variant"]
     calibration = inputs["calibration_sha256"] if variant.startswith("int8") else None
-    settings = {k: v for k, v in asdict(parameters["settings"]).items() if k in ("backend", "validation_pairs")}
+    given, default = parameters["settings"], EngineConfig()
+    settings = {"backend": given.backend, "validation_pairs": given.validation_pairs}
+    settings.update({k: getattr(given, k) for k in BUILD_KNOBS if getattr(given, k) != getattr(default, k)})
     return cache_key("engine", inputs["onnx_sha256"], variant, parameters["backend"], calibration,
                      parameters["dataset"].sha256, settings)  # the speeds are measured later, by benchmark_engines
 
 
 @task(name="build engine", cache_key_fn=_engine_key, task_run_name="engine {variant} ({backend})",
       **ONE_RETRY)
-def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: str, settings: EngineSettings,
+def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: str, settings: EngineConfig,
                  run_id: str) -> dict:
     """Build and validate one precision against FP32; upload the engine folder (``benchmark_engines`` times it).
 
@@ -98,7 +106,7 @@ def engine_outcome(state, variant: str, backend: str) -> dict:
 
 
 @task(name="benchmark engines", task_run_name="benchmark {backend} engines side by side")
-def benchmark_engines(inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str, settings: EngineSettings,
+def benchmark_engines(inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str, settings: EngineConfig,
                       run_id: str) -> list[dict]:
     """Every built precision timed together in alternating slices, after the builds; the variants with figures.
 

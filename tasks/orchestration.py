@@ -16,7 +16,7 @@ from prefect.runtime import flow_run as this_run
 from kinship import pipeline
 from kinship.champion import promote_if_better
 from kinship.engines.calibration import CalibrationConfig
-from kinship.pipeline import EngineSettings
+from kinship.engines.config import EngineConfig
 from kinship.run_report import publish_run_report
 from kinship.train_config import TrainConfig
 from tasks.runtime import ONE_RETRY, open_store
@@ -33,7 +33,7 @@ class ChildRunFailed(RuntimeError):
 
 
 @task(name="plan run")
-def plan_run(dataset_uri: str, precisions: list[str], engines: EngineSettings) -> dict:
+def plan_run(dataset_uri: str, precisions: list[str], engines: EngineConfig) -> dict:
     """The run's id and names, stable across retries of this parent run (its id and scheduled time).
 
     Checks the values the parameter schema cannot (a backend name, an empty precision list, bench
@@ -103,7 +103,7 @@ def run_training(run: dict, dataset_uri: str, train: TrainConfig, calibration: C
 
 
 @task(name="run engines", task_run_name="kinship-engines on cuda")
-def run_engines(run: dict, train_manifest: dict, precisions: list[str], engines: EngineSettings, force: bool) -> dict:
+def run_engines(run: dict, train_manifest: dict, precisions: list[str], engines: EngineConfig, force: bool) -> dict:
     """The ``kinship-engines`` deployment for this run's model; returns its manifest, read back from the store."""
     parameters = {"train_manifest": train_manifest["manifest"]["uri"], "precisions": list(precisions),
                   "engines": asdict(engines), "run_id": run["run_id"], "force": force}

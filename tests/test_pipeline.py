@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from kinship.champion import CHAMPION_KEY, decide, promote_if_better, read_champion
+from kinship.engines.config import EngineConfig
 from kinship.run_report import render
 from kinship.pipeline import (
-    ENGINES_MANIFEST_FORMAT, ONNX_FILES, TRAIN_MANIFEST_FORMAT, EngineSettings, NoEngineBuilt, PipelineConfig,
+    ENGINES_MANIFEST_FORMAT, ONNX_FILES, TRAIN_MANIFEST_FORMAT, NoEngineBuilt, PipelineConfig,
     _engines_half, _resume_possible, local_dataset, open_local_store, read_manifest, require_an_engine, run_pipeline,
 )
 from kinship.storage import file_digest, parse_uri
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = PipelineConfig(
     train=TrainConfig(epochs=1, image_size=32, width=8, embedding_dim=32, max_batches_per_epoch=4),
     precisions=("fp32", "int8"),
-    engines=EngineSettings(bench_batches=(1, 8), bench_seconds=0.2, warmup_seconds=0.05),
+    engines=EngineConfig(bench_batches=(1, 8), bench_seconds=0.2, warmup_seconds=0.05),
     required_margin=-1.0,  # a 4-batch model tests the plumbing; the raw-pixel gate has its own test below
 )
 
@@ -229,6 +230,6 @@ def test_precision_type_lists_every_engine_variant() -> None:
     from typing import get_args
 
     from kinship.engines.base import VARIANTS
-    from kinship.pipeline import PrecisionName
+    from kinship.engines.config import PrecisionName
 
     assert get_args(PrecisionName) == VARIANTS

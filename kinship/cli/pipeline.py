@@ -17,10 +17,10 @@ from kinship.cli.output import add_json_flag, console, key_value_table, parse_in
 def register(subparsers) -> None:
     from kinship.baseline import REQUIRED_MARGIN
     from kinship.engines.calibration import CalibrationConfig
-    from kinship.pipeline import DEFAULT_PRECISIONS, EngineSettings
+    from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig
     from kinship.train_config import TrainConfig
 
-    train, engines, calibration = TrainConfig(), EngineSettings(), CalibrationConfig()
+    train, engines, calibration = TrainConfig(), EngineConfig(), CalibrationConfig()
     parser = subparsers.add_parser(
         "pipeline", help="train, export, calibrate, build engines, report and promote: all in this process",
         description="Run every stage of the kinship workflow in this process (no Prefect server): train on "
@@ -71,10 +71,11 @@ def config_from_args(args):
     """The ``PipelineConfig`` of the command line."""
     from kinship.engines.base import parse_variants
     from kinship.engines.calibration import CalibrationConfig
-    from kinship.pipeline import EngineSettings, PipelineConfig
+    from kinship.engines.config import EngineConfig
+    from kinship.pipeline import PipelineConfig
 
-    engines = EngineSettings(backend=args.backend, bench_batches=parse_ints(args.bench_batches, "--bench-batches"),
-                             bench_seconds=args.bench_seconds, validation_pairs=args.validation_pairs).check()
+    engines = EngineConfig(backend=args.backend, bench_batches=parse_ints(args.bench_batches, "--bench-batches"),
+                           bench_seconds=args.bench_seconds, validation_pairs=args.validation_pairs).check()
     calibration = CalibrationConfig(batches=args.calibration_batches, batch_size=args.calibration_batch_size)
     return PipelineConfig(train=_train_config(args), precisions=parse_variants(args.precisions), engines=engines,
                           calibration=calibration, required_margin=args.required_margin)

@@ -15,7 +15,7 @@ from kinship.engines.bench import (
     BenchResult, bench_engine, bench_interleaved, bench_test_set_scoring, bench_torch, benchmark, default_threads,
     keep_freed_memory, merge_slices, percentile_nearest_rank, ratio, summarise, timing_stats,
 )
-from kinship.engines.ceiling import matmul_gflops, model_flops_per_pair, share_of_ceiling, torch_flops_per_pair
+from kinship.engines.ceiling import matmul_gflops, model_flops_per_pair, torch_flops_per_pair
 from kinship.errors import UserError
 
 SIZE = 32  # conftest's TINY_TRAIN image size
@@ -286,12 +286,11 @@ def test_flops_of_a_file_that_is_not_onnx(tmp_path):
         model_flops_per_pair(bad)
 
 
-def test_matmul_rates_and_shares():
+def test_matmul_rates():
     for library in ("torch", "numpy", "onnxruntime"):
         assert 0 < matmul_gflops(duration_s=0.02, n=64, threads=1, library=library) < math.inf
     with pytest.raises(ValueError):
         matmul_gflops(0.01, 8, library="fortran")
-    assert share_of_ceiling(100.0, 2_000_000_000, 400.0) == (200.0, 0.5)
 
 
 # --- the command line ------------------------------------------------------------------------------

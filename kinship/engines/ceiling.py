@@ -130,12 +130,6 @@ def machine_ceiling(duration_s: float = 2.0, n: int = 1024, threads: int | None 
                    max(cpu[lib] for lib in CEILING_LIBRARIES), cpu, n, threads, duration_s)
 
 
-def share_of_ceiling(pairs_per_s: float, flops_per_pair: int, ceiling_gflops: float) -> tuple[float, float]:
-    """(achieved GFLOP/s, fraction of the ceiling) for an engine running ``pairs_per_s``."""
-    achieved = pairs_per_s * flops_per_pair / 1e9
-    return achieved, achieved / ceiling_gflops
-
-
 # --- FLOPs from the ONNX graph ---------------------------------------------------------------------
 
 

@@ -1,18 +1,12 @@
 """The engine report: ``report.json``, ``report.md`` and PNG plots, one row per engine variant.
 
-How the build step calls this. ``kinship/engines/build.py`` hands over its whole result::
-
-    write_engines_report(EnginesResult.to_dict(), out_dir)   # -> [report.json, report.md, *.png]
-
-which maps each ``EngineRecord.to_dict()`` to an ``EngineResult`` (``engine_result_from_record``) and
-measures the machine ceiling, FLOPs per pair and PyTorch eager (a ``.pt`` beside the ONNX) for the
-context. For the ROC plot a record needs ``"roc": roc_points(labels, engine_logits)``. Code that
-builds rows itself calls ``write_report`` directly::
+``kinship.engines.build`` turns each variant's outcome into an ``EngineResult`` row and calls
+``write_report``; the pipeline's report stage calls it with the rows of every variant it built::
 
     rows = [
         EngineResult("onnxruntime", "fp32", "ok", path=..., size_bytes=..., build_seconds=...,
-                     validation=validation_summary(labels, logits, fp32_logits, threshold),
-                     bench={batch: bench_engine(engine, batch, ...).to_dict() for batch in (1, 8, 64, 256)},
+                     validation={"max_abs_diff": ..., "agreement": ..., "auc": ..., ...},
+                     bench={batch: BenchResult.to_dict() for batch in (1, 8, 64, 256)},
                      roc=roc_points(labels, logits)),
         EngineResult.not_applicable("onnxruntime", "tf32", "TF32 is a tensor-core format ..."),
         EngineResult.failed("onnxruntime", "int8", "build failed: ..."),     # no figures, ever
@@ -23,7 +17,8 @@ builds rows itself calls ``write_report`` directly::
 (default 64, the batch of the table); ``threads``; ``machine`` (dict, shown as is); ``ceiling``
 (``Ceiling.to_dict()``); ``flops_per_pair`` (``model_flops_per_pair``); ``torch`` (``{batch:
 BenchResult.to_dict()}`` for PyTorch eager at the same threads); ``scoring``
-(``ScoringComparison.to_dict()``); ``notes`` (list of lines).
+(``ScoringComparison.to_dict()``); ``notes`` (list of lines). ``measure_context`` measures the
+ceiling, the FLOPs per pair and PyTorch eager for it.
 
 Rows that failed or do not apply keep only their reason: any figures they carry are dropped, so
 no table or plot ever shows numbers that were not measured for that row.
@@ -37,6 +32,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+
+from kinship.engines.base import precision_of
 
 STATUS_OK, STATUS_FAILED, STATUS_NOT_APPLICABLE = "ok", "failed", "not applicable"
 STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_NOT_APPLICABLE)
@@ -103,10 +100,6 @@ class EngineResult:
         return asdict(self)
 
 
-def precision_of(variant: str) -> str:
-    return "int8" if variant.startswith("int8") else variant
-
-
 def roc_points(labels: np.ndarray, logits: np.ndarray, max_points: int = 200) -> dict:
     """ROC curve points for the report, thinned to at most ``max_points`` (ends kept)."""
     from kinship.metrics import roc_curve
@@ -116,23 +109,6 @@ def roc_points(labels: np.ndarray, logits: np.ndarray, max_points: int = 200) ->
         keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
         fpr, tpr = fpr[keep], tpr[keep]
     return {"fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]}
-
-
-def validation_summary(labels: np.ndarray, logits: np.ndarray, reference_logits: np.ndarray, threshold: float) -> dict:
-    """The ``validation`` dict of a row: closeness to the FP32 reference logits, then quality."""
-    from kinship.metrics import accuracy, bce_with_logits, roc_auc
-
-    logits = np.asarray(logits, dtype=np.float64)
-    reference = np.asarray(reference_logits, dtype=np.float64)
-    difference = np.abs(logits - reference)
-    return {
-        "max_abs_diff": float(difference.max()),
-        "mean_abs_diff": float(difference.mean()),
-        "agreement": float(np.mean((logits >= threshold) == (reference >= threshold))),
-        "auc": roc_auc(labels, logits),
-        "accuracy": accuracy(labels, logits, threshold),
-        "loss": bce_with_logits(labels, logits),
-    }
 
 
 # --- figures derived for the table ------------------------------------------------------------------
@@ -400,87 +376,7 @@ def _md_row(cells) -> str:
     return "| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
 
 
-# --- from ``kinship.engines.build``'s result --------------------------------------------------------
-
-
-def write_engines_report(result: dict, out_dir: Path, measure: bool = True) -> list[Path]:
-    """The report for ``EnginesResult.to_dict()``: its records become rows, its setup the context.
-
-    With ``measure`` the machine ceiling (GEMM, ~2 s), the FLOPs per pair and, when a ``.pt`` sits
-    beside the ONNX file, PyTorch eager at the reference batch are measured now, unless ``result``
-    already holds them (keys ``ceiling``, ``flops_per_pair``, ``torch``). A record may carry ``roc``
-    (``roc_points``) for the ROC plot. Returns [report.json, report.md, plots...].
-    """
-    rows = [engine_result_from_record(record) for record in result.get("engines", [])]
-    context = {
-        "title": f"Engines for {Path(result.get('onnx', 'model.onnx')).name}",
-        "model": result.get("onnx"),
-        "machine": {"backend": result.get("backend_note") or result.get("backend"), **(result.get("environment") or {})},
-        "notes": _result_notes(result),
-    }
-    context.update({k: result[k] for k in ("ceiling", "flops_per_pair", "torch", "threads", "reference_batch") if k in result})
-    if measure and result.get("onnx"):
-        context = {**measure_context(Path(result["onnx"]), rows, context), **context}
-    json_path, md_path = write_report(rows, out_dir, context)
-    plots = json.loads(json_path.read_text())["plots"]
-    return [json_path, md_path] + [Path(out_dir) / name for name in plots.values()]
-
-
-def engine_result_from_record(record: dict) -> EngineResult:
-    """One ``EngineRecord.to_dict()`` as a report row."""
-    build, validation = record.get("build") or {}, record.get("validation") or {}
-    status = STATUS_OK if record.get("status") in (STATUS_OK, "built") else record.get("status")
-    row = EngineResult(
-        record["backend"], record.get("precision") or precision_of(record["variant"]), status,
-        reason=record.get("reason") or ("" if status == STATUS_OK else "no reason recorded"),
-        variant=record.get("variant", ""), path=build.get("path"), size_bytes=build.get("size_bytes"),
-        build_seconds=build.get("seconds"), validation=_validation_of(validation) if validation else None,
-        bench={b["batch"]: b for b in record.get("bench") or []},
-        int8_size_explanation=explain_int8_size(build.get("size_explanation") or {}),
-        roc=record.get("roc") or validation.get("roc"),
-    )
-    return row
-
-
-def _validation_of(validation: dict) -> dict:
-    agreement, metrics = validation.get("agreement") or {}, validation.get("metrics") or {}
-    return {
-        "max_abs_diff": agreement.get("max_abs_diff"), "mean_abs_diff": agreement.get("mean_abs_diff"),
-        "agreement": agreement.get("decision_agreement"), "auc": metrics.get("auc"),
-        "accuracy": metrics.get("accuracy"), "loss": metrics.get("loss"),
-        "auc_delta": validation.get("auc_delta"), "acceptable": validation.get("acceptable"),
-        "companion_max_abs_diff": validation.get("companion_max_abs_diff"),
-    }
-
-
-def explain_int8_size(census: dict) -> str:
-    """One sentence per part from ``quantize.qdq_census``: why an INT8 file is not a quarter of FP32."""
-    parts = []
-    for part, c in census.items():
-        if not isinstance(c, dict) or "file_bytes" not in c:
-            continue
-        weights = ", ".join(f"{dtype} {size / 1e3:.1f} kB" for dtype, size in c.get("initializer_bytes", {}).items())
-        parts.append(
-            f"{part}: {c['file_bytes'] / 1e3:.1f} kB file = weights ({weights}; {c.get('int8_weight_share', 0):.0%} "
-            f"int8) + {c.get('graph_bytes', 0) / 1e3:.1f} kB graph and metadata, "
-            f"{c.get('quantize_linear', 0)} QuantizeLinear / {c.get('dequantize_linear', 0)} DequantizeLinear nodes"
-        )
-    return "; ".join(parts)
-
-
-def _result_notes(result: dict) -> list[str]:
-    notes = []
-    validation = result.get("validation") or {}
-    if validation:
-        notes.append(f"validation: {validation.get('pairs')} pairs, threshold {validation.get('threshold')} "
-                     f"({validation.get('threshold_source', '')})")
-    reference = result.get("reference") or {}
-    if reference:
-        notes.append(f"FP32 reference (ONNX Runtime, the export as is): AUC {reference.get('auc', float('nan')):.4f}")
-    for record in result.get("engines", []):
-        if record.get("status") in (STATUS_OK, "built") and record.get("reason"):
-            notes.append(f"{record['backend']} {record.get('variant')}: {record['reason']}")
-    return notes
+# --- what the report measures beside the rows ------------------------------------------------------
 
 
 def measure_context(onnx_path: Path, rows: list[EngineResult], context: dict, ceiling_seconds: float = 2.0) -> dict:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpu_common import model_files, parse_args  # beside this script
+
 LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -98,10 +100,10 @@ def conv_layers(onnx_path: Path, batch: int, threads: int, seconds: float) -> No
     from onnx import TensorProto, helper
 
     from kinship.engines.bench import benchmark
-    from kinship.engines.ceiling import _inferred_shapes
+    from kinship.engines.ceiling import inferred_shapes
 
     model = onnx.load(str(onnx_path))
-    shapes = _inferred_shapes(model)
+    shapes = inferred_shapes(model)
     weights = {init.name: init for init in model.graph.initializer}
     print(f"\n== each convolution alone, {2 * batch} images, {threads} thread(s) ==")
     seen = set()
@@ -143,11 +145,9 @@ def investigate(checkpoint: Path, onnx_path: Path, flops: int, args) -> None:
 
 
 def main(argv=None) -> int:
-    from engines_cpu import model_files, parse_args  # beside this script
-
     from kinship.engines.ceiling import model_flops_per_pair
 
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__.splitlines()[0])
     checkpoint, onnx_path, source = model_files(args.run)
     print(f"model: {source}")
     investigate(checkpoint, onnx_path, model_flops_per_pair(onnx_path), args)
@@ -155,5 +155,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     sys.exit(main())

@@ -148,7 +148,7 @@ def model_flops_per_pair(onnx_path: Path) -> int:
         model = onnx.load(str(path))
     except Exception as error:  # protobuf raises several types for files that are not ONNX
         raise UserError(f"{path} is not a readable ONNX model ({type(error).__name__})") from error
-    shapes = _inferred_shapes(model)
+    shapes = inferred_shapes(model)
     unknown = [name for node in model.graph.node for name in _counted_tensors(node) if not _is_known(shapes.get(name))]
     if unknown:
         shapes.update(_run_shapes(model, unknown, path))
@@ -158,7 +158,10 @@ def model_flops_per_pair(onnx_path: Path) -> int:
     return 2 * total
 
 
-def _inferred_shapes(model) -> dict[str, list[int | None]]:
+def inferred_shapes(model) -> dict[str, list[int | None]]:
+    """Tensor name -> shape (None for an unknown size) from ONNX shape inference with every input at batch 1.
+
+    Changes ``model`` in place: its inputs' batch axes are fixed to 1 and its own ``value_info`` dropped."""
     import onnx
 
     initializers = {init.name for init in model.graph.initializer}

@@ -1,9 +1,9 @@
-"""The whole job as ordered stages, with no orchestrator: data -> train -> export -> calibrate -> engines.
+"""The stages of the job, one function each: data -> train -> export -> calibrate -> engines -> report.
 
 Every stage reads its inputs from an artifact store (``kinship.storage``) or a verified local copy and
 writes its outputs back to the store, returning plain JSON-ready dicts of ``ArtifactRef``s, never a
 local path. The Prefect tasks in ``tasks/`` are thin wrappers around these functions, and
-``run_pipeline`` calls the same functions in the same order in one process with a ``LocalStore``
+``kinship.local_run`` calls the same functions in the same order in one process with a ``LocalStore``
 (``kinship pipeline``), so the two modes differ only in who schedules the stages.
 
 Store layout, below the store's root::
@@ -21,7 +21,6 @@ Store layout, below the store's root::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,55 +28,27 @@ import secrets
 import shutil
 import socket
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from kinship import __version__
-from kinship.baseline import REQUIRED_MARGIN
+from kinship.checkpoint_mirror import CheckpointMirror, checkpoint_prefix, prepare_run_dir
 from kinship.engines.calibration import CalibrationConfig
-from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig
+from kinship.engines.config import EngineConfig
 from kinship.errors import KinshipError, UserError
+from kinship.manifests import ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, DatasetHandle
 from kinship.progress import ProgressEvent, silent
 from kinship.storage import (
-    MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreAccessError, StoreSettings, file_digest, join_key,
-    store_from_uri,
+    MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreSettings, file_digest, join_key, store_from_uri,
 )
 from kinship.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-TRAIN_MANIFEST_FORMAT = "kinship-train-manifest/1"
-CHECKPOINT_FORMAT = "kinship-train-checkpoint/1"
-CHECKPOINT_FILES = ("checkpoints/last.pt", "model.pt")  # what train() needs to continue, relative to its run folder
-ENGINES_MANIFEST_FORMAT = "kinship-engines-manifest/1"
 ONNX_FILES = ("model.onnx", "model.encoder.onnx", "model.head.onnx")
 Progress = Callable[[ProgressEvent], None]
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Everything one run decides: training, calibration, which precisions and how engines are measured."""
-
-    train: TrainConfig = TrainConfig()
-    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
-    engines: EngineConfig = EngineConfig()
-    calibration: CalibrationConfig = CalibrationConfig()
-    required_margin: float = REQUIRED_MARGIN  # over raw-pixel cosine, for promotion to champion
-
-
-@dataclass(frozen=True)
-class DatasetHandle:
-    """A data set ready on this host: where it came from, what its content is, and the local folder."""
-
-    uri: str
-    sha256: str  # sha256 of its store manifest, or the data set fingerprint for a folder used in place
-    path: Path
-
-    def identity(self) -> dict:
-        """What manifests record about the data set (no local path)."""
-        return {"uri": self.uri, "sha256": self.sha256}
 
 
 # ---------------------------------------------------------------- names and places
@@ -141,122 +112,6 @@ def local_dataset(folder: Path, on_progress: Progress = silent) -> DatasetHandle
 # ---------------------------------------------------------------- training half
 
 
-def _resume_possible(run_dir: Path, config: TrainConfig) -> bool:
-    """Whether ``run_dir`` holds an interrupted run of exactly ``config`` (a retried task continues it)."""
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())["train"]
-    except (OSError, ValueError, KeyError):
-        return False
-    started = (run_dir / "checkpoints" / "last.pt").is_file() or (config.folds > 1 and (run_dir / "fold-1").is_dir())
-    return started and saved == asdict(config)
-
-
-def checkpoint_prefix(dataset: DatasetHandle, config: TrainConfig) -> str:
-    """Store folder of the epoch checkpoint of one training input: the data set's sha256 and the whole config.
-
-    Not the run id: a rerun after a lost host has a new run id and must find the checkpoint of the same work.
-    """
-    inputs = json.dumps({"dataset": dataset.sha256, "train": asdict(config)}, sort_keys=True)
-    return join_key("checkpoints", "train", hashlib.sha256(inputs.encode()).hexdigest()[:32])
-
-
-def _checkpoint_epoch(run_dir: Path) -> int:
-    """Epochs done by the checkpoint in ``run_dir`` (loaded with ``weights_only``: never arbitrary code)."""
-    from kinship.checkpoint import read_checkpoint
-
-    return int(read_checkpoint(run_dir / CHECKPOINT_FILES[0])["state"]["epoch"])
-
-
-class CheckpointMirror:
-    """Copies ``train()``'s epoch checkpoint to the store after each epoch (its ``on_checkpoint`` hook).
-
-    Epochs alternate between two slots: the manifest always names the slot not being written, so an
-    upload cut short never damages the checkpoint the manifest points to.
-    """
-
-    def __init__(self, store: ArtifactStore, prefix: str, run_dir: Path, dataset: DatasetHandle, config: TrainConfig):
-        self.store, self.prefix, self.run_dir, self.dataset, self.config = store, prefix, Path(run_dir), dataset, config
-
-    def __call__(self, epoch: int) -> None:
-        if epoch >= self.config.epochs:
-            return  # the training is done: ``finish`` marks it complete instead
-        try:
-            self.upload()
-        except Exception as error:  # training goes on; the next epoch's checkpoint is uploaded again
-            log.warning("could not store the epoch checkpoint in %s: %s", self.store.uri(self.prefix), error)
-
-    def _manifest(self, epoch: int, files: dict, complete: bool) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "dataset": self.dataset.identity(), "train_config": asdict(self.config),
-                "epoch": epoch, "complete": complete, "files": files,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_facts()}
-
-    def upload(self) -> int:
-        """Store the checkpoint now in the run folder (files first, manifest last); returns its epoch."""
-        epoch = _checkpoint_epoch(self.run_dir)
-        slot = join_key(self.prefix, f"slot-{epoch % 2}")
-        files = {name: self.store.put_file(self.run_dir / name, join_key(slot, name)).to_dict()
-                 for name in CHECKPOINT_FILES}
-        self.store.put_json(self._manifest(epoch, files, complete=False), join_key(self.prefix, "manifest.json"))
-        log.info("epoch %d checkpoint stored in %s", epoch, self.store.uri(slot))
-        return epoch
-
-    def finish(self) -> None:
-        """Mark the training complete: a later run of the same inputs trains afresh instead of resuming."""
-        epoch = _checkpoint_epoch(self.run_dir)
-        self.store.put_json(self._manifest(epoch, {}, complete=True), join_key(self.prefix, "manifest.json"))
-
-
-def restore_checkpoint(store: ArtifactStore, prefix: str, run_dir: Path, dataset: DatasetHandle,
-                       config: TrainConfig) -> int:
-    """Download the stored checkpoint of these inputs into an empty ``run_dir``; the epochs it holds (0: none).
-
-    Every file is verified against the manifest's sha256 and the checkpoint is loaded with ``weights_only``;
-    a damaged or foreign checkpoint is reported and ignored (training starts over), never trusted.
-    """
-    key = join_key(prefix, "manifest.json")
-    if not store.exists(key):
-        return 0
-    try:
-        epoch = _fetch_checkpoint(store, store.get_json(store.uri(key)), run_dir, dataset, config)
-    except StoreAccessError:
-        raise  # the store is unreachable: worth a retry, not a silent restart from scratch
-    except (UserError, AttributeError, KeyError, TypeError, ValueError) as error:  # a malformed manifest too
-        log.warning("ignoring the stored checkpoint %s: %s", store.uri(key), error)
-        epoch = 0
-    if not epoch:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return epoch
-
-
-def _fetch_checkpoint(store: ArtifactStore, manifest: dict, run_dir: Path, dataset: DatasetHandle,
-                      config: TrainConfig) -> int:
-    from kinship.train import save_config
-
-    if manifest.get("format") != CHECKPOINT_FORMAT or manifest.get("dataset", {}).get("sha256") != dataset.sha256:
-        raise UserError("not a checkpoint of this data set")
-    if manifest.get("train_config") != asdict(config):
-        raise UserError("not a checkpoint of this training configuration")
-    epoch = int(manifest["epoch"])
-    if manifest.get("complete") or not 0 < epoch < config.epochs:
-        return 0  # finished (or empty): nothing to continue
-    for name in CHECKPOINT_FILES:
-        store.get_file(_ref(manifest["files"][name]), run_dir / name)  # sha256-verified before it lands
-    if _checkpoint_epoch(run_dir) != epoch:
-        raise UserError(f"its last.pt holds another epoch than the manifest's {epoch}")
-    save_config(run_dir, config, dataset.path)  # train(resume=True) reads the configuration from the run folder
-    return epoch
-
-
-def _prepare_run_dir(store: ArtifactStore, prefix: str, run_dir: Path, dataset: DatasetHandle,
-                     config: TrainConfig) -> tuple[str | None, int]:
-    """Where training continues from: this host's run folder (a retried task), the store (a rerun), or nowhere."""
-    if _resume_possible(run_dir, config):
-        return "scratch", _checkpoint_epoch(run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)  # a run of another configuration: never mix the two
-    epoch = restore_checkpoint(store, prefix, run_dir, dataset, config)
-    return ("store", epoch) if epoch else (None, 0)
-
-
 def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfig, run_dir: Path, prefix: str,
                 on_progress: Progress = silent) -> dict:
     """Train, upload model, metrics, config; each epoch's checkpoint goes to the store as training runs.
@@ -268,13 +123,13 @@ def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfi
 
     run_dir = Path(run_dir)
     saved = checkpoint_prefix(dataset, config)
-    source, done = _prepare_run_dir(store, saved, run_dir, dataset, config)
+    source, done = prepare_run_dir(store, saved, run_dir, dataset, config)
     if source:
         log.info("resuming at epoch %d of %d from the checkpoint in %s", done + 1, config.epochs,
                  run_dir if source == "scratch" else store.uri(saved))
     started = time.perf_counter()
     # Fold runs keep their members' checkpoints on this host only (a retried task resumes them there).
-    mirror = CheckpointMirror(store, saved, run_dir, dataset, config) if config.folds <= 1 else None
+    mirror = CheckpointMirror(store, saved, run_dir, dataset, config, host_facts()) if config.folds <= 1 else None
     result = train(dataset.path, run_dir, config, resume=bool(source), on_progress=on_progress, on_checkpoint=mirror)
     names = ("model.pt", "metrics.json", "config.json")
     artifacts = _upload(store, {name: run_dir / name for name in names}, prefix)
@@ -576,40 +431,7 @@ def _row_summary(row: dict) -> dict:
     return summary
 
 
-# ---------------------------------------------------------------- in one process
-
-
-@dataclass
-class PipelineResult:
-    """What ``run_pipeline`` produced: the three manifests, the promotion decision and the report."""
-
-    run_id: str
-    train: dict
-    engines: dict
-    promotion: dict
-    report: dict
-    report_path: Path
-    seconds: float
-    stage_seconds: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "report_path": str(self.report_path)}
-
-
-class _Clock:
-    """Seconds per stage, in order (the in-process mode's only bookkeeping)."""
-
-    def __init__(self, on_progress: Progress):
-        self.seconds: dict[str, float] = {}
-        self.on_progress = on_progress
-
-    def __call__(self, name: str, action: Callable[[], object]):
-        self.on_progress(ProgressEvent(f"stage: {name}", 0, 1))
-        started = time.perf_counter()
-        value = action()
-        self.seconds[name] = time.perf_counter() - started
-        self.on_progress(ProgressEvent(f"stage: {name}", 1, 1))
-        return value
+# ---------------------------------------------------------------- the local store, the engine request
 
 
 def open_local_store(out: Path) -> LocalStore:
@@ -628,52 +450,3 @@ def check_engine_request(precisions, settings: EngineConfig) -> list[str]:
     parsed = parse_variants(list(precisions))
     settings.check()
     return parsed
-
-
-def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineConfig(), run_id: str | None = None,
-                 on_progress: Progress = silent) -> PipelineResult:
-    """Run every stage in this process against ``out/store``; ``data`` is a folder or a pushed data set URI."""
-    started = time.perf_counter()
-    precisions = check_engine_request(config.precisions, config.engines)
-    out = Path(out).resolve()
-    store, run_id = open_local_store(out), run_id or new_run_id()
-    work, clock = out / "work" / run_id, _Clock(on_progress)
-    dataset = clock("data", lambda: fetch_dataset(str(data), store.settings, on_progress) if "://" in str(data)
-                    else local_dataset(Path(data), on_progress))
-    train_manifest = clock("train", lambda: _training_half(store, run_id, dataset, config, work / "train", clock, on_progress))
-    engines_manifest = clock("engines", lambda: _engines_half(
-        store, run_id, train_manifest["manifest"], dataset, precisions, config.engines, work / "engines", on_progress))
-    require_an_engine(engines_manifest)  # the engines report is stored; no promotion, no run report
-    from kinship.champion import promote_if_better
-    from kinship.run_report import publish_run_report
-
-    promotion = clock("champion", lambda: promote_if_better(store, train_manifest, engines_manifest,
-                                                                         required_margin=config.required_margin))
-    report = clock("report", lambda: publish_run_report(store, run_id, train_manifest, engines_manifest, promotion))
-    report_path = store.get_file(_ref(report["artifacts"]["report.md"]), out / "report.md")
-    return PipelineResult(run_id, train_manifest, engines_manifest, promotion, report, report_path,
-                          time.perf_counter() - started, clock.seconds)
-
-
-def _training_half(store, run_id, dataset, config: PipelineConfig, work: Path, clock: _Clock, on_progress) -> dict:
-    """The ``kinship-train`` flow's stages, in its order."""
-    prefix = run_prefix(run_id, "train")
-    trained = clock("train model", lambda: train_stage(store, dataset, config.train, work / "run", prefix, on_progress))
-    exported = clock("export", lambda: export_stage(store, dataset, trained["artifacts"]["model.pt"], work, prefix))
-    calibrated = clock("calibration", lambda: calibration_stage(store, dataset, config.train, config.calibration, work,
-                                                                prefix, on_progress))
-    return write_train_manifest(store, run_id, dataset, config.train, trained, exported, calibrated)
-
-
-def _engines_half(store, run_id, train_ref: dict, dataset, precisions, settings, work: Path, on_progress) -> dict:
-    """The ``kinship-engines`` flow's stages, in its order (the manifest read back as that flow does)."""
-    train_manifest = read_manifest(store, train_ref, TRAIN_MANIFEST_FORMAT)
-    onnx = fetch_model(store, train_manifest, work)
-    calibration = fetch_calibration(store, train_manifest, work)
-    train = TrainConfig.from_dict(train_manifest["train_config"])
-    prefix = run_prefix(run_id, "engines")
-    variants = [engine_stage(store, onnx, dataset, calibration, variant, settings, train, work, prefix, on_progress)
-                for variant in precisions]
-    variants = benchmark_stage(store, onnx, variants, dataset, settings, train, work, on_progress)
-    report = engines_report_stage(store, variants, work, join_key(prefix, "report"))
-    return write_engines_manifest(store, run_id, train_manifest, variants, report)

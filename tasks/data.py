@@ -8,7 +8,8 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from kinship.errors import ArtifactMismatch
-from kinship.pipeline import DatasetHandle, fetch_dataset
+from kinship.manifests import DatasetHandle
+from kinship.pipeline import fetch_dataset
 from kinship.storage import StoreSettings
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, work_dir

@@ -9,9 +9,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 
 from kinship import pipeline
-from kinship.errors import ArtifactMismatch, reason_of
 from kinship.engines.config import EngineConfig
-from kinship.pipeline import DatasetHandle
+from kinship.errors import ArtifactMismatch, reason_of
+from kinship.manifests import DatasetHandle
 from kinship.run_report import engine_table
 from kinship.storage import ArtifactRef, file_digest
 from kinship.train_config import TrainConfig

@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from kinship import pipeline
 from kinship.baseline import REQUIRED_MARGIN, BaselineComparison
 from kinship.engines.calibration import CalibrationConfig
-from kinship.pipeline import DatasetHandle
+from kinship.manifests import DatasetHandle
 from kinship.train_config import TrainConfig
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir

@@ -29,9 +29,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from deployments import driver
-from kinship.pipeline import (
-    DatasetHandle, checkpoint_prefix, local_dataset, open_local_store, restore_checkpoint, train_stage,
-)
+from kinship.checkpoint_mirror import checkpoint_prefix, restore_checkpoint
+from kinship.manifests import DatasetHandle
+from kinship.pipeline import local_dataset, open_local_store, train_stage
 from kinship.progress import ProgressEvent
 from kinship.storage import join_key
 from kinship.train import TrainConfig, train

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 from kinship.champion import CHAMPION_KEY, decide, promote_if_better, read_champion
+from kinship.checkpoint_mirror import resume_possible as _resume_possible
 from kinship.engines.config import EngineConfig
+from kinship.local_run import PipelineConfig, run_pipeline
+from kinship.local_run import engines_half as _engines_half
 from kinship.run_report import render
 from kinship.pipeline import (
-    ENGINES_MANIFEST_FORMAT, ONNX_FILES, TRAIN_MANIFEST_FORMAT, NoEngineBuilt, PipelineConfig,
-    _engines_half, _resume_possible, local_dataset, open_local_store, read_manifest, require_an_engine, run_pipeline,
+    ENGINES_MANIFEST_FORMAT, ONNX_FILES, TRAIN_MANIFEST_FORMAT, NoEngineBuilt, local_dataset, open_local_store,
+    read_manifest, require_an_engine,
 )
 from kinship.storage import file_digest, parse_uri
 from kinship.train import TrainConfig

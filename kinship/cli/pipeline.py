@@ -72,7 +72,7 @@ def config_from_args(args):
     from kinship.engines.base import parse_variants
     from kinship.engines.calibration import CalibrationConfig
     from kinship.engines.config import EngineConfig
-    from kinship.pipeline import PipelineConfig
+    from kinship.local_run import PipelineConfig
 
     engines = EngineConfig(backend=args.backend, bench_batches=parse_ints(args.bench_batches, "--bench-batches"),
                            bench_seconds=args.bench_seconds, validation_pairs=args.validation_pairs).check()
@@ -83,7 +83,7 @@ def config_from_args(args):
 
 def run(args) -> int:
     """Handler of ``kinship pipeline``."""
-    from kinship.pipeline import run_pipeline
+    from kinship.local_run import run_pipeline
     from kinship.run_report import engine_table
 
     config = config_from_args(args)

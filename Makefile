@@ -43,10 +43,10 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "chromium could not be installed: the UI test will be skipped"
 
-# Two lanes: every integration test (real servers, mostly waiting on them) in one worker, in file order as
-# before; everything else (CPU-bound) in the other. On 2 cores the waiting of one lane hides under the other.
+# Two lanes at once (tests/run_lanes.py): the integration tests (real servers, mostly waiting on them) and the
+# CPU-bound rest, as two pytest processes; on 2 cores the waiting of one hides under the work of the other.
 test: setup browser
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python tests/run_lanes.py
 
 clean:
 	rm -rf $(VENV) .kinship-cache

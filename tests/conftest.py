@@ -7,14 +7,6 @@ from pathlib import Path
 
 import pytest
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under ``pytest -n`` (``make test``), every integration test runs in one worker, in collection order:
-    they share session stacks (a Prefect server, SeaweedFS, workers) that a second worker would start again."""
-    for item in items:
-        if item.get_closest_marker("integration"):
-            item.add_marker(pytest.mark.xdist_group("stack"))
-
-
 TINY_TRAIN = dict(epochs=2, image_size=32, width=8, embedding_dim=32, batch_size=32, max_batches_per_epoch=6)
 
 

@@ -275,7 +275,7 @@ def benchmark_stage(store: ArtifactStore, onnx: Path, variants: list[dict], data
     benchmark fails keeps its validation and gets the reason.
     """
     from kinship.data import prepare
-    from kinship.engines.base import load_engine
+    from kinship.engines.registry import load_engine
     from kinship.engines.build import bench_pixels, reference_batch, sweep_engines
     from kinship.engines.report import EngineResult, measure_context
 

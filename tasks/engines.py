@@ -42,7 +42,7 @@ def fetch_inputs(manifest: dict, run_id: str) -> dict:
 @task(name="choose backend")
 def choose_backend(settings: EngineConfig) -> str:
     """The backend this host will build with: TensorRT where it imports and sees a GPU, else ONNX Runtime."""
-    from kinship.engines.base import resolve_backend
+    from kinship.engines.registry import resolve_backend
 
     backend = resolve_backend(settings.check().backend)
     get_run_logger().info("engine backend on this host: %s (asked: %s)", backend, settings.backend)

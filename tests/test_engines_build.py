@@ -8,9 +8,10 @@ import json
 import pytest
 
 from kinship.cli import main
-from kinship.engines.base import build_engine, staged_dir, variant_dir
+from kinship.engines.base import staged_dir, variant_dir
 from kinship.engines.build import EnginesConfig, build_engines, training_split
 from kinship.engines.calibration import CalibrationConfig
+from kinship.engines.registry import build_engine
 
 QUICK = dict(bench_batches=(4,), bench_seconds=0.05, warmup_seconds=0.01,
              calibration_config=CalibrationConfig(batches=2, batch_size=16))

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from kinship.data import SplitConfig
-from kinship.engines.base import (
-    STATUS_NOT_APPLICABLE, EngineOptions, build_engine, load_engine, staged_dir, variant_dir,
-)
+from kinship.engines.base import STATUS_NOT_APPLICABLE, EngineOptions, staged_dir, variant_dir
 from kinship.engines.calibration import CalibrationConfig, build_calibration_set, save_calibration
 from kinship.engines.quantize import qdq_census, settings_for
+from kinship.engines.registry import build_engine, load_engine
 from kinship.engines.validate import compare_logits, reference_engine
 from kinship.errors import UserError
 

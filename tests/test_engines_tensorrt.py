@@ -9,8 +9,9 @@ import pytest
 
 from kinship.cli import main
 from kinship.data import SplitConfig
-from kinship.engines.base import EngineOptions, build_engine, load_engine, resolve_backend
+from kinship.engines.base import EngineOptions
 from kinship.engines.calibration import CalibrationConfig, build_calibration_set, save_calibration
+from kinship.engines.registry import build_engine, load_engine, resolve_backend
 from kinship.engines.tensorrt_backend import (
     REQUIREMENT, add_calibration, chunks, layer_census, onnx_input_shapes, plan_parts, profile_shapes,
     tensorrt_unavailable_reason,
@@ -29,7 +30,7 @@ def calibration(tiny_data):
 
 
 def _sources(tiny_onnx):
-    from kinship.engines.onnxruntime_backend import source_parts
+    from kinship.engines.onnx_parts import source_parts
 
     return source_parts(tiny_onnx, companions=True)
 
@@ -58,12 +59,12 @@ def test_chunks_cover_a_batch_within_the_profile():
 
 
 def test_calibrator_batches_follow_the_opt_shape(tiny_onnx, calibration, tmp_path):
-    from kinship.engines.tensorrt_backend import _embedder
+    from kinship.engines.onnx_parts import embedder
 
     sources = _sources(tiny_onnx)
     options = EngineOptions(min_batch=1, opt_batch=16, max_batch=64)
     plans = plan_parts(sources, options)
-    add_calibration(plans, calibration, tmp_path, _embedder(sources), options)
+    add_calibration(plans, calibration, tmp_path, embedder(sources), options)
     for part, plan in plans.items():
         for batch in plan.calibration_batches:
             for name, array in batch.items():
@@ -76,7 +77,7 @@ def test_calibrator_batches_follow_the_opt_shape(tiny_onnx, calibration, tmp_pat
     paths = {plan.calibration_cache for plan in plans.values()}
     assert len(paths) == 3 and all(p.parent == tmp_path for p in paths)
     again = plan_parts(sources, options)
-    add_calibration(again, calibration, tmp_path, _embedder(sources), options)
+    add_calibration(again, calibration, tmp_path, embedder(sources), options)
     assert {p.calibration_cache for p in again.values()} == paths  # a rebuild reuses the same tables
 
 

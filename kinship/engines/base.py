@@ -1,4 +1,4 @@
-"""What every inference engine offers, how one is built and loaded, and the engine folder format.
+"""The shared vocabulary of engines: precisions, backends, what every engine offers, the engine folder format.
 
 An engine is a folder ``<out>/<backend>-<variant>/`` holding the pair model, its encoder and head
 companions (so a test set can embed each unique image once) and ``engine.json``, the sidecar that
@@ -133,16 +133,6 @@ def check_backend_name(name: str) -> str:
     return name
 
 
-def resolve_backend(name: str) -> str:
-    """``auto`` -> tensorrt when TensorRT imports and a CUDA device is present, else onnxruntime."""
-    check_backend_name(name)
-    if name != "auto":
-        return name
-    from kinship.engines.tensorrt_backend import tensorrt_unavailable_reason
-
-    return "onnxruntime" if tensorrt_unavailable_reason() else "tensorrt"
-
-
 def variant_dir(out_dir: Path, backend: str, variant: str) -> Path:
     return Path(out_dir) / f"{backend}-{variant}"
 
@@ -189,52 +179,6 @@ def read_sidecar(engine_path: Path) -> dict | None:
     if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT:
         raise UserError(f"{path} is not a kinship engine sidecar (expected format {SIDECAR_FORMAT!r})")
     return record
-
-
-def load_engine(path: Path) -> Engine:
-    """Open an engine: a ``.onnx`` file (ONNX Runtime), a ``.engine``/``.plan`` file (TensorRT) or an engine folder."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"engine not found: {path}")
-    sidecar = read_sidecar(path)
-    if path.is_dir():
-        if sidecar is None:
-            raise UserError(f"{path} is a folder without {SIDECAR}: not an engine folder")
-        path = path / sidecar["parts"]["pair"]
-    backend = sidecar["backend"] if sidecar else ENGINE_SUFFIXES.get(path.suffix)
-    if backend == "onnxruntime":
-        from kinship.engines.onnxruntime_backend import OrtEngine
-
-        return OrtEngine.open(path, sidecar)
-    if backend == "tensorrt":
-        from kinship.engines.tensorrt_backend import TensorRTEngine
-
-        return TensorRTEngine.open(path, sidecar)
-    raise UserError(f"{path}: unknown engine type {path.suffix!r} (expected .onnx, .engine or .plan, or an engine folder)")
-
-
-def build_engine(
-    onnx_path: Path,
-    out_dir: Path,
-    precision: str,
-    backend: str,
-    calibration: Path | None,
-    options: EngineOptions = EngineOptions(),
-) -> BuiltEngine:
-    """Build one engine variant of ``onnx_path`` into ``out_dir/<backend>-<precision>/``.
-
-    ``precision`` is a variant name (``fp32``, ``tf32``, ``fp16``, ``int8``, ``int8-qdq``). INT8 needs a
-    calibration file from ``kinship calibrate``. Raises on failure, leaving no engine folder behind.
-    """
-    (variant,) = parse_variants([precision])
-    backend = resolve_backend(backend)
-    if backend == "onnxruntime":
-        from kinship.engines.onnxruntime_backend import build_ort_engine
-
-        return build_ort_engine(Path(onnx_path), Path(out_dir), variant, calibration, options)
-    from kinship.engines.tensorrt_backend import build_trt_engine
-
-    return build_trt_engine(Path(onnx_path), Path(out_dir), variant, calibration, options)
 
 
 def file_sizes(folder: Path, parts: dict[str, str]) -> dict[str, int]:

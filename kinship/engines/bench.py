@@ -545,26 +545,11 @@ class BenchRequest:
             raise UserError(f"--threads must be >= 0, got {self.threads}")
 
 
-def open_engine(path: Path, threads: int):
-    """An engine for ``path``: ONNX Runtime files and folders with ``threads`` intra-op threads, else ``load_engine``."""
-    from kinship.engines.base import ENGINE_SUFFIXES, load_engine, read_sidecar
-    from kinship.errors import UserError
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"model file not found: {path}")
-    sidecar = read_sidecar(path)
-    backend = sidecar["backend"] if sidecar else ENGINE_SUFFIXES.get(path.suffix)
-    if backend != "onnxruntime":
-        return load_engine(path)
-    from kinship.engines.onnxruntime_backend import OrtEngine
-
-    pair = path / sidecar["parts"]["pair"] if path.is_dir() else path
-    return OrtEngine.open(pair, sidecar, threads)
-
-
 def run_bench(request: BenchRequest, on_progress: Callable[[ProgressEvent], None] = silent) -> dict:
     """Benchmark ``request.model`` (and PyTorch eager beside it), measure the ceiling; one JSON-ready dict."""
+    from kinship.engines.registry import load_engine
+    from kinship.errors import UserError
+
     threads = request.threads or default_threads()
     model = Path(request.model)
     timing = (request.batch, request.duration_s, request.warmup_s)
@@ -575,7 +560,9 @@ def run_bench(request: BenchRequest, on_progress: Callable[[ProgressEvent], None
             _check_torch_companion(Path(request.vs_torch), _checkpoint_image_size(model))
             torch_result = bench_torch(request.vs_torch, *timing, threads=threads, on_progress=on_progress)
     else:
-        engine = open_engine(model, threads)
+        if not model.exists():
+            raise UserError(f"model file not found: {model}")
+        engine = load_engine(model, threads)
         if request.vs_torch is None:
             result, torch_result = bench_engine(engine, *timing, on_progress=on_progress), None
         else:

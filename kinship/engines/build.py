@@ -19,11 +19,14 @@ from typing import Callable
 import numpy as np
 
 from kinship.engines.base import (
-    STATUS_BUILT, STATUS_FAILED, STATUS_NOT_APPLICABLE, VARIANTS, BuiltEngine, EngineOptions, build_engine, load_engine, parse_variants,
-    precision_of, resolve_backend, variant_dir,
+    STATUS_BUILT, STATUS_FAILED, STATUS_NOT_APPLICABLE, VARIANTS, BuiltEngine, EngineOptions, parse_variants, precision_of,
+    variant_dir,
 )
 from kinship.engines.calibration import (
     CalibrationConfig, calibration_from_prepared, check_compatible, load_calibration, save_calibration,
+)
+from kinship.engines.registry import (
+    backend_note, build_engine, environment, explain_size, load_engine, require_backend, resolve_backend,
 )
 from kinship.engines.validate import (
     ValidationData, ValidationPolicy, ValidationResult, choose_threshold, engine_logits, reference_engine,
@@ -106,15 +109,6 @@ class EnginesResult:
 
     def record(self, variant: str) -> EngineRecord:
         return next(r for r in self.records if r.variant == variant)
-
-
-def _backend_note(requested: str, backend: str) -> str:
-    if requested != "auto":
-        return f"{backend} (chosen with --backend)"
-    from kinship.engines.tensorrt_backend import tensorrt_unavailable_reason
-
-    reason = tensorrt_unavailable_reason()
-    return f"{backend} (auto: {'TensorRT and a CUDA device found' if not reason else reason})"
 
 
 def training_split(model_path: Path | None, val_fraction: float | None = None, seed: int | None = None) -> tuple[float, int, str]:
@@ -277,34 +271,6 @@ def reference_batch(config: EnginesConfig) -> int:
     return 64 if 64 in batches else max(batches)
 
 
-def _environment(backend: str) -> dict:
-    import platform
-
-    import onnxruntime
-
-    from kinship.engines.quantize import cpu_has_vnni
-
-    env = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
-           "cpu_vnni": cpu_has_vnni(), "processor": _cpu_name()}
-    if backend == "tensorrt":
-        from kinship.engines.tensorrt_backend import environment
-
-        env.update(environment())
-    return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor()
-
-
 @dataclass
 class _Inputs:
     """What every variant is judged with: validation pairs, FP32 reference logits, calibration file."""
@@ -343,16 +309,13 @@ def build_engines(
 ) -> EnginesResult:
     """Build, validate and benchmark every variant in ``config``; write the report into ``out_dir``.
 
-    ``builder`` is the per-variant build step (``base.build_engine``); callers may wrap it, e.g. to
+    ``builder`` is the per-variant build step (``registry.build_engine``); callers may wrap it, e.g. to
     record each build elsewhere.
     """
     started = time.perf_counter()
     variants = parse_variants(config.variants)
     backend = resolve_backend(config.backend)
-    if backend == "tensorrt":
-        from kinship.engines.tensorrt_backend import require_tensorrt
-
-        require_tensorrt()
+    require_backend(backend)
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     inputs = _inputs(onnx_path, data_dir, out_dir, config, variants, on_progress)
     records = []
@@ -367,28 +330,14 @@ def build_engines(
     calibration = ({**inputs.calibration_meta, "file": str(inputs.calibration), "method": config.options.calibration_method}
                    if inputs.calibration else {})
     result = EnginesResult(
-        onnx_path, Path(data_dir), out_dir, backend, _backend_note(config.backend, backend),
+        onnx_path, Path(data_dir), out_dir, backend, backend_note(config.backend, backend),
         inputs.reference_report.to_dict(),
         {"pairs": len(inputs.data), "threshold": inputs.data.threshold,
          "threshold_source": inputs.data.threshold_source, "policy": asdict(config.policy)},
-        calibration, records, _environment(backend), time.perf_counter() - started,
+        calibration, records, environment(backend), time.perf_counter() - started,
     )
     result.report_files = write_report(result, config, inputs.data.label, torch_figures)
     return result
-
-
-def size_explanation(record: EngineRecord, fp32_bytes: int | None) -> str:
-    """For INT8 rows: why the engine file is the size it is, from the build's census."""
-    census = (record.build.size_explanation or {}).get("pair") if record.build else None
-    if not census or record.precision != "int8":
-        return ""
-    if record.backend == "tensorrt":
-        from kinship.engines.tensorrt_backend import describe_census
-
-        return describe_census(census, record.build.size_bytes, fp32_bytes)
-    from kinship.engines.quantize import describe_census
-
-    return describe_census(census, fp32_bytes)
 
 
 def report_rows(result: EnginesResult, labels: np.ndarray) -> list[dict]:
@@ -415,7 +364,7 @@ def report_rows(result: EnginesResult, labels: np.ndarray) -> list[dict]:
                 record.backend, record.precision, "ok", reason=record.reason or "", variant=record.variant,
                 path=str(record.build.path), size_bytes=record.build.size_bytes, build_seconds=record.build.seconds,
                 validation=validation, bench={b.batch: b.to_dict() for b in record.bench},
-                int8_size_explanation=size_explanation(record, fp32_bytes), roc=roc_points(labels, v.logits),
+                int8_size_explanation=explain_size(record, fp32_bytes), roc=roc_points(labels, v.logits),
             ))
     return [row.to_dict() for row in rows]
 

@@ -237,6 +237,18 @@ def check_compatible(calibration: CalibrationSet, image_size: int, val_families:
                         "it was drawn with another split; rerun kinship calibrate with the model's split")
 
 
+def calibration_for(variant: str, calibration: Path | None, image_size: int) -> CalibrationSet | None:
+    """The calibration set an INT8 variant quantizes with, checked against the model's image size; None for
+    the other variants. Without a file an INT8 variant is a UserError that says how to make one."""
+    if not variant.startswith("int8"):
+        return None
+    if calibration is None:
+        raise UserError(f"{variant} needs a calibration set: run kinship calibrate, then pass --calibration FILE")
+    calibration_set = load_calibration(calibration)
+    check_compatible(calibration_set, image_size)
+    return calibration_set
+
+
 # --------------------------------------------------------------------------- feeding a quantizer
 
 
@@ -294,3 +306,4 @@ def write_cache(path: Path, table: bytes) -> None:
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     partial.write_bytes(bytes(table))
     os.replace(partial, path)
+

@@ -16,7 +16,8 @@ from kinship.engines.base import (
     PARTS, STATUS_NOT_APPLICABLE, BuiltEngine, EngineOptions, PhaseTimes, file_sizes, precision_of,
     staged_dir, variant_dir, write_sidecar,
 )
-from kinship.engines.calibration import CalibrationSet, fixed_batches, load_calibration, part_arrays
+from kinship.engines.calibration import calibration_for
+from kinship.engines.onnx_parts import calibration_batches, session, source_parts, target_names
 from kinship.errors import UserError
 
 BACKEND = "onnxruntime"
@@ -25,23 +26,6 @@ TF32_NOTE = "TF32 is a tensor-core format of NVIDIA GPUs (Ampere and later); a C
 FP16_NOTE = ("FP16 model with float32 inputs/outputs; ONNX Runtime's CPU provider lacks FP16 kernels for most "
              "operators and inserts Casts to float32 around them, so its speed here is as measured, not what a GPU "
              "would give")
-QUANT_BATCH = 32  # images or pairs per quantizer batch (ORT accepts any batch size)
-
-
-def _session(path: Path, threads: int = 0, level: str = "all", save_to: Path | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    if threads:
-        options.intra_op_num_threads = threads
-    if save_to is not None:
-        options.optimized_model_filepath = str(save_to)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OrtEngine:
@@ -53,7 +37,7 @@ class OrtEngine:
         self.path = paths["pair"]
         self.precision, self.variant, self.image_size = precision, variant, image_size
         try:
-            self.sessions = {part: _session(p, threads) for part, p in paths.items()}
+            self.sessions = {part: session(p, threads) for part, p in paths.items()}
         except Exception as error:  # ORT raises its own types for files that are not models
             raise UserError(f"{self.path} is not a loadable ONNX model: {str(error).splitlines()[0][:160]}") from error
 
@@ -100,40 +84,10 @@ class OrtEngine:
 # --------------------------------------------------------------------------- building
 
 
-def source_parts(onnx_path: Path, companions: bool) -> dict[str, Path]:
-    """The exported files to convert: the pair model, plus encoder and head when present and wanted."""
-    from kinship.export import companion_paths
-
-    files = companion_paths(onnx_path)
-    if not files.pair.is_file():
-        raise UserError(f"ONNX model not found: {onnx_path}")
-    parts = {"pair": files.pair}
-    if companions:
-        parts.update({part: p for part, p in (("encoder", files.encoder), ("head", files.head)) if p.is_file()})
-    return parts
-
-
-def target_names(parts: dict[str, Path], suffix: str = ".onnx") -> dict[str, str]:
-    return {part: "model" + ("" if part == "pair" else f".{part}") + suffix for part in parts}
-
-
 def _optimise(source: Path, target: Path, threads: int) -> None:
     # EXTENDED fusions are portable across x86 CPUs; ALL adds layout transforms tied to this CPU,
     # which the session still applies at load time.
-    _session(source, threads, level="extended", save_to=target)
-
-
-def calibration_batches(calibration: CalibrationSet, sources: dict[str, Path], batch: int = QUANT_BATCH) -> dict[str, list]:
-    """Quantizer input batches per part; the head gets embeddings from the FP32 encoder."""
-    encoder = _session(sources["encoder"]) if "encoder" in sources else None
-
-    def embed(images: np.ndarray) -> np.ndarray:
-        if encoder is None:  # pragma: no cover - every export has an encoder
-            raise UserError(f"{sources['pair']}: the head needs an encoder companion to calibrate")
-        return np.concatenate([encoder.run(None, {"image": images[s : s + batch]})[0] for s in range(0, len(images), batch)])
-
-    return {part: fixed_batches(part_arrays(calibration, part, embed), min(batch, len(calibration)))
-            for part in sources}
+    session(source, threads, level="extended", save_to=target)
 
 
 def _convert(variant: str, sources: dict[str, Path], folder: Path, names: dict[str, str], calibration, options) -> list[str]:
@@ -168,14 +122,7 @@ def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
     sources = source_parts(Path(onnx_path), options.companions)
     metadata = read_metadata(sources["pair"])
     image_size = int(metadata.get("kinship.image_size", 0))
-    calibration_set = None
-    if variant.startswith("int8"):
-        if calibration is None:
-            raise UserError(f"{variant} needs a calibration set: run kinship calibrate, then pass --calibration FILE")
-        from kinship.engines.calibration import check_compatible
-
-        calibration_set = load_calibration(calibration)
-        check_compatible(calibration_set, image_size)
+    calibration_set = calibration_for(variant, calibration, image_size)
     names = target_names(sources)
     final = variant_dir(out_dir, BACKEND, variant)
     with staged_dir(final) as folder:

@@ -27,8 +27,9 @@ from kinship.engines.base import (
     BuiltEngine, EngineOptions, PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
 )
 from kinship.engines.calibration import (
-    CalibrationSet, cache_path, check_compatible, fixed_batches, load_calibration, part_arrays, read_cache, write_cache,
+    CalibrationSet, cache_path, calibration_for, fixed_batches, part_arrays, read_cache, write_cache,
 )
+from kinship.engines.onnx_parts import calibration_batches, embedder, source_parts, target_names
 from kinship.errors import UserError
 
 BACKEND = "tensorrt"
@@ -306,7 +307,6 @@ def build_part(plan: PartPlan, variant: str, options: EngineOptions, target: Pat
 
 def _qdq_sources(sources: dict[str, Path], calibration: CalibrationSet, folder: Path, options: EngineOptions) -> dict[str, Path]:
     """The symmetric Q/DQ models (quantized on the CPU with ONNX Runtime) that int8-qdq parses."""
-    from kinship.engines.onnxruntime_backend import calibration_batches
     from kinship.engines.quantize import quantize_qdq, settings_for
 
     settings = settings_for("tensorrt", options.calibration_method)
@@ -318,24 +318,15 @@ def _qdq_sources(sources: dict[str, Path], calibration: CalibrationSet, folder: 
     return result
 
 
-def _embedder(sources: dict[str, Path]):
-    from kinship.engines.onnxruntime_backend import _session
-
-    session = _session(sources["encoder"])
-    return lambda images: np.concatenate(
-        [session.run(None, {"image": images[s : s + 64]})[0] for s in range(0, len(images), 64)])
-
-
 def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None, options: EngineOptions) -> BuiltEngine:
     """Build ``variant`` for TensorRT into ``out_dir/tensorrt-<variant>/`` (pair, encoder, head engines)."""
-    from kinship.engines.onnxruntime_backend import source_parts, target_names
     from kinship.export import read_metadata
 
     require_tensorrt()
     started = time.perf_counter()
     sources = source_parts(Path(onnx_path), options.companions)
     image_size = int(read_metadata(sources["pair"]).get("kinship.image_size", 0))
-    calibration_set = _calibration_for(variant, calibration, image_size)
+    calibration_set = calibration_for(variant, calibration, image_size)
     names = target_names(sources, ".engine")
     notes: list[str] = []
     out_dir = Path(out_dir)
@@ -344,7 +335,7 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
         parsed = _qdq_sources(sources, calibration_set, folder, options) if variant == "int8-qdq" else sources
         plans = plan_parts(parsed, options)
         if variant == "int8":
-            embed = _embedder(sources) if "head" in plans else None  # the head calibrates on FP32 embeddings
+            embed = embedder(sources) if "head" in plans else None  # the head calibrates on FP32 embeddings
             add_calibration(plans, calibration_set, out_dir, embed, options)
             notes.append("implicit INT8 via IInt8EntropyCalibrator2 at the profile's opt batch; FP32 fallback allowed")
         census = {part: build_part(plan, variant, options, folder / names[part], out_dir / TIMING_CACHE)
@@ -361,16 +352,6 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
     parts = {p: final / n for p, n in names.items()}
     return BuiltEngine(BACKEND, variant, precision_of(variant), parts["pair"], sizes["pair"], seconds, notes,
                        parts=parts, part_bytes=sizes, size_explanation=census)
-
-
-def _calibration_for(variant: str, calibration: Path | None, image_size: int) -> CalibrationSet | None:
-    if not variant.startswith("int8"):
-        return None
-    if calibration is None:
-        raise UserError(f"{variant} needs a calibration set: run kinship calibrate, then pass --calibration FILE")
-    calibration_set = load_calibration(calibration)
-    check_compatible(calibration_set, image_size)
-    return calibration_set
 
 
 def _variant_notes(variant: str, options: EngineOptions) -> list[str]:

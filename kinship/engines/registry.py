@@ -1,0 +1,124 @@
+"""Which backend builds and runs an engine: the one module that knows every backend.
+
+``resolve_backend`` picks one (``auto``: TensorRT where it imports and sees a CUDA device, else ONNX Runtime),
+``build_engine`` and ``load_engine`` hand a build or an engine file to it, and ``backend_note``,
+``require_backend``, ``explain_size`` and ``environment`` say what a run or a report needs to know about it.
+Each backend module is imported inside the function that needs it, so importing this module needs neither
+TensorRT nor a GPU. The backends import ``base`` and ``onnx_parts``, never this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kinship.engines.base import (
+    ENGINE_SUFFIXES, SIDECAR, BuiltEngine, Engine, EngineOptions, check_backend_name, parse_variants, read_sidecar,
+)
+from kinship.errors import UserError
+
+
+def resolve_backend(name: str) -> str:
+    """``auto`` -> tensorrt when TensorRT imports and a CUDA device is present, else onnxruntime."""
+    check_backend_name(name)
+    if name != "auto":
+        return name
+    from kinship.engines.tensorrt_backend import tensorrt_unavailable_reason
+
+    return "onnxruntime" if tensorrt_unavailable_reason() else "tensorrt"
+
+
+def backend_note(requested: str, backend: str) -> str:
+    """How ``backend`` was chosen, for reports: asked for by name, or what ``auto`` found on this host."""
+    if requested != "auto":
+        return f"{backend} (chosen with --backend)"
+    from kinship.engines.tensorrt_backend import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    return f"{backend} (auto: {'TensorRT and a CUDA device found' if not reason else reason})"
+
+
+def require_backend(backend: str) -> None:
+    """Raise the one-line UserError that says what ``backend`` lacks on this host (TensorRT: library or GPU)."""
+    if backend == "tensorrt":
+        from kinship.engines.tensorrt_backend import require_tensorrt
+
+        require_tensorrt()
+
+
+def build_engine(
+    onnx_path: Path,
+    out_dir: Path,
+    precision: str,
+    backend: str,
+    calibration: Path | None,
+    options: EngineOptions = EngineOptions(),
+) -> BuiltEngine:
+    """Build one engine variant of ``onnx_path`` into ``out_dir/<backend>-<precision>/``.
+
+    ``precision`` is a variant name (``fp32``, ``tf32``, ``fp16``, ``int8``, ``int8-qdq``). INT8 needs a
+    calibration file from ``kinship calibrate``. Raises on failure, leaving no engine folder behind.
+    """
+    (variant,) = parse_variants([precision])
+    backend = resolve_backend(backend)
+    if backend == "onnxruntime":
+        from kinship.engines.onnxruntime_backend import build_ort_engine
+
+        return build_ort_engine(Path(onnx_path), Path(out_dir), variant, calibration, options)
+    from kinship.engines.tensorrt_backend import build_trt_engine
+
+    return build_trt_engine(Path(onnx_path), Path(out_dir), variant, calibration, options)
+
+
+def load_engine(path: Path, threads: int = 0) -> Engine:
+    """Open an engine: a ``.onnx`` file (ONNX Runtime, ``threads`` intra-op threads, 0 = its default), a
+    ``.engine``/``.plan`` file (TensorRT) or an engine folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"engine not found: {path}")
+    sidecar = read_sidecar(path)
+    if path.is_dir():
+        if sidecar is None:
+            raise UserError(f"{path} is a folder without {SIDECAR}: not an engine folder")
+        path = path / sidecar["parts"]["pair"]
+    backend = sidecar["backend"] if sidecar else ENGINE_SUFFIXES.get(path.suffix)
+    if backend == "onnxruntime":
+        from kinship.engines.onnxruntime_backend import OrtEngine
+
+        return OrtEngine.open(path, sidecar, threads)
+    if backend == "tensorrt":
+        from kinship.engines.tensorrt_backend import TensorRTEngine
+
+        return TensorRTEngine.open(path, sidecar)
+    raise UserError(f"{path}: unknown engine type {path.suffix!r} (expected .onnx, .engine or .plan, or an engine folder)")
+
+
+def explain_size(record, fp32_bytes: int | None) -> str:
+    """For INT8 rows: why the engine file is the size it is, from the build's census (each backend words its own)."""
+    census = (record.build.size_explanation or {}).get("pair") if record.build else None
+    if not census or record.precision != "int8":
+        return ""
+    if record.backend == "tensorrt":
+        from kinship.engines.tensorrt_backend import describe_census
+
+        return describe_census(census, record.build.size_bytes, fp32_bytes)
+    from kinship.engines.quantize import describe_census
+
+    return describe_census(census, fp32_bytes)
+
+
+def environment(backend: str) -> dict:
+    """The software and machine a report's figures come from (TensorRT, CUDA and the GPU with that backend)."""
+    import platform
+
+    import onnxruntime
+
+    from kinship.engines.quantize import cpu_has_vnni
+    from kinship.host import cpu_name
+
+    env = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
+           "cpu_vnni": cpu_has_vnni(), "processor": cpu_name()}
+    if backend == "tensorrt":
+        from kinship.engines.tensorrt_backend import environment as tensorrt_environment
+
+        env.update(tensorrt_environment())
+    return env

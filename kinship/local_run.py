@@ -1,30 +1,37 @@
-"""``kinship pipeline``: every stage in this process, against a local store, in the flows' order.
+"""``kinship pipeline``: every stage in this process, against a local store, in ``kinship.stage_order``'s order.
 
-No orchestrator: the stage functions of ``kinship.pipeline`` run one after the other with a ``LocalStore`` in
-``out/store``, each timed; the work files stay in ``out/work/<run_id>`` for a look afterwards.
+No orchestrator: the steps of ``stage_order`` run as the stage functions of ``kinship.pipeline`` with a
+``LocalStore`` in ``out/store``, each timed under the name its Prefect task has. What the flows do beyond
+ordering, this mode does too: a precision whose build fails is recorded and the others go on, a benchmark that
+fails leaves the engines reported without speeds. The work files stay in ``out/work/<run_id>`` for a look.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kinship import stage_order
 from kinship.baseline import REQUIRED_MARGIN
 from kinship.champion import promote_if_better
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig
-from kinship.manifests import TRAIN_MANIFEST_FORMAT
+from kinship.errors import reason_of
+from kinship.manifests import TRAIN_MANIFEST_FORMAT, DatasetHandle
 from kinship.pipeline import (
-    benchmark_stage, calibration_stage, check_engine_request, engine_stage, engines_report_stage, export_stage,
-    fetch_calibration, fetch_dataset, fetch_model, local_dataset, new_run_id, open_local_store, read_manifest,
-    require_an_engine, run_prefix, train_stage, write_engines_manifest, write_train_manifest,
+    benchmark_stage, calibration_stage, check_engine_request, choose_backend, engine_inputs, engine_stage,
+    engines_report_stage, export_stage, failed_engine, fetch_dataset, local_dataset, new_run_id, open_local_store,
+    read_manifest, require_an_engine, run_prefix, train_stage, write_engines_manifest, write_train_manifest,
 )
 from kinship.progress import ProgressEvent, silent
 from kinship.run_report import publish_run_report
-from kinship.storage import ArtifactRef, join_key
+from kinship.storage import ArtifactRef, ArtifactStore
 from kinship.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[ProgressEvent], None]
 
@@ -83,37 +90,97 @@ def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineC
     work, clock = out / "work" / run_id, _Clock(on_progress)
     dataset = clock("data", lambda: fetch_dataset(str(data), store.settings, on_progress) if "://" in str(data)
                     else local_dataset(Path(data), on_progress))
-    train_manifest = clock("train", lambda: _training_half(store, run_id, dataset, config, work / "train", clock, on_progress))
+    training = LocalTrainingSteps(store, dataset, work / "train", clock, on_progress)
+    train_manifest = clock("train", lambda: stage_order.training_half(training, dataset.uri, config.train,
+                                                                      config.calibration, run_id))
     engines_manifest = clock("engines", lambda: engines_half(
         store, run_id, train_manifest["manifest"], dataset, precisions, config.engines, work / "engines", on_progress))
     require_an_engine(engines_manifest)  # the engines report is stored; no promotion, no run report
     promotion = clock("champion", lambda: promote_if_better(store, train_manifest, engines_manifest,
-                                                                         required_margin=config.required_margin))
+                                                            required_margin=config.required_margin))
     report = clock("report", lambda: publish_run_report(store, run_id, train_manifest, engines_manifest, promotion))
     report_path = store.get_file(ArtifactRef.from_dict(report["artifacts"]["report.md"]), out / "report.md")
     return PipelineResult(run_id, train_manifest, engines_manifest, promotion, report, report_path,
                           time.perf_counter() - started, clock.seconds)
 
 
-def _training_half(store, run_id, dataset, config: PipelineConfig, work: Path, clock: _Clock, on_progress) -> dict:
-    """The ``kinship-train`` flow's stages, in its order."""
-    prefix = run_prefix(run_id, "train")
-    trained = clock("train model", lambda: train_stage(store, dataset, config.train, work / "run", prefix, on_progress))
-    exported = clock("export", lambda: export_stage(store, dataset, trained["artifacts"]["model.pt"], work, prefix))
-    calibrated = clock("calibration", lambda: calibration_stage(store, dataset, config.train, config.calibration, work,
-                                                                prefix, on_progress))
-    return write_train_manifest(store, run_id, dataset, config.train, trained, exported, calibrated)
+def engines_half(store: ArtifactStore, run_id: str, train_ref: dict, dataset: DatasetHandle, precisions,
+                 settings: EngineConfig, work: Path, on_progress: Progress = silent) -> dict:
+    """The engines half of run ``run_id`` in this process, on the model of the training manifest at ``train_ref``."""
+    steps = LocalEngineSteps(store, dataset, work, on_progress)
+    return stage_order.engines_half(steps, train_ref, list(precisions), settings, run_id)
 
 
-def engines_half(store, run_id, train_ref: dict, dataset, precisions, settings, work: Path, on_progress) -> dict:
-    """The ``kinship-engines`` flow's stages, in its order (the manifest read back as that flow does)."""
-    train_manifest = read_manifest(store, train_ref, TRAIN_MANIFEST_FORMAT)
-    onnx = fetch_model(store, train_manifest, work)
-    calibration = fetch_calibration(store, train_manifest, work)
-    train = TrainConfig.from_dict(train_manifest["train_config"])
-    prefix = run_prefix(run_id, "engines")
-    variants = [engine_stage(store, onnx, dataset, calibration, variant, settings, train, work, prefix, on_progress)
-                for variant in precisions]
-    variants = benchmark_stage(store, onnx, variants, dataset, settings, train, work, on_progress)
-    report = engines_report_stage(store, variants, work, join_key(prefix, "report"))
-    return write_engines_manifest(store, run_id, train_manifest, variants, report)
+class LocalTrainingSteps:
+    """``stage_order.TrainingSteps`` in this process: the stage functions, timed under their tasks' names."""
+
+    def __init__(self, store: ArtifactStore, dataset: DatasetHandle, work: Path, clock: _Clock, on_progress: Progress):
+        self.store, self.dataset, self.work, self.clock, self.on_progress = store, dataset, work, clock, on_progress
+
+    def fetch_data_set(self, uri: str) -> DatasetHandle:
+        return self.dataset  # fetched (or read in place) by run_pipeline's "data" stage
+
+    def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> dict:
+        return self.clock("train model", lambda: train_stage(self.store, dataset, train, self.work / "run",
+                                                             run_prefix(run_id, "train"), self.on_progress))
+
+    def export_onnx(self, dataset: DatasetHandle, model: dict, run_id: str) -> dict:
+        return self.clock("export", lambda: export_stage(self.store, dataset, model, self.work, run_prefix(run_id, "train")))
+
+    def build_calibration(self, dataset: DatasetHandle, train: TrainConfig, calibration: CalibrationConfig,
+                          run_id: str) -> dict:
+        return self.clock("calibration", lambda: calibration_stage(self.store, dataset, train, calibration, self.work,
+                                                                   run_prefix(run_id, "train"), self.on_progress))
+
+    def write_train_manifest(self, run_id: str, dataset: DatasetHandle, train: TrainConfig, trained: dict,
+                             exported: dict, calibrated: dict) -> dict:
+        return write_train_manifest(self.store, run_id, dataset, train, trained, exported, calibrated)
+
+    def clean_work(self, run_id: str) -> None:
+        """Nothing: the work files stay in ``out/work/<run_id>`` for a look after the run."""
+
+
+class LocalEngineSteps:
+    """``stage_order.EngineSteps`` in this process: the stage functions of ``kinship.pipeline``."""
+
+    def __init__(self, store: ArtifactStore, dataset: DatasetHandle, work: Path, on_progress: Progress):
+        self.store, self.dataset, self.work, self.on_progress = store, dataset, Path(work), on_progress
+
+    def choose_backend(self, settings: EngineConfig) -> str:
+        return choose_backend(settings)
+
+    def read_train_manifest(self, ref_or_uri: dict | str) -> dict:
+        return read_manifest(self.store, ref_or_uri, TRAIN_MANIFEST_FORMAT)
+
+    def fetch_data_set(self, uri: str, expected_sha256: str) -> DatasetHandle:
+        return self.dataset  # the handle the model was trained on, so the content the manifest names
+
+    def fetch_inputs(self, manifest: dict, run_id: str) -> dict:
+        return engine_inputs(self.store, manifest, self.work)
+
+    def build_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[str], backend: str,
+                      settings: EngineConfig, run_id: str) -> list[dict]:
+        return [self._build(inputs, dataset, variant, backend, settings, run_id) for variant in variants]
+
+    def _build(self, inputs: dict, dataset: DatasetHandle, variant: str, backend: str, settings: EngineConfig,
+               run_id: str) -> dict:
+        try:
+            return engine_stage(self.store, inputs, dataset, variant, backend, settings, self.work,
+                                run_prefix(run_id, "engines"), self.on_progress)
+        except Exception as error:  # as a failed build task of the flow: recorded, and the other precisions go on
+            reason = reason_of(error)
+            log.warning("%s %s failed, the other precisions go on: %s", backend, variant, reason)
+            return failed_engine(variant, backend, reason)
+
+    def benchmark_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str,
+                          settings: EngineConfig, run_id: str) -> list[dict]:
+        return benchmark_stage(self.store, inputs, variants, dataset, settings, self.work, self.on_progress)
+
+    def write_engines_report(self, variants: list[dict], run_id: str) -> dict:
+        return engines_report_stage(self.store, variants, self.work, run_prefix(run_id, "engines", "report"))
+
+    def write_engines_manifest(self, run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
+        return write_engines_manifest(self.store, run_id, train_manifest, variants, report)
+
+    def clean_work(self, run_id: str) -> None:
+        """Nothing: the work files stay in ``out/work/<run_id>`` for a look after the run."""

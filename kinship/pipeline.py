@@ -2,9 +2,9 @@
 
 Every stage reads its inputs from an artifact store (``kinship.storage``) or a verified local copy and
 writes its outputs back to the store, returning plain JSON-ready dicts of ``ArtifactRef``s, never a
-local path. The Prefect tasks in ``tasks/`` are thin wrappers around these functions, and
-``kinship.local_run`` calls the same functions in the same order in one process with a ``LocalStore``
-(``kinship pipeline``), so the two modes differ only in who schedules the stages.
+local path. Their order is written once, in ``kinship.stage_order``: the flows run it with the Prefect tasks
+of ``tasks/`` (thin wrappers around these functions), ``kinship.local_run`` with these functions in one process
+and a ``LocalStore`` (``kinship pipeline``), so the two modes differ only in who schedules the stages.
 
 Store layout, below the store's root::
 
@@ -37,7 +37,7 @@ from kinship import __version__
 from kinship.checkpoint_mirror import CheckpointMirror, checkpoint_prefix, prepare_run_dir
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
-from kinship.errors import KinshipError, UserError
+from kinship.errors import ArtifactMismatch, KinshipError, UserError, reason_of
 from kinship.manifests import ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, DatasetHandle
 from kinship.progress import ProgressEvent, silent
 from kinship.storage import (
@@ -225,9 +225,25 @@ def fetch_model(store: ArtifactStore, manifest: dict, work_dir: Path) -> Path:
     return folder / ONNX_FILES[0]
 
 
-def fetch_calibration(store: ArtifactStore, manifest: dict, work_dir: Path) -> Path:
-    """The calibration set named in the training manifest, verified, in ``work_dir``."""
-    return store.get_file(_ref(manifest["artifacts"]["calibration.npz"]), Path(work_dir) / "calibration.npz")
+def engine_inputs(store: ArtifactStore, manifest: dict, work_dir: Path) -> dict:
+    """What every engine build reads: the ONNX trio (fetched, verified, in ``work_dir/model``), its sha256, the
+    calibration set's ref and the training configuration (the model's family split).
+
+    The calibration set is fetched by the INT8 builds themselves (``engine_stage``): it is their input alone, so
+    a damaged one fails those builds (recorded with the reason) and never the precisions that do not read it.
+    """
+    calibration = manifest["artifacts"]["calibration.npz"]
+    return {"onnx": fetch_model(store, manifest, work_dir), "onnx_sha256": manifest["artifacts"]["model.onnx"]["sha256"],
+            "calibration_ref": calibration, "calibration_sha256": calibration["sha256"],
+            "train_config": TrainConfig.from_dict(manifest["train_config"])}
+
+
+def choose_backend(settings: EngineConfig) -> str:
+    """The backend this host builds with (TensorRT where it imports and sees a GPU, else ONNX Runtime), after
+    checking ``settings``: a bad setting fails here, before any download."""
+    from kinship.engines.registry import resolve_backend
+
+    return resolve_backend(settings.check().backend)
 
 
 def engines_config(variant: str, settings: EngineConfig, train: TrainConfig, calibration: Path | None) -> "EnginesConfig":
@@ -263,17 +279,27 @@ def build_options(settings: EngineConfig) -> "EngineOptions":
     return EngineOptions(**{f.name: getattr(settings, f.name) for f in fields(EngineOptions)})
 
 
-def benchmark_stage(store: ArtifactStore, onnx: Path, variants: list[dict], dataset: DatasetHandle,
-                    settings: EngineConfig, train: TrainConfig, work_dir: Path,
-                    on_progress: Progress = silent) -> list[dict]:
+def benchmark_stage(store: ArtifactStore, inputs: dict, variants: list[dict], dataset: DatasetHandle,
+                    settings: EngineConfig, work_dir: Path, on_progress: Progress = silent) -> list[dict]:
     """Time every built variant side by side, after all the builds; return the variants with figures.
 
     Built one task each (so one failing precision loses nothing else), the engines are benchmarked here
     together, in alternating slices, so the ratios between precisions come from the same minutes of the
     same machine. Each engine folder is fetched from the store (sha256-verified): a build served from the
     cache may have run on another day. The machine ceiling joins every variant's context; a variant whose
-    benchmark fails keeps its validation and gets the reason.
+    benchmark fails keeps its validation and gets the reason. A benchmark that fails as a whole leaves the
+    engines built and validated: reported without speeds, with the reason (and a warning in the log).
     """
+    try:
+        return _benchmark(store, inputs, variants, dataset, settings, Path(work_dir), on_progress)
+    except Exception as error:  # the builds stand without speeds
+        reason = reason_of(error)
+        log.warning("benchmark failed, engines reported without speeds: %s", reason)
+        return without_speeds(variants, f"benchmark failed: {reason}")
+
+
+def _benchmark(store: ArtifactStore, inputs: dict, variants: list[dict], dataset: DatasetHandle,
+               settings: EngineConfig, work_dir: Path, on_progress: Progress) -> list[dict]:
     from kinship.data import prepare
     from kinship.engines.registry import load_engine
     from kinship.engines.build import bench_pixels, reference_batch, sweep_engines
@@ -282,15 +308,27 @@ def benchmark_stage(store: ArtifactStore, onnx: Path, variants: list[dict], data
     built = [v for v in variants if v["status"] == "built" and (v.get("row") or {}).get("path")]
     if not built or not settings.bench_batches:
         return variants
-    config = bench_config(settings, train)
-    folders = {v["variant"]: store.get_tree(v["row"]["path"], Path(work_dir) / "bench" / v["variant"], on_progress)
+    onnx, config = Path(inputs["onnx"]), bench_config(settings, inputs["train_config"])
+    folders = {v["variant"]: store.get_tree(v["row"]["path"], work_dir / "bench" / v["variant"], on_progress)
                for v in built}
     engines = {f"{v['backend']} {v['variant']}": load_engine(folders[v["variant"]]) for v in built}
     image_size = next(iter(engines.values())).image_size
     prepared = prepare(dataset.path, image_size, config.split_config(), on_progress=on_progress)
-    companion = Path(onnx).with_suffix(".pt")
+    companion = onnx.with_suffix(".pt")
     sweep = sweep_engines(engines, config, bench_pixels(prepared), companion if companion.is_file() else None,
                           on_progress)
+    timed = _with_figures(variants, sweep)
+    context = {**built[0]["context"], "reference_batch": reference_batch(config)}
+    if sweep.torch:
+        context["torch"] = sweep.torch
+    rows = [EngineResult.from_dict({k: v for k, v in t["row"].items() if k != "summary"}) for t in timed if t.get("context")]
+    context = {**measure_context(onnx, rows, context, ceiling_seconds=settings.ceiling_seconds),  # measured now
+               **context}
+    return [{**t, "context": {**context, "notes": t["context"].get("notes", [])}} if t.get("context") else t for t in timed]
+
+
+def _with_figures(variants: list[dict], sweep) -> list[dict]:
+    """The variants, each one the sweep timed with its figures per batch (and the reason it stopped, if it did)."""
     timed = []
     for variant in variants:
         name = f"{variant['backend']} {variant['variant']}"
@@ -301,13 +339,7 @@ def benchmark_stage(store: ArtifactStore, onnx: Path, variants: list[dict], data
         if name in sweep.failed:
             row["reason"] = sweep.failed[name]
         timed.append({**variant, "row": row})
-    context = {**built[0]["context"], "reference_batch": reference_batch(config)}
-    if sweep.torch:
-        context["torch"] = sweep.torch
-    rows = [EngineResult.from_dict({k: v for k, v in t["row"].items() if k != "summary"}) for t in timed if t.get("context")]
-    context = {**measure_context(Path(onnx), rows, context, ceiling_seconds=settings.ceiling_seconds),  # measured now
-               **context}
-    return [{**t, "context": {**context, "notes": t["context"].get("notes", [])}} if t.get("context") else t for t in timed]
+    return timed
 
 
 def without_speeds(variants: list[dict], reason: str) -> list[dict]:
@@ -315,17 +347,20 @@ def without_speeds(variants: list[dict], reason: str) -> list[dict]:
     return [{**v, "row": {**v["row"], "reason": reason}} if v["status"] == "built" else v for v in variants]
 
 
-def engine_stage(store: ArtifactStore, onnx: Path, dataset: DatasetHandle, calibration: Path | None, variant: str,
-                 settings: EngineConfig, train: TrainConfig, work_dir: Path, prefix: str,
-                 on_progress: Progress = silent) -> dict:
-    """Build, validate and benchmark one variant; upload its engine folder; return its record and report row."""
+def engine_stage(store: ArtifactStore, inputs: dict, dataset: DatasetHandle, variant: str, backend: str,
+                 settings: EngineConfig, work_dir: Path, prefix: str, on_progress: Progress = silent) -> dict:
+    """Build and validate one variant with ``backend`` (``benchmark_stage`` times it later); upload its engine
+    folder; return its record and report row. A build that chose another backend is refused."""
     from kinship.engines.base import variant_dir
     from kinship.engines.build import build_engines
 
+    onnx, calibration = _verified_inputs(store, inputs, variant, Path(work_dir))
     out = Path(work_dir) / variant
     shutil.rmtree(out, ignore_errors=True)  # a retried attempt starts clean
-    config = engines_config(variant, settings, train, calibration)
+    config = engines_config(variant, settings, inputs["train_config"], calibration)
     result = build_engines(onnx, dataset.path, out, config, on_progress=on_progress)
+    if result.backend != backend:
+        raise ArtifactMismatch(f"asked for {backend} but the build used {result.backend}")
     record = result.records[0]
     folder = variant_dir(out, result.backend, variant)
     engine_prefix = join_key(prefix, folder.name)
@@ -342,6 +377,17 @@ def engine_stage(store: ArtifactStore, onnx: Path, dataset: DatasetHandle, calib
         "reference": result.reference, "validation": {k: v for k, v in result.validation.items() if k != "policy"},
         "environment": result.environment,
     }
+
+
+def _verified_inputs(store: ArtifactStore, inputs: dict, variant: str, work_dir: Path) -> tuple[Path, Path | None]:
+    """The ONNX model, hashed again (a retry may find it changed on disk), and for INT8 the calibration set,
+    fetched now and sha256-verified: a damaged set fails this build, with the reason."""
+    onnx = Path(inputs["onnx"])
+    if file_digest(onnx)[0] != inputs["onnx_sha256"]:
+        raise ArtifactMismatch(f"{inputs['onnx']} changed on disk since it was fetched")
+    if not variant.startswith("int8"):
+        return onnx, None
+    return onnx, store.get_file(_ref(inputs["calibration_ref"]), work_dir / "calibration.npz")
 
 
 def failed_engine(variant: str, backend: str, reason: str) -> dict:
@@ -370,6 +416,7 @@ def engines_report_stage(store: ArtifactStore, variants: list[dict], work_dir: P
 
     if not variants:
         raise UserError("no engine variants to report on")
+    variants = with_run_facts(variants)
     out = Path(work_dir) / "report"
     shutil.rmtree(out, ignore_errors=True)
     context = dict(variants[0]["context"])
@@ -384,6 +431,7 @@ def engines_report_stage(store: ArtifactStore, variants: list[dict], work_dir: P
 def write_engines_manifest(store: ArtifactStore, run_id: str, train_manifest: dict, variants: list[dict],
                            report: dict, host: dict | None = None) -> dict:
     """The engines half's result, stored last as ``runs/<id>/engines/manifest.json`` and returned."""
+    variants = with_run_facts(variants)
     first = variants[0] if variants else {}
     manifest = {
         "format": ENGINES_MANIFEST_FORMAT,

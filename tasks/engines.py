@@ -1,8 +1,9 @@
-"""Engine-half tasks: read the training manifest, fetch verified inputs, build each variant, report."""
+"""Engine-half tasks: read the training manifest, fetch verified inputs, build each variant, report.
+
+``EngineTasks`` hands them to ``kinship.stage_order.engines_half``, which holds their order.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -10,11 +11,10 @@ from prefect.logging import get_run_logger
 
 from kinship import pipeline
 from kinship.engines.config import EngineConfig
-from kinship.errors import ArtifactMismatch, reason_of
+from kinship.errors import reason_of
 from kinship.manifests import DatasetHandle
 from kinship.run_report import engine_table
-from kinship.storage import ArtifactRef, file_digest
-from kinship.train_config import TrainConfig
+from tasks.data import clean_work, fetch_data_set
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
 
@@ -32,19 +32,13 @@ def fetch_inputs(manifest: dict, run_id: str) -> dict:
     The calibration set is fetched by the INT8 builds themselves: it is their input alone, so a damaged
     one fails those builds (recorded with the reason) and never the precisions that do not read it.
     """
-    onnx = pipeline.fetch_model(open_store(), manifest, work_dir(run_id, "engines"))
-    calibration = manifest["artifacts"]["calibration.npz"]
-    return {"onnx": onnx, "onnx_sha256": manifest["artifacts"]["model.onnx"]["sha256"],
-            "calibration_ref": calibration, "calibration_sha256": calibration["sha256"],
-            "train_config": TrainConfig.from_dict(manifest["train_config"])}
+    return pipeline.engine_inputs(open_store(), manifest, work_dir(run_id, "engines"))
 
 
 @task(name="choose backend")
 def choose_backend(settings: EngineConfig) -> str:
     """The backend this host will build with: TensorRT where it imports and sees a GPU, else ONNX Runtime."""
-    from kinship.engines.registry import resolve_backend
-
-    backend = resolve_backend(settings.check().backend)
+    backend = pipeline.choose_backend(settings)
     get_run_logger().info("engine backend on this host: %s (asked: %s)", backend, settings.backend)
     return backend
 
@@ -74,17 +68,9 @@ def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: st
 
     Cached on (ONNX sha256, precision, backend, calibration sha256 for INT8, data set, validation settings).
     """
-    if file_digest(Path(inputs["onnx"]))[0] != inputs["onnx_sha256"]:
-        raise ArtifactMismatch(f"{inputs['onnx']} changed on disk since it was fetched")
-    store, folder = open_store(), work_dir(run_id, "engines")
-    calibration = None
-    if variant.startswith("int8"):  # sha256-verified: a damaged set fails this build, with the reason
-        calibration = store.get_file(ArtifactRef.from_dict(inputs["calibration_ref"]), folder / "calibration.npz")
     with progress_artifact(f"engine {variant}") as on_progress:
-        built = pipeline.engine_stage(store, Path(inputs["onnx"]), dataset, calibration, variant, settings,
-                                      inputs["train_config"], folder, pipeline.run_prefix(run_id, "engines"), on_progress)
-    if built["backend"] != backend:
-        raise ArtifactMismatch(f"asked for {backend} but the build used {built['backend']}")
+        built = pipeline.engine_stage(open_store(), inputs, dataset, variant, backend, settings,
+                                      work_dir(run_id, "engines"), pipeline.run_prefix(run_id, "engines"), on_progress)
     summary = built["row"].get("summary") or {}
     get_run_logger().info("%s %s: %s%s; AUC %s, %s pairs/s", backend, variant, built["status"],
                           f" ({built['reason']})" if built["reason"] else "", summary.get("auc"), summary.get("pairs_per_s"))
@@ -111,30 +97,24 @@ def benchmark_engines(inputs: dict, dataset: DatasetHandle, variants: list[dict]
     """Every built precision timed together in alternating slices, after the builds; the variants with figures.
 
     Not cached: a speed is a measurement of this run's host. A benchmark that fails leaves the engines built
-    and validated, reported without speeds and with the reason.
+    and validated, reported without speeds and with the reason (``pipeline.benchmark_stage``).
     """
-    try:
-        with progress_artifact("benchmark engines") as on_progress:
-            return pipeline.benchmark_stage(open_store(), Path(inputs["onnx"]), variants, dataset, settings,
-                                            inputs["train_config"], work_dir(run_id, "engines"), on_progress)
-    except Exception as error:  # the builds stand without speeds
-        reason = reason_of(error)
-        get_run_logger().warning("benchmark failed, engines reported without speeds: %s", reason)
-        return pipeline.without_speeds(variants, f"benchmark failed: {reason}")
+    with progress_artifact("benchmark engines") as on_progress:
+        return pipeline.benchmark_stage(open_store(), inputs, variants, dataset, settings, work_dir(run_id, "engines"),
+                                        on_progress)
 
 
 @task(name="write engine report", **ONE_RETRY)
 def write_engines_report(variants: list[dict], run_id: str) -> dict:
     """One report over every variant (markdown, JSON, plots), uploaded under the run's engines prefix."""
-    return pipeline.engines_report_stage(open_store(), pipeline.with_run_facts(variants), work_dir(run_id, "engines"),
+    return pipeline.engines_report_stage(open_store(), variants, work_dir(run_id, "engines"),
                                          pipeline.run_prefix(run_id, "engines", "report"))
 
 
 @task(name="write engines manifest", **IO_RETRIES)
 def write_engines_manifest(run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
     """Store the engines manifest last and show the engine table on this run's page."""
-    manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, pipeline.with_run_facts(variants), report,
-                                               host())
+    manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, variants, report, host())
     create_table_artifact(engine_table(manifest), description=f"engines of run {run_id} ({manifest['backend_note']})")
     get_run_logger().info("engines manifest: %s", manifest["manifest"]["uri"])
     return manifest
@@ -144,3 +124,42 @@ def write_engines_manifest(run_id: str, train_manifest: dict, variants: list[dic
 def require_an_engine(manifest: dict) -> dict:
     """Fail the run (report and manifest already stored) when no precision was built: nothing to deploy."""
     return pipeline.require_an_engine(manifest)
+
+
+class EngineTasks:
+    """``kinship.stage_order.EngineSteps`` as this module's tasks: each method runs the task of its name."""
+
+    def __init__(self, force: bool = False):
+        self.force = force  # build again even where a cached build of the same inputs exists
+
+    def choose_backend(self, settings: EngineConfig) -> str:
+        return choose_backend(settings)
+
+    def read_train_manifest(self, uri: str) -> dict:
+        return read_train_manifest(uri)
+
+    def fetch_data_set(self, uri: str, expected_sha256: str) -> DatasetHandle:
+        return fetch_data_set(uri, expected_sha256)
+
+    def fetch_inputs(self, manifest: dict, run_id: str) -> dict:
+        return fetch_inputs(manifest, run_id)
+
+    def build_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[str], backend: str,
+                      settings: EngineConfig, run_id: str) -> list[dict]:
+        """One ``build engine`` task per variant; a failed task is a ``failed`` record (``engine_outcome``)."""
+        build = build_engine.with_options(refresh_cache=self.force)
+        states = {v: build(inputs, dataset, v, backend, settings, run_id, return_state=True) for v in variants}
+        return [engine_outcome(state, variant, backend) for variant, state in states.items()]
+
+    def benchmark_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str,
+                          settings: EngineConfig, run_id: str) -> list[dict]:
+        return benchmark_engines(inputs, dataset, variants, backend, settings, run_id)
+
+    def write_engines_report(self, variants: list[dict], run_id: str) -> dict:
+        return write_engines_report(variants, run_id)
+
+    def write_engines_manifest(self, run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
+        return write_engines_manifest(run_id, train_manifest, variants, report)
+
+    def clean_work(self, run_id: str) -> None:
+        clean_work(run_id)

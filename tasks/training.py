@@ -1,4 +1,7 @@
-"""Training-half tasks: train, export, calibrate, write the manifest. Each cached on its content inputs."""
+"""Training-half tasks: train, export, calibrate, write the manifest. Each cached on its content inputs.
+
+``TrainingTasks`` hands them to ``kinship.stage_order.training_half``, which holds their order.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from kinship.baseline import REQUIRED_MARGIN, BaselineComparison
 from kinship.engines.calibration import CalibrationConfig
 from kinship.manifests import DatasetHandle
 from kinship.train_config import TrainConfig
+from tasks.data import clean_work, fetch_data_set
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
 
@@ -111,3 +115,30 @@ def _epoch_rows(manifest: dict) -> list[dict]:
     keys = ("epoch", "train_loss", "val_auc", "val_accuracy", "val_loss", "epoch_seconds")
     return [{k: round(row[k], 4) if isinstance(row.get(k), float) else row.get(k) for k in keys}
             for row in document.get("epochs", [])]
+
+
+class TrainingTasks:
+    """``kinship.stage_order.TrainingSteps`` as this module's tasks: each method runs the task of its name."""
+
+    def __init__(self, force: bool = False):
+        self.force = force  # run the cached steps again even where their inputs were seen before
+
+    def fetch_data_set(self, uri: str) -> DatasetHandle:
+        return fetch_data_set(uri)
+
+    def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> dict:
+        return train_model.with_options(refresh_cache=self.force)(dataset, train, run_id)
+
+    def export_onnx(self, dataset: DatasetHandle, model: dict, run_id: str) -> dict:
+        return export_onnx.with_options(refresh_cache=self.force)(dataset, model, run_id)
+
+    def build_calibration(self, dataset: DatasetHandle, train: TrainConfig, calibration: CalibrationConfig,
+                          run_id: str) -> dict:
+        return build_calibration.with_options(refresh_cache=self.force)(dataset, train, calibration, run_id)
+
+    def write_train_manifest(self, run_id: str, dataset: DatasetHandle, train: TrainConfig, trained: dict,
+                             exported: dict, calibrated: dict) -> dict:
+        return write_train_manifest(run_id, dataset, train, trained, exported, calibrated)
+
+    def clean_work(self, run_id: str) -> None:
+        clean_work(run_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from dataclasses import replace
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kinship import pipeline
 from kinship.champion import CHAMPION_KEY, decide, promote_if_better, read_champion
 from kinship.checkpoint_mirror import resume_possible as _resume_possible
 from kinship.engines.config import EngineConfig
@@ -153,6 +155,35 @@ def test_a_run_without_a_built_engine_fails_and_is_never_promoted(finished, tiny
     assert not kept["promoted"] and "no built engine" in kept["reason"]
     assert store.get_json(CHAMPION_KEY) == before
     assert require_an_engine(result.engines) is result.engines
+
+
+def test_in_process_a_failed_input_and_a_failed_benchmark_degrade_as_in_the_flow(
+        finished, tiny_data, tmp_path: Path, monkeypatch, caplog) -> None:
+    # the flow's rules, now the library's: INT8 fetches its own calibration set, so a damaged one fails INT8
+    # alone; a benchmark that breaks leaves the engines reported without speeds; failed rows get the run facts
+    result, out = finished
+    store = open_local_store(out)
+    manifest = read_manifest(store, result.train["manifest"], TRAIN_MANIFEST_FORMAT)
+    manifest.pop("manifest")
+    calibration = {**manifest["artifacts"]["calibration.npz"], "sha256": "0" * 64}
+    manifest["artifacts"] = {**manifest["artifacts"], "calibration.npz": calibration}
+    ref = store.put_json(manifest, "runs/damaged/train/manifest.json").to_dict()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the timer broke")
+
+    monkeypatch.setattr(pipeline, "_benchmark", broken)
+    with caplog.at_level(logging.WARNING, logger="kinship"):
+        engines = _engines_half(store, "damaged", ref, local_dataset(tiny_data), ["int8", "fp32"], TINY.engines,
+                                tmp_path / "work", lambda event: None)
+    status = {e["variant"]: e["status"] for e in engines["engines"]}
+    assert status == {"fp32": "built", "int8": "failed"}
+    rows = {row["variant"]: row for row in engines["rows"]}
+    assert rows["fp32"]["reason"].startswith("benchmark failed: ") and "the timer broke" in rows["fp32"]["reason"]
+    assert rows["fp32"]["bench_batches"] == [] and rows["int8"]["reason"]
+    assert engines["reference"] is not None and engines["environment"]  # run-wide facts, though int8 is first
+    assert "int8 failed, the other precisions go on" in caplog.text
+    assert "benchmark failed, engines reported without speeds" in caplog.text
 
 
 def test_orchestration_imports_no_torch() -> None:

@@ -1,7 +1,8 @@
 """``kinship pipeline``: the whole workflow in one process with no server (for laptops and debugging).
 
-The same stages as the Prefect deployments (``kinship.pipeline``), in the same order, against a local
-artifact store in ``--out/store``; the final report is copied to ``--out/report.md``.
+The same stages as the Prefect deployments (``kinship.pipeline``), in the same order (``kinship.stage_order``),
+against a local artifact store in ``--out/store`` (``kinship.local_run``); the final report is copied to
+``--out/report.md``.
 """
 
 from __future__ import annotations

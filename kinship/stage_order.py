@@ -1,0 +1,97 @@
+"""The order of the stages, written once: the Prefect flows and the in-process runner both follow it.
+
+Each half is a short list of steps over a ``Steps`` object that says how one step runs. The flows hand in
+Prefect tasks (``tasks.training.TrainingTasks``, ``tasks.engines.EngineTasks``); ``kinship.local_run`` hands in
+the stage functions of ``kinship.pipeline``, run in this process. A step added here is a step of both modes,
+so they cannot drift apart; what a step does lives in ``kinship.pipeline`` for both as well.
+
+No prefect and no torch here: the orchestrating flows import this module.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from kinship.engines.calibration import CalibrationConfig
+    from kinship.engines.config import EngineConfig
+    from kinship.manifests import DatasetHandle
+    from kinship.train_config import TrainConfig
+
+
+class TrainingSteps(Protocol):
+    """How each step of the training half runs (a Prefect task, or a stage function in this process)."""
+
+    def fetch_data_set(self, uri: str) -> DatasetHandle: ...
+
+    def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> dict: ...
+
+    def export_onnx(self, dataset: DatasetHandle, model: dict, run_id: str) -> dict: ...
+
+    def build_calibration(self, dataset: DatasetHandle, train: TrainConfig, calibration: CalibrationConfig,
+                          run_id: str) -> dict: ...
+
+    def write_train_manifest(self, run_id: str, dataset: DatasetHandle, train: TrainConfig, trained: dict,
+                             exported: dict, calibrated: dict) -> dict: ...
+
+    def clean_work(self, run_id: str) -> None: ...
+
+
+def training_half(steps: TrainingSteps, dataset_uri: str, train: TrainConfig, calibration: CalibrationConfig,
+                  run_id: str) -> dict:
+    """Fetch the data set, train, export and check ONNX, draw the calibration set, store the training manifest
+    (last: its presence means the half is complete), clean this host's work folder; the manifest."""
+    dataset = steps.fetch_data_set(dataset_uri)
+    trained = steps.train_model(dataset, train, run_id)
+    exported = steps.export_onnx(dataset, trained["artifacts"]["model.pt"], run_id)
+    calibrated = steps.build_calibration(dataset, train, calibration, run_id)
+    manifest = steps.write_train_manifest(run_id, dataset, train, trained, exported, calibrated)
+    steps.clean_work(run_id)
+    return manifest
+
+
+class EngineSteps(Protocol):
+    """How each step of the engines half runs (a Prefect task, or a stage function in this process)."""
+
+    def choose_backend(self, settings: EngineConfig) -> str: ...
+
+    def read_train_manifest(self, ref_or_uri: dict | str) -> dict: ...
+
+    def fetch_data_set(self, uri: str, expected_sha256: str) -> DatasetHandle: ...
+
+    def fetch_inputs(self, manifest: dict, run_id: str) -> dict: ...
+
+    def build_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[str], backend: str,
+                      settings: EngineConfig, run_id: str) -> list[dict]:
+        """One record per variant; a variant whose build failed is a ``failed`` record, the others go on."""
+        ...
+
+    def benchmark_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str,
+                          settings: EngineConfig, run_id: str) -> list[dict]: ...
+
+    def write_engines_report(self, variants: list[dict], run_id: str) -> dict: ...
+
+    def write_engines_manifest(self, run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict: ...
+
+    def clean_work(self, run_id: str) -> None: ...
+
+
+def engines_half(steps: EngineSteps, train_manifest: dict | str, precisions: list[str], settings: EngineConfig,
+                 run_id: str) -> dict:
+    """Choose the backend (a bad setting fails here, before any download), read the training manifest, fetch
+    the data set it names (the same content) and the model, build and validate each precision, benchmark
+    the built ones side by side, report, store the engines manifest, clean; the manifest.
+
+    Whether an engine was built at all is the caller's last step (``pipeline.require_an_engine``): the
+    report and the manifest are stored either way.
+    """
+    backend = steps.choose_backend(settings)
+    manifest = steps.read_train_manifest(train_manifest)
+    dataset = steps.fetch_data_set(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
+    inputs = steps.fetch_inputs(manifest, run_id)
+    variants = steps.build_engines(inputs, dataset, list(dict.fromkeys(precisions)), backend, settings, run_id)
+    variants = steps.benchmark_engines(inputs, dataset, variants, backend, settings, run_id)
+    report = steps.write_engines_report(variants, run_id)
+    result = steps.write_engines_manifest(run_id, manifest, variants, report)
+    steps.clean_work(run_id)
+    return result

@@ -89,7 +89,7 @@ def test_set_structure(data: Path) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def report_scoring(onnx_path: Path, threads: int, args) -> None:
-    from kinship.engines.bench import bench_test_set_scoring
+    from kinship.engines.scoring import bench_test_set_scoring
     from kinship.engines.onnxruntime_backend import OrtEngine
 
     engine = OrtEngine.open(onnx_path, None, threads=threads)
@@ -107,8 +107,8 @@ def report_scoring(onnx_path: Path, threads: int, args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv, __doc__.splitlines()[0])
-    from kinship.engines.bench import default_threads
-    from kinship.engines.ceiling import model_flops_per_pair
+    from kinship.engines.flops import model_flops_per_pair
+    from kinship.host import default_threads
 
     checkpoint, onnx_path, source = model_files(args.run)
     flops = model_flops_per_pair(onnx_path)

@@ -41,7 +41,8 @@ def ort_session(onnx_path, threads: int, level: str = "all", spinning: bool = Tr
 
 def run_session(session, batch: int, image_size: int, seconds: float):
     """A BenchResult for an ORT session of the pair model."""
-    from kinship.engines.bench import benchmark, pair_inputs
+    from kinship.engines.bench import pair_inputs
+    from kinship.engines.timing import benchmark
 
     img0, img1 = pair_inputs(batch, image_size)
     feeds = {"img0": img0, "img1": img1}
@@ -99,8 +100,8 @@ def conv_layers(onnx_path: Path, batch: int, threads: int, seconds: float) -> No
     import onnx
     from onnx import TensorProto, helper
 
-    from kinship.engines.bench import benchmark
-    from kinship.engines.ceiling import inferred_shapes
+    from kinship.engines.flops import inferred_shapes
+    from kinship.engines.timing import benchmark
 
     model = onnx.load(str(onnx_path))
     shapes = inferred_shapes(model)
@@ -133,8 +134,8 @@ def conv_layers(onnx_path: Path, batch: int, threads: int, seconds: float) -> No
 
 
 def investigate(checkpoint: Path, onnx_path: Path, flops: int, args) -> None:
-    from kinship.engines.bench import default_threads
     from kinship.export import read_metadata
+    from kinship.host import default_threads
 
     image_size = int(read_metadata(onnx_path)["kinship.image_size"])
     cores = default_threads()
@@ -145,7 +146,7 @@ def investigate(checkpoint: Path, onnx_path: Path, flops: int, args) -> None:
 
 
 def main(argv=None) -> int:
-    from kinship.engines.ceiling import model_flops_per_pair
+    from kinship.engines.flops import model_flops_per_pair
 
     args = parse_args(argv, __doc__.splitlines()[0])
     checkpoint, onnx_path, source = model_files(args.run)

@@ -11,11 +11,14 @@ import pytest
 
 from kinship.cli import main
 from kinship.engines.base import PhaseTimes
-from kinship.engines.bench import (
-    BenchResult, bench_engine, bench_interleaved, bench_test_set_scoring, bench_torch, benchmark, default_threads,
-    keep_freed_memory, merge_slices, percentile_nearest_rank, ratio, summarise, timing_stats,
+from kinship.engines.bench import bench_engine, bench_torch
+from kinship.engines.ceiling import matmul_gflops
+from kinship.engines.flops import model_flops_per_pair, torch_flops_per_pair
+from kinship.engines.scoring import bench_test_set_scoring
+from kinship.engines.timing import (
+    BenchResult, bench_interleaved, benchmark, merge_slices, percentile_nearest_rank, ratio, summarise, timing_stats,
 )
-from kinship.engines.ceiling import matmul_gflops, model_flops_per_pair, torch_flops_per_pair
+from kinship.host import default_threads, keep_freed_memory
 from kinship.errors import UserError
 
 SIZE = 32  # conftest's TINY_TRAIN image size

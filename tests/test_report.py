@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from kinship.engines.bench import summarise
+from kinship.engines.timing import summarise
 from kinship.engines.report import EngineResult, roc_points, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -115,7 +115,7 @@ def test_roc_points():
 
 
 def test_context_measured_beside_a_run(tiny_run, tiny_onnx):
-    from kinship.engines.ceiling import torch_flops_per_pair
+    from kinship.engines.flops import torch_flops_per_pair
     from kinship.engines.report import measure_context
 
     row = EngineResult("onnxruntime", "fp32", "ok", bench={64: _bench([5.0, 5.0], 64)})

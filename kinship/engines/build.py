@@ -33,6 +33,7 @@ from kinship.engines.validate import (
     validate_engine, validation_data,
 )
 from kinship.errors import UserError, reason_of
+from kinship.host import default_threads
 from kinship.metrics import verification_report
 from kinship.progress import ProgressEvent, silent
 
@@ -205,7 +206,8 @@ def sweep_engines(engines: dict, config: EnginesConfig, pixels: np.ndarray, torc
     """The batch sweep over ``engines`` (name -> loaded engine) in alternating slices (``bench.bench_interleaved``),
     so the ratios between engines are side by side; PyTorch eager on ``torch_checkpoint`` joins the slices at
     the reference batch. An engine that fails at one batch is left out of the larger ones."""
-    from kinship.engines.bench import bench_interleaved, timed_call
+    from kinship.engines.bench import timed_call
+    from kinship.engines.timing import bench_interleaved
 
     sweep = Sweep({name: [] for name in engines})
     if not config.bench_batches or not engines:
@@ -250,8 +252,6 @@ def _benchmark(records: list[EngineRecord], config: EnginesConfig, pixels: np.nd
 
 
 def _threads(config: EnginesConfig) -> int:
-    from kinship.engines.bench import default_threads
-
     return config.options.threads or default_threads()
 
 
@@ -371,8 +371,6 @@ def report_rows(result: EnginesResult, labels: np.ndarray) -> list[dict]:
 
 def report_context(result: EnginesResult, config: EnginesConfig) -> dict:
     """What the report shows around the rows: model, machine, reference batch, FLOPs, notes."""
-    from kinship.engines.bench import default_threads
-
     context = {
         "title": f"Engines for {result.onnx.name} ({result.backend})",
         "model": str(result.onnx),
@@ -393,7 +391,7 @@ def report_context(result: EnginesResult, config: EnginesConfig) -> dict:
             f"calibration: {meta.get('pairs')} pairs from {len(meta.get('families_used', []))} training families, "
             f"{meta.get('method')} method, per type {meta.get('counts_by_type')}")
     try:
-        from kinship.engines.ceiling import model_flops_per_pair
+        from kinship.engines.flops import model_flops_per_pair
 
         context["flops_per_pair"] = model_flops_per_pair(result.onnx)
     except Exception as error:  # the FLOP count is a nicety: never lose the report over it

@@ -17,11 +17,12 @@ import logging
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from kinship.host import cpu_has_vnni
 
 QDQ_LAYOUTS = ("cpu", "tensorrt")
 
@@ -42,16 +43,6 @@ class QuantizeSettings:
         sym = "symmetric" if self.symmetric else "asymmetric"
         rr = ", reduce_range" if self.reduce_range else ""
         return f"Q/DQ {self.layout}: {self.activation} activations, {self.weight} per-channel weights ({sym}{rr}), {self.method} calibration"
-
-
-@lru_cache(maxsize=1)
-def cpu_has_vnni() -> bool:
-    """Whether this x86 CPU has VNNI (AVX512_VNNI or AVX_VNNI): then full-range U8S8 is safe and faster."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def settings_for(layout: str, method: str, reduce_range: bool | None = None) -> QuantizeSettings:

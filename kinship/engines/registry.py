@@ -112,8 +112,7 @@ def environment(backend: str) -> dict:
 
     import onnxruntime
 
-    from kinship.engines.quantize import cpu_has_vnni
-    from kinship.host import cpu_name
+    from kinship.host import cpu_has_vnni, cpu_name
 
     env = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
            "cpu_vnni": cpu_has_vnni(), "processor": cpu_name()}

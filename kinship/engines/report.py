@@ -139,7 +139,7 @@ def row_summary(result: EngineResult, context: dict) -> dict:
         "vs_torch": None,
     }
     if figures:
-        from kinship.engines.bench import ceiling_shares
+        from kinship.engines.ceiling import ceiling_shares
 
         shares = ceiling_shares(figures, context.get("flops_per_pair"), context.get("ceiling"))
         summary.update({k: shares[k] for k in ("gflops", "share_of_ceiling", "cpu_share", "best_call_share")})
@@ -381,8 +381,10 @@ def _md_row(cells) -> str:
 
 def measure_context(onnx_path: Path, rows: list[EngineResult], context: dict, ceiling_seconds: float = 2.0) -> dict:
     """Ceiling, FLOPs per pair and (with a ``.pt`` beside the ONNX) PyTorch eager at the reference batch."""
-    from kinship.engines.bench import bench_torch, default_threads
-    from kinship.engines.ceiling import machine_ceiling, model_flops_per_pair
+    from kinship.engines.bench import bench_torch
+    from kinship.engines.ceiling import machine_ceiling
+    from kinship.engines.flops import model_flops_per_pair
+    from kinship.host import default_threads
 
     threads = int(context.get("threads") or default_threads())
     measured = {"threads": threads, "ceiling": machine_ceiling(ceiling_seconds, threads=threads).to_dict()}

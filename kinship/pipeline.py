@@ -274,7 +274,7 @@ def bench_config(settings: EngineConfig, train: TrainConfig) -> "EnginesConfig":
 
 def build_options(settings: EngineConfig) -> "EngineOptions":
     """The build knobs of ``settings`` (profile, workspace, calibration method, threads, ...) as the builders take them."""
-    from kinship.engines.base import EngineOptions
+    from kinship.engines.config import EngineConfig as EngineOptions  # the builders take an EngineConfig now
 
     return EngineOptions(**{f.name: getattr(settings, f.name) for f in fields(EngineOptions)})
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from kinship.data import SplitConfig
-from kinship.engines.base import STATUS_NOT_APPLICABLE, EngineOptions, staged_dir, variant_dir
+from kinship.engines.base import STATUS_NOT_APPLICABLE, staged_dir, variant_dir
 from kinship.engines.calibration import CalibrationConfig, build_calibration_set, save_calibration
+from kinship.engines.config import EngineConfig
 from kinship.engines.quantize import qdq_census, settings_for
 from kinship.engines.registry import build_engine, load_engine
 from kinship.engines.validate import compare_logits, reference_engine
@@ -28,7 +29,7 @@ def calibration_file(tiny_data, tmp_path_factory):
 def built(tiny_onnx, calibration_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("ort-engines")
     variants = ("fp32", "tf32", "fp16", "int8", "int8-qdq")
-    return out, {v: build_engine(tiny_onnx, out, v, "onnxruntime", calibration_file, EngineOptions()) for v in variants}
+    return out, {v: build_engine(tiny_onnx, out, v, "onnxruntime", calibration_file, EngineConfig()) for v in variants}
 
 
 @pytest.fixture(scope="module")

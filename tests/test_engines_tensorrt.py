@@ -9,8 +9,8 @@ import pytest
 
 from kinship.cli import main
 from kinship.data import SplitConfig
-from kinship.engines.base import EngineOptions
 from kinship.engines.calibration import CalibrationConfig, build_calibration_set, save_calibration
+from kinship.engines.config import EngineConfig
 from kinship.engines.registry import build_engine, load_engine, resolve_backend
 from kinship.engines.tensorrt_backend import (
     REQUIREMENT, add_calibration, chunks, layer_census, onnx_input_shapes, plan_parts, profile_shapes,
@@ -49,7 +49,7 @@ def test_profile_refuses_bad_ranges_and_dynamic_images():
     with pytest.raises(UserError, match="dynamic non-batch"):
         profile_shapes({"x": (-1, 3, -1, -1)}, 1, 2, 4)
     with pytest.raises(UserError):
-        EngineOptions(min_batch=0)
+        EngineConfig(min_batch=0)
 
 
 def test_chunks_cover_a_batch_within_the_profile():
@@ -62,7 +62,7 @@ def test_calibrator_batches_follow_the_opt_shape(tiny_onnx, calibration, tmp_pat
     from kinship.engines.onnx_parts import embedder
 
     sources = _sources(tiny_onnx)
-    options = EngineOptions(min_batch=1, opt_batch=16, max_batch=64)
+    options = EngineConfig(min_batch=1, opt_batch=16, max_batch=64)
     plans = plan_parts(sources, options)
     add_calibration(plans, calibration, tmp_path, embedder(sources), options)
     for part, plan in plans.items():
@@ -127,7 +127,7 @@ def calibration_file(calibration, tmp_path_factory):
 @needs_gpu
 @pytest.mark.parametrize("variant, max_diff", [("fp32", 1e-3), ("tf32", 2e-2), ("fp16", 5e-2), ("int8", 0.5), ("int8-qdq", 0.5)])
 def test_tensorrt_engines_track_fp32(tiny_onnx, calibration, calibration_file, tmp_path, variant, max_diff):
-    options = EngineOptions(min_batch=1, opt_batch=16, max_batch=64)
+    options = EngineConfig(min_batch=1, opt_batch=16, max_batch=64)
     built = build_engine(tiny_onnx, tmp_path, variant, "tensorrt", calibration_file, options)
     assert built.path.suffix == ".engine" and set(built.parts) == {"pair", "encoder", "head"}
     assert (tmp_path / "tensorrt.timing-cache").is_file()
@@ -146,7 +146,7 @@ def test_tensorrt_engines_track_fp32(tiny_onnx, calibration, calibration_file, t
 @pytest.mark.gpu
 @needs_gpu
 def test_int8_rebuild_reuses_the_calibration_cache(tiny_onnx, calibration_file, tmp_path):
-    options = EngineOptions(min_batch=1, opt_batch=16, max_batch=64)
+    options = EngineConfig(min_batch=1, opt_batch=16, max_batch=64)
     build_engine(tiny_onnx, tmp_path, "int8", "tensorrt", calibration_file, options)
     caches = sorted(tmp_path.glob("calibration-*.cache"))
     assert len(caches) == 3

@@ -27,12 +27,28 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args) -> int:
-    from kinship.engines.bench import BenchRequest, run_bench
+def config_from_args(args):
+    """The ``EngineConfig`` of the flags: one batch, its timings, threads and the ceiling's seconds.
+    A bad value is a UserError naming its flag."""
+    from kinship.engines.config import EngineConfig
+    from kinship.errors import UserError
 
-    request = BenchRequest(args.model, args.batch, args.duration, args.warmup, args.threads, args.vs_torch, args.ceiling_seconds)
+    if args.batch < 1:
+        raise UserError(f"--batch must be >= 1, got {args.batch}")
+    if args.duration <= 0 or args.warmup < 0 or args.ceiling_seconds < 0:
+        raise UserError("--duration must be > 0, --warmup and --ceiling-seconds >= 0")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    return EngineConfig(bench_batches=(args.batch,), bench_seconds=args.duration, warmup_seconds=args.warmup,
+                        threads=args.threads, ceiling_seconds=args.ceiling_seconds)
+
+
+def run(args) -> int:
+    from kinship.engines.bench import run_bench
+
+    config = config_from_args(args)
     with progress_bars(enabled=not args.json) as on_progress:
-        summary = run_bench(request, on_progress)
+        summary = run_bench(args.model, config, args.vs_torch, on_progress)
     if args.json:
         print_json(summary)
         return 0

@@ -10,7 +10,9 @@ from kinship.cli.output import add_json_flag, console, parse_ints, print_json, p
 
 
 def register(subparsers) -> None:
-    from kinship.engines.base import CALIBRATION_METHODS, VARIANTS
+    from kinship.engines.base import VARIANTS
+    from kinship.engines.config import CALIBRATION_METHODS
+    from kinship.engines.config import CLI_ENGINES as defaults
 
     parser = subparsers.add_parser(
         "engines", help="build ONNX Runtime / TensorRT engines at each precision, validate against FP32, benchmark",
@@ -22,33 +24,37 @@ def register(subparsers) -> None:
     parser.add_argument("--onnx", type=Path, required=True, help="exported FILE.onnx (encoder/head beside it)")
     parser.add_argument("--data", type=Path, required=True, help="data set folder the model was trained on")
     parser.add_argument("--out", type=Path, required=True, help="folder for engines, calibration, report")
-    parser.add_argument("--backend", default="auto", help="auto | onnxruntime | tensorrt (auto: TensorRT when usable)")
+    parser.add_argument("--backend", default=defaults.backend, help="auto | onnxruntime | tensorrt (auto: TensorRT when usable)")
     parser.add_argument("--precisions", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--calibration", type=Path, help="calibration .npz from kinship calibrate (default: drawn now)")
-    parser.add_argument("--calibration-method", default="minmax", help=f"{' | '.join(CALIBRATION_METHODS)} (Q/DQ models)")
-    parser.add_argument("--profile", default="1,64,1024", help="TensorRT batch profile min,opt,max (pairs)")
-    parser.add_argument("--bench-batches", default="1,8,64,256", help="batch sizes to benchmark; empty = none")
-    parser.add_argument("--bench-seconds", type=float, default=2.0, help="timed seconds per engine and batch")
-    parser.add_argument("--validation-pairs", type=int, default=0, help="at most this many validation pairs (0 = all)")
+    parser.add_argument("--calibration-method", default=defaults.calibration_method,
+                        help=f"{' | '.join(CALIBRATION_METHODS)} (Q/DQ models)")
+    parser.add_argument("--profile", default=f"{defaults.min_batch},{defaults.opt_batch},{defaults.max_batch}",
+                        help="TensorRT batch profile min,opt,max (pairs)")
+    parser.add_argument("--bench-batches", default=",".join(map(str, defaults.bench_batches)),
+                        help="batch sizes to benchmark; empty = none")
+    parser.add_argument("--bench-seconds", type=float, default=defaults.bench_seconds, help="timed seconds per engine and batch")
+    parser.add_argument("--validation-pairs", type=int, default=defaults.validation_pairs,
+                        help="at most this many validation pairs (0 = all)")
     parser.add_argument("--val-fraction", type=float, help="training split (default: the run's config.json)")
     parser.add_argument("--split-seed", type=int, help="training split seed (default: the run's config.json)")
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 
 
-
-
 def config_from_args(args):
-    """The ``EnginesConfig`` of the command line (names checked: unknown ones are UserErrors)."""
-    from kinship.engines.base import EngineOptions, check_backend_name, parse_variants
+    """The ``EnginesConfig`` of the command line (names checked: unknown ones are UserErrors). The build knobs
+    start from ``CLI_ENGINES``; the benchmark is ``EnginesConfig``'s, which is ``CLI_ENGINES``' too."""
+    from kinship.engines.base import parse_variants
     from kinship.engines.build import EnginesConfig, training_split
+    from kinship.engines.config import CLI_ENGINES, check_backend_name
     from kinship.errors import UserError
 
     profile = parse_ints(args.profile, "--profile")
     if len(profile) != 3:
         raise UserError(f"--profile needs three values min,opt,max, got {args.profile!r}")
-    options = EngineOptions(min_batch=profile[0], opt_batch=profile[1], max_batch=profile[2],
-                            calibration_method=args.calibration_method)
+    options = CLI_ENGINES.with_changes(min_batch=profile[0], opt_batch=profile[1], max_batch=profile[2],
+                                       calibration_method=args.calibration_method)
     val_fraction, split_seed, _ = training_split(args.onnx, args.val_fraction, args.split_seed)
     return EnginesConfig(
         backend=check_backend_name(args.backend), variants=parse_variants(args.precisions), calibration=args.calibration,

@@ -19,14 +19,13 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
+from kinship.engines.config import BACKENDS, CALIBRATION_METHODS, check_backend_name  # noqa: F401 (vocabulary)
 from kinship.errors import UserError
 
 PRECISIONS = ("fp32", "tf32", "fp16", "int8")
-BACKENDS = ("onnxruntime", "tensorrt")
 # Build variants: a precision, plus "int8-qdq" for TensorRT's explicit (Q/DQ model) INT8 path, the one
 # TensorRT 11 keeps; plain "int8" on TensorRT is implicit INT8 through a calibrator.
 VARIANTS = PRECISIONS + ("int8-qdq",)
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 PARTS = ("pair", "encoder", "head")
 SIDECAR = "engine.json"
 SIDECAR_FORMAT = "kinship-engine/1"
@@ -62,30 +61,6 @@ class Engine(Protocol):
     def embed(self, images: np.ndarray) -> np.ndarray | None: ...
 
     def head(self, emb0: np.ndarray, emb1: np.ndarray) -> np.ndarray | None: ...
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How engines are built. Batch sizes are pairs; the profile covers both inputs of the pair model."""
-
-    min_batch: int = 1
-    opt_batch: int = 64
-    max_batch: int = 1024
-    workspace_mib: int = 2048
-    calibration_method: str = "minmax"
-    threads: int = 0  # ONNX Runtime intra-op threads; 0 = its default
-    reduce_range: bool | None = None  # ORT CPU INT8: None = decide from the CPU (no VNNI -> reduce)
-    companions: bool = True  # also build encoder and head engines
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise UserError(
-                f"batch profile must satisfy 1 <= min <= opt <= max, got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
-            )
-        if self.calibration_method not in CALIBRATION_METHODS:
-            raise UserError(
-                f"unknown calibration method {self.calibration_method!r}: choose one of {', '.join(CALIBRATION_METHODS)}"
-            )
 
 
 @dataclass
@@ -124,13 +99,6 @@ def parse_variants(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if unknown or not names:
         raise UserError(f"unknown precision {', '.join(unknown) or '(none given)'!s}: choose from {', '.join(VARIANTS)}")
     return tuple(dict.fromkeys(names))
-
-
-def check_backend_name(name: str) -> str:
-    """A backend name or ``auto``; anything else is a UserError listing the valid ones."""
-    if name not in BACKENDS + ("auto",):
-        raise UserError(f"unknown backend {name!r}: choose one of auto, {', '.join(BACKENDS)}")
-    return name
 
 
 def variant_dir(out_dir: Path, backend: str, variant: str) -> Path:

@@ -8,7 +8,6 @@ setting ``kinship.host``; FLOPs and the ceiling ``kinship.engines.flops`` and ``
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from kinship.engines.base import PhaseTimes
 from kinship.engines.ceiling import ceiling_figures
+from kinship.engines.config import EngineConfig
 from kinship.engines.timing import BenchResult, bench_interleaved, benchmark, ratio
 from kinship.host import default_threads, keep_freed_memory, torch_threads
 from kinship.progress import ProgressEvent, silent
@@ -158,60 +158,43 @@ def bench_side_by_side(
 # --- one model file, as ``kinship bench`` runs it ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BenchRequest:
-    """What ``kinship bench`` was asked: a model file, batch, timings, threads, an optional ``.pt`` beside it."""
+def run_bench(model: Path, config: EngineConfig, vs_torch: Path | None = None,
+              on_progress: Callable[[ProgressEvent], None] = silent) -> dict:
+    """Benchmark ``model`` (and PyTorch eager on ``vs_torch`` beside it), measure the ceiling; one JSON-ready dict.
 
-    model: Path
-    batch: int = 64
-    duration_s: float = 3.0
-    warmup_s: float = 1.0
-    threads: int = 0  # 0: physical cores, ONNX Runtime's default
-    vs_torch: Path | None = None
-    ceiling_seconds: float = 2.0  # 0: do not measure the ceiling
-
-    def __post_init__(self) -> None:
-        from kinship.errors import UserError
-
-        if self.batch < 1:
-            raise UserError(f"--batch must be >= 1, got {self.batch}")
-        if self.duration_s <= 0 or self.warmup_s < 0 or self.ceiling_seconds < 0:
-            raise UserError("--duration must be > 0, --warmup and --ceiling-seconds >= 0")
-        if self.threads < 0:
-            raise UserError(f"--threads must be >= 0, got {self.threads}")
-
-
-def run_bench(request: BenchRequest, on_progress: Callable[[ProgressEvent], None] = silent) -> dict:
-    """Benchmark ``request.model`` (and PyTorch eager beside it), measure the ceiling; one JSON-ready dict."""
+    ``kinship bench`` times one batch size, the first of ``config.bench_batches``, for ``config.bench_seconds``
+    after ``config.warmup_seconds``, with ``config.threads`` (0: physical cores); ``config.ceiling_seconds`` 0
+    skips the ceiling."""
     from kinship.engines.registry import load_engine
     from kinship.errors import UserError
 
-    threads = request.threads or default_threads()
-    model = Path(request.model)
-    timing = (request.batch, request.duration_s, request.warmup_s)
+    threads = config.threads or default_threads()
+    model, batch = Path(model), int(config.bench_batches[0])
+    timing = (batch, config.bench_seconds, config.warmup_seconds)
     if model.suffix == ".pt":
         result = bench_torch(model, *timing, threads=threads, on_progress=on_progress)
         torch_result = None
-        if request.vs_torch is not None:  # a checkpoint against another: one after the other
-            _check_torch_companion(Path(request.vs_torch), _checkpoint_image_size(model))
-            torch_result = bench_torch(request.vs_torch, *timing, threads=threads, on_progress=on_progress)
+        if vs_torch is not None:  # a checkpoint against another: one after the other
+            _check_torch_companion(Path(vs_torch), _checkpoint_image_size(model))
+            torch_result = bench_torch(vs_torch, *timing, threads=threads, on_progress=on_progress)
     else:
         if not model.exists():
             raise UserError(f"model file not found: {model}")
         engine = load_engine(model, threads)
-        if request.vs_torch is None:
+        if vs_torch is None:
             result, torch_result = bench_engine(engine, *timing, on_progress=on_progress), None
         else:
-            _check_torch_companion(Path(request.vs_torch), engine.image_size)
-            result, torch_result = bench_side_by_side(engine, Path(request.vs_torch), *timing, threads, on_progress=on_progress)
+            _check_torch_companion(Path(vs_torch), engine.image_size)
+            result, torch_result = bench_side_by_side(engine, Path(vs_torch), *timing, threads, config.bench_rounds,
+                                                      on_progress=on_progress)
         result.threads = threads
     summary = {
-        "model": str(model), "batch": request.batch, "threads": threads,
-        "duration_s": request.duration_s, "warmup_s": request.warmup_s,
+        "model": str(model), "batch": batch, "threads": threads,
+        "duration_s": config.bench_seconds, "warmup_s": config.warmup_seconds,
         "result": result.to_dict(), "torch": torch_result.to_dict() if torch_result else None,
         "ratio_vs_torch": ratio(result, torch_result) if torch_result else None,
     }
-    summary.update(ceiling_figures(model, threads, request.ceiling_seconds, [summary["result"], summary["torch"]],
+    summary.update(ceiling_figures(model, threads, config.ceiling_seconds, [summary["result"], summary["torch"]],
                                    on_progress))
     return summary
 

@@ -19,12 +19,12 @@ from typing import Callable
 import numpy as np
 
 from kinship.engines.base import (
-    STATUS_BUILT, STATUS_FAILED, STATUS_NOT_APPLICABLE, VARIANTS, BuiltEngine, EngineOptions, parse_variants, precision_of,
-    variant_dir,
+    STATUS_BUILT, STATUS_FAILED, STATUS_NOT_APPLICABLE, VARIANTS, BuiltEngine, parse_variants, precision_of, variant_dir,
 )
 from kinship.engines.calibration import (
     CalibrationConfig, calibration_from_prepared, check_compatible, load_calibration, save_calibration,
 )
+from kinship.engines.config import CLI_ENGINES, EngineConfig
 from kinship.engines.registry import (
     backend_note, build_engine, environment, explain_size, load_engine, require_backend, resolve_backend,
 )
@@ -37,7 +37,6 @@ from kinship.host import default_threads
 from kinship.metrics import verification_report
 from kinship.progress import ProgressEvent, silent
 
-DEFAULT_BENCH_BATCHES = (1, 8, 64, 256)
 Builder = Callable[..., BuiltEngine]
 
 
@@ -51,12 +50,14 @@ class EnginesConfig:
     calibration_config: CalibrationConfig = CalibrationConfig()
     val_fraction: float = 0.2
     split_seed: int = 0
-    options: EngineOptions = EngineOptions()
+    options: EngineConfig = EngineConfig()  # its build knobs (profile, workspace, calibration method, threads)
     validation_limit: int = 0  # 0 = every validation pair
-    bench_batches: tuple[int, ...] = DEFAULT_BENCH_BATCHES  # empty: no benchmark
-    bench_seconds: float = 2.0  # per engine and batch, split over bench_rounds alternating slices
-    warmup_seconds: float = 0.5
-    bench_rounds: int = 3
+    # `kinship engines`' benchmark (``CLI_ENGINES``): empty batches, no benchmark; the seconds are per engine and
+    # batch, split over bench_rounds alternating slices
+    bench_batches: tuple[int, ...] = CLI_ENGINES.bench_batches
+    bench_seconds: float = CLI_ENGINES.bench_seconds
+    warmup_seconds: float = CLI_ENGINES.warmup_seconds
+    bench_rounds: int = CLI_ENGINES.bench_rounds
     policy: ValidationPolicy = ValidationPolicy()
 
     def split_config(self):
@@ -414,7 +415,8 @@ def write_report(result: EnginesResult, config: EnginesConfig, labels: np.ndarra
         context["torch"] = torch_figures
     if config.bench_batches:
         try:
-            measured = measure_context(result.onnx, [EngineResult.from_dict(r) for r in rows], context)
+            measured = measure_context(result.onnx, [EngineResult.from_dict(r) for r in rows], context,
+                                       ceiling_seconds=config.options.ceiling_seconds)
             context = {**measured, **context}
         except Exception as error:  # extra comparisons only: the report stands without them
             context["notes"].append(f"ceiling / PyTorch comparison not measured: {reason_of(error)}")

@@ -12,12 +12,20 @@ from typing import Literal
 
 from kinship.errors import UserError
 
-# ``auto`` or a backend of ``kinship.engines.base.BACKENDS``: deployments refuse anything else before a run starts.
+BACKENDS = ("onnxruntime", "tensorrt")
+# ``auto`` or a backend of ``BACKENDS``: deployments refuse anything else before a run starts.
 BackendName = Literal["auto", "onnxruntime", "tensorrt"]
 # The build variants of ``kinship.engines.base.VARIANTS``, as a type (flow parameter schemas list them).
 PrecisionName = Literal["fp32", "tf32", "fp16", "int8", "int8-qdq"]
 DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def check_backend_name(name: str) -> str:
+    """A backend name or ``auto``; anything else is a UserError listing the valid ones."""
+    if name not in BACKENDS + ("auto",):
+        raise UserError(f"unknown backend {name!r}: choose one of auto, {', '.join(BACKENDS)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,6 @@ class EngineConfig:
 
     def check(self) -> "EngineConfig":
         """Return self, or raise ``UserError`` naming the first bad value (backend, batches, durations)."""
-        from kinship.engines.base import check_backend_name
-
         check_backend_name(self.backend)
         if any(int(b) < 1 for b in self.bench_batches):
             raise UserError(f"bench_batches must all be at least 1, got {list(self.bench_batches)}")

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from kinship.engines.base import (
-    PARTS, STATUS_NOT_APPLICABLE, BuiltEngine, EngineOptions, PhaseTimes, file_sizes, precision_of,
-    staged_dir, variant_dir, write_sidecar,
+    PARTS, STATUS_NOT_APPLICABLE, BuiltEngine, PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
 )
 from kinship.engines.calibration import calibration_for
+from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, session, source_parts, target_names
 from kinship.errors import UserError
 
@@ -112,7 +112,7 @@ def _convert(variant: str, sources: dict[str, Path], folder: Path, names: dict[s
     return notes
 
 
-def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None, options: EngineOptions) -> BuiltEngine:
+def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None, options: EngineConfig) -> BuiltEngine:
     """Build ``variant`` of ``onnx_path`` for ONNX Runtime on the CPU into ``out_dir/onnxruntime-<variant>/``."""
     from kinship.export import read_metadata
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinship.engines.base import (
-    ENGINE_SUFFIXES, SIDECAR, BuiltEngine, Engine, EngineOptions, check_backend_name, parse_variants, read_sidecar,
-)
+from kinship.engines.base import ENGINE_SUFFIXES, SIDECAR, BuiltEngine, Engine, parse_variants, read_sidecar
+from kinship.engines.config import EngineConfig, check_backend_name
 from kinship.errors import UserError
 
 
@@ -51,12 +50,13 @@ def build_engine(
     precision: str,
     backend: str,
     calibration: Path | None,
-    options: EngineOptions = EngineOptions(),
+    options: EngineConfig = EngineConfig(),
 ) -> BuiltEngine:
     """Build one engine variant of ``onnx_path`` into ``out_dir/<backend>-<precision>/``.
 
     ``precision`` is a variant name (``fp32``, ``tf32``, ``fp16``, ``int8``, ``int8-qdq``). INT8 needs a
-    calibration file from ``kinship calibrate``. Raises on failure, leaving no engine folder behind.
+    calibration file from ``kinship calibrate``. ``options`` gives the build knobs (profile, workspace,
+    calibration method, threads, companions). Raises on failure, leaving no engine folder behind.
     """
     (variant,) = parse_variants([precision])
     backend = resolve_backend(backend)

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from kinship.engines.base import (
-    BuiltEngine, EngineOptions, PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
+    BuiltEngine, PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
 )
 from kinship.engines.calibration import (
     CalibrationSet, cache_path, calibration_for, fixed_batches, part_arrays, read_cache, write_cache,
 )
+from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, embedder, source_parts, target_names
 from kinship.errors import UserError
 
@@ -169,14 +170,14 @@ class PartPlan:
     calibration_cache: Path | None = None
 
 
-def plan_parts(sources: dict[str, Path], options: EngineOptions) -> dict[str, PartPlan]:
+def plan_parts(sources: dict[str, Path], options: EngineConfig) -> dict[str, PartPlan]:
     """Profile shapes per part: pairs for the pair model, images for the encoder, embeddings for the head."""
     return {part: PartPlan(part, path, profile_shapes(onnx_input_shapes(path), options.min_batch, options.opt_batch,
                                                         options.max_batch))
             for part, path in sources.items()}
 
 
-def add_calibration(plans: dict[str, PartPlan], calibration: CalibrationSet, out_dir: Path, embed, options: EngineOptions) -> None:
+def add_calibration(plans: dict[str, PartPlan], calibration: CalibrationSet, out_dir: Path, embed, options: EngineConfig) -> None:
     """Attach calibrator batches (at the profile's opt batch: TensorRT calibrates at opt shapes) and cache paths."""
     for part, plan in plans.items():
         arrays = part_arrays(calibration, part, embed if part == "head" else None)
@@ -246,7 +247,7 @@ def _make_calibrator(batches: list[dict[str, np.ndarray]], cache: Path):
     return EntropyCalibrator()
 
 
-def _configure(builder, network, plan: PartPlan, variant: str, options: EngineOptions, timing_cache: bytes):
+def _configure(builder, network, plan: PartPlan, variant: str, options: EngineConfig, timing_cache: bytes):
     import tensorrt as trt
 
     config = builder.create_builder_config()
@@ -285,7 +286,7 @@ def _parse(builder, path: Path):
     return network, parser
 
 
-def build_part(plan: PartPlan, variant: str, options: EngineOptions, target: Path, timing_cache_path: Path) -> dict:
+def build_part(plan: PartPlan, variant: str, options: EngineConfig, target: Path, timing_cache_path: Path) -> dict:
     """Build one part's engine into ``target``; returns its layer census. Raises RuntimeError on failure."""
     import tensorrt as trt
 
@@ -305,7 +306,7 @@ def build_part(plan: PartPlan, variant: str, options: EngineOptions, target: Pat
     return layer_census(info)
 
 
-def _qdq_sources(sources: dict[str, Path], calibration: CalibrationSet, folder: Path, options: EngineOptions) -> dict[str, Path]:
+def _qdq_sources(sources: dict[str, Path], calibration: CalibrationSet, folder: Path, options: EngineConfig) -> dict[str, Path]:
     """The symmetric Q/DQ models (quantized on the CPU with ONNX Runtime) that int8-qdq parses."""
     from kinship.engines.quantize import quantize_qdq, settings_for
 
@@ -318,7 +319,7 @@ def _qdq_sources(sources: dict[str, Path], calibration: CalibrationSet, folder: 
     return result
 
 
-def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None, options: EngineOptions) -> BuiltEngine:
+def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None, options: EngineConfig) -> BuiltEngine:
     """Build ``variant`` for TensorRT into ``out_dir/tensorrt-<variant>/`` (pair, encoder, head engines)."""
     from kinship.export import read_metadata
 
@@ -354,7 +355,7 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
                        parts=parts, part_bytes=sizes, size_explanation=census)
 
 
-def _variant_notes(variant: str, options: EngineOptions) -> list[str]:
+def _variant_notes(variant: str, options: EngineConfig) -> list[str]:
     notes = {
         "fp32": "FP32 with the TF32 flag cleared",
         "tf32": "TF32 flag set: matrix maths on tensor cores with a 10-bit mantissa",

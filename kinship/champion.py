@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 
 from kinship.baseline import REQUIRED_MARGIN, BaselineComparison
 from kinship.errors import KinshipError
+from kinship.manifests import EnginesManifest, TrainManifest
 from kinship.pipeline import built_engines
 from kinship.storage import ArtifactNotFound, ArtifactStore
 
@@ -79,7 +80,7 @@ def read_champion(store: ArtifactStore) -> dict | None:
         return None
 
 
-def champion_record(train_manifest: dict, engines_manifest: dict, previous: dict | None) -> dict:
+def champion_record(train_manifest: TrainManifest, engines_manifest: EnginesManifest, previous: dict | None) -> dict:
     """The pointer written for a promoted run."""
     artifacts = train_manifest["artifacts"]
     return {
@@ -103,7 +104,7 @@ def _outcome(store: ArtifactStore, promoted: bool, reason: str, candidate, previ
             "champion": champion, "uri": store.uri(CHAMPION_KEY)}
 
 
-def promote_if_better(store: ArtifactStore, train_manifest: dict, engines_manifest: dict,
+def promote_if_better(store: ArtifactStore, train_manifest: TrainManifest, engines_manifest: EnginesManifest,
                       attempts: int = SWAP_ATTEMPTS, required_margin: float = REQUIRED_MARGIN) -> dict:
     """Compare the run with the champion and rewrite the pointer only if the run is better (compare-and-swap).
 

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kinship.errors import UserError
-from kinship.manifests import CHECKPOINT_FORMAT, DatasetHandle
+from kinship.host import host_facts
+from kinship.manifests import CHECKPOINT_FORMAT, CheckpointManifest, DatasetHandle
 from kinship.storage import ArtifactRef, ArtifactStore, StoreAccessError, join_key
 from kinship.train_config import TrainConfig
 
@@ -59,10 +60,8 @@ class CheckpointMirror:
     upload cut short never damages the checkpoint the manifest points to.
     """
 
-    def __init__(self, store: ArtifactStore, prefix: str, run_dir: Path, dataset: DatasetHandle, config: TrainConfig,
-                 host: dict):
+    def __init__(self, store: ArtifactStore, prefix: str, run_dir: Path, dataset: DatasetHandle, config: TrainConfig):
         self.store, self.prefix, self.run_dir, self.dataset, self.config = store, prefix, Path(run_dir), dataset, config
-        self.host = host  # which machine trains: recorded in each checkpoint manifest
 
     def __call__(self, epoch: int) -> None:
         if epoch >= self.config.epochs:
@@ -72,10 +71,10 @@ class CheckpointMirror:
         except Exception as error:  # training goes on; the next epoch's checkpoint is uploaded again
             log.warning("could not store the epoch checkpoint in %s: %s", self.store.uri(self.prefix), error)
 
-    def _manifest(self, epoch: int, files: dict, complete: bool) -> dict:
+    def _manifest(self, epoch: int, files: dict, complete: bool) -> CheckpointManifest:
         return {"format": CHECKPOINT_FORMAT, "dataset": self.dataset.identity(), "train_config": asdict(self.config),
                 "epoch": epoch, "complete": complete, "files": files,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": self.host}
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_facts()}
 
     def upload(self) -> int:
         """Store the checkpoint now in the run folder (files first, manifest last); returns its epoch."""
@@ -115,7 +114,7 @@ def restore_checkpoint(store: ArtifactStore, prefix: str, run_dir: Path, dataset
     return epoch
 
 
-def _fetch_checkpoint(store: ArtifactStore, manifest: dict, run_dir: Path, dataset: DatasetHandle,
+def _fetch_checkpoint(store: ArtifactStore, manifest: CheckpointManifest, run_dir: Path, dataset: DatasetHandle,
                       config: TrainConfig) -> int:
     from kinship.train import save_config
 

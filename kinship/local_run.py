@@ -20,7 +20,10 @@ from kinship.champion import promote_if_better
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig
 from kinship.errors import reason_of
-from kinship.manifests import TRAIN_MANIFEST_FORMAT, DatasetHandle
+from kinship.manifests import (
+    TRAIN_MANIFEST_FORMAT, Calibrated, DatasetHandle, EngineInputs, EnginesManifest, Exported, RefDict, ReportRefs,
+    Trained, TrainManifest, UriOnly, VariantRecord,
+)
 from kinship.pipeline import (
     benchmark_stage, calibration_stage, check_engine_request, choose_backend, engine_inputs, engine_stage,
     engines_report_stage, export_stage, failed_engine, fetch_dataset, local_dataset, new_run_id, open_local_store,
@@ -52,8 +55,8 @@ class PipelineResult:
     """What ``run_pipeline`` produced: the three manifests, the promotion decision and the report."""
 
     run_id: str
-    train: dict
-    engines: dict
+    train: TrainManifest
+    engines: EnginesManifest
     promotion: dict
     report: dict
     report_path: Path
@@ -104,8 +107,8 @@ def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineC
                           time.perf_counter() - started, clock.seconds)
 
 
-def engines_half(store: ArtifactStore, run_id: str, train_ref: dict, dataset: DatasetHandle, precisions,
-                 settings: EngineConfig, work: Path, on_progress: Progress = silent) -> dict:
+def engines_half(store: ArtifactStore, run_id: str, train_ref: RefDict | UriOnly | str, dataset: DatasetHandle,
+                 precisions, settings: EngineConfig, work: Path, on_progress: Progress = silent) -> EnginesManifest:
     """The engines half of run ``run_id`` in this process, on the model of the training manifest at ``train_ref``."""
     steps = LocalEngineSteps(store, dataset, work, on_progress)
     return stage_order.engines_half(steps, train_ref, list(precisions), settings, run_id)
@@ -120,20 +123,20 @@ class LocalTrainingSteps:
     def fetch_data_set(self, uri: str) -> DatasetHandle:
         return self.dataset  # fetched (or read in place) by run_pipeline's "data" stage
 
-    def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> dict:
+    def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> Trained:
         return self.clock("train model", lambda: train_stage(self.store, dataset, train, self.work / "run",
                                                              run_prefix(run_id, "train"), self.on_progress))
 
-    def export_onnx(self, dataset: DatasetHandle, model: dict, run_id: str) -> dict:
+    def export_onnx(self, dataset: DatasetHandle, model: RefDict, run_id: str) -> Exported:
         return self.clock("export", lambda: export_stage(self.store, dataset, model, self.work, run_prefix(run_id, "train")))
 
     def build_calibration(self, dataset: DatasetHandle, train: TrainConfig, calibration: CalibrationConfig,
-                          run_id: str) -> dict:
+                          run_id: str) -> Calibrated:
         return self.clock("calibration", lambda: calibration_stage(self.store, dataset, train, calibration, self.work,
                                                                    run_prefix(run_id, "train"), self.on_progress))
 
-    def write_train_manifest(self, run_id: str, dataset: DatasetHandle, train: TrainConfig, trained: dict,
-                             exported: dict, calibrated: dict) -> dict:
+    def write_train_manifest(self, run_id: str, dataset: DatasetHandle, train: TrainConfig, trained: Trained,
+                             exported: Exported, calibrated: Calibrated) -> TrainManifest:
         return write_train_manifest(self.store, run_id, dataset, train, trained, exported, calibrated)
 
     def clean_work(self, run_id: str) -> None:
@@ -149,21 +152,21 @@ class LocalEngineSteps:
     def choose_backend(self, settings: EngineConfig) -> str:
         return choose_backend(settings)
 
-    def read_train_manifest(self, ref_or_uri: dict | str) -> dict:
+    def read_train_manifest(self, ref_or_uri: RefDict | UriOnly | str) -> TrainManifest:
         return read_manifest(self.store, ref_or_uri, TRAIN_MANIFEST_FORMAT)
 
     def fetch_data_set(self, uri: str, expected_sha256: str) -> DatasetHandle:
         return self.dataset  # the handle the model was trained on, so the content the manifest names
 
-    def fetch_inputs(self, manifest: dict, run_id: str) -> dict:
+    def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs:
         return engine_inputs(self.store, manifest, self.work)
 
-    def build_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[str], backend: str,
-                      settings: EngineConfig, run_id: str) -> list[dict]:
+    def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[str], backend: str,
+                      settings: EngineConfig, run_id: str) -> list[VariantRecord]:
         return [self._build(inputs, dataset, variant, backend, settings, run_id) for variant in variants]
 
-    def _build(self, inputs: dict, dataset: DatasetHandle, variant: str, backend: str, settings: EngineConfig,
-               run_id: str) -> dict:
+    def _build(self, inputs: EngineInputs, dataset: DatasetHandle, variant: str, backend: str, settings: EngineConfig,
+               run_id: str) -> VariantRecord:
         try:
             return engine_stage(self.store, inputs, dataset, variant, backend, settings, self.work,
                                 run_prefix(run_id, "engines"), self.on_progress)
@@ -172,14 +175,15 @@ class LocalEngineSteps:
             log.warning("%s %s failed, the other precisions go on: %s", backend, variant, reason)
             return failed_engine(variant, backend, reason)
 
-    def benchmark_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str,
-                          settings: EngineConfig, run_id: str) -> list[dict]:
+    def benchmark_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[VariantRecord],
+                          backend: str, settings: EngineConfig, run_id: str) -> list[VariantRecord]:
         return benchmark_stage(self.store, inputs, variants, dataset, settings, self.work, self.on_progress)
 
-    def write_engines_report(self, variants: list[dict], run_id: str) -> dict:
+    def write_engines_report(self, variants: list[VariantRecord], run_id: str) -> ReportRefs:
         return engines_report_stage(self.store, variants, self.work, run_prefix(run_id, "engines", "report"))
 
-    def write_engines_manifest(self, run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
+    def write_engines_manifest(self, run_id: str, train_manifest: TrainManifest, variants: list[VariantRecord],
+                               report: ReportRefs) -> EnginesManifest:
         return write_engines_manifest(self.store, run_id, train_manifest, variants, report)
 
     def clean_work(self, run_id: str) -> None:

@@ -23,22 +23,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import shutil
-import socket
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
-from kinship import __version__
 from kinship.checkpoint_mirror import CheckpointMirror, checkpoint_prefix, prepare_run_dir
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
 from kinship.errors import ArtifactMismatch, KinshipError, UserError, reason_of
-from kinship.manifests import ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, DatasetHandle
+from kinship.host import host_facts
+from kinship.manifests import (
+    ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, Calibrated, DatasetHandle, EngineEntry, EngineInputs, EnginesManifest,
+    Exported, HostFacts, RefDict, ReportRefs, RowSummary, Trained, TrainManifest, UriOnly, VariantRecord,
+    manifest_header,
+)
 from kinship.progress import ProgressEvent, silent
 from kinship.storage import (
     MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreSettings, file_digest, join_key, store_from_uri,
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 
 ONNX_FILES = ("model.onnx", "model.encoder.onnx", "model.head.onnx")
 Progress = Callable[[ProgressEvent], None]
+Manifest = TypeVar("Manifest", TrainManifest, EnginesManifest)
 
 
 # ---------------------------------------------------------------- names and places
@@ -65,16 +68,11 @@ def run_prefix(run_id: str, *parts: str) -> str:
     return join_key("runs", run_id, *parts)
 
 
-def host_facts(role: str | None = None) -> dict:
-    """Which machine did a stage: host name and its role (the pool it serves)."""
-    return {"hostname": socket.gethostname(), "role": role or os.environ.get("KINSHIP_HOST_ROLE", "local")}
-
-
-def _ref(value: ArtifactRef | dict) -> ArtifactRef:
+def _ref(value: ArtifactRef | RefDict) -> ArtifactRef:
     return value if isinstance(value, ArtifactRef) else ArtifactRef.from_dict(value)
 
 
-def _upload(store: ArtifactStore, files: dict[str, Path], prefix: str) -> dict[str, dict]:
+def _upload(store: ArtifactStore, files: dict[str, Path], prefix: str) -> dict[str, RefDict]:
     return {name: store.put_file(path, join_key(prefix, name)).to_dict() for name, path in files.items()}
 
 
@@ -113,7 +111,7 @@ def local_dataset(folder: Path, on_progress: Progress = silent) -> DatasetHandle
 
 
 def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfig, run_dir: Path, prefix: str,
-                on_progress: Progress = silent) -> dict:
+                on_progress: Progress = silent) -> Trained:
     """Train, upload model, metrics, config; each epoch's checkpoint goes to the store as training runs.
 
     An interrupted training of the same inputs continues: from ``run_dir`` when this host still has it (a
@@ -129,7 +127,7 @@ def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfi
                  run_dir if source == "scratch" else store.uri(saved))
     started = time.perf_counter()
     # Fold runs keep their members' checkpoints on this host only (a retried task resumes them there).
-    mirror = CheckpointMirror(store, saved, run_dir, dataset, config, host_facts()) if config.folds <= 1 else None
+    mirror = CheckpointMirror(store, saved, run_dir, dataset, config) if config.folds <= 1 else None
     result = train(dataset.path, run_dir, config, resume=bool(source), on_progress=on_progress, on_checkpoint=mirror)
     names = ("model.pt", "metrics.json", "config.json")
     artifacts = _upload(store, {name: run_dir / name for name in names}, prefix)
@@ -146,7 +144,7 @@ def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfi
     return {"artifacts": artifacts, "metrics": metrics}
 
 
-def export_stage(store: ArtifactStore, dataset: DatasetHandle, model: dict, work_dir: Path, prefix: str) -> dict:
+def export_stage(store: ArtifactStore, dataset: DatasetHandle, model: RefDict, work_dir: Path, prefix: str) -> Exported:
     """Fetch ``model.pt`` (verified), export pair/encoder/head ONNX, check them against PyTorch, upload."""
     from kinship.checkpoint import read_checkpoint
     from kinship.export import export_checkpoint, validation_sample
@@ -162,7 +160,8 @@ def export_stage(store: ArtifactStore, dataset: DatasetHandle, model: dict, work
 
 
 def calibration_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfig,
-                      calibration: CalibrationConfig, work_dir: Path, prefix: str, on_progress: Progress = silent) -> dict:
+                      calibration: CalibrationConfig, work_dir: Path, prefix: str,
+                      on_progress: Progress = silent) -> Calibrated:
     """Draw the INT8 calibration set from the training families (the model's own split) and upload it."""
     from kinship.engines.calibration import build_calibration_set, save_calibration
 
@@ -177,13 +176,11 @@ def calibration_stage(store: ArtifactStore, dataset: DatasetHandle, config: Trai
 
 
 def write_train_manifest(store: ArtifactStore, run_id: str, dataset: DatasetHandle, config: TrainConfig,
-                         trained: dict, exported: dict, calibrated: dict, host: dict | None = None) -> dict:
+                         trained: Trained, exported: Exported, calibrated: Calibrated,
+                         host: HostFacts | None = None) -> TrainManifest:
     """The training half's result, stored last as ``runs/<id>/train/manifest.json`` and returned."""
-    manifest = {
-        "format": TRAIN_MANIFEST_FORMAT,
-        "run_id": run_id,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "code_version": __version__,
+    manifest: TrainManifest = {
+        **manifest_header(TRAIN_MANIFEST_FORMAT, run_id),
         "dataset": dataset.identity(),
         "train_config": asdict(config),
         "metrics": trained["metrics"],
@@ -195,13 +192,14 @@ def write_train_manifest(store: ArtifactStore, run_id: str, dataset: DatasetHand
     return _store_manifest(store, manifest, run_prefix(run_id, "train", "manifest.json"))
 
 
-def _store_manifest(store: ArtifactStore, manifest: dict, key: str) -> dict:
+def _store_manifest(store: ArtifactStore, manifest: Manifest, key: str) -> Manifest:
     ref = store.put_json(manifest, key)
     return {**manifest, "manifest": ref.to_dict()}
 
 
-def read_manifest(store: ArtifactStore, ref_or_uri: dict | str, expected_format: str) -> dict:
-    """A manifest read back (verified against its ref, or the digest recorded with it) and format-checked."""
+def read_manifest(store: ArtifactStore, ref_or_uri: RefDict | UriOnly | str, expected_format: str) -> Any:
+    """A manifest read back (verified against its ref, or the digest recorded with it) and format-checked: a
+    ``TrainManifest`` or an ``EnginesManifest`` (``kinship.manifests``), as ``expected_format`` says."""
     target = _ref(ref_or_uri) if isinstance(ref_or_uri, dict) else ref_or_uri
     manifest = store.get_json(target)
     if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
@@ -216,7 +214,7 @@ def read_manifest(store: ArtifactStore, ref_or_uri: dict | str, expected_format:
 # ---------------------------------------------------------------- engines half
 
 
-def fetch_model(store: ArtifactStore, manifest: dict, work_dir: Path) -> Path:
+def fetch_model(store: ArtifactStore, manifest: TrainManifest, work_dir: Path) -> Path:
     """The exported ONNX trio from the training manifest, side by side in ``work_dir/model``; the pair's path."""
     folder = Path(work_dir) / "model"
     folder.mkdir(parents=True, exist_ok=True)
@@ -225,7 +223,7 @@ def fetch_model(store: ArtifactStore, manifest: dict, work_dir: Path) -> Path:
     return folder / ONNX_FILES[0]
 
 
-def engine_inputs(store: ArtifactStore, manifest: dict, work_dir: Path) -> dict:
+def engine_inputs(store: ArtifactStore, manifest: TrainManifest, work_dir: Path) -> EngineInputs:
     """What every engine build reads: the ONNX trio (fetched, verified, in ``work_dir/model``), its sha256, the
     calibration set's ref and the training configuration (the model's family split).
 
@@ -255,7 +253,7 @@ def engines_config(variant: str, settings: EngineConfig, train: TrainConfig, cal
 
     return EnginesConfig(
         backend=settings.backend, variants=(variant,), calibration=calibration if variant.startswith("int8") else None,
-        val_fraction=train.val_fraction, split_seed=train.seed, options=build_options(settings),
+        val_fraction=train.val_fraction, split_seed=train.seed, options=settings,
         validation_limit=settings.validation_pairs, bench_batches=(),
     )
 
@@ -266,21 +264,14 @@ def bench_config(settings: EngineConfig, train: TrainConfig) -> "EnginesConfig":
 
     return EnginesConfig(
         backend=settings.backend, val_fraction=train.val_fraction, split_seed=train.seed,
-        options=build_options(settings), bench_batches=tuple(int(b) for b in settings.bench_batches),
+        options=settings, bench_batches=tuple(int(b) for b in settings.bench_batches),
         bench_seconds=settings.bench_seconds, warmup_seconds=settings.warmup_seconds,
         bench_rounds=settings.bench_rounds,
     )
 
 
-def build_options(settings: EngineConfig) -> "EngineOptions":
-    """The build knobs of ``settings`` (profile, workspace, calibration method, threads, ...) as the builders take them."""
-    from kinship.engines.config import EngineConfig as EngineOptions  # the builders take an EngineConfig now
-
-    return EngineOptions(**{f.name: getattr(settings, f.name) for f in fields(EngineOptions)})
-
-
-def benchmark_stage(store: ArtifactStore, inputs: dict, variants: list[dict], dataset: DatasetHandle,
-                    settings: EngineConfig, work_dir: Path, on_progress: Progress = silent) -> list[dict]:
+def benchmark_stage(store: ArtifactStore, inputs: EngineInputs, variants: list[VariantRecord], dataset: DatasetHandle,
+                    settings: EngineConfig, work_dir: Path, on_progress: Progress = silent) -> list[VariantRecord]:
     """Time every built variant side by side, after all the builds; return the variants with figures.
 
     Built one task each (so one failing precision loses nothing else), the engines are benchmarked here
@@ -298,8 +289,8 @@ def benchmark_stage(store: ArtifactStore, inputs: dict, variants: list[dict], da
         return without_speeds(variants, f"benchmark failed: {reason}")
 
 
-def _benchmark(store: ArtifactStore, inputs: dict, variants: list[dict], dataset: DatasetHandle,
-               settings: EngineConfig, work_dir: Path, on_progress: Progress) -> list[dict]:
+def _benchmark(store: ArtifactStore, inputs: EngineInputs, variants: list[VariantRecord], dataset: DatasetHandle,
+               settings: EngineConfig, work_dir: Path, on_progress: Progress) -> list[VariantRecord]:
     from kinship.data import prepare
     from kinship.engines.registry import load_engine
     from kinship.engines.build import bench_pixels, reference_batch, sweep_engines
@@ -327,7 +318,7 @@ def _benchmark(store: ArtifactStore, inputs: dict, variants: list[dict], dataset
     return [{**t, "context": {**context, "notes": t["context"].get("notes", [])}} if t.get("context") else t for t in timed]
 
 
-def _with_figures(variants: list[dict], sweep) -> list[dict]:
+def _with_figures(variants: list[VariantRecord], sweep) -> list[VariantRecord]:
     """The variants, each one the sweep timed with its figures per batch (and the reason it stopped, if it did)."""
     timed = []
     for variant in variants:
@@ -342,13 +333,13 @@ def _with_figures(variants: list[dict], sweep) -> list[dict]:
     return timed
 
 
-def without_speeds(variants: list[dict], reason: str) -> list[dict]:
+def without_speeds(variants: list[VariantRecord], reason: str) -> list[VariantRecord]:
     """The variants as built, each built one carrying ``reason`` for its missing speeds."""
     return [{**v, "row": {**v["row"], "reason": reason}} if v["status"] == "built" else v for v in variants]
 
 
-def engine_stage(store: ArtifactStore, inputs: dict, dataset: DatasetHandle, variant: str, backend: str,
-                 settings: EngineConfig, work_dir: Path, prefix: str, on_progress: Progress = silent) -> dict:
+def engine_stage(store: ArtifactStore, inputs: EngineInputs, dataset: DatasetHandle, variant: str, backend: str,
+                 settings: EngineConfig, work_dir: Path, prefix: str, on_progress: Progress = silent) -> VariantRecord:
     """Build and validate one variant with ``backend`` (``benchmark_stage`` times it later); upload its engine
     folder; return its record and report row. A build that chose another backend is refused."""
     from kinship.engines.base import variant_dir
@@ -379,7 +370,8 @@ def engine_stage(store: ArtifactStore, inputs: dict, dataset: DatasetHandle, var
     }
 
 
-def _verified_inputs(store: ArtifactStore, inputs: dict, variant: str, work_dir: Path) -> tuple[Path, Path | None]:
+def _verified_inputs(store: ArtifactStore, inputs: EngineInputs, variant: str,
+                    work_dir: Path) -> tuple[Path, Path | None]:
     """The ONNX model, hashed again (a retry may find it changed on disk), and for INT8 the calibration set,
     fetched now and sha256-verified: a damaged set fails this build, with the reason."""
     onnx = Path(inputs["onnx"])
@@ -390,7 +382,7 @@ def _verified_inputs(store: ArtifactStore, inputs: dict, variant: str, work_dir:
     return onnx, store.get_file(_ref(inputs["calibration_ref"]), work_dir / "calibration.npz")
 
 
-def failed_engine(variant: str, backend: str, reason: str) -> dict:
+def failed_engine(variant: str, backend: str, reason: str) -> VariantRecord:
     """What ``engine_stage`` returns, for a precision whose stage itself failed (its inputs, its task)."""
     from kinship.engines.report import EngineResult
 
@@ -402,7 +394,7 @@ def failed_engine(variant: str, backend: str, reason: str) -> dict:
 _RUN_FACTS = ("backend_note", "context", "reference", "validation", "environment")
 
 
-def with_run_facts(variants: list[dict]) -> list[dict]:
+def with_run_facts(variants: list[VariantRecord]) -> list[VariantRecord]:
     """Failed records borrow the run-wide facts (model, reference AUC, machine) from a variant that ran."""
     source = next((v for v in variants if v.get("context")), None)
     if source is None:
@@ -410,7 +402,7 @@ def with_run_facts(variants: list[dict]) -> list[dict]:
     return [v if v.get("context") else {**v, **{k: source[k] for k in _RUN_FACTS}} for v in variants]
 
 
-def engines_report_stage(store: ArtifactStore, variants: list[dict], work_dir: Path, prefix: str) -> dict:
+def engines_report_stage(store: ArtifactStore, variants: list[VariantRecord], work_dir: Path, prefix: str) -> ReportRefs:
     """One report over every variant (``kinship.engines.report``): written, uploaded, refs returned."""
     from kinship.engines.report import write_report
 
@@ -428,22 +420,20 @@ def engines_report_stage(store: ArtifactStore, variants: list[dict], work_dir: P
     return {"artifacts": _upload(store, files, prefix), "rows": payload["results"], "plots": payload["plots"]}
 
 
-def write_engines_manifest(store: ArtifactStore, run_id: str, train_manifest: dict, variants: list[dict],
-                           report: dict, host: dict | None = None) -> dict:
+def write_engines_manifest(store: ArtifactStore, run_id: str, train_manifest: TrainManifest,
+                           variants: list[VariantRecord], report: ReportRefs,
+                           host: HostFacts | None = None) -> EnginesManifest:
     """The engines half's result, stored last as ``runs/<id>/engines/manifest.json`` and returned."""
     variants = with_run_facts(variants)
     first = variants[0] if variants else {}
-    manifest = {
-        "format": ENGINES_MANIFEST_FORMAT,
-        "run_id": run_id,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "code_version": __version__,
+    manifest: EnginesManifest = {
+        **manifest_header(ENGINES_MANIFEST_FORMAT, run_id),
         "train_manifest": train_manifest["manifest"],
         "backend": first.get("backend"), "backend_note": first.get("backend_note"),
         "reference": first.get("reference"), "validation": first.get("validation"),
         "environment": first.get("environment"),
         "reference_batch": (first.get("context") or {}).get("reference_batch"),
-        "engines": [{k: v[k] for k in ("variant", "backend", "status", "reason", "artifacts")} for v in variants],
+        "engines": [_engine_entry(v) for v in variants],
         "report": report["artifacts"],
         "rows": [_row_summary(row) for row in report["rows"]],
         "host": host or host_facts(),
@@ -455,12 +445,17 @@ class NoEngineBuilt(KinshipError):
     """Every precision of a run failed or does not apply on this host: nothing to deploy or promote."""
 
 
-def built_engines(manifest: dict) -> list[str]:
+def _engine_entry(variant: VariantRecord) -> EngineEntry:
+    return {"variant": variant["variant"], "backend": variant["backend"], "status": variant["status"],
+            "reason": variant["reason"], "artifacts": variant["artifacts"]}
+
+
+def built_engines(manifest: EnginesManifest) -> list[str]:
     """The precisions an engines manifest records as built (validated against FP32)."""
     return [engine["variant"] for engine in manifest.get("engines", []) if engine.get("status") == "built"]
 
 
-def require_an_engine(manifest: dict) -> dict:
+def require_an_engine(manifest: EnginesManifest) -> EnginesManifest:
     """``manifest`` (an engines manifest) if at least one precision was built; else ``NoEngineBuilt``,
     naming each precision's outcome and where the report is, so the run fails instead of completing."""
     if built_engines(manifest):
@@ -471,12 +466,12 @@ def require_an_engine(manifest: dict) -> dict:
     raise NoEngineBuilt(f"no engine was built for run {manifest.get('run_id')}: {outcomes}; report: {report}")
 
 
-def _row_summary(row: dict) -> dict:
+def _row_summary(row: dict) -> RowSummary:
     """A report row without its bulky parts (ROC curve, per-batch timings), for manifests and tables."""
-    keep = ("backend", "precision", "variant", "status", "reason", "path", "size_bytes", "build_seconds", "summary")
-    summary = {k: row.get(k) for k in keep}
-    summary["bench_batches"] = sorted(int(b) for b in (row.get("bench") or {}))
-    return summary
+    return {"backend": row.get("backend"), "precision": row.get("precision"), "variant": row.get("variant"),
+            "status": row.get("status"), "reason": row.get("reason"), "path": row.get("path"),
+            "size_bytes": row.get("size_bytes"), "build_seconds": row.get("build_seconds"), "summary": row.get("summary"),
+            "bench_batches": sorted(int(b) for b in (row.get("bench") or {}))}
 
 
 # ---------------------------------------------------------------- the local store, the engine request

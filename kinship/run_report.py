@@ -8,6 +8,7 @@ a machine that holds none of the files. ``engine_table`` gives the rows the Pref
 from __future__ import annotations
 
 from kinship.baseline import BaselineComparison
+from kinship.manifests import EnginesManifest, TrainManifest
 from kinship.storage import ArtifactStore, join_key
 
 TABLE_COLUMNS = ("variant", "backend", "status", "size_mb", "pairs_per_s", "p50_ms", "p99_ms", "auc", "agreement", "note")
@@ -17,7 +18,7 @@ def _rounded(value, places: int):
     return round(value, places) if isinstance(value, (int, float)) else None
 
 
-def engine_table(engines_manifest: dict) -> list[dict]:
+def engine_table(engines_manifest: EnginesManifest) -> list[dict]:
     """One row per engine variant at the report's reference batch; figures only where measured."""
     rows = []
     for row in engines_manifest.get("rows", []):
@@ -32,7 +33,8 @@ def engine_table(engines_manifest: dict) -> list[dict]:
     return rows
 
 
-def links(train_manifest: dict, engines_manifest: dict, promotion: dict, report_uri: str | None = None) -> list[dict]:
+def links(train_manifest: TrainManifest, engines_manifest: EnginesManifest, promotion: dict,
+          report_uri: str | None = None) -> list[dict]:
     """The store objects a reader most wants: report, models, calibration, manifests, champion pointer.
 
     An object stored by an earlier run (a cached stage reused it) is marked ``(reused)``.
@@ -54,7 +56,7 @@ def _format(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
-def _training_lines(manifest: dict) -> list[str]:
+def _training_lines(manifest: TrainManifest) -> list[str]:
     config, metrics, calibration = manifest["train_config"], manifest["metrics"], manifest.get("calibration", {})
     checks = ", ".join(f"{c['name']} {c['max_abs_diff']:.1e}" for c in manifest.get("export_checks", []))
     return [
@@ -82,7 +84,7 @@ def _baseline_line(metrics: dict) -> str:
     return line if comparison.beats_baseline else f"**{line}**: this model is never promoted to champion"
 
 
-def _engine_lines(manifest: dict) -> list[str]:
+def _engine_lines(manifest: EnginesManifest) -> list[str]:
     rows = engine_table(manifest)
     header = ("variant", "backend", "status", "size MB", "pairs/s", "p50 ms", "p99 ms", "AUC", "agreement", "note")
     reference = manifest.get("reference") or {}
@@ -99,7 +101,8 @@ def _engine_lines(manifest: dict) -> list[str]:
     return lines
 
 
-def render(run_id: str, train_manifest: dict, engines_manifest: dict, promotion: dict, link_list: list[dict]) -> str:
+def render(run_id: str, train_manifest: TrainManifest, engines_manifest: EnginesManifest, promotion: dict,
+           link_list: list[dict]) -> str:
     """The final report as markdown."""
     verdict = "promoted to champion" if promotion.get("promoted") else "not promoted"
     lines = [f"# kinship run {run_id}", "", f"**Champion:** {verdict}: {promotion.get('reason')}", ""]
@@ -113,7 +116,7 @@ def summary_key(run_id: str) -> str:
     return join_key("runs", run_id, "summary.json")
 
 
-def publish_run_report(store: ArtifactStore, run_id: str, train_manifest: dict, engines_manifest: dict,
+def publish_run_report(store: ArtifactStore, run_id: str, train_manifest: TrainManifest, engines_manifest: EnginesManifest,
                        promotion: dict) -> dict:
     """Write ``runs/<id>/report.md``, then ``summary.json``; return refs, markdown, table rows and links."""
     key = join_key("runs", run_id, "report.md")

@@ -10,12 +10,15 @@ No prefect and no torch here: the orchestrating flows import this module.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 if TYPE_CHECKING:
     from kinship.engines.calibration import CalibrationConfig
     from kinship.engines.config import EngineConfig
-    from kinship.manifests import DatasetHandle
+    from kinship.manifests import (
+        Calibrated, DatasetHandle, EngineInputs, EnginesManifest, Exported, RefDict, ReportRefs, Trained, TrainManifest,
+        UriOnly, VariantRecord,
+    )
     from kinship.train_config import TrainConfig
 
 
@@ -24,21 +27,21 @@ class TrainingSteps(Protocol):
 
     def fetch_data_set(self, uri: str) -> DatasetHandle: ...
 
-    def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> dict: ...
+    def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> Trained: ...
 
-    def export_onnx(self, dataset: DatasetHandle, model: dict, run_id: str) -> dict: ...
+    def export_onnx(self, dataset: DatasetHandle, model: RefDict, run_id: str) -> Exported: ...
 
     def build_calibration(self, dataset: DatasetHandle, train: TrainConfig, calibration: CalibrationConfig,
-                          run_id: str) -> dict: ...
+                          run_id: str) -> Calibrated: ...
 
-    def write_train_manifest(self, run_id: str, dataset: DatasetHandle, train: TrainConfig, trained: dict,
-                             exported: dict, calibrated: dict) -> dict: ...
+    def write_train_manifest(self, run_id: str, dataset: DatasetHandle, train: TrainConfig, trained: Trained,
+                             exported: Exported, calibrated: Calibrated) -> TrainManifest: ...
 
     def clean_work(self, run_id: str) -> None: ...
 
 
 def training_half(steps: TrainingSteps, dataset_uri: str, train: TrainConfig, calibration: CalibrationConfig,
-                  run_id: str) -> dict:
+                  run_id: str) -> TrainManifest:
     """Fetch the data set, train, export and check ONNX, draw the calibration set, store the training manifest
     (last: its presence means the half is complete), clean this host's work folder; the manifest."""
     dataset = steps.fetch_data_set(dataset_uri)
@@ -55,29 +58,30 @@ class EngineSteps(Protocol):
 
     def choose_backend(self, settings: EngineConfig) -> str: ...
 
-    def read_train_manifest(self, ref_or_uri: dict | str) -> dict: ...
+    def read_train_manifest(self, ref_or_uri: RefDict | UriOnly | str) -> TrainManifest: ...
 
     def fetch_data_set(self, uri: str, expected_sha256: str) -> DatasetHandle: ...
 
-    def fetch_inputs(self, manifest: dict, run_id: str) -> dict: ...
+    def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs: ...
 
-    def build_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[str], backend: str,
-                      settings: EngineConfig, run_id: str) -> list[dict]:
+    def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[str], backend: str,
+                      settings: EngineConfig, run_id: str) -> list[VariantRecord]:
         """One record per variant; a variant whose build failed is a ``failed`` record, the others go on."""
         ...
 
-    def benchmark_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str,
-                          settings: EngineConfig, run_id: str) -> list[dict]: ...
+    def benchmark_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[VariantRecord],
+                          backend: str, settings: EngineConfig, run_id: str) -> list[VariantRecord]: ...
 
-    def write_engines_report(self, variants: list[dict], run_id: str) -> dict: ...
+    def write_engines_report(self, variants: list[VariantRecord], run_id: str) -> ReportRefs: ...
 
-    def write_engines_manifest(self, run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict: ...
+    def write_engines_manifest(self, run_id: str, train_manifest: TrainManifest, variants: list[VariantRecord],
+                               report: ReportRefs) -> EnginesManifest: ...
 
     def clean_work(self, run_id: str) -> None: ...
 
 
-def engines_half(steps: EngineSteps, train_manifest: dict | str, precisions: list[str], settings: EngineConfig,
-                 run_id: str) -> dict:
+def engines_half(steps: EngineSteps, train_manifest: RefDict | UriOnly | str, precisions: Sequence[str],
+                 settings: EngineConfig, run_id: str) -> EnginesManifest:
     """Choose the backend (a bad setting fails here, before any download), read the training manifest, fetch
     the data set it names (the same content) and the model, build and validate each precision, benchmark
     the built ones side by side, report, store the engines manifest, clean; the manifest.

@@ -12,7 +12,10 @@ from prefect.logging import get_run_logger
 from kinship import pipeline
 from kinship.engines.config import EngineConfig
 from kinship.errors import reason_of
-from kinship.manifests import DatasetHandle
+from kinship.manifests import (
+    TRAIN_MANIFEST_FORMAT, DatasetHandle, EngineInputs, EnginesManifest, RefDict, ReportRefs, TrainManifest, UriOnly,
+    VariantRecord,
+)
 from kinship.run_report import engine_table
 from tasks.data import clean_work, fetch_data_set
 from tasks.progress import progress_artifact
@@ -20,13 +23,13 @@ from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, wo
 
 
 @task(name="read training manifest", **IO_RETRIES)
-def read_train_manifest(uri: str) -> dict:
+def read_train_manifest(uri: str | RefDict | UriOnly) -> TrainManifest:
     """The training manifest at ``uri``, verified against the sha256 recorded when it was stored."""
-    return pipeline.read_manifest(open_store(), uri, pipeline.TRAIN_MANIFEST_FORMAT)
+    return pipeline.read_manifest(open_store(), uri, TRAIN_MANIFEST_FORMAT)
 
 
 @task(name="fetch model", **IO_RETRIES)
-def fetch_inputs(manifest: dict, run_id: str) -> dict:
+def fetch_inputs(manifest: TrainManifest, run_id: str) -> EngineInputs:
     """The ONNX trio named in the manifest, sha256-verified, in scratch; the calibration set's ref for INT8.
 
     The calibration set is fetched by the INT8 builds themselves: it is their input alone, so a damaged
@@ -62,8 +65,8 @@ def _engine_key(context, parameters: dict) -> str:
 
 @task(name="build engine", cache_key_fn=_engine_key, task_run_name="engine {variant} ({backend})",
       **ONE_RETRY)
-def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: str, settings: EngineConfig,
-                 run_id: str) -> dict:
+def build_engine(inputs: EngineInputs, dataset: DatasetHandle, variant: str, backend: str, settings: EngineConfig,
+                 run_id: str) -> VariantRecord:
     """Build and validate one precision against FP32; upload the engine folder (``benchmark_engines`` times it).
 
     Cached on (ONNX sha256, precision, backend, calibration sha256 for INT8, data set, validation settings).
@@ -77,7 +80,7 @@ def build_engine(inputs: dict, dataset: DatasetHandle, variant: str, backend: st
     return built
 
 
-def engine_outcome(state, variant: str, backend: str) -> dict:
+def engine_outcome(state, variant: str, backend: str) -> VariantRecord:
     """A build task's result, or for a build task that failed a ``failed`` record with its reason.
 
     One precision failing (its build, its inputs, its validation) is recorded and reported; the others
@@ -92,8 +95,8 @@ def engine_outcome(state, variant: str, backend: str) -> dict:
 
 
 @task(name="benchmark engines", task_run_name="benchmark {backend} engines side by side")
-def benchmark_engines(inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str, settings: EngineConfig,
-                      run_id: str) -> list[dict]:
+def benchmark_engines(inputs: EngineInputs, dataset: DatasetHandle, variants: list[VariantRecord], backend: str,
+                      settings: EngineConfig, run_id: str) -> list[VariantRecord]:
     """Every built precision timed together in alternating slices, after the builds; the variants with figures.
 
     Not cached: a speed is a measurement of this run's host. A benchmark that fails leaves the engines built
@@ -105,14 +108,15 @@ def benchmark_engines(inputs: dict, dataset: DatasetHandle, variants: list[dict]
 
 
 @task(name="write engine report", **ONE_RETRY)
-def write_engines_report(variants: list[dict], run_id: str) -> dict:
+def write_engines_report(variants: list[VariantRecord], run_id: str) -> ReportRefs:
     """One report over every variant (markdown, JSON, plots), uploaded under the run's engines prefix."""
     return pipeline.engines_report_stage(open_store(), variants, work_dir(run_id, "engines"),
                                          pipeline.run_prefix(run_id, "engines", "report"))
 
 
 @task(name="write engines manifest", **IO_RETRIES)
-def write_engines_manifest(run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
+def write_engines_manifest(run_id: str, train_manifest: TrainManifest, variants: list[VariantRecord],
+                           report: ReportRefs) -> EnginesManifest:
     """Store the engines manifest last and show the engine table on this run's page."""
     manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, variants, report, host())
     create_table_artifact(engine_table(manifest), description=f"engines of run {run_id} ({manifest['backend_note']})")
@@ -121,7 +125,7 @@ def write_engines_manifest(run_id: str, train_manifest: dict, variants: list[dic
 
 
 @task(name="require an engine")
-def require_an_engine(manifest: dict) -> dict:
+def require_an_engine(manifest: EnginesManifest) -> EnginesManifest:
     """Fail the run (report and manifest already stored) when no precision was built: nothing to deploy."""
     return pipeline.require_an_engine(manifest)
 
@@ -135,30 +139,31 @@ class EngineTasks:
     def choose_backend(self, settings: EngineConfig) -> str:
         return choose_backend(settings)
 
-    def read_train_manifest(self, uri: str) -> dict:
-        return read_train_manifest(uri)
+    def read_train_manifest(self, ref_or_uri: RefDict | UriOnly | str) -> TrainManifest:
+        return read_train_manifest(ref_or_uri)
 
     def fetch_data_set(self, uri: str, expected_sha256: str) -> DatasetHandle:
         return fetch_data_set(uri, expected_sha256)
 
-    def fetch_inputs(self, manifest: dict, run_id: str) -> dict:
+    def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs:
         return fetch_inputs(manifest, run_id)
 
-    def build_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[str], backend: str,
-                      settings: EngineConfig, run_id: str) -> list[dict]:
+    def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[str], backend: str,
+                      settings: EngineConfig, run_id: str) -> list[VariantRecord]:
         """One ``build engine`` task per variant; a failed task is a ``failed`` record (``engine_outcome``)."""
         build = build_engine.with_options(refresh_cache=self.force)
         states = {v: build(inputs, dataset, v, backend, settings, run_id, return_state=True) for v in variants}
         return [engine_outcome(state, variant, backend) for variant, state in states.items()]
 
-    def benchmark_engines(self, inputs: dict, dataset: DatasetHandle, variants: list[dict], backend: str,
-                          settings: EngineConfig, run_id: str) -> list[dict]:
+    def benchmark_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[VariantRecord],
+                          backend: str, settings: EngineConfig, run_id: str) -> list[VariantRecord]:
         return benchmark_engines(inputs, dataset, variants, backend, settings, run_id)
 
-    def write_engines_report(self, variants: list[dict], run_id: str) -> dict:
+    def write_engines_report(self, variants: list[VariantRecord], run_id: str) -> ReportRefs:
         return write_engines_report(variants, run_id)
 
-    def write_engines_manifest(self, run_id: str, train_manifest: dict, variants: list[dict], report: dict) -> dict:
+    def write_engines_manifest(self, run_id: str, train_manifest: TrainManifest, variants: list[VariantRecord],
+                               report: ReportRefs) -> EnginesManifest:
         return write_engines_manifest(run_id, train_manifest, variants, report)
 
     def clean_work(self, run_id: str) -> None:

@@ -17,6 +17,7 @@ from kinship import pipeline
 from kinship.champion import promote_if_better
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
+from kinship.manifests import ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, EnginesManifest, TrainManifest
 from kinship.run_report import publish_run_report
 from kinship.train_config import TrainConfig
 from tasks.runtime import ONE_RETRY, open_store
@@ -92,29 +93,31 @@ def run_child(deployment: str, parameters: dict, run: dict, step: str) -> dict:
 
 
 @task(name="run training", task_run_name="kinship-train on rocm")
-def run_training(run: dict, dataset_uri: str, train: TrainConfig, calibration: CalibrationConfig, force: bool) -> dict:
+def run_training(run: dict, dataset_uri: str, train: TrainConfig, calibration: CalibrationConfig,
+                 force: bool) -> TrainManifest:
     """The ``kinship-train`` deployment for this run; returns its manifest, read back from the store."""
     parameters = {"dataset_uri": dataset_uri, "train": asdict(train), "calibration": asdict(calibration),
                   "run_id": run["run_id"], "force": force}
     child = run_child(TRAIN_DEPLOYMENT, parameters, run, "train")
     key = pipeline.run_prefix(run["run_id"], "train", "manifest.json")
-    manifest = pipeline.read_manifest(open_store(), open_store().uri(key), pipeline.TRAIN_MANIFEST_FORMAT)
+    manifest = pipeline.read_manifest(open_store(), open_store().uri(key), TRAIN_MANIFEST_FORMAT)
     return {**manifest, "child_run": child}
 
 
 @task(name="run engines", task_run_name="kinship-engines on cuda")
-def run_engines(run: dict, train_manifest: dict, precisions: list[str], engines: EngineConfig, force: bool) -> dict:
+def run_engines(run: dict, train_manifest: TrainManifest, precisions: list[str], engines: EngineConfig,
+                force: bool) -> EnginesManifest:
     """The ``kinship-engines`` deployment for this run's model; returns its manifest, read back from the store."""
     parameters = {"train_manifest": train_manifest["manifest"]["uri"], "precisions": list(precisions),
                   "engines": asdict(engines), "run_id": run["run_id"], "force": force}
     child = run_child(ENGINES_DEPLOYMENT, parameters, run, "engines")
     key = pipeline.run_prefix(run["run_id"], "engines", "manifest.json")
-    manifest = pipeline.read_manifest(open_store(), open_store().uri(key), pipeline.ENGINES_MANIFEST_FORMAT)
+    manifest = pipeline.read_manifest(open_store(), open_store().uri(key), ENGINES_MANIFEST_FORMAT)
     return {**manifest, "child_run": child}
 
 
 @task(name="promote champion", **ONE_RETRY)
-def promote_champion(train_manifest: dict, engines_manifest: dict, required_margin: float) -> dict:
+def promote_champion(train_manifest: TrainManifest, engines_manifest: EnginesManifest, required_margin: float) -> dict:
     """Make this run's model the champion only if it beats raw pixels by ``required_margin`` and the champion."""
     promotion = promote_if_better(open_store(), train_manifest, engines_manifest, required_margin=required_margin)
     get_run_logger().info("champion: %s", promotion["reason"])
@@ -122,7 +125,7 @@ def promote_champion(train_manifest: dict, engines_manifest: dict, required_marg
 
 
 @task(name="publish report", **ONE_RETRY)
-def publish_report(run: dict, train_manifest: dict, engines_manifest: dict, promotion: dict) -> dict:
+def publish_report(run: dict, train_manifest: TrainManifest, engines_manifest: EnginesManifest, promotion: dict) -> dict:
     """Store the final report and show it: markdown, the engine table, and links to the stored objects."""
     report = publish_run_report(open_store(), run["run_id"], train_manifest, engines_manifest, promotion)
     create_markdown_artifact(report["markdown"], key="kinship-report", description=f"kinship run {run['run_id']}")

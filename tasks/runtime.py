@@ -9,7 +9,7 @@ from typing import Any
 
 from kinship import __version__
 from kinship.errors import KinshipError
-from kinship.pipeline import host_facts
+from kinship.host import host_facts
 from kinship.storage import ArtifactStore, StoreSettings, store_from_settings
 
 

@@ -14,7 +14,7 @@ from prefect.logging import get_run_logger
 from kinship import pipeline
 from kinship.baseline import REQUIRED_MARGIN, BaselineComparison
 from kinship.engines.calibration import CalibrationConfig
-from kinship.manifests import DatasetHandle
+from kinship.manifests import Calibrated, DatasetHandle, Exported, RefDict, Trained, TrainManifest
 from kinship.train_config import TrainConfig
 from tasks.data import clean_work, fetch_data_set
 from tasks.progress import progress_artifact
@@ -37,7 +37,7 @@ def _calibration_key(context, parameters: dict) -> str:
 
 @task(name="train model", cache_key_fn=_training_key,
       task_run_name="train {config.epochs} epochs at {config.image_size} px", **ONE_RETRY)
-def train_model(dataset: DatasetHandle, config: TrainConfig, run_id: str) -> dict:
+def train_model(dataset: DatasetHandle, config: TrainConfig, run_id: str) -> Trained:
     """Train on the fetched data set and upload model.pt, metrics.json, config.json.
 
     Cached on (data set manifest sha256, configuration): the same inputs reuse the stored model. Each epoch's
@@ -71,7 +71,7 @@ def _baseline_markdown(comparison: BaselineComparison) -> str:
 
 
 @task(name="export onnx", cache_key_fn=_export_key, task_run_name="export onnx", **ONE_RETRY)
-def export_onnx(dataset: DatasetHandle, model: dict, run_id: str) -> dict:
+def export_onnx(dataset: DatasetHandle, model: RefDict, run_id: str) -> Exported:
     """Export pair/encoder/head ONNX from the stored checkpoint, check them against PyTorch, upload them."""
     exported = pipeline.export_stage(open_store(), dataset, model, work_dir(run_id, "train"),
                                      pipeline.run_prefix(run_id, "train"))
@@ -83,7 +83,8 @@ def export_onnx(dataset: DatasetHandle, model: dict, run_id: str) -> dict:
 
 @task(name="build calibration set", cache_key_fn=_calibration_key,
       task_run_name="calibration set", **ONE_RETRY)
-def build_calibration(dataset: DatasetHandle, config: TrainConfig, calibration: CalibrationConfig, run_id: str) -> dict:
+def build_calibration(dataset: DatasetHandle, config: TrainConfig, calibration: CalibrationConfig,
+                      run_id: str) -> Calibrated:
     """Draw the INT8 calibration pairs from the training families and upload the ``.npz``."""
     with progress_artifact("calibration set") as on_progress:
         built = pipeline.calibration_stage(open_store(), dataset, config, calibration, work_dir(run_id, "train"),
@@ -94,8 +95,8 @@ def build_calibration(dataset: DatasetHandle, config: TrainConfig, calibration: 
 
 
 @task(name="write training manifest", **IO_RETRIES)
-def write_train_manifest(run_id: str, dataset: DatasetHandle, config: TrainConfig, trained: dict, exported: dict,
-                         calibrated: dict) -> dict:
+def write_train_manifest(run_id: str, dataset: DatasetHandle, config: TrainConfig, trained: Trained,
+                         exported: Exported, calibrated: Calibrated) -> TrainManifest:
     """Store the training manifest last (its presence means the half is complete) and show the epochs."""
     manifest = pipeline.write_train_manifest(open_store(), run_id, dataset, config, trained, exported, calibrated,
                                              host())
@@ -106,7 +107,7 @@ def write_train_manifest(run_id: str, dataset: DatasetHandle, config: TrainConfi
     return manifest
 
 
-def _epoch_rows(manifest: dict) -> list[dict]:
+def _epoch_rows(manifest: TrainManifest) -> list[dict]:
     """The per-epoch metrics from the stored metrics.json (verified), rounded for the table."""
     try:
         document = open_store().get_json(manifest["artifacts"]["metrics.json"]["uri"])
@@ -126,18 +127,18 @@ class TrainingTasks:
     def fetch_data_set(self, uri: str) -> DatasetHandle:
         return fetch_data_set(uri)
 
-    def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> dict:
+    def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> Trained:
         return train_model.with_options(refresh_cache=self.force)(dataset, train, run_id)
 
-    def export_onnx(self, dataset: DatasetHandle, model: dict, run_id: str) -> dict:
+    def export_onnx(self, dataset: DatasetHandle, model: RefDict, run_id: str) -> Exported:
         return export_onnx.with_options(refresh_cache=self.force)(dataset, model, run_id)
 
     def build_calibration(self, dataset: DatasetHandle, train: TrainConfig, calibration: CalibrationConfig,
-                          run_id: str) -> dict:
+                          run_id: str) -> Calibrated:
         return build_calibration.with_options(refresh_cache=self.force)(dataset, train, calibration, run_id)
 
-    def write_train_manifest(self, run_id: str, dataset: DatasetHandle, train: TrainConfig, trained: dict,
-                             exported: dict, calibrated: dict) -> dict:
+    def write_train_manifest(self, run_id: str, dataset: DatasetHandle, train: TrainConfig, trained: Trained,
+                             exported: Exported, calibrated: Calibrated) -> TrainManifest:
         return write_train_manifest(run_id, dataset, train, trained, exported, calibrated)
 
     def clean_work(self, run_id: str) -> None:

@@ -5,6 +5,9 @@
 - ``cuda``: engine builds and benchmarks; one at a time for the same reason.
 - ``orchestrator``: the parent flow only, so it never holds the slot its child runs need.
 
+The pools and their limits are ``deployments/pools.json``, which ``infra/local/localstack.py`` reads too
+(one worker per pool).
+
 Talks to the server named by ``PREFECT_API_URL`` (and ``PREFECT_API_AUTH_STRING`` when it needs one).
 Usage: ``.venv/bin/python deployments/create_pools.py [--json]``.
 """
@@ -15,14 +18,15 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from prefect import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.workers.process import ProcessWorker
 
-# pool name -> concurrency limit (None: unlimited)
-POOLS: dict[str, int | None] = {"rocm": 1, "cuda": 1, "orchestrator": None}
+# pool name -> concurrency limit (null: unlimited)
+POOLS: dict[str, int | None] = json.loads(Path(__file__).with_name("pools.json").read_text())
 
 
 async def ensure_pool(client, name: str, limit: int | None) -> str:

@@ -14,7 +14,6 @@ a server that dies during startup fails at once with the tail of its log.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -27,11 +26,9 @@ from typing import Any, Iterator
 
 import pytest
 
+from infra.local import localstack
+
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("kinship_localstack", REPO / "infra" / "local" / "localstack.py")
-localstack = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = localstack  # dataclasses look their module up by name
-_spec.loader.exec_module(localstack)
 
 STARTUP_ATTEMPTS = 3  # a random port can be taken between choosing it and binding it: pick again
 

@@ -31,7 +31,8 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "kinship"
 REGION = "us-east-1"
-WORKER_POOLS = ("orchestrator", "rocm", "cuda")
+# One worker per work pool; the pools (and their limits) are defined once, for deployments/create_pools.py too.
+WORKER_POOLS = tuple(json.loads((REPO / "deployments" / "pools.json").read_text()))
 # Flow runs send a heartbeat event every HEARTBEAT seconds (Prefect's minimum is 30; at its default of 180 a
 # dead run would wait 9 minutes to be noticed). The zombie automation marks a kinship flow run Crashed when no
 # event of it arrives for ZOMBIE seconds after a heartbeat: 3 heartbeats missed, as Prefect's docs advise, so

@@ -1,0 +1,1 @@
+"""Where kinship runs: the one-machine stack (``infra/local``) and the two-host setup (``infra/hosts``)."""

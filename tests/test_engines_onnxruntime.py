@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from kinship.data import SplitConfig
-from kinship.engines.base import STATUS_NOT_APPLICABLE, staged_dir, variant_dir
+from kinship.engines.base import staged_dir, variant_dir
 from kinship.engines.calibration import CalibrationConfig, build_calibration_set, save_calibration
 from kinship.engines.config import EngineConfig
+from kinship.engines.outcome import STATUS_NOT_APPLICABLE
 from kinship.engines.quantize import qdq_census, settings_for
 from kinship.engines.registry import build_engine, load_engine
 from kinship.engines.validate import compare_logits, reference_engine

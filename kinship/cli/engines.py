@@ -66,6 +66,7 @@ def config_from_args(args):
 def run(args) -> int:
     """Handler of ``kinship engines``."""
     from kinship.engines.build import build_engines
+    from kinship.engines.outcome import STATUS_BUILT
 
     config = config_from_args(args)
     with progress_bars(enabled=not args.json) as on_progress:
@@ -74,7 +75,7 @@ def run(args) -> int:
         print_json(result.to_dict())
     else:
         _print(result)
-    return 0 if any(r.status == "built" for r in result.records) else 1
+    return 0 if any(r.status == STATUS_BUILT for r in result.records) else 1
 
 
 def _best(record) -> str:

@@ -6,11 +6,12 @@ loads an engine with it; each backend module imports its
 runtime lazily, so importing this package never needs TensorRT or a GPU.
 """
 
-from kinship.engines.base import BACKENDS, PRECISIONS, VARIANTS, BuiltEngine, Engine, PhaseTimes
+from kinship.engines.base import BACKENDS, PRECISIONS, VARIANTS, Engine, PhaseTimes
 from kinship.engines.config import EngineConfig
+from kinship.engines.outcome import EngineOutcome
 from kinship.engines.registry import build_engine, load_engine
 
 __all__ = [
-    "BACKENDS", "PRECISIONS", "VARIANTS", "BuiltEngine", "Engine", "EngineConfig", "PhaseTimes",
+    "BACKENDS", "PRECISIONS", "VARIANTS", "Engine", "EngineConfig", "EngineOutcome", "PhaseTimes",
     "build_engine", "load_engine",
 ]

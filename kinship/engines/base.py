@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -30,10 +30,6 @@ PARTS = ("pair", "encoder", "head")
 SIDECAR = "engine.json"
 SIDECAR_FORMAT = "kinship-engine/1"
 ENGINE_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
-
-STATUS_BUILT = "built"
-STATUS_NOT_APPLICABLE = "not applicable"
-STATUS_FAILED = "failed"
 
 
 @dataclass
@@ -61,29 +57,6 @@ class Engine(Protocol):
     def embed(self, images: np.ndarray) -> np.ndarray | None: ...
 
     def head(self, emb0: np.ndarray, emb1: np.ndarray) -> np.ndarray | None: ...
-
-
-@dataclass
-class BuiltEngine:
-    """One build's outcome. ``path`` is the pair engine (None when not applicable)."""
-
-    backend: str
-    variant: str
-    precision: str
-    path: Path | None
-    size_bytes: int
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-    status: str = STATUS_BUILT
-    parts: dict[str, Path] = field(default_factory=dict)  # part -> file (pair, encoder, head)
-    part_bytes: dict[str, int] = field(default_factory=dict)
-    size_explanation: dict = field(default_factory=dict)  # INT8: tensors/layers by precision
-
-    def to_dict(self) -> dict:
-        result = asdict(self)
-        result["path"] = str(self.path) if self.path else None
-        result["parts"] = {k: str(v) for k, v in self.parts.items()}
-        return result
 
 
 def precision_of(variant: str) -> str:

@@ -18,16 +18,13 @@ from typing import Callable
 
 import numpy as np
 
-from kinship.engines.base import (
-    STATUS_BUILT, STATUS_FAILED, STATUS_NOT_APPLICABLE, VARIANTS, BuiltEngine, parse_variants, precision_of, variant_dir,
-)
+from kinship.engines.base import VARIANTS, parse_variants, precision_of, variant_dir
 from kinship.engines.calibration import (
     CalibrationConfig, calibration_from_prepared, check_compatible, load_calibration, save_calibration,
 )
 from kinship.engines.config import CLI_ENGINES, EngineConfig
-from kinship.engines.registry import (
-    backend_note, build_engine, environment, explain_size, load_engine, require_backend, resolve_backend,
-)
+from kinship.engines.outcome import STATUS_BUILT, STATUS_FAILED, EngineOutcome
+from kinship.engines.registry import backend_note, build_engine, environment, load_engine, require_backend, resolve_backend
 from kinship.engines.validate import (
     ValidationData, ValidationPolicy, ValidationResult, choose_threshold, engine_logits, reference_engine,
     validate_engine, validation_data,
@@ -37,7 +34,7 @@ from kinship.host import default_threads
 from kinship.metrics import verification_report
 from kinship.progress import ProgressEvent, silent
 
-Builder = Callable[..., BuiltEngine]
+Builder = Callable[..., EngineOutcome]
 
 
 @dataclass(frozen=True)
@@ -67,28 +64,6 @@ class EnginesConfig:
 
 
 @dataclass
-class EngineRecord:
-    """One variant's outcome: built (with validation and benchmark), not applicable, or failed (with why)."""
-
-    backend: str
-    variant: str
-    precision: str
-    status: str
-    reason: str | None = None
-    build: BuiltEngine | None = None
-    validation: ValidationResult | None = None
-    bench: list = field(default_factory=list)  # bench.BenchResult per batch size
-
-    def to_dict(self) -> dict:
-        return {
-            "backend": self.backend, "variant": self.variant, "precision": self.precision, "status": self.status,
-            "reason": self.reason, "build": self.build.to_dict() if self.build else None,
-            "validation": self.validation.to_dict() if self.validation else None,
-            "bench": [b.to_dict() for b in self.bench],
-        }
-
-
-@dataclass
 class EnginesResult:
     onnx: Path
     data_dir: Path
@@ -98,7 +73,7 @@ class EnginesResult:
     reference: dict  # FP32 reference metrics on the validation pairs
     validation: dict  # pairs, threshold and where it came from
     calibration: dict  # the calibration set's metadata (None-like when no INT8 was asked for)
-    records: list[EngineRecord]
+    records: list[EngineOutcome]
     environment: dict
     seconds: float
     report_files: list[str] = field(default_factory=list)
@@ -109,7 +84,7 @@ class EnginesResult:
         result["engines"] = [r.to_dict() for r in self.records]
         return result
 
-    def record(self, variant: str) -> EngineRecord:
+    def record(self, variant: str) -> EngineOutcome:
         return next(r for r in self.records if r.variant == variant)
 
 
@@ -163,7 +138,7 @@ def _calibration_file(config: EnginesConfig, prepared, out_dir: Path, on_progres
     return path, calibration.meta
 
 
-def _validate_built(built: BuiltEngine, data: ValidationData, reference: np.ndarray, reference_auc: float,
+def _validate_built(built: EngineOutcome, data: ValidationData, reference: np.ndarray, reference_auc: float,
                     policy: ValidationPolicy) -> ValidationResult:
     engine = load_engine(built.path)
     return validate_engine(engine, data, reference, reference_auc, policy)
@@ -171,25 +146,22 @@ def _validate_built(built: BuiltEngine, data: ValidationData, reference: np.ndar
 
 def build_one(onnx_path: Path, out_dir: Path, variant: str, backend: str, calibration: Path | None,
               config: EnginesConfig, data: ValidationData, reference: np.ndarray, reference_auc: float,
-              builder: Builder = build_engine) -> EngineRecord:
-    """Build and validate one variant; any failure becomes a 'failed' record, never an exception."""
-    record = EngineRecord(backend, variant, precision_of(variant), STATUS_FAILED)
+              builder: Builder = build_engine) -> EngineOutcome:
+    """Build and validate one variant; any failure becomes a 'failed' outcome, never an exception."""
     try:
-        record.build = builder(onnx_path, out_dir, variant, backend, calibration, config.options)
+        outcome = builder(onnx_path, out_dir, variant, backend, calibration, config.options)
     except Exception as error:
-        record.reason = f"build failed: {reason_of(error)}"
-        return record
-    record.status = record.build.status
-    if record.build.status != STATUS_BUILT:
-        record.reason = "; ".join(record.build.notes)
-        return record
+        return EngineOutcome(backend, variant, precision_of(variant), STATUS_FAILED, f"build failed: {reason_of(error)}")
+    if outcome.status != STATUS_BUILT:
+        outcome.reason = "; ".join(outcome.notes)
+        return outcome
     try:
-        record.validation = _validate_built(record.build, data, reference, reference_auc, config.policy)
+        outcome.validation = _validate_built(outcome, data, reference, reference_auc, config.policy)
     except Exception as error:
         # Built but unusable: remove it so nothing that cannot run is left looking like an engine.
         shutil.rmtree(variant_dir(out_dir, backend, variant), ignore_errors=True)
-        record.status, record.reason = STATUS_FAILED, f"built but could not run on validation pairs: {reason_of(error)}"
-    return record
+        outcome.status, outcome.reason = STATUS_FAILED, f"built but could not run on validation pairs: {reason_of(error)}"
+    return outcome
 
 
 @dataclass
@@ -236,7 +208,7 @@ def bench_pixels(prepared) -> np.ndarray:
     return np.asarray(prepared.pixels[np.unique(prepared.val_pairs.left)[:512]])
 
 
-def _benchmark(records: list[EngineRecord], config: EnginesConfig, pixels: np.ndarray, torch_checkpoint: Path | None,
+def _benchmark(records: list[EngineOutcome], config: EnginesConfig, pixels: np.ndarray, torch_checkpoint: Path | None,
                on_progress) -> dict | None:
     """``sweep_engines`` over every engine that validated; figures and failures go into the records.
     Returns PyTorch's ``{batch: figures}``, or None if it did not run."""
@@ -343,31 +315,11 @@ def build_engines(
 
 def report_rows(result: EnginesResult, labels: np.ndarray) -> list[dict]:
     """The rows ``report.write_report`` takes, one per variant (figures only for engines that ran)."""
-    from kinship.engines.report import EngineResult, roc_points
+    from kinship.engines.report import EngineResult
 
     fp32 = next((r for r in result.records if r.variant == "fp32" and r.build and r.build.path), None)
     fp32_bytes = fp32.build.size_bytes if fp32 else None
-    rows = []
-    for record in result.records:
-        if record.status == STATUS_NOT_APPLICABLE:
-            rows.append(EngineResult.not_applicable(record.backend, record.variant, record.reason or "not applicable"))
-        elif record.validation is None:
-            rows.append(EngineResult.failed(record.backend, record.variant, record.reason or "failed"))
-        else:
-            v = record.validation
-            validation = {
-                "max_abs_diff": v.agreement.max_abs_diff, "mean_abs_diff": v.agreement.mean_abs_diff,
-                "agreement": v.agreement.decision_agreement, "auc": v.metrics["auc"], "accuracy": v.metrics["accuracy"],
-                "loss": v.metrics["loss"], "auc_delta": v.auc_delta, "acceptable": v.acceptable,
-                "companion_max_abs_diff": v.companion_max_abs_diff, "tar_at_far_1e2": v.metrics["tar_at_far_1e2"],
-            }
-            rows.append(EngineResult(
-                record.backend, record.precision, "ok", reason=record.reason or "", variant=record.variant,
-                path=str(record.build.path), size_bytes=record.build.size_bytes, build_seconds=record.build.seconds,
-                validation=validation, bench={b.batch: b.to_dict() for b in record.bench},
-                int8_size_explanation=explain_size(record, fp32_bytes), roc=roc_points(labels, v.logits),
-            ))
-    return [row.to_dict() for row in rows]
+    return [EngineResult.from_outcome(record, labels, fp32_bytes).to_dict() for record in result.records]
 
 
 def report_context(result: EnginesResult, config: EnginesConfig) -> dict:

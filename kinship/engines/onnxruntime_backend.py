@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kinship.engines.base import (
-    PARTS, STATUS_NOT_APPLICABLE, BuiltEngine, PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
-)
+from kinship.engines.base import PARTS, PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar
 from kinship.engines.calibration import calibration_for
 from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, session, source_parts, target_names
+from kinship.engines.outcome import STATUS_BUILT, STATUS_NOT_APPLICABLE, BuildFacts, EngineOutcome
 from kinship.errors import UserError
 
 BACKEND = "onnxruntime"
@@ -112,12 +111,13 @@ def _convert(variant: str, sources: dict[str, Path], folder: Path, names: dict[s
     return notes
 
 
-def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None, options: EngineConfig) -> BuiltEngine:
+def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None,
+                     options: EngineConfig) -> EngineOutcome:
     """Build ``variant`` of ``onnx_path`` for ONNX Runtime on the CPU into ``out_dir/onnxruntime-<variant>/``."""
     from kinship.export import read_metadata
 
     if variant == "tf32":
-        return BuiltEngine(BACKEND, variant, "tf32", None, 0, 0.0, [TF32_NOTE], STATUS_NOT_APPLICABLE)
+        return EngineOutcome(BACKEND, variant, "tf32", STATUS_NOT_APPLICABLE, build=BuildFacts(None, 0, 0.0, [TF32_NOTE]))
     started = time.perf_counter()
     sources = source_parts(Path(onnx_path), options.companions)
     metadata = read_metadata(sources["pair"])
@@ -139,8 +139,8 @@ def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
         })
         sizes = file_sizes(folder, names)
     parts = {p: final / n for p, n in names.items()}
-    return BuiltEngine(BACKEND, variant, precision_of(variant), parts["pair"], sizes["pair"], seconds, notes,
-                       parts=parts, part_bytes=sizes, size_explanation=explanation)
+    return EngineOutcome(BACKEND, variant, precision_of(variant), STATUS_BUILT,
+                         build=BuildFacts(parts["pair"], sizes["pair"], seconds, notes, parts, sizes, explanation))
 
 
 def _stamp_all(folder: Path, names: dict[str, str], sources: dict[str, Path], variant: str) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinship.engines.base import ENGINE_SUFFIXES, SIDECAR, BuiltEngine, Engine, parse_variants, read_sidecar
+from kinship.engines.base import ENGINE_SUFFIXES, SIDECAR, Engine, parse_variants, read_sidecar
 from kinship.engines.config import EngineConfig, check_backend_name
+from kinship.engines.outcome import EngineOutcome
 from kinship.errors import UserError
 
 
@@ -51,8 +52,9 @@ def build_engine(
     backend: str,
     calibration: Path | None,
     options: EngineConfig = EngineConfig(),
-) -> BuiltEngine:
-    """Build one engine variant of ``onnx_path`` into ``out_dir/<backend>-<precision>/``.
+) -> EngineOutcome:
+    """Build one engine variant of ``onnx_path`` into ``out_dir/<backend>-<precision>/``: its outcome is
+    built (with the files' facts) or not applicable on this backend (with why, in its notes).
 
     ``precision`` is a variant name (``fp32``, ``tf32``, ``fp16``, ``int8``, ``int8-qdq``). INT8 needs a
     calibration file from ``kinship calibrate``. ``options`` gives the build knobs (profile, workspace,
@@ -92,7 +94,7 @@ def load_engine(path: Path, threads: int = 0) -> Engine:
     raise UserError(f"{path}: unknown engine type {path.suffix!r} (expected .onnx, .engine or .plan, or an engine folder)")
 
 
-def explain_size(record, fp32_bytes: int | None) -> str:
+def explain_size(record: EngineOutcome, fp32_bytes: int | None) -> str:
     """For INT8 rows: why the engine file is the size it is, from the build's census (each backend words its own)."""
     census = (record.build.size_explanation or {}).get("pair") if record.build else None
     if not census or record.precision != "int8":

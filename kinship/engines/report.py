@@ -1,17 +1,16 @@
 """The engine report: ``report.json``, ``report.md`` and PNG plots, one row per engine variant.
 
-``kinship.engines.build`` turns each variant's outcome into an ``EngineResult`` row and calls
-``write_report``; the pipeline's report stage calls it with the rows of every variant it built::
+``kinship.engines.build`` turns each variant's ``EngineOutcome`` into a row and calls ``write_report``;
+the pipeline's report stage calls it with the rows of every variant it built::
 
     rows = [
-        EngineResult("onnxruntime", "fp32", "ok", path=..., size_bytes=..., build_seconds=...,
-                     validation={"max_abs_diff": ..., "agreement": ..., "auc": ..., ...},
-                     bench={batch: BenchResult.to_dict() for batch in (1, 8, 64, 256)},
-                     roc=roc_points(labels, logits)),
+        EngineResult.from_outcome(outcome, labels, fp32_bytes),   # built: validation, bench, ROC, INT8 size
         EngineResult.not_applicable("onnxruntime", "tf32", "TF32 is a tensor-core format ..."),
         EngineResult.failed("onnxruntime", "int8", "build failed: ..."),     # no figures, ever
     ]
     json_path, md_path = write_report(rows, out_dir, context)
+
+A row's ``status`` is the report's word for the outcome (``outcome.REPORT_WORD``: a built engine is "ok").
 
 ``context`` (every key optional): ``title``; ``model`` (the source ONNX path); ``reference_batch``
 (default 64, the batch of the table); ``threads``; ``machine`` (dict, shown as is); ``ceiling``
@@ -34,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from kinship.engines.base import precision_of
+from kinship.engines.outcome import REPORT_WORD, STATUS_BUILT, STATUS_FAILED, STATUS_NOT_APPLICABLE, report_word
 
-STATUS_OK, STATUS_FAILED, STATUS_NOT_APPLICABLE = "ok", "failed", "not applicable"
-STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_NOT_APPLICABLE)
+OK = REPORT_WORD[STATUS_BUILT]  # a built engine's row
+REPORT_STATUSES = tuple(REPORT_WORD.values())
 REPORT_FORMAT = "kinship-engine-report/1"
 PLOTS = {"throughput": "throughput.png", "roc": "roc.png", "sizes": "sizes.png"}
 _FIGURES = ("path", "size_bytes", "build_seconds", "validation", "bench", "int8_size_explanation", "roc")
@@ -44,7 +44,7 @@ _FIGURES = ("path", "size_bytes", "build_seconds", "validation", "bench", "int8_
 
 @dataclass
 class EngineResult:
-    """One engine variant's outcome.
+    """One engine variant's row in the report: a view of its ``EngineOutcome``, ``status`` in the report's words.
 
     ``validation``: ``max_abs_diff``/``mean_abs_diff`` (logits against the FP32 reference),
     ``agreement`` (fraction of pairs given the same decision as FP32 at the threshold), ``auc``,
@@ -67,14 +67,13 @@ class EngineResult:
     roc: dict | None = None
 
     def __post_init__(self) -> None:
-        if self.status == "built":  # BuiltEngine's word for the same outcome
-            self.status = STATUS_OK
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
-        if self.status != STATUS_OK and not self.reason:
+        self.status = report_word(self.status)  # an outcome's status, or already the report's word
+        if self.status not in REPORT_STATUSES:
+            raise ValueError(f"status must be one of {REPORT_STATUSES}, got {self.status!r}")
+        if self.status != OK and not self.reason:
             raise ValueError(f"a {self.status!r} row needs a reason")
         self.variant = self.variant or self.precision
-        if self.status != STATUS_OK:  # never carry figures that were not measured for this row
+        if self.status != OK:  # never carry figures that were not measured for this row
             self.path, self.size_bytes, self.build_seconds, self.validation = None, None, None, None
             self.bench, self.int8_size_explanation, self.roc = {}, "", None
         self.bench = {int(batch): figures for batch, figures in (self.bench or {}).items()}
@@ -86,6 +85,30 @@ class EngineResult:
     @classmethod
     def not_applicable(cls, backend: str, precision: str, reason: str) -> "EngineResult":
         return cls(backend, precision_of(precision), STATUS_NOT_APPLICABLE, reason, variant=precision)
+
+    @classmethod
+    def from_outcome(cls, outcome, labels: np.ndarray, fp32_bytes: int | None) -> "EngineResult":
+        """The row of an ``outcome.EngineOutcome``: figures only for an engine that ran (its validation against
+        FP32 on the pairs ``labels`` are of, its sweep, its ROC); ``fp32_bytes`` explains an INT8 file's size."""
+        from kinship.engines.registry import explain_size
+
+        if outcome.status == STATUS_NOT_APPLICABLE:
+            return cls.not_applicable(outcome.backend, outcome.variant, outcome.reason or STATUS_NOT_APPLICABLE)
+        if outcome.validation is None:
+            return cls.failed(outcome.backend, outcome.variant, outcome.reason or STATUS_FAILED)
+        v = outcome.validation
+        validation = {
+            "max_abs_diff": v.agreement.max_abs_diff, "mean_abs_diff": v.agreement.mean_abs_diff,
+            "agreement": v.agreement.decision_agreement, "auc": v.metrics["auc"], "accuracy": v.metrics["accuracy"],
+            "loss": v.metrics["loss"], "auc_delta": v.auc_delta, "acceptable": v.acceptable,
+            "companion_max_abs_diff": v.companion_max_abs_diff, "tar_at_far_1e2": v.metrics["tar_at_far_1e2"],
+        }
+        return cls(
+            outcome.backend, outcome.precision, STATUS_BUILT, reason=outcome.reason or "", variant=outcome.variant,
+            path=str(outcome.build.path), size_bytes=outcome.build.size_bytes, build_seconds=outcome.build.seconds,
+            validation=validation, bench={b.batch: b.to_dict() for b in outcome.bench},
+            int8_size_explanation=explain_size(outcome, fp32_bytes), roc=roc_points(labels, v.logits),
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> "EngineResult":
@@ -220,7 +243,7 @@ def _save_figure(figure, path: Path) -> str:
 def _plot_throughput(rows: list[EngineResult], context: dict):
     import matplotlib.pyplot as plt
 
-    series = [(row.name, row.bench) for row in rows if row.status == STATUS_OK and row.bench]
+    series = [(row.name, row.bench) for row in rows if row.status == OK and row.bench]
     if context.get("torch"):
         series.append(("pytorch eager (reference)", context["torch"]))
     if not series:
@@ -243,7 +266,7 @@ def _plot_throughput(rows: list[EngineResult], context: dict):
 def _plot_roc(rows: list[EngineResult], context: dict):
     import matplotlib.pyplot as plt
 
-    curves = [row for row in rows if row.status == STATUS_OK and row.roc]
+    curves = [row for row in rows if row.status == OK and row.roc]
     if not curves:
         return None
     figure, axes = plt.subplots(figsize=(5.5, 5))
@@ -265,7 +288,7 @@ def _plot_sizes(rows: list[EngineResult], context: dict):
     figure, axes = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
     names = [row.name for row in rows]
     sizes = [row.size_bytes / 1e6 if row.size_bytes is not None else 0.0 for row in rows]
-    axes.barh(names, sizes, color=["tab:blue" if row.status == STATUS_OK else "lightgrey" for row in rows])
+    axes.barh(names, sizes, color=["tab:blue" if row.status == OK else "lightgrey" for row in rows])
     for index, row in enumerate(rows):
         text = f"{sizes[index]:.2f} MB" if row.size_bytes is not None else row.status
         axes.text(sizes[index], index, f" {text}", va="center", fontsize=8)
@@ -288,7 +311,7 @@ def markdown(rows: list[EngineResult], summaries: list[dict], context: dict, plo
     lines += _setup_lines(context)
     lines += ["", f"## Engines at batch {batch}", "", _md_row(_COLUMNS), _md_row(["---"] * len(_COLUMNS))]
     lines += [_md_row(_table_cells(row, summary)) for row, summary in zip(rows, summaries)]
-    if any(row.status == STATUS_OK and row.precision in ("fp16", "int8") for row in rows) and context.get("ceiling"):
+    if any(row.status == OK and row.precision in ("fp16", "int8") for row in rows) and context.get("ceiling"):
         lines += ["", "Shares are of the FP32 GEMM ceiling, with the FP32 model's FLOPs: INT8 (VNNI) and FP16 "
                   "arithmetic have other ceilings, so their shares say how much faster than FP32 they are, and can pass 100%."]
     torch_figures = _bench_at(context.get("torch"), batch)
@@ -336,7 +359,7 @@ def _setup_lines(context: dict) -> list[str]:
 
 
 def _table_cells(row: EngineResult, summary: dict) -> list[str]:
-    status = row.status if row.status == STATUS_OK else f"{row.status}: {row.reason}"
+    status = row.status if row.status == OK else f"{row.status}: {row.reason}"
     values = [
         (summary["size_mb"], "{:.2f}"), (summary["pairs_per_s"], "{:.1f}"), (summary["p50_ms"], "{:.2f}"),
         (summary["p99_ms"], "{:.2f}"), (summary["auc"], "{:.4f}"), (summary["agreement"], "{:.2%}"),
@@ -348,7 +371,7 @@ def _table_cells(row: EngineResult, summary: dict) -> list[str]:
 
 def _slice_lines(rows: list[EngineResult], torch_figures: dict | None, batch: int) -> list[str]:
     """Pairs/s of each alternating slice at ``batch``: the spread within a run, and whether it moved alike."""
-    series = [(row.name, (_bench_at(row.bench, batch) or {}).get("rounds_pairs_per_s")) for row in rows if row.status == STATUS_OK]
+    series = [(row.name, (_bench_at(row.bench, batch) or {}).get("rounds_pairs_per_s")) for row in rows if row.status == OK]
     series.append(("pytorch eager", (torch_figures or {}).get("rounds_pairs_per_s")))
     series = [(name, values) for name, values in series if values]
     if not series:

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from kinship.engines.base import (
-    BuiltEngine, PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
+    PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
 )
 from kinship.engines.calibration import (
     CalibrationSet, cache_path, calibration_for, fixed_batches, part_arrays, read_cache, write_cache,
 )
 from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, embedder, source_parts, target_names
+from kinship.engines.outcome import STATUS_BUILT, BuildFacts, EngineOutcome
 from kinship.errors import UserError
 
 BACKEND = "tensorrt"
@@ -319,7 +320,8 @@ def _qdq_sources(sources: dict[str, Path], calibration: CalibrationSet, folder: 
     return result
 
 
-def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None, options: EngineConfig) -> BuiltEngine:
+def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None,
+                     options: EngineConfig) -> EngineOutcome:
     """Build ``variant`` for TensorRT into ``out_dir/tensorrt-<variant>/`` (pair, encoder, head engines)."""
     from kinship.export import read_metadata
 
@@ -351,8 +353,8 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
         })
         sizes = file_sizes(folder, names)
     parts = {p: final / n for p, n in names.items()}
-    return BuiltEngine(BACKEND, variant, precision_of(variant), parts["pair"], sizes["pair"], seconds, notes,
-                       parts=parts, part_bytes=sizes, size_explanation=census)
+    return EngineOutcome(BACKEND, variant, precision_of(variant), STATUS_BUILT,
+                         build=BuildFacts(parts["pair"], sizes["pair"], seconds, notes, parts, sizes, census))
 
 
 def _variant_notes(variant: str, options: EngineConfig) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ import numpy as np
 
 from kinship import __version__
 from kinship.errors import UserError
+from kinship.files import write_atomic
 from kinship.images import to_network_input
 from kinship.layout import UNRELATED, Dataset
 from kinship.pairs import FamilySplit, ImageTable, PairSet
@@ -194,19 +194,10 @@ def save_calibration(calibration: CalibrationSet, path: Path) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         raise UserError(f"calibration file must end in .npz, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(partial, "wb") as handle:
-            np.savez(
-                handle, img0=calibration.img0, img1=calibration.img1, label=calibration.label,
-                kind=calibration.kind.astype(str), meta=np.asarray(json.dumps(calibration.meta)),
-            )
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: np.savez(
+        handle, img0=calibration.img0, img1=calibration.img1, label=calibration.label,
+        kind=calibration.kind.astype(str), meta=np.asarray(json.dumps(calibration.meta)),
+    ))
 
 
 def load_calibration(path: Path) -> CalibrationSet:
@@ -302,8 +293,6 @@ def read_cache(path: Path) -> bytes | None:
 
 
 def write_cache(path: Path, table: bytes) -> None:
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_bytes(bytes(table))
-    os.replace(partial, path)
+    """Store a calibration (or timing) table whole or not at all: TensorRT may read it in the next build."""
+    write_atomic(path, bytes(table))
 

@@ -26,7 +26,6 @@ no table or plot ever shows numbers that were not measured for that row.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from kinship.engines.base import precision_of
 from kinship.engines.outcome import REPORT_WORD, STATUS_BUILT, STATUS_FAILED, STATUS_NOT_APPLICABLE, report_word
+from kinship.files import write_atomic
 
 OK = REPORT_WORD[STATUS_BUILT]  # a built engine's row
 REPORT_STATUSES = tuple(REPORT_WORD.values())
@@ -207,10 +207,7 @@ def _jsonable(value):
 
 
 def _publish(path: Path, text: str) -> Path:
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(text)
-    os.replace(partial, path)
-    return path
+    return write_atomic(path, text)
 
 
 # --- plots ------------------------------------------------------------------------------------------
@@ -232,11 +229,11 @@ def write_plots(rows: list[EngineResult], out_dir: Path, context: dict) -> dict[
 def _save_figure(figure, path: Path) -> str:
     import matplotlib.pyplot as plt
 
-    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.png")
     figure.tight_layout()
-    figure.savefig(partial, dpi=110)
-    plt.close(figure)
-    os.replace(partial, path)
+    try:
+        write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(figure)
     return path.name
 
 

@@ -13,7 +13,6 @@ the explicit symmetric Q/DQ model (``int8-qdq``), the path TensorRT 11 keeps.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, embedder, source_parts, target_names
 from kinship.engines.outcome import STATUS_BUILT, BuildFacts, EngineOutcome
 from kinship.errors import UserError
+from kinship.files import file_digest
 
 BACKEND = "tensorrt"
 TIMING_CACHE = "tensorrt.timing-cache"
@@ -152,14 +152,6 @@ def layer_census(info_json: str) -> dict:
             "reformat_layers": reformats, "weight_elements_by_type": dict(sorted(weights.items()))}
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class PartPlan:
     """Everything one part's build needs, decided on the CPU."""
@@ -183,7 +175,7 @@ def add_calibration(plans: dict[str, PartPlan], calibration: CalibrationSet, out
     for part, plan in plans.items():
         arrays = part_arrays(calibration, part, embed if part == "head" else None)
         plan.calibration_batches = fixed_batches(arrays, options.opt_batch)
-        plan.calibration_cache = cache_path(out_dir, part, calibration, file_digest(plan.onnx), "entropy2")
+        plan.calibration_cache = cache_path(out_dir, part, calibration, file_digest(plan.onnx)[0], "entropy2")
 
 
 # --------------------------------------------------------------------------- GPU: builder

@@ -25,7 +25,7 @@ from kinship.manifests import (
     Trained, TrainManifest, UriOnly, VariantRecord,
 )
 from kinship.pipeline import (
-    benchmark_stage, calibration_stage, check_engine_request, choose_backend, engine_inputs, engine_stage,
+    Progress, benchmark_stage, calibration_stage, check_engine_request, choose_backend, engine_inputs, engine_stage,
     engines_report_stage, export_stage, failed_engine, fetch_dataset, local_dataset, new_run_id, open_local_store,
     read_manifest, require_an_engine, run_prefix, train_stage, write_engines_manifest, write_train_manifest,
 )
@@ -35,8 +35,6 @@ from kinship.storage import ArtifactRef, ArtifactStore
 from kinship.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[ProgressEvent], None]
 
 
 @dataclass(frozen=True)
@@ -128,7 +126,8 @@ class LocalTrainingSteps:
                                                              run_prefix(run_id, "train"), self.on_progress))
 
     def export_onnx(self, dataset: DatasetHandle, model: RefDict, run_id: str) -> Exported:
-        return self.clock("export", lambda: export_stage(self.store, dataset, model, self.work, run_prefix(run_id, "train")))
+        return self.clock("export", lambda: export_stage(self.store, dataset, model, self.work,
+                                                         run_prefix(run_id, "train")))
 
     def build_calibration(self, dataset: DatasetHandle, train: TrainConfig, calibration: CalibrationConfig,
                           run_id: str) -> Calibrated:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 from kinship import __version__
 
 if TYPE_CHECKING:
+    from kinship.engines.outcome import Status
     from kinship.train_config import TrainConfig
 
 TRAIN_MANIFEST_FORMAT = "kinship-train-manifest/1"
@@ -202,7 +203,7 @@ class VariantRecord(TypedDict):
     variant: str
     backend: str
     backend_note: str | None
-    status: str  # "built", "not applicable" or "failed"
+    status: Status  # built, not applicable or failed (kinship.engines.outcome)
     reason: str | None
     artifacts: dict[str, RefDict]  # the engine folder's files, below its store prefix
     row: dict[str, Any]  # its report.json row (status "ok" when built) with "summary"
@@ -223,7 +224,7 @@ class ReportRefs(TypedDict):
 class EngineEntry(TypedDict):
     variant: str
     backend: str
-    status: str
+    status: Status
     reason: str | None
     artifacts: dict[str, RefDict]
 
@@ -234,7 +235,7 @@ class RowSummary(TypedDict):
     backend: str
     precision: str
     variant: str
-    status: str  # the report's word: "ok", "not applicable" or "failed"
+    status: str  # the report's word (outcome.REPORT_WORD): "ok", "not applicable" or "failed"
     reason: str | None
     path: str | None  # the engine folder's store URI
     size_bytes: int | None

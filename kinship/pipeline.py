@@ -34,12 +34,13 @@ from typing import Any, Callable, TypeVar
 from kinship.checkpoint_mirror import CheckpointMirror, checkpoint_prefix, prepare_run_dir
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
+from kinship.engines.outcome import STATUS_BUILT, STATUS_FAILED
 from kinship.errors import ArtifactMismatch, KinshipError, UserError, reason_of
 from kinship.host import host_facts
 from kinship.manifests import (
-    ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, Calibrated, DatasetHandle, EngineEntry, EngineInputs, EnginesManifest,
-    Exported, HostFacts, RefDict, ReportRefs, RowSummary, Trained, TrainManifest, UriOnly, VariantRecord,
-    manifest_header,
+    ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, Calibrated, DatasetHandle, EngineEntry, EngineInputs,
+    EnginesManifest, Exported, HostFacts, RefDict, ReportRefs, RowSummary, Trained, TrainManifest, UriOnly,
+    VariantRecord, manifest_header,
 )
 from kinship.progress import ProgressEvent, silent
 from kinship.storage import (
@@ -230,8 +231,9 @@ def engine_inputs(store: ArtifactStore, manifest: TrainManifest, work_dir: Path)
     The calibration set is fetched by the INT8 builds themselves (``engine_stage``): it is their input alone, so
     a damaged one fails those builds (recorded with the reason) and never the precisions that do not read it.
     """
+    onnx = fetch_model(store, manifest, work_dir)
     calibration = manifest["artifacts"]["calibration.npz"]
-    return {"onnx": fetch_model(store, manifest, work_dir), "onnx_sha256": manifest["artifacts"]["model.onnx"]["sha256"],
+    return {"onnx": onnx, "onnx_sha256": manifest["artifacts"]["model.onnx"]["sha256"],
             "calibration_ref": calibration, "calibration_sha256": calibration["sha256"],
             "train_config": TrainConfig.from_dict(manifest["train_config"])}
 
@@ -296,7 +298,7 @@ def _benchmark(store: ArtifactStore, inputs: EngineInputs, variants: list[Varian
     from kinship.engines.build import bench_pixels, reference_batch, sweep_engines
     from kinship.engines.report import EngineResult, measure_context
 
-    built = [v for v in variants if v["status"] == "built" and (v.get("row") or {}).get("path")]
+    built = [v for v in variants if v["status"] == STATUS_BUILT and (v.get("row") or {}).get("path")]
     if not built or not settings.bench_batches:
         return variants
     onnx, config = Path(inputs["onnx"]), bench_config(settings, inputs["train_config"])
@@ -335,7 +337,7 @@ def _with_figures(variants: list[VariantRecord], sweep) -> list[VariantRecord]:
 
 def without_speeds(variants: list[VariantRecord], reason: str) -> list[VariantRecord]:
     """The variants as built, each built one carrying ``reason`` for its missing speeds."""
-    return [{**v, "row": {**v["row"], "reason": reason}} if v["status"] == "built" else v for v in variants]
+    return [{**v, "row": {**v["row"], "reason": reason}} if v["status"] == STATUS_BUILT else v for v in variants]
 
 
 def engine_stage(store: ArtifactStore, inputs: EngineInputs, dataset: DatasetHandle, variant: str, backend: str,
@@ -386,7 +388,7 @@ def failed_engine(variant: str, backend: str, reason: str) -> VariantRecord:
     """What ``engine_stage`` returns, for a precision whose stage itself failed (its inputs, its task)."""
     from kinship.engines.report import EngineResult
 
-    return {"variant": variant, "backend": backend, "backend_note": None, "status": "failed", "reason": reason,
+    return {"variant": variant, "backend": backend, "backend_note": None, "status": STATUS_FAILED, "reason": reason,
             "artifacts": {}, "row": EngineResult.failed(backend, variant, reason).to_dict(), "context": {},
             "reference": None, "validation": None, "environment": None}
 
@@ -402,7 +404,8 @@ def with_run_facts(variants: list[VariantRecord]) -> list[VariantRecord]:
     return [v if v.get("context") else {**v, **{k: source[k] for k in _RUN_FACTS}} for v in variants]
 
 
-def engines_report_stage(store: ArtifactStore, variants: list[VariantRecord], work_dir: Path, prefix: str) -> ReportRefs:
+def engines_report_stage(store: ArtifactStore, variants: list[VariantRecord], work_dir: Path,
+                         prefix: str) -> ReportRefs:
     """One report over every variant (``kinship.engines.report``): written, uploaded, refs returned."""
     from kinship.engines.report import write_report
 
@@ -452,7 +455,7 @@ def _engine_entry(variant: VariantRecord) -> EngineEntry:
 
 def built_engines(manifest: EnginesManifest) -> list[str]:
     """The precisions an engines manifest records as built (validated against FP32)."""
-    return [engine["variant"] for engine in manifest.get("engines", []) if engine.get("status") == "built"]
+    return [engine["variant"] for engine in manifest.get("engines", []) if engine.get("status") == STATUS_BUILT]
 
 
 def require_an_engine(manifest: EnginesManifest) -> EnginesManifest:
@@ -470,8 +473,8 @@ def _row_summary(row: dict) -> RowSummary:
     """A report row without its bulky parts (ROC curve, per-batch timings), for manifests and tables."""
     return {"backend": row.get("backend"), "precision": row.get("precision"), "variant": row.get("variant"),
             "status": row.get("status"), "reason": row.get("reason"), "path": row.get("path"),
-            "size_bytes": row.get("size_bytes"), "build_seconds": row.get("build_seconds"), "summary": row.get("summary"),
-            "bench_batches": sorted(int(b) for b in (row.get("bench") or {}))}
+            "size_bytes": row.get("size_bytes"), "build_seconds": row.get("build_seconds"),
+            "summary": row.get("summary"), "bench_batches": sorted(int(b) for b in (row.get("bench") or {}))}
 
 
 # ---------------------------------------------------------------- the local store, the engine request

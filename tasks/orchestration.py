@@ -125,7 +125,8 @@ def promote_champion(train_manifest: TrainManifest, engines_manifest: EnginesMan
 
 
 @task(name="publish report", **ONE_RETRY)
-def publish_report(run: dict, train_manifest: TrainManifest, engines_manifest: EnginesManifest, promotion: dict) -> dict:
+def publish_report(run: dict, train_manifest: TrainManifest, engines_manifest: EnginesManifest,
+                   promotion: dict) -> dict:
     """Store the final report and show it: markdown, the engine table, and links to the stored objects."""
     report = publish_run_report(open_store(), run["run_id"], train_manifest, engines_manifest, promotion)
     create_markdown_artifact(report["markdown"], key="kinship-report", description=f"kinship run {run['run_id']}")

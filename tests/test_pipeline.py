@@ -172,7 +172,7 @@ def test_in_process_a_failed_input_and_a_failed_benchmark_degrade_as_in_the_flow
     def broken(*args, **kwargs):
         raise RuntimeError("the timer broke")
 
-    monkeypatch.setattr(pipeline, "_benchmark", broken)
+    monkeypatch.setattr(pipeline, "bench_config", broken)  # the sweep's first step
     with caplog.at_level(logging.WARNING, logger="kinship"):
         engines = _engines_half(store, "damaged", ref, local_dataset(tiny_data), ["int8", "fp32"], TINY.engines,
                                 tmp_path / "work", lambda event: None)

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deployments import driver  # noqa: E402
+from kinship.engines.outcome import REPORT_WORD, STATUS_BUILT  # noqa: E402
 
 CLIENT_KEYS = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")
 
@@ -64,7 +65,8 @@ def main() -> int:
     print(f"          copied to {report}")
     print(f"champion  {summary['reason']}")
     for row in summary["engines"]:
-        figures = f"{row['pairs_per_s']} pairs/s, AUC {row['auc']}" if row["status"] == "ok" else row["note"]
+        built = row["status"] == REPORT_WORD[STATUS_BUILT]
+        figures = f"{row['pairs_per_s']} pairs/s, AUC {row['auc']}" if built else row["note"]
         print(f"engine    {row['variant']:<9} {row['backend']:<12} {row['status']:<6} {figures}")
     print(f"UI        {page}")
     return 0

@@ -246,29 +246,17 @@ def choose_backend(settings: EngineConfig) -> str:
     return resolve_backend(settings.check().backend)
 
 
-def engines_config(variant: str, settings: EngineConfig, train: TrainConfig, calibration: Path | None) -> "EnginesConfig":
-    """The ``kinship.engines.build`` configuration of one variant, on the model's own family split.
+def engines_job(variant: str, settings: EngineConfig, train: TrainConfig, calibration: Path | None) -> "EnginesJob":
+    """The ``kinship.engines.build`` job of one variant, on the model's own family split.
 
-    It builds and validates only: ``benchmark_stage`` times every built variant together afterwards.
+    It builds and validates only (no benchmark batches): ``benchmark_stage`` times every built variant together
+    afterwards, with ``settings`` as they are.
     """
-    from kinship.engines.build import EnginesConfig
+    from kinship.engines.build import EnginesJob
 
-    return EnginesConfig(
-        backend=settings.backend, variants=(variant,), calibration=calibration if variant.startswith("int8") else None,
-        val_fraction=train.val_fraction, split_seed=train.seed, options=settings,
-        validation_limit=settings.validation_pairs, bench_batches=(),
-    )
-
-
-def bench_config(settings: EngineConfig, train: TrainConfig) -> "EnginesConfig":
-    """The ``kinship.engines.build`` configuration of the batch sweep over every built variant."""
-    from kinship.engines.build import EnginesConfig
-
-    return EnginesConfig(
-        backend=settings.backend, val_fraction=train.val_fraction, split_seed=train.seed,
-        options=settings, bench_batches=tuple(int(b) for b in settings.bench_batches),
-        bench_seconds=settings.bench_seconds, warmup_seconds=settings.warmup_seconds,
-        bench_rounds=settings.bench_rounds,
+    return EnginesJob(
+        variants=(variant,), calibration=calibration if variant.startswith("int8") else None,
+        val_fraction=train.val_fraction, split_seed=train.seed, engine=settings.with_changes(bench_batches=()),
     )
 
 
@@ -293,7 +281,7 @@ def benchmark_stage(store: ArtifactStore, inputs: EngineInputs, variants: list[V
 
 def _benchmark(store: ArtifactStore, inputs: EngineInputs, variants: list[VariantRecord], dataset: DatasetHandle,
                settings: EngineConfig, work_dir: Path, on_progress: Progress) -> list[VariantRecord]:
-    from kinship.data import prepare
+    from kinship.data import SplitConfig, prepare
     from kinship.engines.registry import load_engine
     from kinship.engines.build import bench_pixels, reference_batch, sweep_engines
     from kinship.engines.report import EngineResult, measure_context
@@ -301,17 +289,18 @@ def _benchmark(store: ArtifactStore, inputs: EngineInputs, variants: list[Varian
     built = [v for v in variants if v["status"] == STATUS_BUILT and (v.get("row") or {}).get("path")]
     if not built or not settings.bench_batches:
         return variants
-    onnx, config = Path(inputs["onnx"]), bench_config(settings, inputs["train_config"])
+    onnx, train = Path(inputs["onnx"]), inputs["train_config"]
     folders = {v["variant"]: store.get_tree(v["row"]["path"], work_dir / "bench" / v["variant"], on_progress)
                for v in built}
     engines = {f"{v['backend']} {v['variant']}": load_engine(folders[v["variant"]]) for v in built}
     image_size = next(iter(engines.values())).image_size
-    prepared = prepare(dataset.path, image_size, config.split_config(), on_progress=on_progress)
+    prepared = prepare(dataset.path, image_size, SplitConfig(val_fraction=train.val_fraction, seed=train.seed),
+                       on_progress=on_progress)
     companion = onnx.with_suffix(".pt")
-    sweep = sweep_engines(engines, config, bench_pixels(prepared), companion if companion.is_file() else None,
+    sweep = sweep_engines(engines, settings, bench_pixels(prepared), companion if companion.is_file() else None,
                           on_progress)
     timed = _with_figures(variants, sweep)
-    context = {**built[0]["context"], "reference_batch": reference_batch(config)}
+    context = {**built[0]["context"], "reference_batch": reference_batch(settings)}
     if sweep.torch:
         context["torch"] = sweep.torch
     rows = [EngineResult.from_dict({k: v for k, v in t["row"].items() if k != "summary"}) for t in timed if t.get("context")]
@@ -350,8 +339,8 @@ def engine_stage(store: ArtifactStore, inputs: EngineInputs, dataset: DatasetHan
     onnx, calibration = _verified_inputs(store, inputs, variant, Path(work_dir))
     out = Path(work_dir) / variant
     shutil.rmtree(out, ignore_errors=True)  # a retried attempt starts clean
-    config = engines_config(variant, settings, inputs["train_config"], calibration)
-    result = build_engines(onnx, dataset.path, out, config, on_progress=on_progress)
+    job = engines_job(variant, settings, inputs["train_config"], calibration)
+    result = build_engines(onnx, dataset.path, out, job, on_progress=on_progress)
     if result.backend != backend:
         raise ArtifactMismatch(f"asked for {backend} but the build used {result.backend}")
     record = result.records[0]

@@ -9,11 +9,12 @@ import pytest
 
 from kinship.cli import main
 from kinship.engines.base import staged_dir, variant_dir
-from kinship.engines.build import EnginesConfig, build_engines, training_split
+from kinship.engines.build import EnginesJob, build_engines, training_split
 from kinship.engines.calibration import CalibrationConfig
+from kinship.engines.config import CLI_ENGINES
 from kinship.engines.registry import build_engine
 
-QUICK = dict(bench_batches=(4,), bench_seconds=0.05, warmup_seconds=0.01,
+QUICK = dict(engine=CLI_ENGINES.with_changes(backend="onnxruntime", bench_batches=(4,), bench_seconds=0.05, warmup_seconds=0.01),
              calibration_config=CalibrationConfig(batches=2, batch_size=16))
 
 
@@ -33,7 +34,7 @@ def _flaky_builder(failing: str):
 @pytest.fixture(scope="module")
 def result(tiny_onnx, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("engines")
-    config = EnginesConfig(backend="onnxruntime", variants=("fp32", "tf32", "fp16", "int8"), **QUICK)
+    config = EnginesJob(variants=("fp32", "tf32", "fp16", "int8"), **QUICK)
     return build_engines(tiny_onnx, tiny_data, out, config, builder=_flaky_builder("fp16"))
 
 

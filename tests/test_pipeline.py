@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kinship import pipeline
+from kinship.engines import build as engines_build
 from kinship.champion import CHAMPION_KEY, decide, promote_if_better, read_champion
 from kinship.checkpoint_mirror import resume_possible as _resume_possible
 from kinship.engines.config import EngineConfig
@@ -172,7 +173,7 @@ def test_in_process_a_failed_input_and_a_failed_benchmark_degrade_as_in_the_flow
     def broken(*args, **kwargs):
         raise RuntimeError("the timer broke")
 
-    monkeypatch.setattr(pipeline, "bench_config", broken)  # the sweep's first step
+    monkeypatch.setattr(engines_build, "sweep_engines", broken)  # the benchmark's sweep
     with caplog.at_level(logging.WARNING, logger="kinship"):
         engines = _engines_half(store, "damaged", ref, local_dataset(tiny_data), ["int8", "fp32"], TINY.engines,
                                 tmp_path / "work", lambda event: None)

@@ -43,24 +43,24 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args):
-    """The ``EnginesConfig`` of the command line (names checked: unknown ones are UserErrors). The build knobs
-    start from ``CLI_ENGINES``; the benchmark is ``EnginesConfig``'s, which is ``CLI_ENGINES``' too."""
+    """The ``EnginesJob`` of the command line (names checked: unknown ones are UserErrors). Its engine knobs
+    start from ``CLI_ENGINES`` (a longer benchmark than a pipeline run's)."""
     from kinship.engines.base import parse_variants
-    from kinship.engines.build import EnginesConfig, training_split
+    from kinship.engines.build import EnginesJob, training_split
     from kinship.engines.config import CLI_ENGINES, check_backend_name
     from kinship.errors import UserError
 
     profile = parse_ints(args.profile, "--profile")
     if len(profile) != 3:
         raise UserError(f"--profile needs three values min,opt,max, got {args.profile!r}")
-    options = CLI_ENGINES.with_changes(min_batch=profile[0], opt_batch=profile[1], max_batch=profile[2],
-                                       calibration_method=args.calibration_method)
-    val_fraction, split_seed, _ = training_split(args.onnx, args.val_fraction, args.split_seed)
-    return EnginesConfig(
-        backend=check_backend_name(args.backend), variants=parse_variants(args.precisions), calibration=args.calibration,
-        val_fraction=val_fraction, split_seed=split_seed, options=options, validation_limit=args.validation_pairs,
+    engine = CLI_ENGINES.with_changes(
+        backend=check_backend_name(args.backend), min_batch=profile[0], opt_batch=profile[1], max_batch=profile[2],
+        calibration_method=args.calibration_method, validation_pairs=args.validation_pairs,
         bench_batches=parse_ints(args.bench_batches, "--bench-batches"), bench_seconds=args.bench_seconds,
     )
+    val_fraction, split_seed, _ = training_split(args.onnx, args.val_fraction, args.split_seed)
+    return EnginesJob(variants=parse_variants(args.precisions), calibration=args.calibration,
+                      val_fraction=val_fraction, split_seed=split_seed, engine=engine)
 
 
 def run(args) -> int:

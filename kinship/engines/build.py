@@ -38,24 +38,18 @@ Builder = Callable[..., EngineOutcome]
 
 
 @dataclass(frozen=True)
-class EnginesConfig:
-    """Everything ``kinship engines`` decides. The split must be the one the model was trained with."""
+class EnginesJob:
+    """What one ``build_engines`` call is asked: which variants, against which calibration set and family
+    split (it must be the one the model was trained with), under which validation policy. How each engine is
+    built, validated and measured is ``engine``, the one ``EngineConfig`` (``kinship engines``' by default)."""
 
-    backend: str = "auto"
     variants: tuple[str, ...] = VARIANTS
     calibration: Path | None = None  # None: drawn from --data's training families, saved in the out folder
     calibration_config: CalibrationConfig = CalibrationConfig()
     val_fraction: float = 0.2
     split_seed: int = 0
-    options: EngineConfig = EngineConfig()  # its build knobs (profile, workspace, calibration method, threads)
-    validation_limit: int = 0  # 0 = every validation pair
-    # `kinship engines`' benchmark (``CLI_ENGINES``): empty batches, no benchmark; the seconds are per engine and
-    # batch, split over bench_rounds alternating slices
-    bench_batches: tuple[int, ...] = CLI_ENGINES.bench_batches
-    bench_seconds: float = CLI_ENGINES.bench_seconds
-    warmup_seconds: float = CLI_ENGINES.warmup_seconds
-    bench_rounds: int = CLI_ENGINES.bench_rounds
     policy: ValidationPolicy = ValidationPolicy()
+    engine: EngineConfig = CLI_ENGINES  # empty bench_batches: build and validate only
 
     def split_config(self):
         from kinship.data import SplitConfig
@@ -125,14 +119,14 @@ def _model_facts(onnx_path: Path) -> tuple[int, float | None]:
     return int(metadata["kinship.image_size"]), threshold
 
 
-def _calibration_file(config: EnginesConfig, prepared, out_dir: Path, on_progress) -> tuple[Path, dict]:
+def _calibration_file(job: EnginesJob, prepared, out_dir: Path, on_progress) -> tuple[Path, dict]:
     """The calibration set to use: the given file (checked against this model and split) or a fresh one."""
-    if config.calibration is not None:
-        calibration = load_calibration(config.calibration)
+    if job.calibration is not None:
+        calibration = load_calibration(job.calibration)
         check_compatible(calibration, prepared.image_size, prepared.split.val)
-        return Path(config.calibration), calibration.meta
+        return Path(job.calibration), calibration.meta
     on_progress(ProgressEvent("calibration set", 0, 1))
-    calibration = calibration_from_prepared(prepared, config.split_config(), config.calibration_config)
+    calibration = calibration_from_prepared(prepared, job.split_config(), job.calibration_config)
     path = save_calibration(calibration, Path(out_dir) / "calibration.npz")
     on_progress(ProgressEvent("calibration set", 1, 1, {"pairs": len(calibration)}))
     return path, calibration.meta
@@ -145,18 +139,18 @@ def _validate_built(built: EngineOutcome, data: ValidationData, reference: np.nd
 
 
 def build_one(onnx_path: Path, out_dir: Path, variant: str, backend: str, calibration: Path | None,
-              config: EnginesConfig, data: ValidationData, reference: np.ndarray, reference_auc: float,
+              job: EnginesJob, data: ValidationData, reference: np.ndarray, reference_auc: float,
               builder: Builder = build_engine) -> EngineOutcome:
     """Build and validate one variant; any failure becomes a 'failed' outcome, never an exception."""
     try:
-        outcome = builder(onnx_path, out_dir, variant, backend, calibration, config.options)
+        outcome = builder(onnx_path, out_dir, variant, backend, calibration, job.engine)
     except Exception as error:
         return EngineOutcome(backend, variant, precision_of(variant), STATUS_FAILED, f"build failed: {reason_of(error)}")
     if outcome.status != STATUS_BUILT:
         outcome.reason = "; ".join(outcome.notes)
         return outcome
     try:
-        outcome.validation = _validate_built(outcome, data, reference, reference_auc, config.policy)
+        outcome.validation = _validate_built(outcome, data, reference, reference_auc, job.policy)
     except Exception as error:
         # Built but unusable: remove it so nothing that cannot run is left looking like an engine.
         shutil.rmtree(variant_dir(out_dir, backend, variant), ignore_errors=True)
@@ -174,7 +168,7 @@ class Sweep:
     torch: dict | None = None
 
 
-def sweep_engines(engines: dict, config: EnginesConfig, pixels: np.ndarray, torch_checkpoint: Path | None = None,
+def sweep_engines(engines: dict, config: EngineConfig, pixels: np.ndarray, torch_checkpoint: Path | None = None,
                   on_progress: Callable[[ProgressEvent], None] = silent) -> Sweep:
     """The batch sweep over ``engines`` (name -> loaded engine) in alternating slices (``bench.bench_interleaved``),
     so the ratios between engines are side by side; PyTorch eager on ``torch_checkpoint`` joins the slices at
@@ -189,7 +183,7 @@ def sweep_engines(engines: dict, config: EnginesConfig, pixels: np.ndarray, torc
     for batch in config.bench_batches:
         contenders = {name: timed_call(engine, batch, pixels) for name, engine in engines.items()
                       if name not in sweep.failed
-                      and not (engine.backend == "tensorrt" and batch > config.options.max_batch)}  # beyond the profile
+                      and not (engine.backend == "tensorrt" and batch > config.max_batch)}  # beyond the profile
         if batch == reference and torch_checkpoint is not None:
             contenders["pytorch eager"] = _torch_call(torch_checkpoint, batch, pixels, config)
         results, failed = bench_interleaved(contenders, batch, config.bench_seconds, config.warmup_seconds,
@@ -208,7 +202,7 @@ def bench_pixels(prepared) -> np.ndarray:
     return np.asarray(prepared.pixels[np.unique(prepared.val_pairs.left)[:512]])
 
 
-def _benchmark(records: list[EngineOutcome], config: EnginesConfig, pixels: np.ndarray, torch_checkpoint: Path | None,
+def _benchmark(records: list[EngineOutcome], config: EngineConfig, pixels: np.ndarray, torch_checkpoint: Path | None,
                on_progress) -> dict | None:
     """``sweep_engines`` over every engine that validated; figures and failures go into the records.
     Returns PyTorch's ``{batch: figures}``, or None if it did not run."""
@@ -224,11 +218,11 @@ def _benchmark(records: list[EngineOutcome], config: EnginesConfig, pixels: np.n
     return sweep.torch
 
 
-def _threads(config: EnginesConfig) -> int:
-    return config.options.threads or default_threads()
+def _threads(config: EngineConfig) -> int:
+    return config.threads or default_threads()
 
 
-def _torch_call(checkpoint: Path, batch: int, pixels: np.ndarray, config: EnginesConfig):
+def _torch_call(checkpoint: Path, batch: int, pixels: np.ndarray, config: EngineConfig):
     """PyTorch eager's timed call, with the engines' thread count (torch keeps it for this process)."""
     import torch
 
@@ -238,7 +232,7 @@ def _torch_call(checkpoint: Path, batch: int, pixels: np.ndarray, config: Engine
     return timed_call(TorchEager(checkpoint), batch, pixels)
 
 
-def reference_batch(config: EnginesConfig) -> int:
+def reference_batch(config: EngineConfig) -> int:
     """The batch of the report's table and ratios: 64 when swept, else the largest swept."""
     batches = config.bench_batches or (64,)
     return 64 if 64 in batches else max(batches)
@@ -256,16 +250,16 @@ class _Inputs:
     calibration_meta: dict
 
 
-def _inputs(onnx_path: Path, data_dir: Path, out_dir: Path, config: EnginesConfig, variants, on_progress) -> _Inputs:
+def _inputs(onnx_path: Path, data_dir: Path, out_dir: Path, job: EnginesJob, variants, on_progress) -> _Inputs:
     from kinship.data import prepare
 
     image_size, recorded_threshold = _model_facts(onnx_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(Path(data_dir), image_size, config.split_config(), on_progress=on_progress)
+    prepared = prepare(Path(data_dir), image_size, job.split_config(), on_progress=on_progress)
     calibration, calibration_meta = None, {}
     if any(v.startswith("int8") for v in variants):
-        calibration, calibration_meta = _calibration_file(config, prepared, out_dir, on_progress)
-    data = validation_data(prepared, config.validation_limit)
+        calibration, calibration_meta = _calibration_file(job, prepared, out_dir, on_progress)
+    data = validation_data(prepared, job.engine.validation_pairs)
     reference = engine_logits(reference_engine(onnx_path), data)
     choose_threshold(data, recorded_threshold, reference)
     report = verification_report(data.label, reference, data.kind, threshold=data.threshold)
@@ -276,40 +270,40 @@ def build_engines(
     onnx_path: Path,
     data_dir: Path,
     out_dir: Path,
-    config: EnginesConfig = EnginesConfig(),
+    job: EnginesJob = EnginesJob(),
     on_progress: Callable[[ProgressEvent], None] = silent,
     builder: Builder = build_engine,
 ) -> EnginesResult:
-    """Build, validate and benchmark every variant in ``config``; write the report into ``out_dir``.
+    """Build, validate and benchmark every variant of ``job``; write the report into ``out_dir``.
 
     ``builder`` is the per-variant build step (``registry.build_engine``); callers may wrap it, e.g. to
     record each build elsewhere.
     """
     started = time.perf_counter()
-    variants = parse_variants(config.variants)
-    backend = resolve_backend(config.backend)
+    variants = parse_variants(job.variants)
+    backend = resolve_backend(job.engine.backend)
     require_backend(backend)
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    inputs = _inputs(onnx_path, data_dir, out_dir, config, variants, on_progress)
+    inputs = _inputs(onnx_path, data_dir, out_dir, job, variants, on_progress)
     records = []
     for index, variant in enumerate(variants):
         on_progress(ProgressEvent("build and validate engines", index, len(variants), {"variant": variant}))
-        records.append(build_one(onnx_path, out_dir, variant, backend, inputs.calibration, config, inputs.data,
+        records.append(build_one(onnx_path, out_dir, variant, backend, inputs.calibration, job, inputs.data,
                                  inputs.reference, inputs.reference_report.auc, builder))
     on_progress(ProgressEvent("build and validate engines", len(variants), len(variants)))
     companion = onnx_path.with_suffix(".pt")
-    torch_figures = _benchmark(records, config, bench_pixels(inputs.prepared), companion if companion.is_file() else None,
+    torch_figures = _benchmark(records, job.engine, bench_pixels(inputs.prepared), companion if companion.is_file() else None,
                                on_progress)
-    calibration = ({**inputs.calibration_meta, "file": str(inputs.calibration), "method": config.options.calibration_method}
+    calibration = ({**inputs.calibration_meta, "file": str(inputs.calibration), "method": job.engine.calibration_method}
                    if inputs.calibration else {})
     result = EnginesResult(
-        onnx_path, Path(data_dir), out_dir, backend, backend_note(config.backend, backend),
+        onnx_path, Path(data_dir), out_dir, backend, backend_note(job.engine.backend, backend),
         inputs.reference_report.to_dict(),
         {"pairs": len(inputs.data), "threshold": inputs.data.threshold,
-         "threshold_source": inputs.data.threshold_source, "policy": asdict(config.policy)},
+         "threshold_source": inputs.data.threshold_source, "policy": asdict(job.policy)},
         calibration, records, environment(backend), time.perf_counter() - started,
     )
-    result.report_files = write_report(result, config, inputs.data.label, torch_figures)
+    result.report_files = write_report(result, job.engine, inputs.data.label, torch_figures)
     return result
 
 
@@ -322,7 +316,7 @@ def report_rows(result: EnginesResult, labels: np.ndarray) -> list[dict]:
     return [EngineResult.from_outcome(record, labels, fp32_bytes).to_dict() for record in result.records]
 
 
-def report_context(result: EnginesResult, config: EnginesConfig) -> dict:
+def report_context(result: EnginesResult, config: EngineConfig) -> dict:
     """What the report shows around the rows: model, machine, reference batch, FLOPs, notes."""
     context = {
         "title": f"Engines for {result.onnx.name} ({result.backend})",
@@ -352,7 +346,7 @@ def report_context(result: EnginesResult, config: EnginesConfig) -> dict:
     return context
 
 
-def write_report(result: EnginesResult, config: EnginesConfig, labels: np.ndarray, torch_figures: dict | None = None) -> list[str]:
+def write_report(result: EnginesResult, config: EngineConfig, labels: np.ndarray, torch_figures: dict | None = None) -> list[str]:
     """report.json, report.md and the plots in the out folder, through ``kinship.engines.report``.
 
     With a benchmark, the report also gets this machine's GEMM ceiling and (when ``model.pt`` sits
@@ -368,7 +362,7 @@ def write_report(result: EnginesResult, config: EnginesConfig, labels: np.ndarra
     if config.bench_batches:
         try:
             measured = measure_context(result.onnx, [EngineResult.from_dict(r) for r in rows], context,
-                                       ceiling_seconds=config.options.ceiling_seconds)
+                                       ceiling_seconds=config.ceiling_seconds)
             context = {**measured, **context}
         except Exception as error:  # extra comparisons only: the report stands without them
             context["notes"].append(f"ceiling / PyTorch comparison not measured: {reason_of(error)}")

@@ -209,16 +209,18 @@ def host_lost(stack, tiny_data, tmp_path_factory) -> dict:
     localstack.stop_pid(server["pid"], server["argv"])
     clean = train(tiny_data, tmp_path_factory.mktemp("clean") / "run", TrainConfig(**HOST_LOST))
     driver.up(stack.state_dir)  # the server again (same port and database) and a fresh worker for the rocm pool
+    back_after = time.monotonic() - killed_at
     rerun = start_run(stack, HOST_LOST)  # waits for the rocm pool's one slot, which the dead run holds until Crashed
     crashed = wait_for_state(stack, killed, TERMINAL, timeout=ZOMBIE_SECONDS + 90)
     crashed_after = time.monotonic() - killed_at
     finished = wait_for_state(stack, rerun, TERMINAL, timeout=300)
     assert finished == "COMPLETED", driver.flow_run(stack, rerun)["state"]
     manifest = train_manifest_of(stack, rerun)
-    print(f"host lost: {len(signalled)} processes killed at stored epoch {at_kill['epoch']}; {crashed} after "
-          f"{crashed_after:.0f} s; rerun resumed at epoch {manifest['metrics']['start_epoch']}, done "
+    print(f"host lost: {len(signalled)} processes killed at stored epoch {at_kill['epoch']}; server back after "
+          f"{back_after:.0f} s; {crashed} after {crashed_after:.0f} s; rerun resumed at epoch {manifest['metrics']['start_epoch']}, done "
           f"{time.monotonic() - killed_at - crashed_after:.0f} s after that")
     return {"killed": killed, "signalled": signalled, "state": crashed, "crashed_after_s": crashed_after,
+            "server_back_after_s": back_after,
             "at_kill": at_kill, "clean": clean, "rerun": rerun, "manifest": manifest}
 
 
@@ -230,8 +232,11 @@ def test_a_run_whose_worker_was_killed_is_crashed_within_the_heartbeat_window_ac
     assert host_lost["at_kill"]["complete"] is False and host_lost["at_kill"]["epoch"] < HOST_LOST["epochs"]
     assert host_lost["state"] == "CRASHED"
     # Its last heartbeat came at most one period before the kill; the automation allows ZOMBIE seconds of
-    # silence after it and is evaluated every few seconds.
-    assert host_lost["crashed_after_s"] <= ZOMBIE_SECONDS + 20
+    # silence after it and is evaluated every few seconds, by a server that is down for part of that window:
+    # the run is Crashed once both have passed. The slack is for a loaded 2-core machine: with the unit lane
+    # beside it, one run there was Crashed 91 s after the kill, over the earlier bound of ZOMBIE + 20 s.
+    deadline = max(ZOMBIE_SECONDS, host_lost["server_back_after_s"]) + 30
+    assert host_lost["crashed_after_s"] <= deadline, host_lost
     message = driver.flow_run(stack, host_lost["killed"])["state"]["message"]
     assert f"No heartbeat for {ZOMBIE_SECONDS} s" in message
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 STARTUP_ATTEMPTS = 3  # a random port can be taken between choosing it and binding it: pick again
 
 
-def _bin(name: str) -> str:
+def venv_bin(name: str) -> str:
     candidate = Path(sys.prefix) / "bin" / name
     found = str(candidate) if candidate.exists() else shutil.which(name)
     if not found:
@@ -41,7 +41,7 @@ def _bin(name: str) -> str:
     return found
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
+def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
     env["PATH"] = f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return {**env, **extra}
@@ -93,14 +93,14 @@ class WeedServer:
 @contextmanager
 def running_weed(folder: Path, bucket: str = "kinship", timeout: float = 60.0) -> Iterator[WeedServer]:
     """Start ``weed mini`` with data under ``folder``; stop it (by pid) on exit."""
-    weed = Path(_bin("weed"))
+    weed = Path(venv_bin("weed"))
     secret = localstack.new_weed_secrets()
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         config = localstack.WeedConfig(weed=weed, data_dir=folder / f"data{attempt}", ports=localstack.weed_ports(),
                                        access_key=secret["access_key"], secret_key=secret["secret_key"],
                                        jwt_keys=secret["jwt_keys"], bucket=bucket)
         log = folder / f"weed{attempt}.log"
-        process, argv = localstack.start_weed(config, log, _clean_env())
+        process, argv = localstack.start_weed(config, log, clean_env())
         try:
             localstack.wait_until(lambda: localstack.bucket_ready(config), "weed mini S3", timeout,
                                   lambda: process.poll() is None, log)
@@ -147,12 +147,12 @@ class PrefectServer:
 @contextmanager
 def running_prefect_server(folder: Path, auth_string: str | None = None, timeout: float = 240.0) -> Iterator[PrefectServer]:
     """Start ``prefect server start`` (no UI) on a free port with its data under ``folder``; stop it on exit."""
-    venv = Path(_bin("prefect")).parent.parent
+    venv = Path(venv_bin("prefect")).parent.parent
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         port = localstack.free_port()
         api_url = f"http://127.0.0.1:{port}/api"
         home = folder / "home"
-        env = _clean_env(PREFECT_HOME=str(home), PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        env = clean_env(PREFECT_HOME=str(home), PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                          PREFECT_SERVER_UI_ENABLED="false")
         if auth_string:
             env.update(PREFECT_SERVER_API_AUTH_STRING=auth_string, PREFECT_API_AUTH_STRING=auth_string)
@@ -184,10 +184,10 @@ def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
 def running_prefect_worker(server: PrefectServer, pool: str, folder: Path, env: dict[str, str] | None = None,
                            timeout: float = 120.0) -> Iterator[int]:
     """Start a process worker for ``pool`` (its own scratch folder under ``folder``); yields its pid."""
-    venv = Path(_bin("prefect")).parent.parent
+    venv = Path(venv_bin("prefect")).parent.parent
     name = f"test-{pool}-{os.getpid()}"
     (folder / "scratch").mkdir(parents=True, exist_ok=True)
-    worker_env = _clean_env(**{**server.env(), "KINSHIP_SCRATCH": str(folder / "scratch"), "KINSHIP_ROOT": str(REPO),
+    worker_env = clean_env(**{**server.env(), "KINSHIP_SCRATCH": str(folder / "scratch"), "KINSHIP_ROOT": str(REPO),
                                "PREFECT_WORKER_QUERY_SECONDS": "2",
                                # as infra/local/up: flow runs beat often enough for the zombie automation
                                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(localstack.heartbeat_seconds()),

@@ -26,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from kinship.progress import ProgressEvent
 from kinship.storage import MiB, S3Store, StoreAccessError, StoreSettings, StoreUnreachable
-from tests.stack import _bin, _clean_env, localstack
+from tests.stack import clean_env, localstack, venv_bin
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,7 +52,7 @@ class RestartableWeed:
         self.starts += 1
         log = self.folder / f"weed{self.starts}.log"
         began = time.monotonic()
-        self.process, self.argv = localstack.start_weed(self.config, log, _clean_env())
+        self.process, self.argv = localstack.start_weed(self.config, log, clean_env())
         localstack.wait_until(lambda: localstack.bucket_ready(self.config), "weed mini S3", 60,
                               lambda: self.process.poll() is None, log)
         return time.monotonic() - began
@@ -81,7 +81,7 @@ class RestartableWeed:
 def weed(tmp_path_factory) -> Iterator[RestartableWeed]:
     folder = tmp_path_factory.mktemp("weed-faults")
     secret = localstack.new_weed_secrets()
-    config = localstack.WeedConfig(weed=Path(_bin("weed")), data_dir=folder / "data", ports=localstack.weed_ports(),
+    config = localstack.WeedConfig(weed=Path(venv_bin("weed")), data_dir=folder / "data", ports=localstack.weed_ports(),
                                    access_key=secret["access_key"], secret_key=secret["secret_key"],
                                    jwt_keys=secret["jwt_keys"])
     server = RestartableWeed(config, folder)

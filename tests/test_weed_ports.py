@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import WeedServer, _bin, localstack, weed_server  # noqa: F401  (fixture)
+from tests.stack import WeedServer, localstack, venv_bin, weed_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ def weed_shell(server: WeedServer, command: str, cwd: Path, home: Path, timeout:
     """``weed shell`` run in ``cwd`` (weed reads ``security.toml`` from there, then ``$HOME/.seaweedfs``); one
     refused keeps retrying, so after ``timeout`` seconds it is stopped and what it printed is returned."""
     ports = server.ports
-    argv = [_bin("weed"), "shell", f"-master=127.0.0.1:{ports['master']}.{ports['master_grpc']}",
+    argv = [venv_bin("weed"), "shell", f"-master=127.0.0.1:{ports['master']}.{ports['master_grpc']}",
             f"-filer=127.0.0.1:{ports['filer']}.{ports['filer_grpc']}"]
     shell = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=cwd, env={**os.environ, "HOME": str(home)})
@@ -181,9 +181,9 @@ def test_grpc_takes_no_client_without_the_stack_certificate(stored: Stored, tmp_
     upload_file = tmp_path / "intruder.jpg"
     upload_file.write_bytes(b"INTRUDER")
     env = {**os.environ, "HOME": str(tmp_path)}  # no security.toml here nor in $HOME/.seaweedfs
-    upload = subprocess.run([_bin("weed"), "upload", master, str(upload_file)], cwd=tmp_path, env=env,
+    upload = subprocess.run([venv_bin("weed"), "upload", master, str(upload_file)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=30)
-    download = subprocess.run([_bin("weed"), "download", master, f"-dir={tmp_path}", stored.fid], cwd=tmp_path,
+    download = subprocess.run([venv_bin("weed"), "download", master, f"-dir={tmp_path}", stored.fid], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=30)
     assert upload.returncode != 0 and '"fid"' not in upload.stdout, upload.stdout + upload.stderr
     assert "fileUrl" not in upload.stdout and "error reading server preface" in upload.stderr + upload.stdout

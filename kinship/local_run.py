@@ -25,11 +25,11 @@ from kinship.manifests import (
     Trained, TrainManifest, UriOnly, VariantRecord,
 )
 from kinship.pipeline import (
-    Progress, benchmark_stage, calibration_stage, check_engine_request, choose_backend, engine_inputs, engine_stage,
+    benchmark_stage, calibration_stage, check_engine_request, choose_backend, engine_inputs, engine_stage,
     engines_report_stage, export_stage, failed_engine, fetch_dataset, local_dataset, new_run_id, open_local_store,
     read_manifest, require_an_engine, run_prefix, train_stage, write_engines_manifest, write_train_manifest,
 )
-from kinship.progress import ProgressEvent, silent
+from kinship.progress import Progress, ProgressEvent, silent
 from kinship.run_report import publish_run_report
 from kinship.storage import ArtifactRef, ArtifactStore
 from kinship.train_config import TrainConfig

@@ -239,7 +239,3 @@ def build_model(config: ModelConfig) -> KinshipNet:
     if config.members > 1:
         return EnsembleNet(config)
     return SeedNet(config) if config.arch == "seed" else KinshipNet(config)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from kinship.checkpoint_mirror import CheckpointMirror, checkpoint_prefix, prepare_run_dir
 from kinship.engines.calibration import CalibrationConfig
@@ -42,7 +42,7 @@ from kinship.manifests import (
     EnginesManifest, Exported, HostFacts, RefDict, ReportRefs, RowSummary, Trained, TrainManifest, UriOnly,
     VariantRecord, manifest_header,
 )
-from kinship.progress import ProgressEvent, silent
+from kinship.progress import Progress, silent
 from kinship.storage import (
     MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreSettings, file_digest, join_key, store_from_uri,
 )
@@ -51,7 +51,6 @@ from kinship.train_config import TrainConfig
 log = logging.getLogger(__name__)
 
 ONNX_FILES = ("model.onnx", "model.encoder.onnx", "model.head.onnx")
-Progress = Callable[[ProgressEvent], None]
 Manifest = TypeVar("Manifest", TrainManifest, EnginesManifest)
 
 

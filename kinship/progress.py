@@ -1,13 +1,13 @@
 """Progress reporting that the library emits and each front end renders its own way.
 
 The CLI draws rich progress bars; Prefect tasks turn the same events into progress artifacts.
-Library code only calls a ``ProgressCallback``; it never knows who listens.
+Library code only calls a ``Progress`` listener; it never knows who listens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,7 @@ class ProgressEvent:
         return 0.0 if self.total <= 0 else min(1.0, self.done / self.total)
 
 
-class ProgressCallback(Protocol):
-    def __call__(self, event: ProgressEvent) -> None: ...
+Progress = Callable[[ProgressEvent], None]  # a listener: the CLI's bars, a task's artifacts, or ``silent``
 
 
 def silent(event: ProgressEvent) -> None:

@@ -38,7 +38,7 @@ from kinship.errors import UserError
 from kinship.files import (
     NotRegularFile, file_digest, open_regular, stream_digest, temp_sibling, unlink_quietly, write_atomic,
 )
-from kinship.progress import ProgressEvent, silent
+from kinship.progress import Progress, ProgressEvent, silent
 
 MiB = 1024 * 1024
 MANIFEST_NAME = "kinship-manifest.json"
@@ -52,7 +52,6 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 NOT_FOLLOWED = "symbolic link or special file"  # what put_tree skips, in messages
 LISTED_SKIPS = 1000  # skipped names carried in a progress event (the count is always exact)
 
-Progress = Callable[[ProgressEvent], None]
 log = logging.getLogger(__name__)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kinship.checkpoint_mirror import CheckpointMirror, checkpoint_prefix, prepare_run_dir
+from kinship.dataset_cache import CacheSettings, DatasetCache, hold, manifest_files
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
 from kinship.engines.outcome import STATUS_BUILT, STATUS_FAILED
@@ -42,7 +43,7 @@ from kinship.manifests import (
     EnginesManifest, Exported, HostFacts, RefDict, ReportRefs, RowSummary, Trained, TrainManifest, UriOnly,
     VariantRecord, manifest_header,
 )
-from kinship.progress import Progress, silent
+from kinship.progress import Progress, ProgressEvent, silent
 from kinship.storage import (
     MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreSettings, file_digest, join_key, store_from_uri,
 )
@@ -80,20 +81,36 @@ def _upload(store: ArtifactStore, files: dict[str, Path], prefix: str) -> dict[s
 
 
 def fetch_dataset(uri: str, settings: StoreSettings | None = None, on_progress: Progress = silent) -> DatasetHandle:
-    """Download the data set pushed at ``uri`` into the scratch folder, every file verified by sha256.
+    """This host's verified copy of the data set pushed at ``uri`` (``kinship.dataset_cache``).
 
-    The copy is named by the manifest's digest, so a second fetch of the same content downloads nothing.
+    The copy is named by the manifest's digest and shared by every flow on the host: a second fetch of the same
+    content downloads nothing (each file is re-verified instead), and concurrent fetches wait for one download.
     """
     settings = settings or StoreSettings.from_env()
     uri = uri.rstrip("/")
     store = store_from_uri(uri, settings)
     manifest = store.get_file(f"{uri}/{MANIFEST_NAME}")  # verified against the digest recorded at push
     sha256, _ = file_digest(manifest)
-    dest = Path(settings.scratch) / "datasets" / sha256[:16]
-    store.get_tree(uri, dest, on_progress)
-    if file_digest(dest / MANIFEST_NAME)[0] != sha256:
-        raise UserError(f"{uri} changed while it was being fetched (its manifest was replaced): fetch again")
-    return DatasetHandle(uri, sha256, dest)
+    cache = DatasetCache(CacheSettings.from_env(settings.scratch))
+
+    def fill(dest: Path) -> None:
+        store.get_tree(uri, dest, on_progress)
+        if file_digest(dest / MANIFEST_NAME)[0] != sha256:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise UserError(f"{uri} changed while it was being fetched (its manifest was replaced): fetch again")
+
+    def expected(copy: Path) -> dict[str, tuple[str, int]]:
+        return manifest_files(json.loads((copy / MANIFEST_NAME).read_bytes()), uri, f"{copy / MANIFEST_NAME}")
+
+    started = time.perf_counter()
+    outcome = cache.obtain(sha256, uri, fill, expected)
+    log.info("data set %s: %s in %.1f s (verified in %.1f s)%s", uri,
+             {"hit": "this host's copy reused", "filled": "fetched", "refilled": "damaged copy fetched again"}[outcome.status],
+             time.perf_counter() - started, outcome.verify_s,
+             f"; evicted {len(outcome.evicted)} older copies" if outcome.evicted else "")
+    on_progress(ProgressEvent("data set ready", 1, 1, {"cache": outcome.status, "seconds": time.perf_counter() - started,
+                                                       "verify_s": outcome.verify_s, "evicted": list(outcome.evicted)}))
+    return DatasetHandle(uri, sha256, outcome.path)
 
 
 def local_dataset(folder: Path, on_progress: Progress = silent) -> DatasetHandle:
@@ -128,7 +145,8 @@ def train_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfi
     started = time.perf_counter()
     # Fold runs keep their members' checkpoints on this host only (a retried task resumes them there).
     mirror = CheckpointMirror(store, saved, run_dir, dataset, config) if config.folds <= 1 else None
-    result = train(dataset.path, run_dir, config, resume=bool(source), on_progress=on_progress, on_checkpoint=mirror)
+    with hold(dataset.path):  # this host's copy stays while training reads it
+        result = train(dataset.path, run_dir, config, resume=bool(source), on_progress=on_progress, on_checkpoint=mirror)
     names = ("model.pt", "metrics.json", "config.json")
     artifacts = _upload(store, {name: run_dir / name for name in names}, prefix)
     if mirror is not None:
@@ -153,7 +171,8 @@ def export_stage(store: ArtifactStore, dataset: DatasetHandle, model: RefDict, w
     checkpoint = store.get_file(_ref(model), work_dir / "model.pt")
     payload = read_checkpoint(checkpoint)
     size = int(payload["model_config"]["image_size"])
-    img0, img1 = validation_sample(dataset.path, payload["metadata"], size, count=64)
+    with hold(dataset.path):
+        img0, img1 = validation_sample(dataset.path, payload["metadata"], size, count=64)
     files, checks = export_checkpoint(checkpoint, work_dir / "model.onnx", img0, img1)
     artifacts = _upload(store, dict(zip(ONNX_FILES, files.all())), prefix)
     return {"artifacts": artifacts, "checks": [asdict(check) for check in checks], "image_size": size}
@@ -165,8 +184,9 @@ def calibration_stage(store: ArtifactStore, dataset: DatasetHandle, config: Trai
     """Draw the INT8 calibration set from the training families (the model's own split) and upload it."""
     from kinship.engines.calibration import build_calibration_set, save_calibration
 
-    built = build_calibration_set(dataset.path, config.image_size, config.split_config(), calibration,
-                                  on_progress=on_progress)
+    with hold(dataset.path):
+        built = build_calibration_set(dataset.path, config.image_size, config.split_config(), calibration,
+                                      on_progress=on_progress)
     path = save_calibration(built, Path(work_dir) / "calibration.npz")
     meta = built.meta
     summary = {"pairs": meta["pairs"], "counts_by_type": meta["counts_by_type"],
@@ -293,8 +313,9 @@ def _benchmark(store: ArtifactStore, inputs: EngineInputs, variants: list[Varian
                for v in built}
     engines = {f"{v['backend']} {v['variant']}": load_engine(folders[v["variant"]]) for v in built}
     image_size = next(iter(engines.values())).image_size
-    prepared = prepare(dataset.path, image_size, SplitConfig(val_fraction=train.val_fraction, seed=train.seed),
-                       on_progress=on_progress)
+    with hold(dataset.path):
+        prepared = prepare(dataset.path, image_size, SplitConfig(val_fraction=train.val_fraction, seed=train.seed),
+                           on_progress=on_progress)
     companion = onnx.with_suffix(".pt")
     sweep = sweep_engines(engines, settings, bench_pixels(prepared), companion if companion.is_file() else None,
                           on_progress)
@@ -339,7 +360,8 @@ def engine_stage(store: ArtifactStore, inputs: EngineInputs, dataset: DatasetHan
     out = Path(work_dir) / variant
     shutil.rmtree(out, ignore_errors=True)  # a retried attempt starts clean
     job = engines_job(variant, settings, inputs["train_config"], calibration)
-    result = build_engines(onnx, dataset.path, out, job, on_progress=on_progress)
+    with hold(dataset.path):
+        result = build_engines(onnx, dataset.path, out, job, on_progress=on_progress)
     if result.backend != backend:
         raise ArtifactMismatch(f"asked for {backend} but the build used {result.backend}")
     record = result.records[0]

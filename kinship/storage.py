@@ -27,6 +27,7 @@ import re
 import shutil
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +40,10 @@ from kinship.files import (
     NotRegularFile, file_digest, open_regular, stream_digest, temp_sibling, unlink_quietly, write_atomic,
 )
 from kinship.progress import Progress, ProgressEvent, silent
+from kinship.shards import (
+    SHARD_FOLDER, MemberEntry, PackedShard, ShardedManifest, ShardEntry, is_sharded, pack_shards, parse_manifest,
+    unpack_shard,
+)
 
 MiB = 1024 * 1024
 MANIFEST_NAME = "kinship-manifest.json"
@@ -431,6 +436,10 @@ class _BaseStore:
         """Up to ``limit`` keys (S3) or file paths (local) below the folder-like ``loc``, in no set order."""
         raise NotImplementedError
 
+    def _delete(self, loc: StoreURI) -> None:
+        """Remove the object at ``loc`` (and its digest record); absent already is fine."""
+        raise NotImplementedError
+
     # addressing -------------------------------------------------------
     def _to_location(self, key_or_uri: str, allow_empty_key: bool = False) -> StoreURI:
         if "://" in key_or_uri:
@@ -576,7 +585,11 @@ class _BaseStore:
     def read_manifest(self, ref_or_uri: ArtifactRef | str) -> dict[str, ArtifactRef]:
         """Read a manifest written by ``write_manifest``/``put_tree``: key -> ``ArtifactRef``."""
         data = self.get_json(ref_or_uri)
-        name = ref_or_uri.uri if isinstance(ref_or_uri, ArtifactRef) else ref_or_uri
+        return self._manifest_refs(data, ref_or_uri.uri if isinstance(ref_or_uri, ArtifactRef) else ref_or_uri)
+
+    def _manifest_refs(self, data: Any, name: str) -> dict[str, ArtifactRef]:
+        if is_sharded(data):
+            raise UserError(f"{name}: a sharded data set manifest names shards, not objects; fetch it with get_tree")
         if not isinstance(data, dict):
             raise UserError(f"{name}: not a manifest (expected a JSON object)")
         try:
@@ -588,10 +601,13 @@ class _BaseStore:
             parse_uri(ref.uri)
         return refs
 
-    def put_tree(self, local_dir: str | Path, key_prefix: str, on_progress: Progress = silent) -> list[ArtifactRef]:
+    def put_tree(self, local_dir: str | Path, key_prefix: str, on_progress: Progress = silent,
+                 shard_bytes: int | None = None) -> list[ArtifactRef]:
         """Upload every regular file under ``local_dir`` below ``key_prefix``, then the manifest, last.
 
-        Idempotent: files whose object already has the same size and sha256 are not sent again. Symbolic links
+        With ``shard_bytes`` the files travel packed in tar shards of about that size (``kinship.shards``; the
+        manifest is then the sharded format and the refs returned are the shards'); else one object per file.
+        Idempotent: files (shards) whose object already has the same size and sha256 are not sent again. Symbolic links
         (to files or folders) and special files inside ``local_dir`` are skipped: never followed nor read (the
         folder itself may be a link: the caller named it). Incomplete multipart uploads of the tree's keys, left
         by an interrupted push, are aborted first. The final progress event carries ``uploaded``, ``skipped``
@@ -608,13 +624,79 @@ class _BaseStore:
         if not files:
             extra = f" (skipped {count_not_followed(len(not_followed))}, not followed)" if not_followed else ""
             raise UserError(f"no files to upload in {root}{extra}")
-        known = self._known_digests(prefix)
-        self._abort_stale_uploads([key for _, key in files])
-        refs, counts = self._upload_all(files, known, on_progress)
-        self.write_manifest(refs, join_key(prefix, MANIFEST_NAME))
-        info = {**counts, "skipped_links": len(not_followed), "skipped_link_names": not_followed[:LISTED_SKIPS]}
+        if shard_bytes:
+            refs, counts = self._put_shards(root, prefix, files, shard_bytes, on_progress)
+        else:
+            known = self._known_digests(prefix)
+            self._abort_stale_uploads([key for _, key in files])
+            refs, counts = self._upload_all(files, known, on_progress)
+            self.write_manifest(refs, join_key(prefix, MANIFEST_NAME))
+        info = {**counts, "files": len(files), "skipped_links": len(not_followed),
+                "skipped_link_names": not_followed[:LISTED_SKIPS]}
         on_progress(ProgressEvent("push", len(files), len(files), info))
         return refs
+
+    def _put_shards(self, root: Path, prefix: str, files: list[tuple[Path, str]], shard_bytes: int,
+                    on_progress: Progress) -> tuple[list[ArtifactRef], dict]:
+        """Pack ``files`` into shards and upload each as soon as it is packed (packing is one core's work, the
+        uploads wait on the network: they overlap). Then the sharded manifest, last; then the shards an earlier
+        push left that the new manifest no longer names (a reader of the old manifest sees "changed")."""
+        named = [(path, path.relative_to(root).as_posix()) for path, _ in files]
+        shard_prefix = join_key(prefix, SHARD_FOLDER)
+        shard_store_key = lambda entry: join_key(prefix, entry.key)  # noqa: E731
+        known = {key: (size, None) for key, size in self._sizes(shard_prefix).items()}
+        counts = {"uploaded": 0, "skipped": 0, "bytes": 0, "shards": 0, "removed": 0}
+        shards: list[ShardEntry] = []
+        members: dict[str, MemberEntry] = {}
+        done_files = [0]
+        work = Path(self.settings.scratch) / "tmp" / f"pack-{uuid.uuid4().hex[:12]}"
+        cancel = _Cancel()
+        pool = ThreadPoolExecutor(max_workers=max(1, self.settings.max_workers))
+        in_flight = threading.BoundedSemaphore(max(2, self.settings.max_workers * 2))  # packed, not yet sent
+
+        def send(packed: PackedShard) -> tuple[PackedShard, bool]:
+            try:
+                key = shard_store_key(packed.entry)
+                if key not in known and packed.entry.size >= self.settings.multipart_threshold:
+                    self._abort_stale_uploads([key])  # parts of the same shard left by a killed push
+                _, sent = self._upload_if_changed(packed.path, key, known.get(key), cancel)
+                return packed, sent
+            finally:
+                unlink_quietly(packed.path)
+                in_flight.release()
+
+        def collect(future) -> None:
+            packed, sent = future.result()
+            shards.append(packed.entry)
+            members.update(packed.members)
+            counts["uploaded" if sent else "skipped"] += 1
+            counts["bytes"] += packed.entry.size if sent else 0
+            done_files[0] += packed.entry.members
+            on_progress(ProgressEvent("push", done_files[0], len(files), dict(counts)))
+
+        futures = []
+        try:
+            for packed in pack_shards(named, work, shard_bytes):
+                in_flight.acquire()
+                futures.append(pool.submit(send, packed))
+            for future in as_completed(futures):
+                collect(future)
+        except BaseException:
+            cancel.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        pool.shutdown()
+        shards.sort(key=lambda entry: entry.key)
+        counts["shards"] = len(shards)
+        self.put_json(ShardedManifest(tuple(shards), members).to_json(), join_key(prefix, MANIFEST_NAME))
+        refs = [ArtifactRef(uri=self.uri(key), key=key, sha256=entry.sha256, size=entry.size)
+                for key, entry in ((shard_store_key(entry), entry) for entry in shards)]
+        for key in sorted(set(known) - {ref.key for ref in refs}):
+            self._delete(self._location(key))
+            counts["removed"] += 1
+        return refs, counts
 
     def _known_digests(self, prefix: str) -> dict[str, tuple[int, str | None]]:
         """Objects already under ``prefix``: size plus the sha256 from the previous manifest, if any."""
@@ -675,14 +757,61 @@ class _BaseStore:
         manifest_loc = _child(prefix_loc, MANIFEST_NAME)
         if self._stat(manifest_loc) is None:
             raise ArtifactNotFound(self._no_dataset(prefix_loc))
-        manifest = self.read_manifest(self._uri_of(manifest_loc))
-        manifest_bytes = _json_bytes(_manifest_entries(manifest.values()))
+        manifest_uri = self._uri_of(manifest_loc)
+        document = self.get_json(manifest_uri)
+        sharded = parse_manifest(document, manifest_uri, validate_key) if is_sharded(document) else None
+        manifest = None if sharded else self._manifest_refs(document, manifest_uri)
+        manifest_bytes = _json_bytes(document if sharded else _manifest_entries(manifest.values()))
         dest = Path(dest)
         if (dest / MANIFEST_NAME).is_file() and (dest / MANIFEST_NAME).read_bytes() == manifest_bytes:
             return dest
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise UserError(f"destination {dest} exists and is not an empty folder")
+        if sharded:
+            return self._assemble_shards(prefix_loc, sharded, manifest_bytes, dest, on_progress)
         return self._assemble_tree(prefix_loc, manifest, manifest_bytes, dest, on_progress)
+
+    def _assemble_shards(self, prefix_loc: StoreURI, manifest: ShardedManifest, manifest_bytes: bytes, dest: Path,
+                         on_progress: Progress) -> Path:
+        """Download the shards concurrently (each large one in ranged parts), verify each against its sha256, unpack
+        it with every member checked, into a temporary folder renamed into place only when all are there."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temp = temp_sibling(dest)
+        downloads = temp_sibling(dest.with_name(f"{dest.name}-shards"))
+        total = sum(shard.size for shard in manifest.shards)
+        done = [0]
+        lock = threading.Lock()
+
+        def on_bytes(count: int) -> None:
+            with lock:
+                done[0] += count
+                on_progress(ProgressEvent("fetch", done[0], total, {"unit": "bytes"}))
+
+        def fetch_one(index: int, shard: ShardEntry) -> None:
+            loc = _child(prefix_loc, shard.key)
+            ref = ArtifactRef(uri=self._uri_of(loc), key=loc.key, sha256=shard.sha256, size=shard.size)
+            part = downloads / f"{index:06d}.tar"
+            try:
+                self._download(loc, part, on_bytes)
+                verify_file(part, ref)
+                unpack_shard(part, temp, manifest, index, ref.uri)
+            finally:
+                unlink_quietly(part)
+
+        try:
+            temp.mkdir()
+            downloads.mkdir()
+            with ThreadPoolExecutor(max_workers=max(1, min(self.settings.max_workers, len(manifest.shards)))) as pool:
+                for future in as_completed([pool.submit(fetch_one, i, s) for i, s in enumerate(manifest.shards)]):
+                    future.result()
+            (temp / MANIFEST_NAME).write_bytes(manifest_bytes)
+            if dest.exists():
+                dest.rmdir()
+            os.replace(temp, dest)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+            shutil.rmtree(downloads, ignore_errors=True)
+        return dest
 
     def _no_dataset(self, prefix_loc: StoreURI) -> str:
         """Why there is no data set at ``prefix_loc``, in one line naming it: nothing there, a folder of data
@@ -995,6 +1124,10 @@ class S3Store(_BaseStore):
 
         return self._call(f"list s3://{self.bucket}/{listing_prefix}", attempt)
 
+    def _delete(self, loc: StoreURI) -> None:
+        self._call(f"delete s3://{loc.bucket}/{loc.key}",
+                   lambda: self.client.delete_object(Bucket=loc.bucket, Key=loc.key))
+
     def _some_keys(self, loc: StoreURI, limit: int) -> list[str]:
         prefix = f"{loc.key}/" if loc.key else ""
         response = self._call(f"list s3://{loc.bucket}/{prefix}", lambda: self.client.list_objects_v2(
@@ -1027,6 +1160,17 @@ class S3Store(_BaseStore):
                 log.warning("%s: attempt %d failed (%s); retrying in %.1f s", what, attempt, trouble, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def presigned_url(self, key_or_uri: str, expires_s: int = 7 * 24 * 3600) -> str:
+        """A URL that GETs the object for ``expires_s`` seconds (1 s to 7 days, SigV4's limit) without credentials.
+
+        Signed locally (no request is made): a missing object answers 404 only when the URL is used.
+        """
+        if not 1 <= expires_s <= 7 * 24 * 3600:
+            raise ValueError(f"expires_s must be between 1 s and 7 days, got {expires_s}")
+        loc = self._to_location(key_or_uri)
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": loc.bucket, "Key": loc.key},
+                                                  ExpiresIn=int(expires_s))
 
 
 class _ServerTrouble(Exception):
@@ -1213,6 +1357,13 @@ class LocalStore(_BaseStore):
             recorded = None
         return path.stat().st_size, recorded
 
+    def _delete(self, loc: StoreURI) -> None:
+        path = Path(loc.key)
+        unlink_quietly(path)
+        meta = self._meta_path(path)
+        if meta is not None:
+            unlink_quietly(meta)
+
     def _sizes(self, prefix: str) -> dict[str, int]:
         full = self._full_key(prefix)
         base = self.root / full if full else self.root
@@ -1234,6 +1385,11 @@ class LocalStore(_BaseStore):
             if len(found) >= limit:
                 break
         return found[:limit]
+
+    def presigned_url(self, key_or_uri: str, expires_s: int = 7 * 24 * 3600) -> None:
+        """None: a folder has no HTTP endpoint to sign for (``S3Store.presigned_url``'s counterpart)."""
+        self._to_location(key_or_uri)  # still refuse what is not a location of this store
+        return None
 
 
 # ---------------------------------------------------------------- choosing a store

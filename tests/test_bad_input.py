@@ -138,7 +138,8 @@ def test_data_check_refuses_a_tampered_data_set_and_keeps_nothing(tmp_path: Path
     image.write_bytes(image.read_bytes()[:-10])  # truncated after the push
     assert main(["data", "check", dataset.as_uri()]) == 2
     one_line_error(capsys, image.name, "size mismatch", "nothing was kept")
-    assert not (scratch / "datasets").exists() or list((scratch / "datasets").iterdir()) == []
+    assert not (scratch / "datasets").exists() or [p for p in (scratch / "datasets").iterdir()
+                                                   if not p.name.startswith(".")] == []  # no copy, locks aside
     assert partials(scratch) == []
 
 

@@ -277,11 +277,12 @@ def test_data_push_cli_to_a_folder(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("KINSHIP_SCRATCH", str(tmp_path / "scratch"))
     make_tree(tmp_path / "rfiw")
     target = (tmp_path / "bucket" / "datasets" / "rfiw").as_uri()
-    for expected_uploaded in (3, 0):
+    for expected_uploaded in (1, 0):  # one shard holds the three files; the second push sends nothing
         args = push_parser().parse_args(["data", "push", str(tmp_path / "rfiw"), target, "--json"])
         assert args.handler(args) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["uri"] == target and report["files"] == 3 and report["uploaded"] == expected_uploaded
+        assert report["shards"] == 1
     assert (tmp_path / "bucket" / "datasets" / "rfiw" / MANIFEST_NAME).is_file()
     args = push_parser().parse_args(["data", "push", str(tmp_path / "missing"), target])
     with pytest.raises(UserError, match="missing"):

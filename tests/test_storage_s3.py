@@ -182,20 +182,28 @@ def push_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def test_data_push_is_idempotent(tmp_path: Path, settings: StoreSettings, s3_env: WeedServer, capsys) -> None:
+@pytest.mark.parametrize("shard_mib", ["32", "0"], ids=["shards", "one-object-per-file"])
+def test_data_push_is_idempotent(tmp_path: Path, settings: StoreSettings, s3_env: WeedServer, capsys,
+                                 shard_mib: str) -> None:
     files = {"F0001/MID1/P1_face0.jpg": os.urandom(4000), "F0001/MID2/P2_face0.jpg": os.urandom(3000), "train.csv": b"a,b\n"}
     for relative, data in files.items():
         write(tmp_path / "rfiw" / relative, data)
     uri = f"s3://{s3_env.bucket}/{settings.prefix}/datasets/rfiw"
     reports = []
     for _ in range(2):
-        args = push_parser().parse_args(["data", "push", str(tmp_path / "rfiw"), uri, "--json"])
+        args = push_parser().parse_args(["data", "push", str(tmp_path / "rfiw"), uri, "--json", "--shard-mib", shard_mib])
         assert args.handler(args) == 0
         reports.append(json.loads(capsys.readouterr().out))
-    assert [r["uploaded"] for r in reports] == [3, 0] and [r["skipped"] for r in reports] == [0, 3]
+    objects = 1 if shard_mib != "0" else 3  # one shard holds all three files
+    assert [r["uploaded"] for r in reports] == [objects, 0] and [r["skipped"] for r in reports] == [0, objects]
+    assert [r["files"] for r in reports] == [3, 3]
     assert reports[0]["uri"] == uri and reports[0]["manifest"] == f"{uri}/{MANIFEST_NAME}"
     listed = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix=f"{settings.prefix}/datasets/rfiw/")
-    assert sorted(o["Key"].rsplit("rfiw/", 1)[1] for o in listed["Contents"]) == sorted([*files, MANIFEST_NAME])
+    stored = sorted(o["Key"].rsplit("rfiw/", 1)[1] for o in listed["Contents"])
+    if shard_mib == "0":
+        assert stored == sorted([*files, MANIFEST_NAME])
+    else:
+        assert len(stored) == 2 and stored[0] == MANIFEST_NAME and stored[1].startswith("shards/000000-")
     got = S3Store(replace(settings, prefix="")).get_tree(uri, tmp_path / "got")
     assert {p.relative_to(got).as_posix(): p.read_bytes() for p in got.rglob("*") if p.is_file() and p.name != MANIFEST_NAME} == files
     manifest = s3_env.client().get_object(Bucket=s3_env.bucket, Key=f"{settings.prefix}/datasets/rfiw/{MANIFEST_NAME}")
@@ -241,24 +249,29 @@ def test_missing_and_empty_data_set_uris_name_the_uri(tmp_path: Path, settings: 
     assert not (tmp_path / "got").exists() and not (tmp_path / "scratch" / "datasets").exists()
 
 
+@pytest.mark.parametrize("shard_mib", ["32", "0"], ids=["shards", "one-object-per-file"])
 def test_data_check_fetches_a_pushed_set_and_refuses_a_tampered_one(tmp_path: Path, settings: StoreSettings,
-                                                                    s3_env: WeedServer, monkeypatch, capsys) -> None:
+                                                                    s3_env: WeedServer, monkeypatch, capsys,
+                                                                    shard_mib: str) -> None:
     from tests.test_layout import make_clean
 
     uri = f"s3://{s3_env.bucket}/{settings.prefix}/datasets/tiny"
-    assert main(["data", "push", str(make_clean(tmp_path / "tiny")), uri, "--json"]) == 0
+    assert main(["data", "push", str(make_clean(tmp_path / "tiny")), uri, "--json", "--shard-mib", shard_mib]) == 0
     capsys.readouterr()
     monkeypatch.setenv("KINSHIP_SCRATCH", str(tmp_path / "scratch1"))
     assert main(["data", "check", uri, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["images"] == 8
-    key = f"{settings.prefix}/datasets/tiny/train/F0002/MID1/P00005_face1.jpg"
+    if shard_mib == "0":
+        key = f"{settings.prefix}/datasets/tiny/train/F0002/MID1/P00005_face1.jpg"
+    else:
+        key = next(k for k in bucket_contents(s3_env, f"{settings.prefix}/datasets/tiny/shards/"))
     recorded = s3_env.client().head_object(Bucket=s3_env.bucket, Key=key)["Metadata"]
     s3_env.client().put_object(Bucket=s3_env.bucket, Key=key, Body=b"\xff\xd8 not the pushed image", Metadata=recorded)
     scratch = tmp_path / "scratch2"  # a fresh host: the verified copy cached by the first check is not there
     monkeypatch.setenv("KINSHIP_SCRATCH", str(scratch))
     assert main(["data", "check", uri]) == 2
     one_line_error(capsys, f"s3://{s3_env.bucket}/{key}", "size mismatch", "nothing was kept")
-    assert list((scratch / "datasets").iterdir()) == []  # the tree is assembled aside, never half in place
+    assert [p.name for p in (scratch / "datasets").iterdir() if not p.name.startswith(".")] == []  # assembled aside
     assert not [p for p in scratch.rglob("*") if ".partial-" in p.name or p.name == "P00005_face1.jpg"]
 
 
@@ -315,8 +328,9 @@ def test_data_push_cli_never_uploads_a_link_target(tmp_path: Path, settings: Sto
     assert report["skipped_links"] == 2 and report["skipped_link_names"] == names and report["files"] == regular
     stored = bucket_contents(s3_env, f"{settings.prefix}/")
     assert not any(marker in body for body in stored.values())  # the target's bytes are nowhere in the bucket
-    assert not any("P00012_face0" in key or "MID9" in key for key in stored), sorted(stored)
-    assert len(stored) == regular + 1  # the regular files and the manifest
+    manifest = json.loads(stored.pop(f"{settings.prefix}/datasets/tiny/{MANIFEST_NAME}"))
+    assert not any("P00012_face0" in name or "MID9" in name for name in [*stored, *manifest["files"]])
+    assert len(manifest["files"]) == regular and len(stored) == 1  # the regular files, in one shard
 
 
 # ---------------------------------------------------------------- multipart uploads left behind are aborted
@@ -341,7 +355,7 @@ def test_a_push_aborts_the_uploads_an_interrupted_push_left(tmp_path: Path, sett
         client.upload_part(Bucket=s3_env.bucket, Key=key, UploadId=begun["UploadId"], PartNumber=1, Body=b"x" * 5 * MiB)
     assert sorted(incomplete_uploads(s3_env, f"{settings.prefix}/")) == [f"{base}-other/big.bin", f"{base}/big.bin",
                                                                          f"{base}/small.txt"]
-    assert main(["data", "push", str(tmp_path / "set"), f"s3://{s3_env.bucket}/{base}", "--json"]) == 0
+    assert main(["data", "push", str(tmp_path / "set"), f"s3://{s3_env.bucket}/{base}", "--json", "--shard-mib", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["uploaded"] == 2
     assert incomplete_uploads(s3_env, f"{settings.prefix}/") == {f"{base}-other/big.bin": [1]}  # only its own keys
     assert bucket_contents(s3_env, f"{base}/big.bin")[f"{base}/big.bin"] == big.read_bytes()
@@ -374,7 +388,7 @@ def test_an_interrupted_push_leaves_no_parts(tmp_path: Path, settings: StoreSett
     write(tmp_path / "set" / "small.txt", b"small")
     base = f"{settings.prefix}/datasets/set"
     push = subprocess.Popen([sys.executable, "-c", SLOW_PARTS, "data", "push", str(tmp_path / "set"),
-                             f"s3://{s3_env.bucket}/{base}"], env=cli_env(s3_env, tmp_path),
+                             f"s3://{s3_env.bucket}/{base}", "--shard-mib", "0"], env=cli_env(s3_env, tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not incomplete_uploads(s3_env, f"{base}/").get(f"{base}/big.bin"):  # begun, part 1 stored
@@ -387,7 +401,7 @@ def test_an_interrupted_push_leaves_no_parts(tmp_path: Path, settings: StoreSett
     assert MANIFEST_NAME not in "".join(bucket_contents(s3_env, f"{base}/"))
     if signum == signal.SIGKILL:  # nothing can run: the parts stay until the next push of the same keys
         assert left == {f"{base}/big.bin": [1]}
-        assert main(["data", "push", str(tmp_path / "set"), f"s3://{s3_env.bucket}/{base}"]) == 0
+        assert main(["data", "push", str(tmp_path / "set"), f"s3://{s3_env.bucket}/{base}", "--shard-mib", "0"]) == 0
         capsys.readouterr()
         assert incomplete_uploads(s3_env, f"{base}/") == {}
         return

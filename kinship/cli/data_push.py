@@ -17,6 +17,7 @@ from typing import Iterator
 from kinship.cli.output import add_json_flag, console, key_value_table, print_json, progress_bars
 from kinship.errors import KinshipError, UserError
 from kinship.progress import ProgressEvent
+from kinship.shards import DEFAULT_SHARD_BYTES, MiB
 from kinship.storage import MANIFEST_NAME, StoreSettings, count_not_followed, parse_uri, store_from_uri
 
 SHOWN_SKIPS = 5  # skipped links named in the table and on stderr; --json carries them all (up to 1000)
@@ -33,14 +34,18 @@ def add_push_command(data_subparsers) -> argparse.ArgumentParser:
     parser = data_subparsers.add_parser(
         "push",
         help="upload a data set folder to the artifact store (with a sha256 manifest)",
-        description="Upload every file under DIR below URI, then a manifest naming each file's sha256. "
-        "Files already stored with the same sha256 are skipped, so an interrupted push can simply be rerun. "
+        description="Upload every file under DIR below URI, packed into tar shards of about --shard-mib MiB, "
+        "then a manifest naming each shard's and each file's sha256 (--shard-mib 0: one object per file, the "
+        "layout of earlier versions, which fetch still reads). "
+        "Shards (files) already stored with the same sha256 are skipped, so an interrupted push can simply be rerun. "
         "Symbolic links and special files inside DIR are never followed: they are skipped and named. "
         "Endpoint and credentials come from AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; "
         "a server that is down is retried for KINSHIP_RETRY_WINDOW seconds (default 45) before giving up.",
     )
     parser.add_argument("dir", type=Path, help="local folder holding the data set")
     parser.add_argument("uri", help="destination, e.g. s3://kinship/datasets/rfiw (or file:///folder)")
+    parser.add_argument("--shard-mib", type=_shard_mib, default=DEFAULT_SHARD_BYTES // MiB, metavar="MIB",
+                        help=f"target shard size in MiB (default {DEFAULT_SHARD_BYTES // MiB}; 0: one object per file)")
     add_json_flag(parser)
     parser.set_defaults(handler=run_push)
     return parser
@@ -61,8 +66,8 @@ def run_push(args: argparse.Namespace) -> int:
             last[:] = [event]
             draw(event)
 
-        refs = store.put_tree(args.dir, "", on_progress)
-    summary = _summary(args.uri, store.uri(MANIFEST_NAME), len(refs), last[0].info if last else {})
+        store.put_tree(args.dir, "", on_progress, shard_bytes=args.shard_mib * MiB or None)
+    summary = _summary(args.uri, store.uri(MANIFEST_NAME), last[0].info if last else {})
     if summary["skipped_links"]:
         print(f"kinship data push: {_skip_line(summary)}", file=sys.stderr)
     if args.json:
@@ -74,14 +79,28 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(uri: str, manifest: str, files: int, counts: dict) -> dict:
+def _shard_mib(text: str) -> int:
+    """``--shard-mib``: a whole number of MiB, 0 for one object per file."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or value > 4096:
+        raise argparse.ArgumentTypeError(f"--shard-mib must be a whole number from 0 to 4096, not {text!r}")
+    return value
+
+
+def _summary(uri: str, manifest: str, counts: dict) -> dict:
+    """What the push did; ``uploaded``/``skipped`` count shards, or files when there are no shards."""
     return {
         "uri": uri.rstrip("/"),
         "manifest": manifest,
-        "files": files,
+        "files": counts.get("files", 0),
+        "shards": counts.get("shards", 0),
         "uploaded": counts.get("uploaded", 0),
         "skipped": counts.get("skipped", 0),
         "bytes_uploaded": counts.get("bytes", 0),
+        "removed_stale_shards": counts.get("removed", 0),
         "skipped_links": counts.get("skipped_links", 0),
         "skipped_link_names": list(counts.get("skipped_link_names", [])),
     }

@@ -6,6 +6,9 @@ Layout, below ``$KINSHIP_SCRATCH/datasets``::
     .locks/<sha16>.lock   flock: exclusive while a copy is filled, verified or evicted; shared while a stage reads it
     .entries/<sha16>.json size on disk, source URI, when filled and when last used (least recently used goes first)
 
+and beside it ``$KINSHIP_SCRATCH/images/<key>.npy`` (``kinship.image_cache``: the decoded pixels of a data set at one
+size, often larger than the set itself), whose ``.json`` sidecar records the same; the cap covers both.
+
 The last-used time is written by us on every use, not read from atime: most mounts are ``relatime``, so atime
 says little. Eviction (after each fill) removes the least recently used copies until the total is under the cap,
 never one that a stage is reading (it holds a shared lock) or that was used within the grace period (a flow
@@ -40,6 +43,7 @@ GiB = 1024**3
 DEFAULT_MAX_GB = 50.0
 DEFAULT_GRACE_S = 900.0
 VERIFY_MODES = ("full", "size")
+IMAGES_FOLDER = "images"  # decoded-image arrays (kinship.image_cache), under the same cap
 _LOCKS = ".locks"
 _ENTRIES = ".entries"
 
@@ -58,9 +62,7 @@ class CacheSettings:
         """``KINSHIP_CACHE_MAX_GB`` (default 50), ``KINSHIP_CACHE_VERIFY`` (full|size, default full) and
         ``KINSHIP_CACHE_GRACE_S`` (default 900); a bad value is one line naming it."""
         env = os.environ if environ is None else environ
-        verify = env.get("KINSHIP_CACHE_VERIFY", "full").strip() or "full"
-        if verify not in VERIFY_MODES:
-            raise UserError(f"KINSHIP_CACHE_VERIFY={verify!r}: expected one of {', '.join(VERIFY_MODES)}")
+        verify = verify_mode(env)
         return cls(Path(scratch) / "datasets", int(_number(env, "KINSHIP_CACHE_MAX_GB", DEFAULT_MAX_GB) * GiB),
                    verify, _number(env, "KINSHIP_CACHE_GRACE_S", DEFAULT_GRACE_S))
 
@@ -135,19 +137,31 @@ class DatasetCache:
         return CacheOutcome(path, status, verify_s, tuple(self.evict(keep={path.name})), problem)
 
     def entries(self) -> list[EntryInfo]:
-        """The recorded copies, least recently used first."""
+        """The recorded copies and decoded-image arrays (named ``images/<key>``), least recently used first."""
         found = []
-        for record in sorted((self.root / _ENTRIES).glob("*.json")) if (self.root / _ENTRIES).is_dir() else []:
+        records = [(record, record.stem) for record in _glob(self.root / _ENTRIES, "*.json")]
+        records += [(meta, f"{IMAGES_FOLDER}/{meta.stem}") for meta in _glob(self._images, "*.json")]
+        for record, name in records:
             try:
                 data = json.loads(record.read_text())
-                found.append(EntryInfo(record.stem, int(data["bytes"]), float(data["last_used"]), str(data["uri"])))
+                found.append(EntryInfo(name, int(data["bytes"]), float(data["last_used"]),
+                                       str(data.get("uri", data.get("fingerprint", "")))))
             except (OSError, ValueError, KeyError, TypeError):
-                continue  # a record being rewritten or damaged: its copy is judged next time
+                continue  # a record being rewritten, damaged, or older than these fields: judged next time
         return sorted(found, key=lambda entry: (entry.last_used, entry.name))
+
+    @property
+    def _images(self) -> Path:
+        return self.root.parent / IMAGES_FOLDER
+
+    def _exists(self, name: str) -> bool:
+        if name.startswith(f"{IMAGES_FOLDER}/"):
+            return (self._images / f"{name.split('/', 1)[1]}.npy").is_file()
+        return (self.root / name).is_dir()
 
     def evict(self, keep: set[str] = frozenset()) -> list[str]:
         """Remove least recently used copies until the total is within the cap; returns the names removed."""
-        entries = [entry for entry in self.entries() if (self.root / entry.name).is_dir()]
+        entries = [entry for entry in self.entries() if self._exists(entry.name)]
         total = sum(entry.bytes for entry in entries)
         removed: list[str] = []
         now = time.time()
@@ -159,7 +173,7 @@ class DatasetCache:
             if self._remove_unless_busy(entry.name):
                 total -= entry.bytes
                 removed.append(entry.name)
-                log.info("evicted cached data set %s (%s, %.1f MB, unused for %.0f s) to stay under %.1f GB",
+                log.info("evicted cached %s (%s, %.1f MB, unused for %.0f s) to stay under %.1f GB",
                          entry.name, entry.uri, entry.bytes / 1e6, now - entry.last_used, self.settings.max_bytes / GiB)
         if total > self.settings.max_bytes:
             log.warning("data set cache %s holds %.1f GB, over its cap of %.1f GB: the rest is in use or used in the "
@@ -187,14 +201,22 @@ class DatasetCache:
         return _flocked(self.root / _LOCKS / f"{name}.lock", operation)
 
     def _remove_unless_busy(self, name: str) -> bool:
-        with open(self.root / _LOCKS / f"{name}.lock", "a") as handle:
+        images = name.startswith(f"{IMAGES_FOLDER}/")
+        key = name.split("/", 1)[1] if images else name
+        lock = (self._images if images else self.root) / _LOCKS / f"{key}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False  # a stage is reading it, or a fill is under way
             try:
-                shutil.rmtree(self.root / name, ignore_errors=True)
-                (self.root / _ENTRIES / f"{name}.json").unlink(missing_ok=True)
+                if images:
+                    (self._images / f"{key}.npy").unlink(missing_ok=True)
+                    (self._images / f"{key}.json").unlink(missing_ok=True)
+                else:
+                    shutil.rmtree(self.root / key, ignore_errors=True)
+                    (self.root / _ENTRIES / f"{key}.json").unlink(missing_ok=True)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return True
@@ -218,6 +240,29 @@ class DatasetCache:
         if size is None and "bytes" not in previous:
             data["bytes"] = _disk_bytes(self.root / name)
         write_atomic(record, json.dumps(data).encode())
+
+
+def _glob(folder: Path, pattern: str) -> list[Path]:
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+def host_lock(folder: Path, key: str) -> ContextManager[None]:
+    """The exclusive lock of entry ``key`` of a cache folder (``folder/.locks/<key>.lock``)."""
+    return _flocked(Path(folder) / _LOCKS / f"{key}.lock", fcntl.LOCK_EX)
+
+
+def verify_mode(environ: Mapping[str, str] | None = None) -> str:
+    """``KINSHIP_CACHE_VERIFY``: ``full`` (sha256, the default) or ``size``; a bad value is one line."""
+    env = os.environ if environ is None else environ
+    verify = env.get("KINSHIP_CACHE_VERIFY", "full").strip() or "full"
+    if verify not in VERIFY_MODES:
+        raise UserError(f"KINSHIP_CACHE_VERIFY={verify!r}: expected one of {', '.join(VERIFY_MODES)}")
+    return verify
+
+
+def evict_host_cache(scratch: Path, keep: set[str] = frozenset()) -> list[str]:
+    """Bring this host's cache under ``scratch`` within its cap (settings from the environment)."""
+    return DatasetCache(CacheSettings.from_env(scratch)).evict(keep)
 
 
 def hold(folder: Path) -> ContextManager[None]:

@@ -2,29 +2,37 @@
 
 Training then indexes a memory-mapped ``[N, S, S, 3]`` array instead of decoding a JPEG per step.
 The cache file is keyed by the images' content fingerprint and the size, so new data or another
-size builds a new cache and stale entries are never read.
+size builds a new cache and stale entries are never read. In the host's cache (``$KINSHIP_SCRATCH/images``) the
+arrays share the data set copies' cap and least-recently-used eviction (``kinship.dataset_cache``), are decoded
+once per host under a file lock, and are verified on reuse like them. An array evicted while mapped stays readable
+to whoever mapped it (the kernel keeps an unlinked file until its last mapping goes).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from kinship.dataset_cache import IMAGES_FOLDER, evict_host_cache, host_lock, verify_mode
 from kinship.files import file_digest, write_atomic
 from kinship.images import UnreadableImage, load_face, max_image_pixels
 from kinship.progress import ProgressEvent, silent
 
+log = logging.getLogger(__name__)
+
 
 def default_cache_dir() -> Path:
-    """``$KINSHIP_SCRATCH/images`` (default ``~/.cache/kinship/images``)."""
+    """``$KINSHIP_SCRATCH/images`` (default ``~/.cache/kinship/images``), under the host cache's cap."""
     scratch = os.environ.get("KINSHIP_SCRATCH") or Path.home() / ".cache" / "kinship"
-    return Path(scratch) / "images"
+    return Path(scratch) / IMAGES_FOLDER
 
 
 def cache_key(fingerprint: str, paths: Sequence[Path], size: int) -> str:
@@ -50,19 +58,49 @@ def load_or_build(
     reason (``UnreadableImage.reason`` and its subclasses'), so one decode pass both checks and caches;
     callers drop the listed indices.
     """
+    evict = cache_dir is None  # the host's shared cache is kept under the cap; a caller's own folder is not
     cache_dir = Path(cache_dir or default_cache_dir())
     key = cache_key(fingerprint, paths, size)
     array_path = cache_dir / f"{key}.npy"
     meta_path = array_path.with_suffix(".json")
-    if array_path.exists() and meta_path.exists():
-        on_progress(ProgressEvent("decode images (cached)", len(paths), len(paths)))
-        return np.load(array_path, mmap_mode="r"), _reasons(json.loads(meta_path.read_text())["unreadable"])
-    pixels, unreadable = decode_all(paths, size, on_progress, workers)
-    meta = {"images": len(paths), "size": size, "fingerprint": fingerprint, "unreadable": {str(i): r for i, r in unreadable.items()}}
-    # the array first, its sidecar last: a crash mid-write never leaves a complete-looking cache
-    write_atomic(array_path, lambda handle: np.save(handle, pixels))
-    write_atomic(meta_path, json.dumps(meta))
+    with host_lock(cache_dir, key):  # one decode per host: a concurrent flow waits, then reuses
+        meta = _verified_meta(array_path, meta_path)
+        if meta is not None:
+            on_progress(ProgressEvent("decode images (cached)", len(paths), len(paths)))
+            write_atomic(meta_path, json.dumps({**meta, "last_used": time.time()}))
+            unreadable = _reasons(meta["unreadable"])
+        else:
+            pixels, unreadable = decode_all(paths, size, on_progress, workers)
+            # the array first, its sidecar last: a crash mid-write never leaves a complete-looking cache
+            write_atomic(array_path, lambda handle: np.save(handle, pixels))
+            sha256, nbytes = file_digest(array_path)
+            write_atomic(meta_path, json.dumps({
+                "images": len(paths), "size": size, "fingerprint": fingerprint, "sha256": sha256, "bytes": nbytes,
+                "last_used": time.time(), "unreadable": {str(i): r for i, r in unreadable.items()}}))
+    if evict:
+        evict_host_cache(cache_dir.parent, keep={f"{IMAGES_FOLDER}/{key}"})
     return np.load(array_path, mmap_mode="r"), unreadable
+
+
+def _verified_meta(array_path: Path, meta_path: Path) -> dict | None:
+    """The sidecar of a cached array that is intact (its size, and its sha256 unless KINSHIP_CACHE_VERIFY=size),
+    else None after removing both: a damaged array is decoded again, never trained on."""
+    if not (array_path.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        meta = {}
+    recorded = meta.get("sha256"), meta.get("bytes")
+    if recorded[0] is None:  # written before digests were kept: trust it once, record its digest now
+        meta.update(zip(("sha256", "bytes"), file_digest(array_path)))
+        return meta
+    if array_path.stat().st_size == recorded[1] and (verify_mode() == "size" or file_digest(array_path)[0] == recorded[0]):
+        return meta
+    log.warning("cached image array %s failed verification: decoding again", array_path)
+    array_path.unlink(missing_ok=True)
+    meta_path.unlink(missing_ok=True)
+    return None
 
 
 def _reasons(recorded: dict | list) -> dict[int, str]:

@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kinship.cli import main
@@ -122,3 +123,31 @@ def test_a_bad_cache_setting_is_one_line(tmp_path: Path, scratch: Path, monkeypa
 def test_settings_read_from_the_environment(tmp_path: Path) -> None:
     settings = CacheSettings.from_env(tmp_path, {"KINSHIP_CACHE_MAX_GB": "1.5", "KINSHIP_CACHE_VERIFY": "size"})
     assert settings == replace(CacheSettings(tmp_path / "datasets"), max_bytes=int(1.5 * 1024**3), verify="size")
+
+
+def test_decoded_image_arrays_are_verified_on_reuse_and_evicted_under_the_same_cap(tmp_path: Path, scratch: Path,
+                                                                                   monkeypatch) -> None:
+    from PIL import Image
+
+    from kinship import image_cache
+
+    monkeypatch.setenv("KINSHIP_SCRATCH", str(scratch))
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / "photos" / f"{i}.png")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (60 * i, 20, 200)).save(paths[-1])
+    first = np.array(image_cache.load_or_build(paths, 32, "set-a")[0])  # not the mapping of the file damaged below
+    array = next((scratch / "images").glob("*.npy"))
+    data = bytearray(array.read_bytes())
+    data[-1] ^= 0xFF  # one pixel byte flipped on disk
+    array.write_bytes(bytes(data))
+    again, _ = image_cache.load_or_build(paths, 32, "set-a")
+    assert np.array_equal(again, first)  # decoded again: the damaged array was not served
+    monkeypatch.setenv("KINSHIP_CACHE_MAX_GB", str(1.5 * array.stat().st_size / 1024**3))  # room for one array
+    monkeypatch.setenv("KINSHIP_CACHE_GRACE_S", "0")
+    time.sleep(0.02)
+    image_cache.load_or_build(paths, 24, "set-a")  # another size: a second array; the older one goes
+    names = [entry.name for entry in DatasetCache(CacheSettings.from_env(scratch)).entries()]
+    assert len(names) == 1 and names[0].startswith("images/") and len(list((scratch / "images").glob("*.npy"))) == 1
+

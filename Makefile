@@ -19,8 +19,9 @@ DATA ?= data/synth
 RUN  ?= runs/demo
 
 # The whole job on this machine (README "Orchestration"): the local stack (S3 + Prefect + one worker per
-# pool), a synthetic data set pushed to S3, every deployment, one `kinship/full` run watched to the end,
-# then where its report is and the UI address. A second `make run` reuses the stack (and cached stages).
+# pool), a synthetic data set pushed to S3, every deployment, one `kinship/full` run followed to the end
+# (deployments/follow.py prints its children's lines too: fetch, epochs, engine rows), then where its report
+# is and the UI address. A second `make run` reuses the stack (and cached stages).
 DEMO_DATA ?= data/demo
 DEMO_URI  ?= s3://kinship/datasets/demo
 STACK_ENV  = $${KINSHIP_STACK_DIR:-.stack}/env
@@ -34,8 +35,8 @@ run: setup
 	$(BIN)/kinship data check $(DEMO_DATA)
 	. "$(STACK_ENV)" && $(BIN)/kinship data push $(DEMO_DATA) $(DEMO_URI)
 	. "$(STACK_ENV)" && $(BIN)/prefect --no-prompt deploy --all
-	. "$(STACK_ENV)" && $(BIN)/prefect deployment run kinship/full --param 'dataset_uri="$(DEMO_URI)"' \
-	    $(if $(TRAIN),--param 'train=$(TRAIN)') $(if $(PRECISIONS),--param 'precisions=$(PRECISIONS)') --watch --watch-interval 1
+	. "$(STACK_ENV)" && $(BIN)/python deployments/follow.py kinship/full --param 'dataset_uri="$(DEMO_URI)"' \
+	    $(if $(TRAIN),--param 'train=$(TRAIN)') $(if $(PRECISIONS),--param 'precisions=$(PRECISIONS)')
 	. "$(STACK_ENV)" && $(BIN)/python deployments/show_run.py --out out
 
 # The browser test drives Debian's chromium (Playwright's own browser download cannot work offline).

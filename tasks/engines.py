@@ -5,18 +5,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from kinship import pipeline
 from kinship.engines.config import EngineConfig
+from kinship.engines.outcome import STATUS_BUILT
 from kinship.errors import reason_of
 from kinship.manifests import (
     TRAIN_MANIFEST_FORMAT, DatasetHandle, EngineInputs, EnginesManifest, RefDict, ReportRefs, TrainManifest, UriOnly,
     VariantRecord,
 )
 from kinship.run_report import engine_table
+from kinship.storage import LocalStore, S3Store
 from tasks.data import clean_work, fetch_data_set
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
@@ -74,10 +78,51 @@ def build_engine(inputs: EngineInputs, dataset: DatasetHandle, variant: str, bac
     with progress_artifact(f"engine {variant}") as on_progress:
         built = pipeline.engine_stage(open_store(), inputs, dataset, variant, backend, settings,
                                       work_dir(run_id, "engines"), pipeline.run_prefix(run_id, "engines"), on_progress)
-    summary = built["row"].get("summary") or {}
-    get_run_logger().info("%s %s: %s%s; AUC %s, %s pairs/s", backend, variant, built["status"],
-                          f" ({built['reason']})" if built["reason"] else "", summary.get("auc"), summary.get("pairs_per_s"))
+    get_run_logger().info("%s", engine_line(built))
     return built
+
+
+def _figure(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def engine_line(built: VariantRecord) -> str:
+    """One log line for a built (or failed) precision: status, size, build time, agreement and AUC against FP32.
+
+    ``engine int8 (onnxruntime): built, 0.36 MB in 14 s; agrees with FP32 on 99.2% of pairs (max |diff| 0.031),
+    AUC 0.7012 (-0.0089 vs FP32)``
+    """
+    row = built.get("row") or {}
+    head = f"engine {built['variant']} ({built['backend']}): {built['status']}"
+    validation = row.get("validation")
+    if not validation:
+        return head + (f" ({built['reason']})" if built.get("reason") else "")
+    size = row.get("size_bytes") / 1e6 if isinstance(row.get("size_bytes"), (int, float)) else None
+    agreement = validation.get("agreement")
+    percent = 100 * agreement if isinstance(agreement, (int, float)) else None
+    text = (f"{head}, {_figure(size, '.2f')} MB in {_figure(row.get('build_seconds'), '.0f')} s; agrees with FP32 on "
+            f"{_figure(percent, '.1f')}% of pairs (max |diff| {_figure(validation.get('max_abs_diff'), '.3g')}), "
+            f"AUC {_figure(validation.get('auc'), '.4f')} ({_figure(validation.get('auc_delta'), '+.4f')} vs FP32)")
+    return text + (f"; note: {built['reason']}" if built.get("reason") else "")
+
+
+def benchmark_lines(variants: list[VariantRecord]) -> list[str]:
+    """One log line per benchmarked precision: pairs/s and median latency at each batch size."""
+    lines = []
+    for variant in variants:
+        row = variant.get("row") or {}
+        bench = row.get("bench") or {}
+        if not bench:
+            continue
+        cells = []
+        for batch in sorted(bench, key=int):
+            figures = bench[batch]
+            median = (figures.get("latency_ms") or {}).get("median")
+            cells.append(f"batch {batch}: {_figure(figures.get('pairs_per_s'), '.0f')} pairs/s "
+                         f"(p50 {_figure(median, '.2f')} ms)")
+        reason = f"; stopped: {row['reason']}" if row.get("reason") else ""
+        lines.append(f"benchmark {variant['variant']} ({variant['backend']}): " + ", ".join(cells) + reason)
+    return lines
 
 
 def engine_outcome(state, variant: str, backend: str) -> VariantRecord:
@@ -103,15 +148,67 @@ def benchmark_engines(inputs: EngineInputs, dataset: DatasetHandle, variants: li
     and validated, reported without speeds and with the reason (``pipeline.benchmark_stage``).
     """
     with progress_artifact("benchmark engines") as on_progress:
-        return pipeline.benchmark_stage(open_store(), inputs, variants, dataset, settings, work_dir(run_id, "engines"),
-                                        on_progress)
+        timed = pipeline.benchmark_stage(open_store(), inputs, variants, dataset, settings, work_dir(run_id, "engines"),
+                                         on_progress)
+    lines = benchmark_lines(timed)
+    reasons = sorted({v["row"]["reason"] for v in timed if v["status"] == STATUS_BUILT and v["row"].get("reason")})
+    for line in lines or [f"benchmark: no speeds measured ({'; '.join(reasons) or 'no bench batches'})"]:
+        get_run_logger().info("%s", line)
+    return timed
 
 
 @task(name="write engine report", **ONE_RETRY)
 def write_engines_report(variants: list[VariantRecord], run_id: str) -> ReportRefs:
-    """One report over every variant (markdown, JSON, plots), uploaded under the run's engines prefix."""
-    return pipeline.engines_report_stage(open_store(), variants, work_dir(run_id, "engines"),
-                                         pipeline.run_prefix(run_id, "engines", "report"))
+    """One report over every variant (markdown, JSON, plots), uploaded under the run's engines prefix; its plots
+    shown on this run's page (``plots_artifact``)."""
+    store = open_store()
+    report = pipeline.engines_report_stage(store, variants, work_dir(run_id, "engines"),
+                                           pipeline.run_prefix(run_id, "engines", "report"))
+    plots_artifact(store, report["artifacts"], "engine-plots", f"engine plots of run {run_id}")
+    return report
+
+
+# Plots in the order a reader wants them, with their titles; any other PNG follows under its file name.
+PLOT_TITLES = {"roc.png": "ROC curve (validation pairs)", "throughput.png": "Throughput vs batch size",
+               "sizes.png": "Engine sizes"}
+IMAGE_LINK_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+
+
+def plots_markdown(store: S3Store | LocalStore, refs: dict[str, RefDict], expires_s: int = IMAGE_LINK_S,
+                   now: datetime | None = None) -> str | None:
+    """Markdown showing each stored PNG of ``refs`` (file name -> ref) as an image, None when there is none.
+
+    The Prefect UI cannot read the store, so each image is a presigned GET of the stored object (valid for
+    ``expires_s``); a store without web addresses (a local folder) gets the file's location instead, said so.
+    """
+    pngs = sorted((name for name in refs if name.endswith(".png")),
+                  key=lambda name: (list(PLOT_TITLES).index(name) if name in PLOT_TITLES else len(PLOT_TITLES), name))
+    if not pngs:
+        return None
+    lines, signed = [], False
+    for name in pngs:
+        title, uri = PLOT_TITLES.get(name, name), refs[name]["uri"]
+        url = store.presigned_url(uri, expires_s)
+        signed = signed or url is not None
+        shown = f"![{title}]({url})" if url else f"Stored at `{uri}`: a local store has no web address to show it from."
+        lines += [f"### {title}", "", shown, ""]
+    if signed:
+        until = (now or datetime.now(timezone.utc)) + timedelta(seconds=expires_s)
+        stored = ", ".join(f"`{refs[name]['uri']}`" for name in pngs)
+        lines.append(f"_Images are presigned store links, valid until {until:%Y-%m-%d %H:%M} UTC; the files stay "
+                     f"in the store: {stored}._")
+    return "\n".join(lines)
+
+
+def plots_artifact(store: S3Store | LocalStore, refs: dict[str, RefDict], key: str, description: str) -> None:
+    """A markdown artifact with the stored plots (``plots_markdown``); a failure is logged, never raised:
+    the report is stored either way."""
+    try:
+        markdown = plots_markdown(store, refs)
+        if markdown:
+            create_markdown_artifact(markdown, key=key, description=description)
+    except Exception as error:
+        get_run_logger().warning("plots not shown on the run page: %s", error)
 
 
 @task(name="write engines manifest", **IO_RETRIES)

@@ -20,6 +20,7 @@ from kinship.engines.config import EngineConfig
 from kinship.manifests import ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, EnginesManifest, TrainManifest
 from kinship.run_report import publish_run_report
 from kinship.train_config import TrainConfig
+from tasks.engines import plots_artifact
 from tasks.runtime import ONE_RETRY, open_store
 
 TRAIN_DEPLOYMENT = "kinship-train/train"
@@ -127,10 +128,12 @@ def promote_champion(train_manifest: TrainManifest, engines_manifest: EnginesMan
 @task(name="publish report", **ONE_RETRY)
 def publish_report(run: dict, train_manifest: TrainManifest, engines_manifest: EnginesManifest,
                    promotion: dict) -> dict:
-    """Store the final report and show it: markdown, the engine table, and links to the stored objects."""
+    """Store the final report and show it: markdown, the engine table, the plots, links to the stored objects."""
     report = publish_run_report(open_store(), run["run_id"], train_manifest, engines_manifest, promotion)
     create_markdown_artifact(report["markdown"], key="kinship-report", description=f"kinship run {run['run_id']}")
     create_table_artifact(report["table"], key="kinship-engines", description=f"engines of run {run['run_id']}")
+    plots_artifact(open_store(), engines_manifest.get("report") or {}, "kinship-plots",
+                   f"engine plots of run {run['run_id']}")
     for item in report["links"]:
         create_link_artifact(item["uri"], link_text=f"{item['name']}: {item['uri']}", description=item["name"])
     uri = report["artifacts"]["report.md"]["uri"]

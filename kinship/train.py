@@ -10,14 +10,14 @@ import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kinship import folds
+from kinship import distributed, folds
 from kinship.augment import AugmentConfig, augment
 from kinship.baseline import BaselineComparison, pixel_baseline
 from kinship.checkpoint import model_payload, read_checkpoint, save_atomic
@@ -187,15 +187,32 @@ class PairObjective(torch.nn.Module):
         return F.cross_entropy(cosine * self.config.identity_scale, labels[known])
 
 
-def train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress) -> dict:
-    """One pass over freshly sampled pairs; returns mean loss, seconds and images/s."""
+class PairLoss(torch.nn.Module):
+    """The model and its objective as one module whose forward is the loss: what DistributedDataParallel wraps, so
+    that every parameter the loss touches (encoder, head, identity classifier) has its gradient averaged."""
+
+    def __init__(self, model, objective: PairObjective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, img0, img1, batch: PairSet, family_of: np.ndarray, person_of: np.ndarray) -> torch.Tensor:
+        return self.objective(self.model, img0, img1, batch, family_of, person_of)
+
+
+def train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress,
+                loss_of=None, rank: distributed.Rank = distributed.Rank()) -> dict:
+    """One pass over freshly sampled pairs; returns mean loss, seconds and images/s (of every rank together).
+
+    With several ranks each trains on its share of every global batch (``distributed.share``), and ``loss_of``
+    is the DDP-wrapped ``PairLoss`` that averages their gradients."""
     model.train()
     if config.backbone:
         from kinship.backbones import set_trunk_trainable
 
         # A pretrained trunk stays frozen while the new projection and head settle, then fine-tunes slowly.
         set_trunk_trainable(model.encoder, trainable=epoch >= config.freeze_epochs)
-    rng = np.random.default_rng([config.seed, epoch, 1])
+    rng = np.random.default_rng([config.seed, epoch, 1] + ([rank.rank] if rank.distributed else []))
+    loss_of = loss_of or PairLoss(model, objective)
     pairs = sampler.epoch(epoch, config.pairs_per_relationship)
     batches = list(pairs.batches(config.batch_size))
     if config.max_batches_per_epoch:
@@ -206,9 +223,10 @@ def train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler
     stage = f"epoch {epoch + 1}/{config.epochs}"
     augmentation = config.augmentation()
     for number, batch in enumerate(batches, start=1):
+        batch = distributed.share(batch, rank)
         img0, img1 = batch_tensors(prepared.pixels, batch, precision.device, augmentation, rng)
         with precision.autocast():
-            loss = objective(model, img0, img1, batch, family_of, person_of)
+            loss = loss_of(img0, img1, batch, family_of, person_of)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -219,7 +237,9 @@ def train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler
         rate = images / (time.perf_counter() - started)
         on_progress(ProgressEvent(stage, number, len(batches), {"loss": float(np.mean(losses[-20:])), "img/s": rate}))
     seconds = time.perf_counter() - started
-    return {"train_loss": float(np.mean(losses)), "epoch_seconds": seconds, "images_per_second": images / seconds}
+    images = distributed.all_sum(images)
+    mean_loss = distributed.all_sum(float(np.mean(losses))) / rank.world
+    return {"train_loss": mean_loss, "epoch_seconds": seconds, "images_per_second": images / seconds}
 
 
 def save_config(run_dir: Path, config: TrainConfig, data_dir: Path) -> None:
@@ -280,6 +300,15 @@ def train(
     ``metrics.json`` are complete on disk (the pipeline copies them to the store from there).
     """
     run_dir = Path(run_dir)
+    rank = distributed.current_rank()
+    if config.world_size != 1 or rank.distributed:
+        distributed.check_config(config)
+    if config.world_size > 1 and not rank.distributed:  # the launching process: torchrun starts the ranks
+        if resume and not (run_dir / "checkpoints" / "last.pt").exists():
+            raise UserError(f"cannot resume: no checkpoint at {run_dir / 'checkpoints' / 'last.pt'}")
+        if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+            raise UserError(f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out")
+        return distributed.launch(data_dir, run_dir, config, resume, on_progress, on_checkpoint, cache_dir)
     if config.folds > 1 and config.fold < 0 and not resume:
         return _train_folds(data_dir, run_dir, config, False, on_progress, cache_dir, on_checkpoint)
     if resume and not (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "fold-1").is_dir():
@@ -288,7 +317,8 @@ def train(
     if resume:
         if not last.exists():
             raise UserError(f"cannot resume: no checkpoint at {last}")
-        config = load_run_config(run_dir)
+        # the saved run decides everything but how many processes continue it: the checkpoint holds no rank state
+        config = replace(load_run_config(run_dir), nproc=config.nproc, nnodes=config.nnodes)
     elif last.exists():
         raise UserError(f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out")
     try:
@@ -296,6 +326,9 @@ def train(
     except ValueError as error:
         raise UserError(str(error)) from error
     precision = choose_precision(config.device, config.amp)
+    if rank.distributed:
+        precision = replace(precision, device=distributed.start(precision.device.type, rank))
+        log.info("rank %d of %d on %s", rank.rank, rank.world, precision.device)
     log.info("training on %s (torch %s, hip %s)", precision.describe(), torch.__version__, getattr(torch.version, "hip", None))
     torch.manual_seed(config.seed)
     prepared = prepare(data_dir, config.image_size, config.split_config(), cache_dir, on_progress)
@@ -312,17 +345,47 @@ def train(
     if resume:
         state = _restore(last, model, objective, optimizer, scaler)
     # Measured on the very pairs the model is judged on, so the two AUCs are comparable (a few seconds).
-    state["pixel_baseline_auc"] = pixel_baseline(prepared).auc
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(run_dir, config, Path(data_dir))
+    state["pixel_baseline_auc"] = pixel_baseline(prepared).auc if rank.is_main else float("nan")
+    if rank.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir, config, Path(data_dir))
     steps_per_epoch = _steps_per_epoch(sampler, config)
     schedule = WarmupCosine(optimizer, config.lr, steps_per_epoch * config.epochs, step=state["step"])
+    loss_of = _loss_module(model, objective, precision, rank)
+    state["processes"] = rank.world
+    try:
+        _epochs(model, objective, optimizer, schedule, scaler, prepared, sampler, config, precision, on_progress,
+                loss_of, rank, state, run_dir, last, on_checkpoint)
+    finally:
+        distributed.stop()
+    return TrainResult(run_dir, state["best_epoch"], state["best_auc"], state["history"], precision.describe(),
+                       state["pixel_baseline_auc"])
+
+
+def _loss_module(model, objective: PairObjective, precision: Precision, rank: distributed.Rank):
+    """``PairLoss``, wrapped in DistributedDataParallel when several ranks train (after any restore: DDP starts
+    every rank from rank 0's weights)."""
+    loss_of = PairLoss(model, objective)
+    if not rank.distributed:
+        return loss_of
+    from torch.nn.parallel import DistributedDataParallel
+
+    devices = [precision.device.index] if precision.device.type == "cuda" else None
+    return DistributedDataParallel(loss_of, device_ids=devices)
+
+
+def _epochs(model, objective, optimizer, schedule, scaler, prepared, sampler, config, precision, on_progress, loss_of,
+            rank: distributed.Rank, state: dict, run_dir: Path, last: Path, on_checkpoint) -> None:
+    """The epoch loop from ``state["epoch"]``; only rank 0 evaluates and writes (the others only train)."""
     for epoch in range(state["epoch"], config.epochs):
         record = {"epoch": epoch + 1, "lr": schedule.lr()}
-        record.update(train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress))
+        record.update(train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler, epoch, config,
+                                  precision, on_progress, loss_of, rank))
+        state.update(epoch=epoch + 1, step=schedule.step_count)
+        if not rank.is_main:
+            continue
         record.update(evaluate_epoch(model, prepared, precision))
         state["history"].append(record)
-        state.update(epoch=epoch + 1, step=schedule.step_count)
         if record["val_auc"] > state["best_auc"]:
             state.update(best_auc=record["val_auc"], best_epoch=epoch + 1)
             save_atomic(model_payload(model, _model_metadata(prepared, config, precision, record)), run_dir / "model.pt")
@@ -331,8 +394,6 @@ def train(
         if on_checkpoint is not None:
             on_checkpoint(epoch + 1)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
-    return TrainResult(run_dir, state["best_epoch"], state["best_auc"], state["history"], precision.describe(),
-                       state["pixel_baseline_auc"])
 
 
 def _train_folds(data_dir, run_dir: Path, config: TrainConfig, resume: bool, on_progress, cache_dir, on_checkpoint) -> TrainResult:
@@ -432,4 +493,4 @@ def _restore(path: Path, model, objective, optimizer, scaler) -> dict:
 def _metrics_document(state: dict, precision: Precision) -> dict:
     comparison = BaselineComparison(state["best_auc"], state["pixel_baseline_auc"])
     return {"best_epoch": state["best_epoch"], "best_val_auc": state["best_auc"], **comparison.to_dict(),
-            "precision": precision.describe(), "epochs": state["history"]}
+            "precision": precision.describe(), "processes": state.get("processes", 1), "epochs": state["history"]}

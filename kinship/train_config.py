@@ -61,6 +61,13 @@ class TrainConfig:
     backbone_lr_scale: float = 0.1  # with a backbone: the trunk's learning rate relative to ``lr`` once unfrozen
     folds: int = 1  # > 1: train one model per group of held-out families and export their mean as one model
     fold: int = -1  # which fold a member run trains (set by the fold runner); -1 = every fold and the ensemble
+    nproc: int = 1  # data-parallel processes per node (kinship.distributed: torchrun, DDP; one per GPU)
+    nnodes: int = 1  # nodes taking part (more than one needs KINSHIP_RDZV_ENDPOINT)
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train together (the global batch stays ``batch_size``)."""
+        return self.nproc * self.nnodes
 
     def model_config(self) -> ModelConfig:
         from kinship.model import ModelConfig

@@ -51,6 +51,10 @@ def register(subparsers) -> None:
     parser.add_argument("--folds", type=int, default=defaults.folds,
                         help="train K models, each holding out a different group of families; model.pt is their "
                              "ensemble (mean logit) and the cross-validated AUC is reported with its spread")
+    parser.add_argument("--nproc", type=int, default=defaults.nproc,
+                        help="data-parallel processes per node (torchrun + DDP: one per GPU; Gloo on CPU)")
+    parser.add_argument("--nnodes", type=int, default=defaults.nnodes,
+                        help="nodes taking part (needs KINSHIP_RDZV_ENDPOINT=host:port on every node)")
     parser.add_argument("--max-batches-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_json_flag(parser)

@@ -62,16 +62,17 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {key: value.strip("'") for key, value in (line.split("=", 1) for line in lines)}
 
 
-def _stack_env(state_dir: Path, random_ports: bool) -> dict[str, str]:
-    env = {**os.environ, "KINSHIP_STACK_DIR": str(state_dir), "KINSHIP_VENV": str(Path(sys.prefix))}
+def _stack_env(state_dir: Path, random_ports: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {}), "KINSHIP_STACK_DIR": str(state_dir), "KINSHIP_VENV": str(Path(sys.prefix))}
     if random_ports:
         env["KINSHIP_STACK_PORTS"] = "random"
     return env
 
 
-def up(state_dir: Path, random_ports: bool = True, timeout: float = 600) -> LocalStack:
-    """``infra/local/up`` with its state in ``state_dir`` (idempotent); raises with its output if it fails."""
-    done = subprocess.run([str(REPO / "infra" / "local" / "up")], env=_stack_env(state_dir, random_ports),
+def up(state_dir: Path, random_ports: bool = True, timeout: float = 600, env: dict[str, str] | None = None) -> LocalStack:
+    """``infra/local/up`` with its state in ``state_dir`` (idempotent) and ``env`` added to its environment (e.g.
+    ``KINSHIP_CUDA_BUILD_WORKERS``); raises with its output if it fails."""
+    done = subprocess.run([str(REPO / "infra" / "local" / "up")], env=_stack_env(state_dir, random_ports, env),
                           capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"infra/local/up failed:\n{done.stdout}{done.stderr}")

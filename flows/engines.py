@@ -15,12 +15,15 @@ from tasks.runtime import new_run_id_for_this_run
 @flow(name="kinship-engines", flow_run_name=engines_run_name)
 def engines_flow(train_manifest: str, precisions: list[PrecisionName] = list(DEFAULT_PRECISIONS),
                  engines: EngineConfig = EngineConfig(), run_id: str | None = None,
-                 force: bool = False) -> EnginesManifest:
+                 force: bool = False, fan_out: bool = False) -> EnginesManifest:
     """Engines for the model named by the training manifest at ``train_manifest``; return the engines manifest.
 
     A precision whose build fails is a ``failed`` row with its reason; the others are built and reported.
     If none is built the run fails, after storing the report and the manifest. The steps, in
-    ``kinship.stage_order.engines_half``'s order, are the tasks of ``tasks.engines``.
+    ``kinship.stage_order.engines_half``'s order, are the tasks of ``tasks.engines``. ``fan_out``: each precision
+    is built and validated by its own ``kinship-engine/build`` child run on the ``cuda`` pool (in parallel where the
+    pool has several workers); the benchmark of every built engine stays here, one task on one device.
     """
     run_id = run_id or new_run_id_for_this_run()
-    return require_an_engine(engines_half(EngineTasks(force), train_manifest, precisions, engines, run_id))
+    steps = EngineTasks(force, fan_out_of=train_manifest if fan_out else None)
+    return require_an_engine(engines_half(steps, train_manifest, precisions, engines, run_id))

@@ -16,13 +16,14 @@ from tasks.orchestration import plan_run, promote_champion, publish_report, run_
 @flow(name="kinship", flow_run_name=full_run_name)
 def kinship_flow(dataset_uri: str, train: TrainConfig = TrainConfig(), precisions: list[PrecisionName] = list(DEFAULT_PRECISIONS),
                  engines: EngineConfig = EngineConfig(), calibration: CalibrationConfig = CalibrationConfig(),
-                 force: bool = False, required_margin: float = REQUIRED_MARGIN) -> dict:
+                 force: bool = False, required_margin: float = REQUIRED_MARGIN, fan_out: bool = False) -> dict:
     """Train on ``dataset_uri``, build engines at ``precisions``, promote if better, report; ``force`` skips caches.
 
     ``required_margin``: how far the model's validation AUC must beat raw-pixel cosine on the same pairs for
-    the model to be promoted to champion (a model below it is flagged in the report and never promoted)."""
+    the model to be promoted to champion (a model below it is flagged in the report and never promoted).
+    ``fan_out``: the engines run builds each precision as its own child run on the ``cuda`` pool."""
     run = plan_run(dataset_uri, precisions, engines)
     train_manifest = run_training(run, dataset_uri, train, calibration, force)
-    engines_manifest = run_engines(run, train_manifest, precisions, engines, force)
+    engines_manifest = run_engines(run, train_manifest, precisions, engines, force, fan_out)
     promotion = promote_champion(train_manifest, engines_manifest, required_margin)
     return publish_report(run, train_manifest, engines_manifest, promotion)

@@ -37,3 +37,10 @@ def engines_run_name() -> str:
     parameters = flow_run.get_parameters()
     name = "engines-" + "+".join(parameters.get("precisions") or [])
     return name + (f"-{parameters['run_id']}" if parameters.get("run_id") else "")
+
+
+def engine_build_run_name() -> str:
+    """``engine-<precision>-<run id>``."""
+    parameters = flow_run.get_parameters()
+    name = f"engine-{parameters.get('variant')}"
+    return name + (f"-{parameters['run_id']}" if parameters.get("run_id") else "")

@@ -174,6 +174,8 @@ def _watch(process: subprocess.Popen, run_dir: Path, config: TrainConfig, on_pro
         if done > seen:
             seen = done
             last = json.loads((run_dir / "metrics.json").read_text())["epochs"][-1]
+            # the line single-process training logs, on its logger: whoever shows epochs sees these too
+            logging.getLogger("kinship.train").info("epoch %d: %s", done, last)
             on_progress(ProgressEvent(f"epoch {done}/{config.epochs}", done, config.epochs,
                                       {k: last[k] for k in ("train_loss", "val_auc", "images_per_second") if k in last}))
             if on_checkpoint is not None:

@@ -10,6 +10,7 @@ No prefect and no torch here: the orchestrating flows import this module.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 if TYPE_CHECKING:
@@ -99,3 +100,25 @@ def engines_half(steps: EngineSteps, train_manifest: RefDict | UriOnly | str, pr
     result = steps.write_engines_manifest(run_id, manifest, variants, report)
     steps.clean_work(run_id)
     return result
+
+
+class EngineChildSteps(EngineSteps, Protocol):
+    """The steps of one fanned-out precision: the engines steps plus storing its record for the engines run."""
+
+    def store_engine_record(self, record: VariantRecord, run_id: str) -> None: ...
+
+
+def one_engine(steps: EngineChildSteps, train_manifest: RefDict | UriOnly | str, variant: str, backend: str,
+               settings: EngineConfig, run_id: str) -> VariantRecord:
+    """One precision on this host, fanned out by an engines run: check this host can build with the backend the
+    engines run chose, read the manifest, fetch the data set and model, build and validate, store the record
+    where the engines run reads it, clean this child's scratch; the record. The benchmark stays with the engines
+    run (every engine on one device, side by side)."""
+    steps.choose_backend(replace(settings, backend=backend))
+    manifest = steps.read_train_manifest(train_manifest)
+    dataset = steps.fetch_data_set(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
+    inputs = steps.fetch_inputs(manifest, run_id)
+    record = steps.build_engines(inputs, dataset, [variant], backend, settings, run_id)[0]
+    steps.store_engine_record(record, run_id)
+    steps.clean_work(run_id)
+    return record

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run as this_run
 
 from kinship import pipeline
 from kinship.engines.config import EngineConfig
@@ -21,6 +23,7 @@ from kinship.manifests import (
 )
 from kinship.run_report import engine_table
 from kinship.storage import LocalStore, S3Store
+from tasks.children import ChildRunFailed, run_child
 from tasks.data import clean_work, fetch_data_set
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
@@ -30,6 +33,9 @@ from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, wo
 def read_train_manifest(uri: str | RefDict | UriOnly) -> TrainManifest:
     """The training manifest at ``uri``, verified against the sha256 recorded when it was stored."""
     return pipeline.read_manifest(open_store(), uri, TRAIN_MANIFEST_FORMAT)
+
+
+ENGINE_DEPLOYMENT = "kinship-engine/build"  # one precision on whichever cuda worker is free (fanned out)
 
 
 @task(name="fetch model", **IO_RETRIES)
@@ -70,14 +76,15 @@ def _engine_key(context, parameters: dict) -> str:
 @task(name="build engine", cache_key_fn=_engine_key, task_run_name="engine {variant} ({backend})",
       **ONE_RETRY)
 def build_engine(inputs: EngineInputs, dataset: DatasetHandle, variant: str, backend: str, settings: EngineConfig,
-                 run_id: str) -> VariantRecord:
+                 run_id: str, work_key: str | None = None) -> VariantRecord:
     """Build and validate one precision against FP32; upload the engine folder (``benchmark_engines`` times it).
 
     Cached on (ONNX sha256, precision, backend, calibration sha256 for INT8, data set, validation settings).
     """
     with progress_artifact(f"engine {variant}") as on_progress:
         built = pipeline.engine_stage(open_store(), inputs, dataset, variant, backend, settings,
-                                      work_dir(run_id, "engines"), pipeline.run_prefix(run_id, "engines"), on_progress)
+                                      work_dir(work_key or run_id, "engines"), pipeline.run_prefix(run_id, "engines"),
+                                      on_progress)
     get_run_logger().info("%s", engine_line(built))
     return built
 
@@ -227,11 +234,47 @@ def require_an_engine(manifest: EnginesManifest) -> EnginesManifest:
     return pipeline.require_an_engine(manifest)
 
 
-class EngineTasks:
-    """``kinship.stage_order.EngineSteps`` as this module's tasks: each method runs the task of its name."""
+def variant_record_key(run_id: str, variant: str) -> str:
+    """Where a fanned-out child stores its precision's record for the engines run to merge."""
+    return pipeline.run_prefix(run_id, "engines", "variants", f"{variant}.json")
 
-    def __init__(self, force: bool = False):
+
+@task(name="store engine record", **IO_RETRIES)
+def store_engine_record(record: VariantRecord, run_id: str) -> None:
+    """This precision's record in the store, where the engines run that fanned it out reads it."""
+    open_store().put_json(record, variant_record_key(run_id, record["variant"]))
+
+
+@task(name="build engine on a cuda worker", task_run_name="engine {variant} (child run)")
+def build_engine_elsewhere(train_manifest: str, variant: str, backend: str, settings: EngineConfig, run_id: str,
+                           force: bool) -> VariantRecord:
+    """One precision as a ``kinship-engine/build`` child run on whichever ``cuda`` worker takes it; its record read
+    back from the store. A child that fails is a ``failed`` record with its reason: the others go on."""
+    parent = {"run_id": run_id, "parent_id": str(this_run.get_id() or "local")}
+    parameters = {"train_manifest": train_manifest, "variant": variant, "backend": backend,
+                  "engines": asdict(settings), "run_id": run_id, "force": force}
+    try:
+        child = run_child(ENGINE_DEPLOYMENT, parameters, parent, f"engine-{variant}")
+    except ChildRunFailed as error:
+        get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, variant, error)
+        return pipeline.failed_engine(variant, backend, str(error))
+    record = open_store().get_json(open_store().uri(variant_record_key(run_id, variant)))
+    get_run_logger().info("%s (built by %s on %s)", engine_line(record), child["name"],
+                          (record.get("environment") or {}).get("host", "a cuda worker"))
+    return record
+
+
+class EngineTasks:
+    """``kinship.stage_order.EngineSteps`` as this module's tasks: each method runs the task of its name.
+
+    ``fan_out_of`` (the training manifest's URI): build each precision as its own child run on the ``cuda`` pool
+    instead of one task after another here. ``work_key``: the scratch folder's name on this host (a fanned-out
+    child uses its own, so a child and its engines run on one host never clean each other's files)."""
+
+    def __init__(self, force: bool = False, fan_out_of: str | None = None, work_key: str | None = None):
         self.force = force  # build again even where a cached build of the same inputs exists
+        self.fan_out_of = fan_out_of
+        self.work_key = work_key
 
     def choose_backend(self, settings: EngineConfig) -> str:
         return choose_backend(settings)
@@ -243,14 +286,23 @@ class EngineTasks:
         return fetch_data_set(uri, expected_sha256)
 
     def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs:
-        return fetch_inputs(manifest, run_id)
+        return fetch_inputs(manifest, self.work_key or run_id)
 
     def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[str], backend: str,
                       settings: EngineConfig, run_id: str) -> list[VariantRecord]:
-        """One ``build engine`` task per variant; a failed task is a ``failed`` record (``engine_outcome``)."""
+        """One ``build engine`` task per variant, or one child run each when fanned out; a failed one is a
+        ``failed`` record (``engine_outcome``)."""
+        if self.fan_out_of:
+            children = [build_engine_elsewhere.submit(self.fan_out_of, v, backend, settings, run_id, self.force)
+                        for v in variants]
+            return [child.result() for child in children]
         build = build_engine.with_options(refresh_cache=self.force)
-        states = {v: build(inputs, dataset, v, backend, settings, run_id, return_state=True) for v in variants}
+        states = {v: build(inputs, dataset, v, backend, settings, run_id, self.work_key, return_state=True)
+                  for v in variants}
         return [engine_outcome(state, variant, backend) for variant, state in states.items()]
+
+    def store_engine_record(self, record: VariantRecord, run_id: str) -> None:
+        store_engine_record(record, run_id)
 
     def benchmark_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[VariantRecord],
                           backend: str, settings: EngineConfig, run_id: str) -> list[VariantRecord]:
@@ -264,4 +316,4 @@ class EngineTasks:
         return write_engines_manifest(run_id, train_manifest, variants, report)
 
     def clean_work(self, run_id: str) -> None:
-        clean_work(run_id)
+        clean_work(self.work_key or run_id)

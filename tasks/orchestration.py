@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from datetime import datetime, timezone
-from uuid import UUID
 
-from prefect import get_client, task
+from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as this_run
 
@@ -20,20 +17,12 @@ from kinship.engines.config import EngineConfig
 from kinship.manifests import ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, EnginesManifest, TrainManifest
 from kinship.run_report import publish_run_report
 from kinship.train_config import TrainConfig
+from tasks.children import run_child
 from tasks.engines import plots_artifact
 from tasks.runtime import ONE_RETRY, open_store
 
 TRAIN_DEPLOYMENT = "kinship-train/train"
 ENGINES_DEPLOYMENT = "kinship-engines/engines"
-CHILD_TIMEOUT_S = 12 * 3600
-POLL_S = 0.25  # a child's end is seen within this; one small read on the API per poll
-MAX_ATTEMPTS = 5
-
-
-class ChildRunFailed(RuntimeError):
-    """A child deployment run ended in a state other than Completed."""
-
-
 @task(name="plan run")
 def plan_run(dataset_uri: str, precisions: list[str], engines: EngineConfig) -> dict:
     """The run's id and names, stable across retries of this parent run (its id and scheduled time).
@@ -50,49 +39,6 @@ def plan_run(dataset_uri: str, precisions: list[str], engines: EngineConfig) -> 
     return {"run_id": run_id, "parent_id": parent_id, "dataset_uri": dataset_uri}
 
 
-def _create_or_find(deployment: str, parameters: dict, run: dict, step: str) -> object:
-    """The child flow run for this step: a new one, or the one an earlier attempt of this parent started.
-
-    The idempotency key is parent id + step + attempt number, so a retried parent picks up its child
-    instead of starting a duplicate; only a child that already failed is replaced (next attempt number).
-    """
-    logger = get_run_logger()
-    tags = ["kinship", f"run-{run['run_id']}", step]
-    for attempt in range(MAX_ATTEMPTS):
-        key = f"{run['parent_id']}:{step}:{attempt}"
-        child = run_deployment(deployment, parameters=parameters, idempotency_key=key, as_subflow=True, timeout=0,
-                               tags=tags)
-        state = child.state
-        if state is None or not state.is_final() or state.is_completed():
-            return child
-        logger.warning("child run %s of an earlier attempt ended %s: starting a fresh one", child.name, state.name)
-    raise ChildRunFailed(f"{step}: {MAX_ATTEMPTS} child runs of {deployment} failed for this parent run")
-
-
-def _wait(flow_run_id: UUID, timeout: float = CHILD_TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            child = client.read_flow_run(flow_run_id)
-            if child.state and child.state.is_final():
-                return child
-            if time.monotonic() > deadline:
-                raise ChildRunFailed(f"child run {child.name} still {child.state.name} after {timeout:.0f} s")
-            time.sleep(POLL_S)
-
-
-def run_child(deployment: str, parameters: dict, run: dict, step: str) -> dict:
-    """Run ``deployment`` as a nested sub-flow, wait for it, and fail unless it Completed."""
-    logger = get_run_logger()
-    child = _create_or_find(deployment, parameters, run, step)
-    logger.info("%s: child run %s (%s) on pool %s", step, child.name, child.id, child.work_pool_name)
-    child = _wait(child.id)
-    if not child.state.is_completed():
-        raise ChildRunFailed(f"{step}: child run {child.name} ({child.id}) ended {child.state.name}: "
-                             f"{child.state.message or 'see its logs'}")
-    return {"id": str(child.id), "name": child.name, "work_pool": child.work_pool_name, "state": child.state.name}
-
-
 @task(name="run training", task_run_name="kinship-train on rocm")
 def run_training(run: dict, dataset_uri: str, train: TrainConfig, calibration: CalibrationConfig,
                  force: bool) -> TrainManifest:
@@ -107,10 +53,10 @@ def run_training(run: dict, dataset_uri: str, train: TrainConfig, calibration: C
 
 @task(name="run engines", task_run_name="kinship-engines on cuda")
 def run_engines(run: dict, train_manifest: TrainManifest, precisions: list[str], engines: EngineConfig,
-                force: bool) -> EnginesManifest:
+                force: bool, fan_out: bool = False) -> EnginesManifest:
     """The ``kinship-engines`` deployment for this run's model; returns its manifest, read back from the store."""
     parameters = {"train_manifest": train_manifest["manifest"]["uri"], "precisions": list(precisions),
-                  "engines": asdict(engines), "run_id": run["run_id"], "force": force}
+                  "engines": asdict(engines), "run_id": run["run_id"], "force": force, "fan_out": fan_out}
     child = run_child(ENGINES_DEPLOYMENT, parameters, run, "engines")
     key = pipeline.run_prefix(run["run_id"], "engines", "manifest.json")
     manifest = pipeline.read_manifest(open_store(), open_store().uri(key), ENGINES_MANIFEST_FORMAT)

@@ -42,8 +42,8 @@ def test_up_is_idempotent_and_down_stops_only_its_own(tmp_path: Path) -> None:
         assert first.returncode == 0, first.stdout + first.stderr
         state = json.loads((state_dir / "state.json").read_text())
         pids = state["pids"]
-        assert sorted(pids) == ["postgres", "prefect-server", "seaweedfs", "worker-cuda", "worker-orchestrator",
-                                "worker-rocm"]
+        assert sorted(pids) == ["postgres", "prefect-server", "seaweedfs", "worker-cuda", "worker-cuda-build0",
+                                "worker-orchestrator", "worker-rocm"]
         assert all(localstack.owns(entry["pid"], entry["argv"]) for entry in pids.values())
         for private in ("env", "secrets.json"):
             assert stat.S_IMODE((state_dir / private).stat().st_mode) == 0o600
@@ -132,7 +132,8 @@ def check_pools(client_env: dict[str, str]) -> None:
     api, auth = client_env["PREFECT_API_URL"], client_env["PREFECT_API_AUTH_STRING"]
     pools = localstack.prefect_api(api, "/work_pools/filter", auth, {"limit": 20})
     limits = {pool["name"]: (pool["type"], pool["concurrency_limit"]) for pool in pools}
-    assert limits == {"rocm": ("process", 1), "cuda": ("process", 1), "orchestrator": ("process", None)}
+    # cuda: one engines run at a time on its default queue, one fanned-out build per GPU worker on "builds"
+    assert limits == {"rocm": ("process", 1), "cuda": ("process", None), "orchestrator": ("process", None)}
     assert localstack.prefect_api(api, "/work_pools/filter", None, {"limit": 20}) is None  # no auth, no answer
     for pool in limits:
         assert localstack.worker_online(api, pool, f"local-{pool}", auth)

@@ -51,6 +51,7 @@ WORKER_POOLS = tuple(json.loads((REPO / "deployments" / "pools.json").read_text(
 HEARTBEAT_SECONDS = 30
 ZOMBIE_SECONDS = 90
 ZOMBIE_AUTOMATION = "kinship: crash flow runs without heartbeats"
+BUILD_QUEUE = "builds"  # the cuda pool's queue of fanned-out precisions (prefect.yaml's kinship-engine/build)
 # SeaweedFS's gRPC ports take only clients with a certificate of this name, signed by the stack's own CA.
 GRPC_NAME = "kinship-weed"
 GRPC_SECTIONS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq", "client")
@@ -441,9 +442,51 @@ def prefect_server_argv(venv: Path, port: int) -> list[str]:
     return [prefect_bin(venv), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def prefect_worker_argv(venv: Path, pool: str, name: str) -> list[str]:
-    return [prefect_bin(venv), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
+def prefect_worker_argv(venv: Path, pool: str, name: str, queue: str | None = None, limit: int | None = None) -> list[str]:
+    argv = [prefect_bin(venv), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
             "--install-policy", "never"]
+    return argv + (["--work-queue", queue] if queue else []) + (["--limit", str(limit)] if limit else [])
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker of the stack: its pool, the queue it polls (None: all of the pool's), how many runs at once,
+    the host it stands in for (its own scratch folder) and extra environment (the GPU it may use)."""
+
+    pool: str
+    name: str
+    host: str
+    queue: str | None = None
+    limit: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"worker-{self.host}"
+
+
+def build_workers() -> int:
+    """``KINSHIP_CUDA_BUILD_WORKERS`` (default 1): workers on the ``cuda`` pool's ``builds`` queue, one per GPU, that
+    take the precisions an engines run fans out (``fan_out=true``)."""
+    text = os.environ.get("KINSHIP_CUDA_BUILD_WORKERS", "").strip() or "1"
+    if not text.isdigit() or not 0 <= int(text) <= 16:
+        raise BadSetting(f"KINSHIP_CUDA_BUILD_WORKERS={text!r}: expected a whole number from 0 to 16")
+    return int(text)
+
+
+def worker_specs() -> list[WorkerSpec]:
+    """One worker per pool, the ``cuda`` one on its ``default`` queue one run at a time (the engines runs: one GPU
+    for the side-by-side benchmark), plus ``build_workers()`` on its ``builds`` queue, each one run at a time with
+    ``CUDA_VISIBLE_DEVICES`` set to its own GPU, standing in for one GPU each."""
+    specs = []
+    for pool in WORKER_POOLS:
+        if pool == "cuda":
+            specs.append(WorkerSpec(pool, "local-cuda", "cuda", queue="default", limit=1))
+            specs += [WorkerSpec(pool, f"local-cuda-build{i}", f"cuda-build{i}", queue=BUILD_QUEUE, limit=1,
+                                 env=(("CUDA_VISIBLE_DEVICES", str(i)),)) for i in range(build_workers())]
+        else:
+            specs.append(WorkerSpec(pool, f"local-{pool}", pool))
+    return specs
 
 
 def auth_headers(auth_string: str | None) -> dict[str, str]:
@@ -1074,36 +1117,36 @@ def ensure_pools(stack: Stack, state: dict, secret: dict, timings: dict) -> None
     timings["pools"] = time.monotonic() - start
 
 
-def ensure_worker(stack: Stack, state: dict, secret: dict, pool: str) -> tuple[str, Callable[[], bool] | None, Path]:
-    """Start the worker for ``pool`` unless it runs; it stands in for that pool's host (own scratch folder)."""
-    name = f"local-{pool}"
-    host = stack.state_dir / "hosts" / pool
-    log = stack.state_dir / "logs" / f"worker-{pool}.log"
-    if _running(state, f"worker-{pool}"):
-        return name, None, log
+def ensure_worker(stack: Stack, state: dict, secret: dict, spec: WorkerSpec) -> tuple[Callable[[], bool] | None, Path]:
+    """Start the worker ``spec`` unless it runs; it stands in for its host (own scratch folder)."""
+    host = stack.state_dir / "hosts" / spec.host
+    log = stack.state_dir / "logs" / f"{spec.key}.log"
+    if _running(state, spec.key):
+        return None, log
     (host / "scratch").mkdir(parents=True, exist_ok=True)
     env = {**stack.clean_env(), **stack_env(state["ports"], secret), "PREFECT_HOME": str(host / "prefect"),
-           "KINSHIP_SCRATCH": str(host / "scratch"), "KINSHIP_ROOT": str(REPO), "KINSHIP_HOST_ROLE": pool,
+           "KINSHIP_SCRATCH": str(host / "scratch"), "KINSHIP_ROOT": str(REPO), "KINSHIP_HOST_ROLE": spec.pool,
            "PREFECT_WORKER_QUERY_SECONDS": "1",  # poll often: each flow run waits up to this long to be picked up
-           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds())}  # its flow runs inherit it
-    argv = prefect_worker_argv(stack.venv, pool, name)
+           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds()),  # its flow runs inherit it
+           **dict(spec.env)}
+    argv = prefect_worker_argv(stack.venv, spec.pool, spec.name, spec.queue, spec.limit)
     process = start_process(argv, log, env, cwd=host)
-    _record(state, f"worker-{pool}", process, argv, log)
+    _record(state, spec.key, process, argv, log)
     stack.save(state)
-    return name, (lambda: process.poll() is None), log
+    return (lambda: process.poll() is None), log
 
 
 def ensure_workers(stack: Stack, state: dict, secret: dict, timings: dict) -> None:
     api_url = stack_env(state["ports"], secret)["PREFECT_API_URL"]
-    started = [(pool, *ensure_worker(stack, state, secret, pool)) for pool in WORKER_POOLS]
+    started = [(spec, *ensure_worker(stack, state, secret, spec)) for spec in worker_specs()]
     start = time.monotonic()
-    for pool, name, alive, log in started:
-        since = state["pids"][f"worker-{pool}"]["started"] - 1.0
+    for spec, alive, log in started:
+        since = state["pids"][spec.key]["started"] - 1.0
 
         def online() -> bool:
-            return worker_online(api_url, pool, name, secret["prefect_auth"], since)
+            return worker_online(api_url, spec.pool, spec.name, secret["prefect_auth"], since)
 
-        wait_until(online, f"worker {name}", 120, alive, log)
+        wait_until(online, f"worker {spec.name}", 120, alive, log)
     timings["workers"] = time.monotonic() - start
 
 
@@ -1120,6 +1163,7 @@ def up(stack: Stack) -> int:
     """Start what is not running, wait for every part to be healthy, write ``.stack/env``."""
     t0 = time.monotonic()
     choice = database_choice()  # a bad value stops here, before anything starts
+    build_workers()  # likewise
     stack.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(stack.state_dir, 0o700)
     with _locked(stack):
@@ -1142,7 +1186,7 @@ def up(stack: Stack) -> int:
     print(f"  S3        http://127.0.0.1:{ports['s3']}  bucket {BUCKET}")
     print(f"  Prefect   http://127.0.0.1:{ports['prefect']}  (API auth: see {env_path})")
     print(f"  database  {database['summary']}{_choice_note(choice, database)}")
-    print(f"  workers   {', '.join(f'local-{p}' for p in WORKER_POOLS)}  (flow runs beat every {heartbeat_seconds()} s)")
+    print(f"  workers   {', '.join(spec.name for spec in worker_specs())}  (flow runs beat every {heartbeat_seconds()} s)")
     print(f"  zombies   a run silent {zombie_seconds()} s after a heartbeat is marked Crashed (automation {automation})")
     print(f"  logs      {stack.state_dir / 'logs'}")
     print(f"  use it:   source {env_path}")

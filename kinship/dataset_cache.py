@@ -116,12 +116,21 @@ class DatasetCache:
         ``fill(folder)`` (which must leave the folder complete or absent). ``expected(folder)`` reads the copy's
         manifest: relative path -> (sha256, size). Concurrent callers on this host wait for one fill."""
         path = self.entry_path(sha256)
+        # A reuse needs only a shared lock, so it never waits for another flow's training on the same copy (which
+        # holds a shared lock while it reads); filling or replacing a copy takes the exclusive one.
+        with self._locked(path.name, fcntl.LOCK_SH):
+            started = time.perf_counter()
+            problem = self._problem(path, sha256, expected) if path.is_dir() else "absent"
+            verify_s = time.perf_counter() - started
+            if problem is None:
+                self._record(path.name, uri, None, filled=False)
+                return CacheOutcome(path, "hit", verify_s, tuple(self.evict(keep={path.name})))
         with self._locked(path.name, fcntl.LOCK_EX):
-            status, verify_s, problem = "filled", 0.0, None
-            if path.is_dir():
+            status, problem = "filled", None
+            if path.is_dir():  # damaged, or filled by another flow while we waited for the lock
                 started = time.perf_counter()
                 problem = self._problem(path, sha256, expected)
-                verify_s = time.perf_counter() - started
+                verify_s += time.perf_counter() - started
                 if problem is None:
                     status = "hit"
                 else:

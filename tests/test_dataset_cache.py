@@ -151,3 +151,16 @@ def test_decoded_image_arrays_are_verified_on_reuse_and_evicted_under_the_same_c
     names = [entry.name for entry in DatasetCache(CacheSettings.from_env(scratch)).entries()]
     assert len(names) == 1 and names[0].startswith("images/") and len(list((scratch / "images").glob("*.npy"))) == 1
 
+
+
+def test_a_copy_being_read_is_still_reused_at_once(tmp_path: Path, scratch: Path) -> None:
+    import threading
+
+    uri = push_set(tmp_path, "a")
+    path, _ = fetch(uri, scratch)
+    outcome: list = []
+    with hold(path):  # another flow's training reads this copy (its shared lock)
+        second = threading.Thread(target=lambda: outcome.append(fetch(uri, scratch)), daemon=True)
+        second.start()
+        second.join(timeout=30)
+        assert outcome == [(path, "hit")]  # verified and reused under a shared lock: no wait for the reader

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,8 +58,8 @@ def test_each_postgresql_found_here_serves_prefect(bin_dir: Path, tmp_path: Path
     (state_dir / "state.json").write_text("{}")  # a live stack: no other `up` may take its data for an orphan's
     home = localstack.postgres_home(state_dir, account)
     data_dir = home / f"data-{install.major}"
-    localstack.prepare_postgres_home(home, state_dir, account)
     password, port, log = "test-password-1", localstack.free_port(), tmp_path / "postgres.log"
+    localstack.prepare_postgres_home(home, state_dir, account, password)
     env = clean_env()
     assert localstack.init_postgres(install, data_dir, account, password, env)
     assert not localstack.init_postgres(install, data_dir, account, password, env)  # kept, not made again
@@ -119,3 +120,23 @@ def test_a_stack_forced_onto_sqlite_says_so_and_runs_a_flow(tiny_data: Path, tmp
         assert (state_dir / "prefect" / "prefect.db").stat().st_size > 0
     finally:
         driver.down(state_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root only: elsewhere the data lives in the state folder itself")
+def test_data_made_with_other_credentials_is_made_afresh(tmp_path: Path) -> None:
+    """A state folder deleted and made again (new secrets) at the same path must not meet the old data, which
+    PostgreSQL would refuse to open with the new password: ``up`` failed that way once."""
+    account = localstack.postgres_account()
+    state_dir = tmp_path / "stack"
+    state_dir.mkdir()
+    home = localstack.postgres_home(state_dir, account)
+    try:
+        localstack.prepare_postgres_home(home, state_dir, account, "first-password")
+        (home / "data-15").mkdir()
+        localstack.prepare_postgres_home(home, state_dir, account, "first-password")  # the same stack: kept
+        assert (home / "data-15").is_dir()
+        localstack.prepare_postgres_home(home, state_dir, account, "second-password")  # new secrets: made afresh
+        assert home.is_dir() and not (home / "data-15").exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        home.with_name(home.name + ".stack").unlink(missing_ok=True)

@@ -792,11 +792,25 @@ def postgres_home(state_dir: Path, account: Account | None) -> Path:
     return PG_ROOT_BASE / hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
 
 
-def prepare_postgres_home(home: Path, state_dir: Path, account: Account | None) -> None:
-    """Create ``home`` (0700, owned by the user PostgreSQL runs as); as root, note which state folder it serves."""
+def prepare_postgres_home(home: Path, state_dir: Path, account: Account | None, password: str = "") -> None:
+    """Create ``home`` (0700, owned by the user PostgreSQL runs as); as root, note which state folder it serves and
+    a digest of the password its data was made with.
+
+    As root the data outlives the state folder (it is kept under ``PG_ROOT_BASE``): a state folder deleted and made
+    again (new secrets) finds data made with the old password, which PostgreSQL would refuse. That data belongs to
+    no stack any more: it is removed and made afresh, unless a server still runs on it."""
     if account is not None:
         _root_base()
-        write_private(home.with_name(home.name + ".stack"), str(state_dir))
+        marker = home.with_name(home.name + ".stack")
+        fingerprint = hashlib.sha256(password.encode()).hexdigest()[:16]
+        recorded = marker.read_text().splitlines() if marker.is_file() else []
+        # A marker without the digest (written before it was kept) cannot vouch for the data: it is made afresh once
+        # (the local stack's run history, nothing else: models and reports are in the store).
+        stale = recorded[1:2] != [fingerprint]
+        if home.exists() and stale and not _postmaster_running(home):
+            print(f"up: removing PostgreSQL data made for an earlier {state_dir} (other credentials): {home}")
+            shutil.rmtree(home, ignore_errors=True)
+        write_private(marker, f"{state_dir}\n{fingerprint}\n")
     home.mkdir(parents=True, exist_ok=True)
     if account is not None:
         os.chown(home, account.uid, account.gid)
@@ -811,7 +825,8 @@ def remove_orphan_postgres_homes() -> list[Path]:
     removed = []
     for marker in PG_ROOT_BASE.glob("*.stack"):
         home = marker.with_suffix("")
-        if (Path(marker.read_text().strip()) / "state.json").exists() or _postmaster_running(home):
+        lines = marker.read_text().splitlines()
+        if (lines and (Path(lines[0].strip()) / "state.json").exists()) or _postmaster_running(home):
             continue
         shutil.rmtree(home, ignore_errors=True)
         marker.unlink(missing_ok=True)
@@ -1062,7 +1077,7 @@ def ensure_postgres(stack: Stack, state: dict, secret: dict, database: dict, tim
         account = postgres_account()
         install = PostgresInstall(Path(database["bin_dir"]), database["source"], database["version"])
         data_dir = Path(database["data_dir"])
-        prepare_postgres_home(data_dir.parent, stack.state_dir, account)
+        prepare_postgres_home(data_dir.parent, stack.state_dir, account, password)
         began = time.monotonic()
         if init_postgres(install, data_dir, account, password, stack.clean_env()):
             timings["initdb"] = time.monotonic() - began

@@ -1,4 +1,5 @@
-"""TensorRT backend: the CPU-side planning always; real builds only on an NVIDIA GPU with TensorRT 10."""
+"""TensorRT backend: the CPU-side planning and the runtime's logic (with stand-ins for TensorRT and pycuda) always;
+real builds only on an NVIDIA GPU with TensorRT 8.5, 8.6 or 10.x."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from kinship.engines.calibration import CalibrationConfig, build_calibration_set
 from kinship.engines.config import EngineConfig
 from kinship.engines.registry import build_engine, load_engine, resolve_backend
 from kinship.engines.tensorrt_backend import (
-    REQUIREMENT, add_calibration, chunks, layer_census, onnx_input_shapes, plan_parts, profile_shapes,
-    tensorrt_unavailable_reason,
+    REQUIREMENT, HostFacts, PartRunner, TensorIO, ThreadContexts, add_calibration, chunks, engine_io, layer_census,
+    match_inputs, onnx_input_shapes, onnx_opset, only_output, pad_rows, plan_parts, profile_shapes,
+    tensorrt_unavailable_reason, timing_cache_file, unavailable_reason,
 )
 from kinship.engines.validate import compare_logits, reference_engine
 from kinship.errors import UserError
@@ -100,9 +102,310 @@ def test_layer_census_reads_the_inspector_json():
     assert names_only["layers_by_precision"] == {"unknown": 2} and names_only["detailed_layers"] == 0
 
 
+def test_layer_census_classifies_by_input_format():
+    """A convolution reading INT8 and writing float is an INT8 layer (as NVIDIA's engine explorer counts it)."""
+    info = {"Layers": [
+        {"Name": "conv", "LayerType": "CaskConvolution",
+         "Inputs": [{"Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}],
+         "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+        {"Name": "to-int8", "LayerType": "Reformat", "Inputs": [{"Format/Datatype": "Row major linear FP32"}],
+         "Outputs": [{"Format/Datatype": "Channel major Int8 format"}]},
+        {"Name": "constant", "LayerType": "Constant", "Inputs": [], "Outputs": [{"Format/Datatype": "Half"}]},
+    ]}
+    census = layer_census(json.dumps(info))
+    assert census["layers_by_precision"] == {"fp16": 1, "fp32": 1, "int8": 1}
+
+
+# ----------------------------------------------------------------------------- the runtime, with stand-ins
+
+
+class _Memory(dict):
+    """Device memory of the stand-in driver: address -> array."""
+
+
+class _Event:
+    PHASES = {("start", "copied_in"): 1.0, ("copied_in", "computed"): 2.0, ("computed", "copied_out"): 3.0}
+
+    def __init__(self, log, name, pinned):
+        self.log, self.name, self.pinned = log, name, pinned
+
+    def record(self, stream):
+        # what the pinned host buffers held when this event was recorded
+        self.log.append(("record", self.name, [array.copy() for array in self.pinned]))
+
+    def time_till(self, other):
+        return self.PHASES[(self.name, other.name)]  # any other pairing is a KeyError: the test fails
+
+
+class _Stream:
+    handle = 7
+
+    def __init__(self, log):
+        self.log = log
+
+    def synchronize(self):
+        self.log.append(("synchronize",))
+
+
+class _Driver:
+    """The parts of pycuda.driver a runner uses, recording every call in order."""
+
+    def __init__(self):
+        self.log, self.memory, self.pinned = [], _Memory(), []
+        self._events = iter(("start", "copied_in", "computed", "copied_out"))
+
+    def Stream(self):
+        return _Stream(self.log)
+
+    def Event(self):
+        return _Event(self.log, next(self._events), self.pinned)
+
+    def mem_alloc(self, nbytes):
+        address = 4096 * (len(self.memory) + 1)
+        self.memory[address] = None
+        self.log.append(("mem_alloc", nbytes))
+        return address
+
+    def pagelocked_empty(self, size, dtype):
+        self.log.append(("pagelocked_empty", size, np.dtype(dtype).name))
+        self.pinned.append(np.zeros(size, dtype))
+        return self.pinned[-1]
+
+    def memcpy_htod_async(self, device, host, stream):
+        self.log.append(("htod",))
+        self.memory[device] = host.copy()
+
+    def memcpy_dtoh_async(self, host, device, stream):
+        self.log.append(("dtoh",))
+        host[...] = self.memory[device].reshape(host.shape)
+
+
+class _ExecutionContext:
+    """Computes logit = sum(img0) - 2 * sum(img1) per row (asymmetric, so swapped inputs show) and an embedding."""
+
+    def __init__(self, engine, driver, results=None):
+        self.engine, self.driver, self.shapes, self.addresses = engine, driver, {}, {}
+        self.results = results or {}
+
+    def set_input_shape(self, name, shape):
+        self.driver.log.append(("set_input_shape", name, shape))
+        return self.results.get("set_input_shape", True)
+
+    def set_tensor_address(self, name, address):
+        self.driver.log.append(("set_tensor_address", name))
+        self.addresses[name] = address
+        return self.results.get("set_tensor_address", True)
+
+    def get_tensor_shape(self, name):
+        batch = self.shapes_batch()
+        rest = self.engine.tensors[name][2][1:]
+        return (-1 if batch is None or self.results.get("unresolved") else batch, *rest)
+
+    def shapes_batch(self):
+        shapes = [entry[2] for entry in self.driver.log if entry[0] == "set_input_shape"]
+        return shapes[-1][0] if shapes else None
+
+    def execute_async_v3(self, stream_handle):
+        self.driver.log.append(("execute",))
+        memory, batch = self.driver.memory, self.shapes_batch()
+        first = memory[self.addresses["img0"]].reshape(batch, -1).sum(axis=1)
+        second = memory[self.addresses["img1"]].reshape(batch, -1).sum(axis=1)
+        for name, (mode, dtype, shape) in self.engine.tensors.items():
+            if mode == "out":
+                values = (first - 2 * second) if name == "logit" else np.stack([first, second], axis=1)
+                memory[self.addresses[name]] = values.reshape(batch, *shape[1:]).astype(dtype)
+        return self.results.get("execute", True)
+
+
+class _Engine:
+    def __init__(self, tensors, profile, driver, results=None):
+        self.tensors, self.profile, self.driver, self.results = tensors, profile, driver, results
+
+    num_io_tensors = property(lambda self: len(self.tensors))
+
+    def get_tensor_name(self, index):
+        return list(self.tensors)[index]
+
+    def get_tensor_mode(self, name):
+        return self.tensors[name][0]
+
+    def get_tensor_dtype(self, name):
+        return self.tensors[name][1]
+
+    def get_tensor_profile_shape(self, name, profile):
+        return [(batch, *self.tensors[name][2][1:]) for batch in self.profile]
+
+    def create_execution_context(self):
+        return _ExecutionContext(self, self.driver, self.results)
+
+
+class _Trt:
+    class TensorIOMode:
+        INPUT, OUTPUT = "in", "out"
+
+    @staticmethod
+    def nptype(dtype):
+        return {"float32": np.float32, "float16": np.float16}[dtype]
+
+
+PAIR = {"img0": ("in", "float32", (-1, 3, 2, 2)), "img1": ("in", "float32", (-1, 3, 2, 2)),
+        "logit": ("out", "float32", (-1,))}
+
+
+def _runner(tensors=PAIR, profile=(1, 4, 8), results=None):
+    from contextlib import nullcontext
+
+    driver = _Driver()
+    engine = _Engine(tensors, profile, driver, results)
+    return PartRunner(engine, engine_io(engine, _Trt), driver, scope=nullcontext), driver
+
+
+def _pairs(rows, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(rows, 3, 2, 2)).astype(np.float32), rng.normal(size=(rows, 3, 2, 2)).astype(np.float32)
+
+
+def _expected(img0, img1):
+    return img0.reshape(len(img0), -1).sum(axis=1) - 2 * img1.reshape(len(img1), -1).sum(axis=1)
+
+
+def test_a_timed_call_runs_in_trtexecs_order():
+    runner, driver = _runner()
+    img0, img1 = _pairs(5)
+    outputs, times = runner.run({"img0": img0, "img1": img1})
+    assert np.allclose(outputs["logit"], _expected(img0, img1), atol=1e-5)
+    assert (times.h2d_ms, times.compute_ms, times.d2h_ms) == (1.0, 2.0, 3.0)  # each phase from its own pair of events
+    assert times.enqueue_ms >= 0
+    kinds = [entry[0] if entry[0] != "record" else f"record {entry[1]}" for entry in driver.log]
+    start = kinds.index("record start")
+    # every piece of host-side work comes before the first event: shapes, buffers, pinned copies, output addresses
+    assert set(kinds[:start]) == {"set_input_shape", "mem_alloc", "pagelocked_empty", "set_tensor_address"}
+    assert kinds[:start].count("set_tensor_address") == 3  # both inputs and the output
+    pinned_at_start = driver.log[start][2]
+    assert np.array_equal(pinned_at_start[0].reshape(img0.shape), img0)  # the pinned copy was already made
+    assert np.array_equal(pinned_at_start[1].reshape(img1.shape), img1)
+    assert kinds[start:] == ["record start", "htod", "htod", "record copied_in", "execute", "record computed", "dtoh",
+                             "record copied_out", "synchronize"]  # compute brackets the enqueued execution only
+    driver.log.clear()
+    runner.run({"img0": img0, "img1": img1})
+    assert "mem_alloc" not in [entry[0] for entry in driver.log]  # buffers are reused by later calls
+
+
+def test_inputs_are_matched_by_name_not_position():
+    img0, img1 = _pairs(3)
+    reversed_declaration = dict(reversed(list(PAIR.items())))  # the engine lists img1 first
+    for tensors in (PAIR, reversed_declaration):
+        runner, _ = _runner(tensors)
+        outputs, _ = runner.run({"img1": img1, "img0": img0})
+        assert np.allclose(outputs["logit"], _expected(img0, img1), atol=1e-5)
+    with pytest.raises(UserError, match=r"missing \['img1'\].*unknown \['image'\]"):
+        runner.run({"img0": img0, "image": img1})
+    with pytest.raises(UserError, match="same number of rows"):
+        match_inputs({"img0": img0, "img1": img1[:2]}, {"img0": np.dtype("float32"), "img1": np.dtype("float32")})
+    cast = match_inputs({"x": np.arange(4, dtype=np.float64)}, {"x": np.dtype("float16")})["x"]
+    assert cast.dtype == np.float16 and cast.flags["C_CONTIGUOUS"]
+
+
+def test_outputs_and_their_dtypes_come_from_the_engine():
+    tensors = {**PAIR, "logit": ("out", "float16", (-1,)), "sides": ("out", "float32", (-1, 2))}
+    runner, driver = _runner(tensors)
+    assert runner.io.outputs == {"logit": np.dtype("float16"), "sides": np.dtype("float32")}
+    img0, img1 = _pairs(4)
+    outputs, _ = runner.run({"img0": img0, "img1": img1})
+    assert set(outputs) == {"logit", "sides"} and outputs["logit"].dtype == np.float16 and outputs["sides"].shape == (4, 2)
+    assert ("pagelocked_empty", 4, "float16") in driver.log
+    assert np.allclose(only_output(outputs, "logit"), _expected(img0, img1), atol=0.05)
+    assert only_output({"out0": outputs["sides"]}, "logit") is outputs["sides"]  # one output under another name
+    with pytest.raises(UserError, match="none called 'embedding'"):
+        only_output(outputs, "embedding")
+
+
+def test_small_last_chunk_is_padded_to_the_profile_minimum_and_trimmed():
+    runner, driver = _runner(profile=(4, 4, 8))
+    img0, img1 = _pairs(10, seed=1)
+    outputs, times = runner.run_all({"img0": img0, "img1": img1})
+    assert np.allclose(outputs["logit"], _expected(img0, img1), atol=1e-5) and outputs["logit"].shape == (10,)
+    shapes = [entry[2][0] for entry in driver.log if entry[0] == "set_input_shape"]
+    assert shapes == [8, 8, 4, 4]  # 8 rows, then the last 2 padded up to the minimum of 4
+    assert times.compute_ms == 4.0  # two calls' phases summed
+    outputs, _ = runner.run_all({"img0": img0[:1], "img1": img1[:1]})
+    assert outputs["logit"].shape == (1,)
+    padded = pad_rows(img0[:2], 4)
+    assert padded.shape[0] == 4 and np.array_equal(padded[2], img0[1]) and pad_rows(img0, 4) is img0
+    with pytest.raises(UserError, match="no rows"):
+        runner.run_all({"img0": img0[:0], "img1": img1[:0]})
+
+
+@pytest.mark.parametrize("failing, message", [
+    ("set_input_shape", r"set_input_shape\('img0', \(3, 3, 2, 2\)\) returned False"),
+    ("set_tensor_address", r"set_tensor_address\('img0', 4096\) returned False"),
+    ("execute", "execute_async_v3 returned False"),
+    ("unresolved", r"output 'logit' with shape \(-1,\)"),
+])
+def test_tensorrt_refusals_are_errors(failing, message):
+    runner, driver = _runner(results={failing: False} if failing != "unresolved" else {"unresolved": True})
+    with pytest.raises(RuntimeError, match=message):
+        runner.run(dict(zip(("img0", "img1"), _pairs(3))))
+
+
+def test_cuda_context_is_pushed_on_each_calling_thread():
+    import threading
+
+    calls = []
+
+    class Primary:
+        def push(self):
+            calls.append(("push", threading.get_ident()))
+
+        def pop(self):
+            calls.append(("pop", threading.get_ident()))
+
+    contexts = ThreadContexts(Primary)
+    main, worker = threading.get_ident(), []
+
+    def on_worker():
+        worker.append(threading.get_ident())
+        with contexts.active():
+            pass
+
+    with contexts.active():
+        with contexts.active():  # nested on one thread: pushed once
+            pass
+        thread = threading.Thread(target=on_worker)  # while this thread holds it, the worker still pushes its own
+        thread.start()
+        thread.join()
+    assert calls == [("push", main), ("push", worker[0]), ("pop", worker[0]), ("pop", main)]
+
+
+@pytest.mark.parametrize("facts, expected", [
+    (HostFacts(import_error="ModuleNotFoundError: No module named 'tensorrt'"), "cannot import tensorrt"),
+    (HostFacts(version="9.3.0.post12.dev1"), "this code drives 8.5, 8.6 or 10.x"),
+    (HostFacts(version="10.3.0", cuda_error="LogicError: cuInit failed"), "CUDA unusable through pycuda"),
+    (HostFacts(version="10.3.0"), "no CUDA device found"),
+    (HostFacts(version="10.3.0", devices=1, gpu_name="Tesla M40", capability=(5, 2)),
+     "Tesla M40 (SM 5.2, Maxwell) needs TensorRT 8.5.3; TensorRT 10.3.0 is installed"),
+    (HostFacts(version="8.5.3.1", devices=1, gpu_name="Tesla M40", capability=(5, 2)), None),
+    (HostFacts(version="10.3.0", devices=1, gpu_name="NVIDIA A100", capability=(8, 0)), None),
+])
+def test_unavailable_reason(facts, expected):
+    reason = unavailable_reason(facts)
+    assert reason is None if expected is None else expected in reason
+
+
+def test_timing_cache_file_names_version_and_gpu(tmp_path):
+    m40 = HostFacts(version="8.5.3.1", devices=1, gpu_name="Tesla M40", capability=(5, 2))
+    a100 = HostFacts(version="10.3.0", devices=1, gpu_name="NVIDIA A100-SXM4-40GB", capability=(8, 0))
+    assert timing_cache_file(tmp_path, m40) == tmp_path / "tensorrt-8.5.3.1-tesla-m40-sm52.timing-cache"
+    assert timing_cache_file(tmp_path, a100).name == "tensorrt-10.3.0-nvidia-a100-sxm4-40gb-sm80.timing-cache"
+
+
+def test_export_opset_is_read_for_the_parser_check(tiny_onnx):
+    assert onnx_opset(tiny_onnx) == 18
+
+
 @pytest.mark.skipif(UNAVAILABLE is None, reason="TensorRT is usable here: the refusal cannot be observed")
 def test_choosing_tensorrt_without_it_is_a_clear_user_error(tiny_onnx, tiny_data, tmp_path, capsys):
-    with pytest.raises(UserError, match=r"needs tensorrt>=10,<11 and an NVIDIA GPU: "):
+    with pytest.raises(UserError, match=r"needs TensorRT 8\.5, 8\.6 or 10\.x, pycuda and an NVIDIA GPU that release supports: "):
         build_engine(tiny_onnx, tmp_path, "fp32", "tensorrt", None)
     assert resolve_backend("auto") == "onnxruntime"
     code = main(["engines", "--onnx", str(tiny_onnx), "--data", str(tiny_data), "--out", str(tmp_path / "out"),
@@ -128,9 +431,20 @@ def calibration_file(calibration, tmp_path_factory):
 @pytest.mark.parametrize("variant, max_diff", [("fp32", 1e-3), ("tf32", 2e-2), ("fp16", 5e-2), ("int8", 0.5), ("int8-qdq", 0.5)])
 def test_tensorrt_engines_track_fp32(tiny_onnx, calibration, calibration_file, tmp_path, variant, max_diff):
     options = EngineConfig(min_batch=1, opt_batch=16, max_batch=64)
+    from kinship.engines import tensorrt_compat
+    from kinship.engines.base import read_sidecar
+    from kinship.engines.tensorrt_backend import host_facts
+
     built = build_engine(tiny_onnx, tmp_path, variant, "tensorrt", calibration_file, options)
+    capability = host_facts().capability
+    if variant == "tf32" and capability < (8, 0):  # before Ampere a TF32 build would be the FP32 engine
+        assert built.status == "not applicable" and "SM 8.0" in built.notes[0]
+        return
     assert built.path.suffix == ".engine" and set(built.parts) == {"pair", "encoder", "head"}
-    assert (tmp_path / "tensorrt.timing-cache").is_file()
+    sidecar = read_sidecar(built.path)
+    assert sidecar["hardware"] == tensorrt_compat.precision_support(capability)[variant]
+    assert bool(sidecar["hardware_evidence"]) == (sidecar["hardware"] != "native")
+    assert len(list(tmp_path.glob("tensorrt-*-sm*.timing-cache"))) == 1  # keyed by TensorRT version and GPU
     assert built.size_explanation["pair"]["layers"] > 0
     engine = load_engine(built.path)
     img0, img1 = calibration.img0[:40], calibration.img1[:40]

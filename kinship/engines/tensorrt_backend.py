@@ -1,27 +1,37 @@
-"""TensorRT 10 engines on an NVIDIA GPU: FP32 (TF32 off), TF32, FP16, INT8 (calibrator) and INT8 (Q/DQ).
+"""TensorRT engines on an NVIDIA GPU (TensorRT 8.5, 8.6 or 10.x): FP32 (TF32 off), TF32, FP16, INT8 (calibrator)
+and INT8 (Q/DQ).
 
 ``tensorrt`` and ``pycuda`` are imported only inside the functions that need them, so this module
 imports anywhere. Everything that does not need a GPU (profile shapes, calibration batches and cache
-naming, the inspector's per-layer census, chunking) is a plain function tested on the CPU.
+naming, the inspector's per-layer census, chunking and padding, matching inputs by name, the order of a
+timed call, the per-thread CUDA context) is a plain function or class tested on the CPU with stand-ins;
+what differs between TensorRT releases and GPU generations is ``kinship.engines.tensorrt_compat``.
 
-Build details: explicit batch (TensorRT 10's only mode), ONE optimisation profile over a batch
-range for every input, a timing cache shared by all builds in the out folder, detailed profiling
-verbosity so the engine inspector reports each layer's precision. INT8 has two paths: implicit
-quantization through an ``IInt8EntropyCalibrator2`` (deprecated in 10.1, gone in TensorRT 11), and
-the explicit symmetric Q/DQ model (``int8-qdq``), the path TensorRT 11 keeps.
+Build details: explicit batch (the EXPLICIT_BATCH flag, required on 8.x), ONE optimisation profile over a
+batch range for every input, a timing cache per TensorRT version and GPU in the out folder, detailed
+profiling verbosity so the engine inspector reports each layer's formats. INT8 has two paths: implicit
+quantization through an ``IInt8EntropyCalibrator2`` (deprecated in 10.1, gone in TensorRT 11), and the
+explicit symmetric Q/DQ model (``int8-qdq``), the path TensorRT 11 keeps. A precision the GPU has no
+arithmetic for is still built (TensorRT uses FP32 kernels) and says so; TF32 before Ampere is "not
+applicable", as on a CPU.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
+from kinship.engines import tensorrt_compat as compat
 from kinship.engines.base import (
     PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
 )
@@ -30,36 +40,79 @@ from kinship.engines.calibration import (
 )
 from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, embedder, source_parts, target_names
-from kinship.engines.outcome import STATUS_BUILT, BuildFacts, EngineOutcome
+from kinship.engines.outcome import STATUS_BUILT, STATUS_NOT_APPLICABLE, BuildFacts, EngineOutcome
 from kinship.errors import UserError
 from kinship.files import file_digest
 
+log = logging.getLogger(__name__)
+
 BACKEND = "tensorrt"
-TIMING_CACHE = "tensorrt.timing-cache"
-REQUIREMENT = "TensorRT backend needs tensorrt>=10,<11 and an NVIDIA GPU"
+REQUIREMENT = (f"TensorRT backend needs TensorRT {compat.SUPPORTED_SERIES}, pycuda and an NVIDIA GPU "
+               "that release supports")
+# The tensor names kinship.export gives each part's ONNX graph (TensorRT keeps them): inputs, then the output.
+PART_TENSORS = {"pair": (("img0", "img1"), "logit"), "encoder": (("image",), "embedding"),
+                "head": (("emb0", "emb1"), "logit")}
 
 
 # --------------------------------------------------------------------------- availability
 
 
+@dataclass(frozen=True)
+class HostFacts:
+    """What this host offers TensorRT: the installed version (or why it does not import), CUDA, the first GPU."""
+
+    version: str | None = None
+    import_error: str | None = None
+    cuda_error: str | None = None
+    devices: int = 0
+    gpu_name: str = ""
+    capability: tuple[int, int] | None = None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 @lru_cache(maxsize=1)
-def tensorrt_unavailable_reason() -> str | None:
-    """None when TensorRT 10.x, pycuda and a CUDA device are all usable; else why not, in a few words."""
+def host_facts() -> HostFacts:
+    """Probe TensorRT, pycuda and GPU 0 once per process."""
     try:
         import tensorrt as trt
     except Exception as error:  # ImportError, or a broken install raising OSError on its libraries
-        return f"cannot import tensorrt ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-    major = str(getattr(trt, "__version__", "0")).split(".")[0]
-    if major != "10":
-        return f"tensorrt {trt.__version__} is installed, this code targets 10.x"
+        return HostFacts(import_error=_first_line(error))
+    version = str(getattr(trt, "__version__", "0"))
     try:
         import pycuda.driver as cuda
 
         cuda.init()
         count = cuda.Device.count()
+        if count == 0:
+            return HostFacts(version=version)
+        device = cuda.Device(0)
+        return HostFacts(version, devices=count, gpu_name=device.name(), capability=tuple(device.compute_capability()))
     except Exception as error:
-        return f"CUDA unusable through pycuda ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-    return None if count > 0 else "no CUDA device found"
+        return HostFacts(version=version, cuda_error=_first_line(error))
+
+
+def unavailable_reason(facts: HostFacts) -> str | None:
+    """None when TensorRT is usable on ``facts``' host; else why not, in one line (a GPU the installed release does
+    not support is named with its SM and the release that supports it)."""
+    if facts.import_error:
+        return f"cannot import tensorrt ({facts.import_error})"
+    problem = compat.version_problem(facts.version or "")
+    if problem:
+        return problem
+    if facts.cuda_error:
+        return f"CUDA unusable through pycuda ({facts.cuda_error})"
+    if not facts.devices:
+        return "no CUDA device found"
+    return compat.gpu_problem(facts.version, facts.gpu_name, facts.capability)
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when TensorRT 8.5/8.6/10.x, pycuda and a CUDA device it supports are all usable; else why not."""
+    return unavailable_reason(host_facts())
 
 
 def require_tensorrt(subject: Path | str | None = None) -> None:
@@ -85,6 +138,14 @@ def onnx_input_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         dims = value.type.tensor_type.shape.dim
         shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
     return shapes
+
+
+def onnx_opset(path: Path) -> int:
+    """The default-domain opset an ONNX file was exported at (what TensorRT's parser checks)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), default=0)
 
 
 def profile_shapes(
@@ -114,6 +175,38 @@ def chunks(total: int, limit: int) -> list[slice]:
     return [slice(s, min(s + limit, total)) for s in range(0, total, limit)]
 
 
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` with its last row repeated up to ``rows`` rows (a call below the profile's minimum batch has no
+    valid shape); the caller drops the extra rows from the output. Repeating a real row keeps every value finite."""
+    if len(array) >= rows:
+        return array
+    if len(array) == 0:
+        raise ValueError("cannot pad an empty batch")
+    return np.concatenate([array, np.repeat(array[-1:], rows - len(array), axis=0)])
+
+
+def match_inputs(feeds: dict[str, np.ndarray], inputs: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    """The engine's inputs by NAME, each contiguous in the engine's dtype; a missing or unknown name, or sides with
+    different row counts, is a UserError naming them."""
+    missing, unknown = sorted(set(inputs) - set(feeds)), sorted(set(feeds) - set(inputs))
+    if missing or unknown:
+        raise UserError(f"the engine's inputs are {sorted(inputs)}, given {sorted(feeds)}"
+                        + (f" (missing {missing})" if missing else "") + (f" (unknown {unknown})" if unknown else ""))
+    rows = {name: len(feeds[name]) for name in inputs}
+    if len(set(rows.values())) > 1:
+        raise UserError(f"every input needs the same number of rows, got {rows}")
+    return {name: np.ascontiguousarray(feeds[name], dtype=dtype) for name, dtype in inputs.items()}
+
+
+def only_output(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The output called ``name``, or the engine's one output when it has a single one under another name."""
+    if name in outputs:
+        return outputs[name]
+    if len(outputs) == 1:
+        return next(iter(outputs.values()))
+    raise UserError(f"the engine has outputs {sorted(outputs)}, none called {name!r}")
+
+
 def _datatype(text: str) -> str:
     """A TensorRT 'Format/Datatype' string ('Row major linear FP16 format', 'Half', 'Int8') -> precision."""
     lowered = text.lower()
@@ -124,8 +217,18 @@ def _datatype(text: str) -> str:
     return "other"
 
 
+def _layer_precision(layer: dict) -> str:
+    """A layer's precision from its first INPUT's format (what its kernel reads: NVIDIA's engine explorer does the
+    same; a convolution reading INT8 and writing float is an INT8 layer), else its first output's."""
+    for key in ("Inputs", "Outputs"):
+        tensors = [t for t in (layer.get(key) or []) if isinstance(t, dict)]
+        if tensors:
+            return _datatype(tensors[0].get("Format/Datatype", ""))
+    return "none"
+
+
 def layer_census(info_json: str) -> dict:
-    """Count the engine's layers by output precision, from the inspector's JSON (detailed verbosity).
+    """Count the engine's layers by input precision, from the inspector's JSON (detailed verbosity).
 
     Also counts Reformat layers (precision/layout conversions between INT8 and float regions, the
     visible cost of FP32 fallback) and the bytes of weights by type where the inspector lists them.
@@ -141,8 +244,7 @@ def layer_census(info_json: str) -> dict:
             by_precision["unknown"] += 1
             continue
         detailed += 1
-        outputs = layer.get("Outputs") or layer.get("Inputs") or []
-        by_precision[_datatype(outputs[0].get("Format/Datatype", "")) if outputs else "none"] += 1
+        by_precision[_layer_precision(layer)] += 1
         reformats += "reformat" in str(layer.get("LayerType", "")).lower()
         for key in ("Weights", "Bias"):
             entry = layer.get(key)
@@ -178,6 +280,62 @@ def add_calibration(plans: dict[str, PartPlan], calibration: CalibrationSet, out
         plan.calibration_cache = cache_path(out_dir, part, calibration, file_digest(plan.onnx)[0], "entropy2")
 
 
+def timing_cache_file(out_dir: Path, facts: HostFacts) -> Path:
+    """The out folder's timing cache for this TensorRT and GPU (tactics timed elsewhere do not apply here)."""
+    return Path(out_dir) / compat.timing_cache_name(facts.version or "unknown", facts.gpu_name, facts.capability or (0, 0))
+
+
+# --------------------------------------------------------------------------- GPU: CUDA context per thread
+
+
+class ThreadContexts:
+    """pycuda keeps a context stack PER THREAD: a context made current on one thread is not current on another
+    (which then fails with "invalid device context"). ``active()`` pushes the device's primary context (the one
+    TensorRT's runtime API uses too) on the calling thread for the duration of a build or run, and pops it after;
+    nested uses on one thread push once."""
+
+    def __init__(self, primary: Callable[[], object]):
+        self._primary = primary
+        self._local = threading.local()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._primary().push()
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+            if self._local.depth == 0:
+                self._primary().pop()
+
+
+_primary_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _retained_primary_context():
+    import pycuda.driver as cuda
+
+    cuda.init()
+    return cuda.Device(0).retain_primary_context()
+
+
+def _primary_context():
+    with _primary_lock:  # one retain per process, whichever thread asks first
+        return _retained_primary_context()
+
+
+_CONTEXTS = ThreadContexts(_primary_context)
+
+
+def cuda_context():
+    """``with cuda_context():`` the GPU's primary context is current on this thread."""
+    return _CONTEXTS.active()
+
+
 # --------------------------------------------------------------------------- GPU: builder
 
 
@@ -191,20 +349,6 @@ def _trt_logger():
     if _logger is None:
         _logger = trt.Logger(trt.Logger.WARNING)
     return _logger
-
-
-@lru_cache(maxsize=1)
-def _cuda_context():
-    """Make the device's primary context current once (the one TensorRT's runtime API uses too)."""
-    import atexit
-
-    import pycuda.driver as cuda
-
-    cuda.init()
-    context = cuda.Device(0).retain_primary_context()
-    context.push()
-    atexit.register(context.pop)
-    return context
 
 
 def _make_calibrator(batches: list[dict[str, np.ndarray]], cache: Path):
@@ -240,12 +384,9 @@ def _make_calibrator(batches: list[dict[str, np.ndarray]], cache: Path):
     return EntropyCalibrator()
 
 
-def _configure(builder, network, plan: PartPlan, variant: str, options: EngineConfig, timing_cache: bytes):
+def _set_precision_flags(config, variant: str) -> None:
     import tensorrt as trt
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if variant == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)  # TF32 is on by default: FP32 means FP32 here
     elif variant == "tf32":
@@ -254,16 +395,30 @@ def _configure(builder, network, plan: PartPlan, variant: str, options: EngineCo
         config.set_flag(trt.BuilderFlag.FP16)
     else:  # both INT8 paths: calibrated scales, or the Q/DQ model's own
         config.set_flag(trt.BuilderFlag.INT8)
+
+
+def _configure(builder, plan: PartPlan, variant: str, options: EngineConfig, timing_cache: bytes, notes: list[str]):
+    import tensorrt as trt
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    _set_precision_flags(config, variant)
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in plan.shapes.items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
+        compat.checked(profile.set_shape, name, low, opt, high)
+    if config.add_optimization_profile(profile) < 0:
+        raise RuntimeError(f"TensorRT refused the optimisation profile {plan.shapes}")
     calibrator = None
     if variant == "int8":
         calibrator = _make_calibrator(plan.calibration_batches, plan.calibration_cache)
-        config.int8_calibrator = calibrator
-    cache = config.create_timing_cache(timing_cache)
-    config.set_timing_cache(cache, False)
+        compat.set_int8_calibrator(config, calibrator, profile)  # calibrates at the profile's opt shapes
+
+    def mismatch(message: str) -> None:
+        log.warning("%s: %s", plan.part, message)
+        notes.append(f"{plan.part}: {message}")
+
+    compat.attach_timing_cache(config, timing_cache, mismatch)
     # The calibrator is returned so the caller holds it for the whole build: the binding may not.
     return config, calibrator
 
@@ -271,7 +426,7 @@ def _configure(builder, network, plan: PartPlan, variant: str, options: EngineCo
 def _parse(builder, path: Path):
     import tensorrt as trt
 
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(compat.network_flags(trt))  # explicit batch: required on 8.x
     parser = trt.OnnxParser(network, _trt_logger())
     if not parser.parse(Path(path).read_bytes(), str(path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -279,24 +434,45 @@ def _parse(builder, path: Path):
     return network, parser
 
 
-def build_part(plan: PartPlan, variant: str, options: EngineConfig, target: Path, timing_cache_path: Path) -> dict:
+def build_part(plan: PartPlan, variant: str, options: EngineConfig, target: Path, timing_cache_path: Path,
+               notes: list[str] | None = None) -> dict:
     """Build one part's engine into ``target``; returns its layer census. Raises RuntimeError on failure."""
     import tensorrt as trt
 
-    _cuda_context()
-    builder = trt.Builder(_trt_logger())
-    network, _parser = _parse(builder, plan.onnx)
-    cache_bytes = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
-    config, _calibrator = _configure(builder, network, plan, variant, options, cache_bytes)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError(f"TensorRT could not build {variant} {plan.part} engine (see the TensorRT log above)")
-    target.write_bytes(bytes(serialized))
-    write_cache(timing_cache_path, bytes(config.get_timing_cache().serialize()))
-    engine = trt.Runtime(_trt_logger()).deserialize_cuda_engine(bytes(serialized))
-    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    notes = [] if notes is None else notes
+    with cuda_context():
+        builder = trt.Builder(_trt_logger())
+        network, _parser = _parse(builder, plan.onnx)
+        cache_bytes = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
+        config, _calibrator = _configure(builder, plan, variant, options, cache_bytes, notes)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise RuntimeError(f"TensorRT could not build {variant} {plan.part} engine (see the TensorRT log above)")
+        target.write_bytes(bytes(serialized))
+        write_cache(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+        engine = trt.Runtime(_trt_logger()).deserialize_cuda_engine(bytes(serialized))
+        info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     target.with_suffix(".layers.json").write_text(info)
     return layer_census(info)
+
+
+def device_support(facts: HostFacts) -> dict[str, str]:
+    """Per variant, what this GPU does with it (``tensorrt_compat.precision_support``), asking a builder's
+    ``platform_has_*`` where TensorRT still has them."""
+    import tensorrt as trt
+
+    with cuda_context():
+        return compat.precision_support(facts.capability, trt.Builder(_trt_logger()))
+
+
+def hardware_evidence(variant: str, support: str, census: dict, facts: HostFacts) -> str:
+    """Why a row's precision is not the GPU's own, with the pair engine's layers by input precision as evidence."""
+    if support == compat.NATIVE:
+        return ""
+    reason = compat.precision_reason(variant, facts.capability, facts.gpu_name) or support
+    layers = (census.get("pair") or {}).get("layers_by_precision") or {}
+    shown = ", ".join(f"{name} {count}" for name, count in layers.items())
+    return f"{reason}; pair engine layers by input precision: {shown}" if shown else reason
 
 
 def _qdq_sources(sources: dict[str, Path], calibration: CalibrationSet, folder: Path, options: EngineConfig) -> dict[str, Path]:
@@ -312,14 +488,31 @@ def _qdq_sources(sources: dict[str, Path], calibration: CalibrationSet, folder: 
     return result
 
 
+def _check_opset(sources: dict[str, Path], facts: HostFacts) -> None:
+    for path in sources.values():
+        problem = compat.opset_problem(facts.version or "", onnx_opset(path), path.name)
+        if problem:
+            raise UserError(problem)
+
+
 def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None,
                      options: EngineConfig) -> EngineOutcome:
-    """Build ``variant`` for TensorRT into ``out_dir/tensorrt-<variant>/`` (pair, encoder, head engines)."""
+    """Build ``variant`` for TensorRT into ``out_dir/tensorrt-<variant>/`` (pair, encoder, head engines).
+
+    TF32 on a GPU before Ampere is not applicable (it would be the FP32 engine); FP16 and INT8 on a GPU without
+    their arithmetic are built from FP32 kernels, as TensorRT does, and the outcome's notes say so."""
     from kinship.export import read_metadata
 
     require_tensorrt()
+    facts = host_facts()
+    support = device_support(facts)
+    if support[variant] == compat.NOT_APPLICABLE:
+        why = compat.precision_reason(variant, facts.capability, facts.gpu_name)
+        return EngineOutcome(BACKEND, variant, precision_of(variant), STATUS_NOT_APPLICABLE,
+                             build=BuildFacts(None, 0, 0.0, [why]))
     started = time.perf_counter()
     sources = source_parts(Path(onnx_path), options.companions)
+    _check_opset(sources, facts)
     image_size = int(read_metadata(sources["pair"]).get("kinship.image_size", 0))
     calibration_set = calibration_for(variant, calibration, image_size)
     names = target_names(sources, ".engine")
@@ -333,15 +526,21 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
             embed = embedder(sources) if "head" in plans else None  # the head calibrates on FP32 embeddings
             add_calibration(plans, calibration_set, out_dir, embed, options)
             notes.append("implicit INT8 via IInt8EntropyCalibrator2 at the profile's opt batch; FP32 fallback allowed")
-        census = {part: build_part(plan, variant, options, folder / names[part], out_dir / TIMING_CACHE)
+        cache = timing_cache_file(out_dir, facts)
+        census = {part: build_part(plan, variant, options, folder / names[part], cache, notes)
                   for part, plan in plans.items()}
         notes += _variant_notes(variant, options)
+        evidence = hardware_evidence(variant, support[variant], census, facts)
+        if evidence:
+            notes.append(evidence)
         seconds = time.perf_counter() - started
         write_sidecar(folder, {
             "backend": BACKEND, "variant": variant, "precision": precision_of(variant), "image_size": image_size,
             "parts": names, "source": str(onnx_path), "notes": notes, "build_seconds": round(seconds, 3),
             "profile": {"min": options.min_batch, "opt": options.opt_batch, "max": options.max_batch},
-            "size_explanation": census, "tensorrt_version": _trt_version(),
+            "size_explanation": census, "tensorrt_version": facts.version,
+            "device": {"name": facts.gpu_name, "compute_capability": ".".join(map(str, facts.capability))},
+            "precision_support": support, "hardware": support[variant], "hardware_evidence": evidence,
         })
         sizes = file_sizes(folder, names)
     parts = {p: final / n for p, n in names.items()}
@@ -360,81 +559,132 @@ def _variant_notes(variant: str, options: EngineConfig) -> list[str]:
     return [notes[variant], f"profile batch {options.min_batch}/{options.opt_batch}/{options.max_batch} for every input"]
 
 
-def _trt_version() -> str:
-    import tensorrt as trt
-
-    return str(trt.__version__)
-
-
 # --------------------------------------------------------------------------- GPU: runtime
 
 
-class _PartRunner:
-    """One deserialised engine with its execution context, stream and growable device buffers."""
+@dataclass(frozen=True)
+class TensorIO:
+    """An engine's I/O as the engine itself declares it: input and output names with their numpy dtypes, and the
+    batch range of its optimisation profile."""
 
-    def __init__(self, path: Path):
-        import pycuda.driver as cuda
-        import tensorrt as trt
+    inputs: dict[str, np.dtype]
+    outputs: dict[str, np.dtype]
+    min_batch: int
+    max_batch: int
 
-        _cuda_context()
-        self.engine = trt.Runtime(_trt_logger()).deserialize_cuda_engine(Path(path).read_bytes())
-        if self.engine is None:
-            raise UserError(f"{path} is not a TensorRT engine this TensorRT ({trt.__version__}) can load")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.inputs[0], 0)[2][0])
-        self.stream = cuda.Stream()
-        self.events = [cuda.Event() for _ in range(4)]
+
+def engine_io(engine, trt) -> TensorIO:
+    """Read names, modes and dtypes (``trt.nptype(engine.get_tensor_dtype(name))``) and profile 0's batch range."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    dtypes = {name: np.dtype(trt.nptype(engine.get_tensor_dtype(name))) for name in names}
+    inputs = {n: dtypes[n] for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+    outputs = {n: dtypes[n] for n in names if n not in inputs}
+    if not inputs or not outputs:
+        raise UserError(f"the engine has inputs {sorted(inputs)} and outputs {sorted(outputs)}: not a kinship engine")
+    ranges = [engine.get_tensor_profile_shape(name, 0) for name in inputs]  # (min, opt, max) shapes
+    return TensorIO(inputs, outputs, max(int(r[0][0]) for r in ranges), min(int(r[2][0]) for r in ranges))
+
+
+class PartRunner:
+    """One deserialised engine with its execution context, stream, events and growable buffers.
+
+    ``driver`` is ``pycuda.driver`` (stand-ins in the tests) and ``scope`` makes the CUDA context current on the
+    calling thread (``cuda_context``) for each call."""
+
+    def __init__(self, engine, io: TensorIO, driver, scope: Callable = cuda_context):
+        self.engine, self.io, self.cuda, self.scope = engine, io, driver, scope
+        with scope():
+            self.context = engine.create_execution_context()
+            self.stream = driver.Stream()
+            self.events = [driver.Event() for _ in range(4)]
         self.device: dict[str, object] = {}
         self.host: dict[str, np.ndarray] = {}
 
-    def _buffer(self, name: str, shape: tuple[int, ...]) -> tuple[object, np.ndarray]:
+    @classmethod
+    def open(cls, path: Path) -> "PartRunner":
         import pycuda.driver as cuda
+        import tensorrt as trt
 
+        with cuda_context():
+            engine = trt.Runtime(_trt_logger()).deserialize_cuda_engine(Path(path).read_bytes())
+        if engine is None:
+            raise UserError(f"{path} is not a TensorRT engine this TensorRT ({trt.__version__}) can load")
+        return cls(engine, engine_io(engine, trt), cuda)
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[object, np.ndarray]:
         size = int(np.prod(shape))
-        if name not in self.host or self.host[name].size < size:
-            self.device[name] = cuda.mem_alloc(size * 4)
-            self.host[name] = cuda.pagelocked_empty(size, np.float32)
+        host = self.host.get(name)
+        if host is None or host.dtype != dtype or host.size < size:  # grow only: later calls reuse
+            self.device[name] = self.cuda.mem_alloc(max(size, 1) * np.dtype(dtype).itemsize)
+            self.host[name] = self.cuda.pagelocked_empty(max(size, 1), dtype)
         return self.device[name], self.host[name][:size].reshape(shape)
 
-    def run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, PhaseTimes]:
-        """One call within the profile's batch range; times each phase with CUDA events."""
-        import pycuda.driver as cuda
+    def _prepare(self, arrays: dict[str, np.ndarray]) -> tuple[list, dict]:
+        """All host-side work of a call, before any timing: shapes, buffers, pinned copies, tensor addresses."""
+        staged = []
+        for name, array in arrays.items():
+            compat.checked(self.context.set_input_shape, name, tuple(array.shape))
+            device, host = self._buffer(name, array.shape, array.dtype)
+            np.copyto(host, array)
+            compat.checked(self.context.set_tensor_address, name, int(device))
+            staged.append((device, host))
+        outputs = {}
+        for name, dtype in self.io.outputs.items():
+            shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise RuntimeError(f"TensorRT left output {name!r} with shape {shape}: an input shape is not set")
+            device, host = self._buffer(name, shape, dtype)
+            compat.checked(self.context.set_tensor_address, name, int(device))
+            outputs[name] = (device, host)
+        return staged, outputs
 
+    def _execute(self, staged: list, outputs: dict) -> PhaseTimes:
+        """The timed part, in trtexec's order: H2D between the first two events, ONLY the enqueued execution
+        between the second and third (its CPU time measured apart, as trtexec's enqueue time), then D2H."""
         start, copied_in, computed, copied_out = self.events
         start.record(self.stream)
-        for name, array in zip(self.inputs, arrays):
-            self.context.set_input_shape(name, array.shape)
-            device, host = self._buffer(name, array.shape)
-            np.copyto(host, array)
-            cuda.memcpy_htod_async(device, host, self.stream)
-            self.context.set_tensor_address(name, int(device))
+        for device, host in staged:
+            self.cuda.memcpy_htod_async(device, host, self.stream)
         copied_in.record(self.stream)
-        out_shape = tuple(self.context.get_tensor_shape(self.output))
-        out_device, out_host = self._buffer(self.output, out_shape)
-        self.context.set_tensor_address(self.output, int(out_device))
-        enqueue_started = time.perf_counter()
-        if not self.context.execute_async_v3(self.stream.handle):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        enqueue_ms = (time.perf_counter() - enqueue_started) * 1e3
+        began = time.perf_counter()
+        ok = self.context.execute_async_v3(self.stream.handle)
+        enqueue_ms = (time.perf_counter() - began) * 1e3
+        if not ok:
+            raise RuntimeError("TensorRT execute_async_v3 returned False (see the TensorRT log above)")
         computed.record(self.stream)
-        cuda.memcpy_dtoh_async(out_host, out_device, self.stream)
+        for device, host in outputs.values():
+            self.cuda.memcpy_dtoh_async(host, device, self.stream)
         copied_out.record(self.stream)
         self.stream.synchronize()
-        times = PhaseTimes(start.time_till(copied_in), copied_in.time_till(computed), computed.time_till(copied_out), enqueue_ms)
-        return out_host.copy(), times
+        return PhaseTimes(start.time_till(copied_in), copied_in.time_till(computed), computed.time_till(copied_out),
+                          enqueue_ms)
 
-    def run_all(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, PhaseTimes]:
-        """Any batch size: chunks of at most the profile's max batch, phase times summed."""
-        outputs, total = [], PhaseTimes(0.0, 0.0, 0.0, 0.0)
-        for part in chunks(len(arrays[0]), self.max_batch):
-            output, times = self.run([np.ascontiguousarray(a[part], dtype=np.float32) for a in arrays])
-            outputs.append(output)
-            total = PhaseTimes(total.h2d_ms + times.h2d_ms, total.compute_ms + times.compute_ms,
-                               total.d2h_ms + times.d2h_ms, total.enqueue_ms + times.enqueue_ms)
-        return np.concatenate(outputs), total
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], PhaseTimes]:
+        """One call within the profile's batch range (fewer rows than its minimum are padded, and dropped again);
+        inputs by name; every output the engine has, in its own dtype; phases timed with CUDA events."""
+        arrays = match_inputs(feeds, self.io.inputs)
+        rows = len(next(iter(arrays.values())))
+        if not 1 <= rows <= self.io.max_batch:
+            raise ValueError(f"{rows} rows is outside the profile's 1..{self.io.max_batch} (use run_all)")
+        arrays = {name: pad_rows(array, self.io.min_batch) for name, array in arrays.items()}
+        with self.scope():
+            staged, outputs = self._prepare(arrays)
+            times = self._execute(staged, outputs)
+        return {name: host[:rows].copy() for name, (_, host) in outputs.items()}, times
+
+    def run_all(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], PhaseTimes]:
+        """Any batch size: chunks of at most the profile's max batch, outputs joined, phase times summed."""
+        arrays = match_inputs(feeds, self.io.inputs)
+        total = len(next(iter(arrays.values())))
+        if total == 0:
+            raise UserError("no rows to run")
+        results, summed = [], PhaseTimes(0.0, 0.0, 0.0, 0.0)
+        for part in chunks(total, self.io.max_batch):
+            outputs, times = self.run({name: array[part] for name, array in arrays.items()})
+            results.append(outputs)
+            summed = PhaseTimes(summed.h2d_ms + times.h2d_ms, summed.compute_ms + times.compute_ms,
+                                summed.d2h_ms + times.d2h_ms, summed.enqueue_ms + times.enqueue_ms)
+        return {name: np.concatenate([r[name] for r in results]) for name in results[0]}, summed
 
 
 class TensorRTEngine:
@@ -446,7 +696,7 @@ class TensorRTEngine:
         require_tensorrt()
         self.path = paths["pair"]
         self.precision, self.variant, self.image_size = precision, variant, image_size
-        self.runners = {part: _PartRunner(p) for part, p in paths.items()}
+        self.runners = {part: PartRunner.open(p) for part, p in paths.items()}
 
     @classmethod
     def open(cls, path: Path, sidecar: dict | None) -> "TensorRTEngine":
@@ -456,40 +706,47 @@ class TensorRTEngine:
         if sidecar:
             paths = {part: path.parent / name for part, name in sidecar["parts"].items()}
             return cls(paths, sidecar["precision"], sidecar["variant"], int(sidecar["image_size"]))
-        runner = _PartRunner(path)
-        size = int(runner.engine.get_tensor_shape(runner.inputs[0])[-1])
+        runner = PartRunner.open(path)
+        size = int(runner.engine.get_tensor_shape(next(iter(runner.io.inputs)))[-1])
         engine = cls.__new__(cls)
         engine.path, engine.precision, engine.variant, engine.image_size = path, "unknown", "unknown", size
         engine.runners = {"pair": runner}
         return engine
 
+    def _run(self, part: str, *arrays: np.ndarray) -> tuple[np.ndarray, PhaseTimes]:
+        names, output = PART_TENSORS[part]
+        outputs, times = self.runners[part].run_all(dict(zip(names, arrays)))
+        return only_output(outputs, output), times
+
     def run_pairs(self, img0: np.ndarray, img1: np.ndarray) -> np.ndarray:
         return self.run_pairs_timed(img0, img1)[0]
 
     def run_pairs_timed(self, img0: np.ndarray, img1: np.ndarray) -> tuple[np.ndarray, PhaseTimes]:
-        logits, times = self.runners["pair"].run_all([img0, img1])
+        logits, times = self._run("pair", img0, img1)
         return logits.reshape(-1).astype(np.float32, copy=False), times
 
     def embed(self, images: np.ndarray) -> np.ndarray | None:
-        return self.runners["encoder"].run_all([images])[0] if "encoder" in self.runners else None
+        return self._run("encoder", images)[0].astype(np.float32, copy=False) if "encoder" in self.runners else None
 
     def head(self, emb0: np.ndarray, emb1: np.ndarray) -> np.ndarray | None:
-        return self.runners["head"].run_all([emb0, emb1])[0].reshape(-1) if "head" in self.runners else None
+        if "head" not in self.runners:
+            return None
+        return self._run("head", emb0, emb1)[0].reshape(-1).astype(np.float32, copy=False)
 
 
 def environment() -> dict:
-    """TensorRT / CUDA versions and the device name, when available (for the report)."""
+    """TensorRT / CUDA versions, the device and what it runs natively per precision, when available (for the report)."""
     reason = tensorrt_unavailable_reason()
+    facts = host_facts()
     if reason:
-        return {"tensorrt": None, "reason": reason}
+        found = {"device": facts.gpu_name, "compute_capability": ".".join(map(str, facts.capability))} \
+            if facts.capability else {}
+        return {"tensorrt": facts.version, "reason": reason, **found}
     import pycuda.driver as cuda
-    import tensorrt as trt
 
-    cuda.init()
-    device = cuda.Device(0)
-    return {"tensorrt": trt.__version__, "device": device.name(), "compute_capability": ".".join(map(str, device.compute_capability())),
-            "cuda_driver": cuda.get_driver_version()}
-
+    return {"tensorrt": facts.version, "device": facts.gpu_name,
+            "compute_capability": ".".join(map(str, facts.capability)), "cuda_driver": cuda.get_driver_version(),
+            "precision_support": compat.precision_support(facts.capability)}
 
 
 def describe_census(census: dict, size_bytes: int, fp32_bytes: int | None = None) -> str:
@@ -498,7 +755,7 @@ def describe_census(census: dict, size_bytes: int, fp32_bytes: int | None = None
     ratio = f" vs FP32 {size_bytes / fp32_bytes:.2f}x" if fp32_bytes else ""
     weights = census.get("weight_elements_by_type") or {}
     weight_text = ("; weight elements by type: " + ", ".join(f"{k} {v:,}" for k, v in weights.items())) if weights else ""
-    return (f"pair engine {size_bytes / 1e3:.1f} kB{ratio}: {census['layers']} layers by output precision: {layers}; "
+    return (f"pair engine {size_bytes / 1e3:.1f} kB{ratio}: {census['layers']} layers by input precision: {layers}; "
             f"{census['reformat_layers']} reformat layers (conversions between INT8 and float regions){weight_text}. "
             "Layers left in float keep FP32 weights and kernels beside the INT8 ones, which is what can make an "
             "INT8 engine larger than FP16.")

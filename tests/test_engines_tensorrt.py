@@ -12,7 +12,7 @@ from kinship.cli import main
 from kinship.data import SplitConfig
 from kinship.engines.calibration import CalibrationConfig, build_calibration_set, save_calibration
 from kinship.engines.config import EngineConfig
-from kinship.engines.registry import build_engine, load_engine, resolve_backend
+from kinship.engines.registry import build_engine, decide_backend, load_engine, resolve_backend
 from kinship.engines.tensorrt_backend import (
     REQUIREMENT, HostFacts, PartRunner, TensorIO, ThreadContexts, add_calibration, chunks, engine_io, layer_census,
     match_inputs, onnx_input_shapes, onnx_opset, only_output, pad_rows, plan_parts, profile_shapes,
@@ -390,6 +390,34 @@ def test_cuda_context_is_pushed_on_each_calling_thread():
 def test_unavailable_reason(facts, expected):
     reason = unavailable_reason(facts)
     assert reason is None if expected is None else expected in reason
+
+
+# (compute capability, installed TensorRT, what --backend auto picks)
+AUTO_TABLE = [
+    ((5, 2), "10.3.0", "onnxruntime"), ((5, 2), "8.6.1", "onnxruntime"), ((5, 2), "8.5.3.1", "tensorrt"),
+    ((6, 1), "10.0.1", "onnxruntime"), ((6, 1), "8.6.1", "tensorrt"), ((7, 0), "10.4.0", "tensorrt"),
+    ((7, 0), "10.5.0", "onnxruntime"), ((7, 5), "10.3.0", "tensorrt"), ((8, 0), "8.5.3.1", "tensorrt"),
+    ((8, 6), "10.16.1.11", "tensorrt"), ((9, 0), "11.0.0.114", "onnxruntime"),
+]
+
+
+@pytest.mark.parametrize("capability, version, expected", AUTO_TABLE)
+def test_auto_backend_follows_the_compute_capability(capability, version, expected):
+    reason = unavailable_reason(HostFacts(version, devices=1, gpu_name="GPU X", capability=capability))
+    backend, note = decide_backend("auto", reason)
+    assert backend == expected
+    assert decide_backend("onnxruntime", reason) == ("onnxruntime", "onnxruntime (chosen with --backend)")
+    if expected == "tensorrt":
+        assert decide_backend("tensorrt", reason) == ("tensorrt", "tensorrt (chosen with --backend)")
+        return
+    assert note.startswith("onnxruntime (auto: ") and version in note
+    with pytest.raises(UserError) as refused:
+        decide_backend("tensorrt", reason)
+    message = str(refused.value)
+    assert "\n" not in message and message.endswith(reason) and version in message
+    if version != "11.0.0.114":  # a supported release that does not support this GPU: named with the one that does
+        sm = f"SM {capability[0]}.{capability[1]}"
+        assert "GPU X" in message and sm in message and "needs TensorRT" in message and "GPU X" in note
 
 
 def test_timing_cache_file_names_version_and_gpu(tmp_path):

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument("--onnx", type=Path, required=True, help="exported FILE.onnx (encoder/head beside it)")
     parser.add_argument("--data", type=Path, required=True, help="data set folder the model was trained on")
     parser.add_argument("--out", type=Path, required=True, help="folder for engines, calibration, report")
-    parser.add_argument("--backend", default=defaults.backend, help="auto | onnxruntime | tensorrt (auto: TensorRT when usable)")
+    parser.add_argument("--backend", default=defaults.backend, help="auto | onnxruntime | tensorrt (auto: TensorRT where the installed release supports "
+                        "this GPU's compute capability, else ONNX Runtime)")
     parser.add_argument("--precisions", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--calibration", type=Path, help="calibration .npz from kinship calibrate (default: drawn now)")
     parser.add_argument("--calibration-method", default=defaults.calibration_method,

@@ -1,10 +1,11 @@
 """Which backend builds and runs an engine: the one module that knows every backend.
 
-``resolve_backend`` picks one (``auto``: TensorRT where it imports and sees a CUDA device, else ONNX Runtime),
-``build_engine`` and ``load_engine`` hand a build or an engine file to it, and ``backend_note``,
-``require_backend``, ``explain_size`` and ``environment`` say what a run or a report needs to know about it.
-Each backend module is imported inside the function that needs it, so importing this module needs neither
-TensorRT nor a GPU. The backends import ``base`` and ``onnx_parts``, never this module.
+``resolve_backend`` picks one (``auto``: TensorRT where it imports, sees a CUDA device and supports that GPU's
+compute capability, else ONNX Runtime; ``decide_backend`` is the rule), ``build_engine`` and ``load_engine`` hand
+a build or an engine file to it, and ``backend_note``, ``require_backend``, ``explain_size``, ``hardware_support``
+and ``environment`` say what a run or a report needs to know about it. Each backend module is imported inside the
+function that needs it, so importing this module needs neither TensorRT nor a GPU. The backends import ``base``
+and ``onnx_parts``, never this module.
 """
 
 from __future__ import annotations
@@ -17,24 +18,44 @@ from kinship.engines.outcome import EngineOutcome
 from kinship.errors import UserError
 
 
-def resolve_backend(name: str) -> str:
-    """``auto`` -> tensorrt when TensorRT imports and a CUDA device is present, else onnxruntime."""
-    check_backend_name(name)
-    if name != "auto":
-        return name
+def decide_backend(requested: str, tensorrt_problem: str | None) -> tuple[str, str]:
+    """(backend, note) for ``requested`` on a host where TensorRT has ``tensorrt_problem`` (None: usable).
+
+    ``auto`` takes TensorRT only where it is usable, which includes supporting this GPU's compute capability
+    (TensorRT 10 does not run on a Maxwell or Pascal GPU); otherwise ONNX Runtime, the note saying why (the GPU,
+    its SM and the TensorRT release that supports it). An explicit ``tensorrt`` there is a one-line UserError.
+    """
+    from kinship.engines.tensorrt_backend import REQUIREMENT
+
+    check_backend_name(requested)
+    if requested == "auto":
+        if tensorrt_problem:
+            return "onnxruntime", f"onnxruntime (auto: {tensorrt_problem})"
+        return "tensorrt", "tensorrt (auto: TensorRT and a CUDA device it supports found)"
+    if requested == "tensorrt" and tensorrt_problem:
+        raise UserError(f"{REQUIREMENT}: {tensorrt_problem}")
+    return requested, f"{requested} (chosen with --backend)"
+
+
+def _tensorrt_problem(requested: str) -> str | None:
+    if requested == "onnxruntime":
+        return None  # never probe TensorRT (and CUDA) for a run that does not use it
     from kinship.engines.tensorrt_backend import tensorrt_unavailable_reason
 
-    return "onnxruntime" if tensorrt_unavailable_reason() else "tensorrt"
+    return tensorrt_unavailable_reason()
+
+
+def resolve_backend(name: str) -> str:
+    """``auto`` -> tensorrt where TensorRT is usable on this GPU, else onnxruntime; an explicit ``tensorrt`` on a host
+    that cannot run it is a one-line UserError (the GPU, its capability, the installed and the needed TensorRT)."""
+    return decide_backend(name, _tensorrt_problem(check_backend_name(name)))[0]
 
 
 def backend_note(requested: str, backend: str) -> str:
     """How ``backend`` was chosen, for reports: asked for by name, or what ``auto`` found on this host."""
     if requested != "auto":
         return f"{backend} (chosen with --backend)"
-    from kinship.engines.tensorrt_backend import tensorrt_unavailable_reason
-
-    reason = tensorrt_unavailable_reason()
-    return f"{backend} (auto: {'TensorRT and a CUDA device found' if not reason else reason})"
+    return decide_backend(requested, _tensorrt_problem(requested))[1]
 
 
 def require_backend(backend: str) -> None:

@@ -317,6 +317,7 @@ def test_bench_cli_json_with_torch_beside(tiny_export, capsys):
     assert len(summary["result"]["rounds_pairs_per_s"]) == len(summary["torch"]["rounds_pairs_per_s"]) == 3
     assert summary["ratio_vs_torch"] == pytest.approx(summary["result"]["pairs_per_s"] / summary["torch"]["pairs_per_s"])
     assert summary["flops_per_pair"] == torch_flops_per_pair(checkpoint)
+    assert summary["hardware"] == {"backend": "onnxruntime", "precision": "fp32", "state": "native", "evidence": ""}
     ceiling = summary["ceiling"]["gflops"]
     assert summary["result"]["share_of_ceiling"] == pytest.approx(summary["result"]["gflops"] / ceiling)
     fastest = summary["result"]["batch"] / summary["result"]["latency_ms"]["min"] * 1000 * summary["flops_per_pair"] / 1e9
@@ -332,6 +333,7 @@ def test_bench_cli_tables_for_a_checkpoint(tiny_export, capsys):
                         "--ceiling-seconds", 0)
     assert code == 0
     assert "pytorch eager" in out and "p99" in out and "MFLOP per pair" in out
+    assert "pytorch fp32 on this device: native" in out
 
 
 def test_bench_cli_bad_inputs(tiny_export, tmp_path, capsys):

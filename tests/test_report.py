@@ -123,3 +123,49 @@ def test_context_measured_beside_a_run(tiny_run, tiny_onnx):
     assert context["threads"] == 1 and context["ceiling"]["threads"] == 1 and context["ceiling"]["gflops"] > 0
     assert context["flops_per_pair"] == torch_flops_per_pair(tiny_run / "model.pt")
     assert context["torch"][64]["batch"] == 64 and context["torch"][64]["threads"] == 1
+
+
+def _m40_rows():
+    """Rows as a TensorRT build on a Tesla M40 (SM 5.2) records them: FP16 built from FP32 kernels, TF32 not applicable."""
+    fp32 = _ok_row().to_dict()
+    fp32.update(backend="tensorrt", path="/engines/tensorrt-fp32/model.engine", hardware="native")
+    fp16 = {**fp32, "precision": "fp16", "variant": "fp16", "path": "/engines/tensorrt-fp16/model.engine",
+            "hardware": "runs FP32 kernels on SM 5.2",
+            "hardware_evidence": "Tesla M40 (SM 5.2) has no fast FP16; pair engine layers by input precision: fp32 31"}
+    tf32 = EngineResult.not_applicable("tensorrt", "tf32", "TF32 needs tensor cores of SM 8.0+ (Ampere)")
+    tf32.hardware, tf32.hardware_evidence = "not applicable", tf32.reason
+    return [fp32, fp16, tf32]
+
+
+def test_rows_say_what_the_device_does_with_each_precision(tmp_path):
+    json_path, md_path = write_report(_m40_rows(), tmp_path, _context())
+    report = json.loads(json_path.read_text())
+    assert [(r["variant"], r["hardware"]) for r in report["results"]] == [
+        ("fp32", "native"), ("fp16", "runs FP32 kernels on SM 5.2"), ("tf32", "not applicable")]
+    text = md_path.read_text()
+    rows = {_cells(line)[1]: _cells(line) for line in text.splitlines() if line.startswith("| tensorrt")}
+    assert rows["fp32"][2] == "ok" and rows["fp16"][2] == "ok (runs FP32 kernels on SM 5.2)"
+    assert rows["tf32"][2].startswith("not applicable: TF32 needs")
+    section = text.split("## Precision on this device", 1)[1]
+    assert "- **tensorrt fp16**: runs FP32 kernels on SM 5.2 (Tesla M40 (SM 5.2) has no fast FP16; pair engine " \
+           "layers by input precision: fp32 31)" in section
+    assert "- **tensorrt fp32**: native\n" in section
+    assert "## Precision on this device" not in write_report(_rows(), tmp_path / "plain", _context())[1].read_text()
+
+
+def test_hardware_support_per_backend():
+    from kinship.engines.outcome import BuildFacts, EngineOutcome
+    from kinship.engines.registry import hardware_support, outcome_hardware
+
+    assert hardware_support("onnxruntime", "fp32") == ("native", "")
+    assert hardware_support("onnxruntime", "int8-qdq") == ("native", "")
+    state, why = hardware_support("onnxruntime", "fp16")
+    assert state == "runs FP32 kernels on this CPU" and "casts to float32" in why
+    assert hardware_support("onnxruntime", "tf32")[0] == "not applicable"
+    sidecar = {"hardware": "runs FP32 kernels on SM 6.1", "hardware_evidence": "no fast FP16"}
+    assert hardware_support("tensorrt", "fp16", sidecar) == ("runs FP32 kernels on SM 6.1", "no fast FP16")
+    assert hardware_support("tensorrt", "fp16", {"backend": "tensorrt"}) == ("", "")  # built before it was recorded
+    assert hardware_support("tensorrt", "tf32", None, "TF32 needs SM 8.0+") == ("not applicable", "TF32 needs SM 8.0+")
+    assert hardware_support("pytorch", "fp32") == ("native", "")
+    skipped = EngineOutcome("tensorrt", "tf32", "tf32", "not applicable", build=BuildFacts(None, 0, 0.0, ["TF32 needs SM 8.0+"]))
+    assert outcome_hardware(skipped) == ("not applicable", "TF32 needs SM 8.0+")

@@ -68,6 +68,10 @@ def _print_human(summary: dict) -> None:
             for r in runs]
     columns = ["", "queries/s", "pairs/s", "GFLOP/s", "share of ceiling", "pairs/CPU-s", "share per CPU-s"]
     console.print(table(f"throughput ({summary['threads']} threads)", columns, rows))
+    hardware = summary.get("hardware") or {}
+    if hardware.get("state"):  # whether this device runs the precision natively (TensorRT: from the engine's build)
+        evidence = f" ({hardware['evidence']})" if hardware.get("evidence") else ""
+        console.print(f"{hardware['backend']} {hardware['precision']} on this device: {hardware['state']}{evidence}")
     if summary.get("ratio_vs_torch"):
         console.print(f"{runs[0]['label']} runs {summary['ratio_vs_torch']:.2f}x the pairs/s of PyTorch eager at batch {summary['batch']}")
     ceiling = summary.get("ceiling")

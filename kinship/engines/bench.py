@@ -172,6 +172,7 @@ def run_bench(model: Path, config: EngineConfig, vs_torch: Path | None = None,
     model, batch = Path(model), int(config.bench_batches[0])
     timing = (batch, config.bench_seconds, config.warmup_seconds)
     if model.suffix == ".pt":
+        hardware = hardware_of(model, None)
         result = bench_torch(model, *timing, threads=threads, on_progress=on_progress)
         torch_result = None
         if vs_torch is not None:  # a checkpoint against another: one after the other
@@ -181,6 +182,7 @@ def run_bench(model: Path, config: EngineConfig, vs_torch: Path | None = None,
         if not model.exists():
             raise UserError(f"model file not found: {model}")
         engine = load_engine(model, threads)
+        hardware = hardware_of(model, engine)
         if vs_torch is None:
             result, torch_result = bench_engine(engine, *timing, on_progress=on_progress), None
         else:
@@ -192,11 +194,26 @@ def run_bench(model: Path, config: EngineConfig, vs_torch: Path | None = None,
         "model": str(model), "batch": batch, "threads": threads,
         "duration_s": config.bench_seconds, "warmup_s": config.warmup_seconds,
         "result": result.to_dict(), "torch": torch_result.to_dict() if torch_result else None,
-        "ratio_vs_torch": ratio(result, torch_result) if torch_result else None,
+        "ratio_vs_torch": ratio(result, torch_result) if torch_result else None, "hardware": hardware,
     }
     summary.update(ceiling_figures(model, threads, config.ceiling_seconds, [summary["result"], summary["torch"]],
                                    on_progress))
     return summary
+
+
+def hardware_of(model: Path, engine) -> dict:
+    """What the device does with the benchmarked precision (``registry.hardware_support``: a TensorRT engine's own
+    build record, ONNX Runtime's CPU facts; ``engine`` None is a checkpoint run by PyTorch eager in FP32)."""
+    from kinship.engines.base import read_sidecar
+    from kinship.engines.registry import hardware_support
+
+    sidecar = read_sidecar(model) if engine is not None else None
+    backend = engine.backend if engine is not None else "pytorch"
+    variant = getattr(engine, "variant", engine.precision) if engine is not None else "fp32"
+    state, evidence = hardware_support(backend, variant, sidecar)
+    device = (sidecar or {}).get("device")
+    return {"backend": backend, "precision": variant, "state": state, "evidence": evidence,
+            **({"device": device} if device else {})}
 
 
 def _checkpoint_image_size(checkpoint: Path) -> int:

@@ -129,6 +129,40 @@ def explain_size(record: EngineOutcome, fp32_bytes: int | None) -> str:
     return describe_census(census, fp32_bytes)
 
 
+# What ONNX Runtime's CPU provider does with each variant. TF32 is an NVIDIA tensor-core format; the FP16 model
+# runs on float32 kernels with Casts around them (the provider lacks FP16 kernels for most operators).
+NATIVE, NOT_APPLICABLE = "native", "not applicable"
+CPU_SUPPORT = {"fp32": NATIVE, "tf32": NOT_APPLICABLE, "fp16": "runs FP32 kernels on this CPU", "int8": NATIVE,
+               "int8-qdq": NATIVE}
+CPU_EVIDENCE = {
+    "tf32": "TF32 is a tensor-core format of NVIDIA GPUs (Ampere and later); a CPU has no TF32 arithmetic",
+    "fp16": "ONNX Runtime's CPU provider lacks FP16 kernels for most operators and casts to float32 around them",
+}
+
+
+def hardware_support(backend: str, variant: str, sidecar: dict | None = None, reason: str = "") -> tuple[str, str]:
+    """(state, evidence) of ``variant`` on the device that runs it: ``"native"``, ``"runs FP32 kernels on ..."`` or
+    ``"not applicable"``, and why when it is not native (for TensorRT with the per-layer census). TensorRT's answer
+    is the one its build recorded in the engine's sidecar (the build ran on the GPU in question); ``reason`` is a
+    not-applicable outcome's. Empty strings where nothing is known (an engine built before this was recorded)."""
+    if backend == "tensorrt":
+        if sidecar and sidecar.get("hardware"):
+            return sidecar["hardware"], sidecar.get("hardware_evidence", "")
+        return (NOT_APPLICABLE, reason) if variant == "tf32" and reason else ("", "")
+    if backend == "pytorch":
+        return (NATIVE, "") if variant == "fp32" else ("", "")
+    state = CPU_SUPPORT.get(variant, "")
+    return state, "" if state == NATIVE else (CPU_EVIDENCE.get(variant) or reason)
+
+
+def outcome_hardware(outcome: EngineOutcome) -> tuple[str, str]:
+    """``hardware_support`` of an outcome: its engine's sidecar when it was built, its reason when it does not apply."""
+    path = outcome.build.path if outcome.build else None
+    sidecar = read_sidecar(path) if path is not None and Path(path).exists() else None
+    reason = outcome.reason or "; ".join(outcome.notes)
+    return hardware_support(outcome.backend, outcome.variant, sidecar, reason)
+
+
 def environment(backend: str) -> dict:
     """The software and machine a report's figures come from (TensorRT, CUDA and the GPU with that backend)."""
     import platform

@@ -50,7 +50,9 @@ class EngineResult:
     ``agreement`` (fraction of pairs given the same decision as FP32 at the threshold), ``auc``,
     ``accuracy``, ``loss``. ``bench``: batch -> ``BenchResult.to_dict()``. ``roc``: ``{"fpr": [...],
     "tpr": [...]}`` on the validation pairs. ``variant`` names the build when it is not just the
-    precision (``int8-qdq``).
+    precision (``int8-qdq``). ``hardware`` says what the device does with the precision (``"native"``, ``"runs FP32
+    kernels on SM 5.2"``, ``"not applicable"``; empty where unknown) and ``hardware_evidence`` why, with TensorRT's
+    per-layer census by input format: a fact about the device, kept on every row.
     """
 
     backend: str
@@ -65,6 +67,8 @@ class EngineResult:
     bench: dict = field(default_factory=dict)
     int8_size_explanation: str = ""
     roc: dict | None = None
+    hardware: str = ""
+    hardware_evidence: str = ""
 
     def __post_init__(self) -> None:
         self.status = report_word(self.status)  # an outcome's status, or already the report's word
@@ -90,6 +94,14 @@ class EngineResult:
     def from_outcome(cls, outcome, labels: np.ndarray, fp32_bytes: int | None) -> "EngineResult":
         """The row of an ``outcome.EngineOutcome``: figures only for an engine that ran (its validation against
         FP32 on the pairs ``labels`` are of, its sweep, its ROC); ``fp32_bytes`` explains an INT8 file's size."""
+        from kinship.engines.registry import outcome_hardware
+
+        row = cls._row_of(outcome, labels, fp32_bytes)
+        row.hardware, row.hardware_evidence = outcome_hardware(outcome)
+        return row
+
+    @classmethod
+    def _row_of(cls, outcome, labels: np.ndarray, fp32_bytes: int | None) -> "EngineResult":
         from kinship.engines.registry import explain_size
 
         if outcome.status == STATUS_NOT_APPLICABLE:
@@ -318,6 +330,7 @@ def markdown(rows: list[EngineResult], summaries: list[dict], context: dict, plo
                   f"p99 {torch_figures['latency_ms']['p99']:.2f} ms. \"vs PyTorch\" is each engine's pairs/s over this. "
                   "Where glibc is the allocator it was set to keep freed memory (PyTorch allocates each activation "
                   "afresh; without it, page faults cost it up to half its speed, while ONNX Runtime has its own arena)."]
+    lines += _hardware_lines(rows)
     lines += _slice_lines(rows, torch_figures, batch)
     lines += _scoring_lines(context.get("scoring"))
     explained = [row for row in rows if row.int8_size_explanation]
@@ -357,6 +370,8 @@ def _setup_lines(context: dict) -> list[str]:
 
 def _table_cells(row: EngineResult, summary: dict) -> list[str]:
     status = row.status if row.status == OK else f"{row.status}: {row.reason}"
+    if row.status == OK and row.hardware not in ("", "native"):  # built, but not in the precision its name says
+        status = f"{OK} ({row.hardware})"
     values = [
         (summary["size_mb"], "{:.2f}"), (summary["pairs_per_s"], "{:.1f}"), (summary["p50_ms"], "{:.2f}"),
         (summary["p99_ms"], "{:.2f}"), (summary["auc"], "{:.4f}"), (summary["agreement"], "{:.2%}"),
@@ -364,6 +379,19 @@ def _table_cells(row: EngineResult, summary: dict) -> list[str]:
         (summary["vs_torch"], "{:.2f}x"),
     ]
     return [row.backend, row.variant, status] + ["—" if value is None else fmt.format(value) for value, fmt in values]
+
+
+def _hardware_lines(rows: list[EngineResult]) -> list[str]:
+    """Per row, what this device does with its precision, and the evidence where it is not native."""
+    known = [row for row in rows if row.hardware]
+    if not known:
+        return []
+    lines = ["", "## Precision on this device", "",
+             "What the device running each engine does with its precision: native arithmetic, FP32 kernels under "
+             "another name (TensorRT builds FP16/INT8 engines from FP32 kernels on GPUs without that arithmetic), or "
+             "not applicable.", ""]
+    return lines + [f"- **{row.name}**: {row.hardware}" + (f" ({row.hardware_evidence})" if row.hardware_evidence else "")
+                    for row in known]
 
 
 def _slice_lines(rows: list[EngineResult], torch_figures: dict | None, batch: int) -> list[str]:

@@ -804,10 +804,7 @@ class _BaseStore:
             with ThreadPoolExecutor(max_workers=max(1, min(self.settings.max_workers, len(manifest.shards)))) as pool:
                 for future in as_completed([pool.submit(fetch_one, i, s) for i, s in enumerate(manifest.shards)]):
                     future.result()
-            (temp / MANIFEST_NAME).write_bytes(manifest_bytes)
-            if dest.exists():
-                dest.rmdir()
-            os.replace(temp, dest)
+            _move_into_place(temp, dest, manifest_bytes)
         finally:
             shutil.rmtree(temp, ignore_errors=True)
             shutil.rmtree(downloads, ignore_errors=True)
@@ -840,13 +837,19 @@ class _BaseStore:
                 for done, future in enumerate(as_completed(futures), start=1):
                     future.result()
                     on_progress(ProgressEvent("fetch", done, len(targets)))
-            (temp / MANIFEST_NAME).write_bytes(manifest_bytes)
-            if dest.exists():
-                dest.rmdir()
-            os.replace(temp, dest)
+            _move_into_place(temp, dest, manifest_bytes)
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         return dest
+
+
+def _move_into_place(temp: Path, dest: Path, manifest_bytes: bytes) -> None:
+    """Finish an assembled tree: its manifest last, then the rename that makes it visible at ``dest`` (an empty
+    ``dest`` folder is replaced)."""
+    (temp / MANIFEST_NAME).write_bytes(manifest_bytes)
+    if dest.exists():
+        dest.rmdir()
+    os.replace(temp, dest)
 
 
 def _json_bytes(obj: Any) -> bytes:

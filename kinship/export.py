@@ -24,7 +24,11 @@ from kinship.checkpoint import load_model
 from kinship.errors import CheckFailed, UserError
 from kinship.images import NORMALISE_MEAN, NORMALISE_STD
 
-OPSET = 18
+OPSET = 18  # what torch's dynamo exporter writes
+# 17 for TensorRT 8.5/8.6, whose ONNX parsers stop at opset 17 (a Tesla M40 needs TensorRT 8.5.3). The exporter
+# itself cannot write 17: asked to, it exports at 18 and converts before optimising, which fails on our Reduce
+# nodes (their axes are not constants yet) and keeps 18 with only a warning. So 17 is converted here, afterwards.
+OPSETS = (17, 18)
 RTOL, ATOL = 1e-3, 1e-5
 
 
@@ -57,7 +61,7 @@ class ExportCheck:
     samples: int
 
 
-def _export_one(module, args: tuple, path: Path, input_names: list[str], output_name: str) -> None:
+def _export_one(module, args: tuple, path: Path, input_names: list[str], output_name: str, opset: int = OPSET) -> None:
     # The exporter warns once per missing torchvision op; we use none of them.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -68,6 +72,36 @@ def _export_one(module, args: tuple, path: Path, input_names: list[str], output_
             module, args, str(path), input_names=input_names, output_names=[output_name],
             dynamic_shapes=dynamic, opset_version=OPSET, external_data=False, dynamo=True, optimize=True,
         )
+    if opset != OPSET:
+        convert_opset(path, opset)
+
+
+def convert_opset(path: Path, opset: int) -> None:
+    """Rewrite the ONNX file at ``path`` to ``opset`` with ONNX's version converter (a checked export follows).
+
+    From 18 to 17 the converter moves Reduce* axes from an input back to an attribute but leaves the 18-only
+    ``noop_with_empty_axes`` attribute on them (only ReduceSum has it at 13-17): it is dropped where the axes are
+    given, as it then has no effect. Initializers only the old axes inputs used are dropped too.
+    """
+    import onnx
+    from onnx import version_converter
+
+    try:
+        model = version_converter.convert_version(onnx.load(str(path)), opset)
+    except Exception as error:  # the converter raises RuntimeError/ValueError naming the node it cannot adapt
+        raise CheckFailed(f"ONNX cannot convert {Path(path).name} to opset {opset}: {str(error).splitlines()[0][:200]}") \
+            from error
+    for node in model.graph.node:
+        reduce_with_axes = node.op_type.startswith("Reduce") and any(a.name == "axes" for a in node.attribute)
+        if reduce_with_axes and node.op_type != "ReduceSum":
+            kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [tensor for tensor in model.graph.initializer if tensor.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    onnx.save_model(model, str(path), save_as_external_data=False)
 
 
 class _EncoderOnly(torch.nn.Module):
@@ -164,13 +198,17 @@ def check_against_torch(model, files: ExportedModels, img0_uint8: np.ndarray, im
     return checks
 
 
-def export_checkpoint(checkpoint: Path, out: Path, img0_uint8: np.ndarray, img1_uint8: np.ndarray) -> tuple[ExportedModels, list[ExportCheck]]:
-    """Export ``checkpoint`` to ``out`` (+ encoder and head beside it), check, then publish the files."""
+def export_checkpoint(checkpoint: Path, out: Path, img0_uint8: np.ndarray, img1_uint8: np.ndarray,
+                      opset: int = OPSET) -> tuple[ExportedModels, list[ExportCheck]]:
+    """Export ``checkpoint`` to ``out`` (+ encoder and head beside it) at ONNX ``opset`` (18, or 17 for TensorRT
+    8.x), check, then publish the files."""
     import onnx
 
     out = Path(out)
     if out.suffix != ".onnx":
         raise UserError(f"--out must name a .onnx file, got {out}")
+    if opset not in OPSETS:
+        raise UserError(f"ONNX opset {opset} is not one this export writes: choose {' or '.join(map(str, OPSETS))}")
     model, metadata = load_model(checkpoint)
     size = model.config.image_size
     final = companion_paths(out)
@@ -182,9 +220,9 @@ def export_checkpoint(checkpoint: Path, out: Path, img0_uint8: np.ndarray, img1_
     with torch.inference_mode():
         emb0, emb1 = model.encoder(img0).clone(), model.encoder(img1).clone()
     try:
-        _export_one(model, (img0, img1), partial.pair, ["img0", "img1"], "logit")
-        _export_one(_EncoderOnly(model).eval(), (img0,), partial.encoder, ["image"], "embedding")
-        _export_one(_HeadOnly(model).eval(), (emb0, emb1), partial.head, ["emb0", "emb1"], "logit")
+        _export_one(model, (img0, img1), partial.pair, ["img0", "img1"], "logit", opset)
+        _export_one(_EncoderOnly(model).eval(), (img0,), partial.encoder, ["image"], "embedding", opset)
+        _export_one(_HeadOnly(model).eval(), (emb0, emb1), partial.head, ["emb0", "emb1"], "logit", opset)
         for part, path in zip(("pair", "encoder", "head"), partial.all()):
             _stamp(path, metadata_for(metadata, size, part))
         checks = check_against_torch(model, partial, img0_uint8, img1_uint8)

@@ -428,7 +428,31 @@ def test_timing_cache_file_names_version_and_gpu(tmp_path):
 
 
 def test_export_opset_is_read_for_the_parser_check(tiny_onnx):
+    from kinship.engines.tensorrt_compat import opset_problem
+
     assert onnx_opset(tiny_onnx) == 18
+    assert "--opset 17" in opset_problem("8.5.3.1", onnx_opset(tiny_onnx), tiny_onnx.name)
+
+
+def test_export_at_opset_17_for_tensorrt_8(tiny_run, tmp_path, capsys):
+    """TensorRT 8.5/8.6 parse up to opset 17: the export converts, and is checked against PyTorch as always."""
+    import onnx
+
+    from kinship.engines.tensorrt_compat import opset_problem
+    from kinship.export import companion_paths, export_checkpoint
+
+    out = tmp_path / "m17.onnx"
+    code = main(["export", str(tiny_run / "model.pt"), "--out", str(out), "--opset", "17", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0 and payload["opset"] == 17 and len(payload["checks"]) == 3
+    for path in companion_paths(out).all():
+        assert onnx_opset(path) == 17 and opset_problem("8.5.3.1", onnx_opset(path)) is None
+        model = onnx.load(str(path))
+        reduces = [node for node in model.graph.node if node.op_type in ("ReduceMean", "ReduceL2")]
+        assert all({a.name for a in node.attribute} >= {"axes"} for node in reduces)  # opset-17 form: axes attribute
+    assert any(node.op_type == "ReduceL2" for node in onnx.load(str(out)).graph.node)  # the converted case is present
+    with pytest.raises(UserError, match="opset 16"):
+        export_checkpoint(tiny_run / "model.pt", tmp_path / "m16.onnx", None, None, opset=16)
 
 
 @pytest.mark.skipif(UNAVAILABLE is None, reason="TensorRT is usable here: the refusal cannot be observed")

@@ -14,6 +14,9 @@ def register(subparsers) -> None:
     export.add_argument("checkpoint", type=Path, help="RUN_DIR/model.pt")
     export.add_argument("--out", type=Path, required=True, help="FILE.onnx (encoder and head are written beside it)")
     export.add_argument("--data", type=Path, help="data set for the check on real images (default: the run's data)")
+    export.add_argument("--opset", type=int, choices=(17, 18), default=18,
+                        help="ONNX opset (default 18); 17 for TensorRT 8.5/8.6, whose ONNX parsers stop at 17 "
+                             "(a Tesla M40 needs TensorRT 8.5.3)")
     add_json_flag(export)
     export.set_defaults(handler=run_export)
 
@@ -58,17 +61,19 @@ def run_export(args) -> int:
         raise UserError(f"{args.checkpoint} records no image size: not a trained kinship model")
     with progress_bars(enabled=not args.json) as on_progress:
         img0, img1 = validation_sample(data_dir, metadata, size, on_progress=on_progress)
-        files, checks = export_checkpoint(args.checkpoint, args.out, img0, img1)
+        files, checks = export_checkpoint(args.checkpoint, args.out, img0, img1, opset=args.opset)
     result = {
         "files": {name: str(path) for name, path in zip(("pair", "encoder", "head"), files.all())},
         "sizes": {name: path.stat().st_size for name, path in zip(("pair", "encoder", "head"), files.all())},
         "checks": [check.__dict__ for check in checks],
+        "opset": args.opset,
     }
     if args.json:
         print_json(result)
     else:
         rows = [(c.name, c.samples, c.max_abs_diff, c.max_rel_diff) for c in checks]
-        console.print(table("ONNX Runtime vs PyTorch (rtol 1e-3, atol 1e-5): passed", ["file", "samples", "max abs diff", "max rel diff"], rows))
+        console.print(table(f"ONNX opset {args.opset}; ONNX Runtime vs PyTorch (rtol 1e-3, atol 1e-5): passed",
+                            ["file", "samples", "max abs diff", "max rel diff"], rows))
     return 0
 
 

@@ -36,12 +36,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Precision:
-    """Where and how arithmetic runs: device, autocast dtype (None = fp32) and whether to scale loss."""
+    """Where and how arithmetic runs: device, autocast dtype (None = fp32), whether to scale loss, and why."""
 
     device: torch.device
     backend: str  # "cpu", "cuda" or "rocm"
     autocast_dtype: torch.dtype | None
     scale_loss: bool
+    why: str = ""  # how --amp was resolved on this device
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -50,27 +51,70 @@ class Precision:
 
     def describe(self) -> str:
         amp = "off" if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", "")
-        return f"{self.backend} ({self.device}), AMP {amp}{' + grad scaler' if self.scale_loss else ''}"
+        scaler = " + grad scaler" if self.scale_loss else ""
+        return f"{self.backend} ({self.device}), AMP {amp}{scaler}" + (f" ({self.why})" if self.why else "")
+
+
+AMP_MODES = ("auto", "off", "fp16", "bf16", "on")  # "on": the rule before auto knew architectures (bf16 wherever
+# torch says the GPU supports it, else fp16; bf16 on a CPU), kept as an alias so old configs mean what they meant
+# ROCm architectures with fast bf16 matrix arithmetic: CDNA2 (gfx90a), CDNA3 (gfx94x) and RDNA3 (gfx11xx). RDNA1 and
+# RDNA2 (gfx101x, gfx103x: the RX 6900 XT is gfx1030) have none: fp16 with a scaler is what speeds them up.
+ROCM_FAST_BF16 = ("gfx90a", "gfx94", "gfx11")
+
+
+def amp_choice(amp: str, backend: str, arch: str = "", capability: tuple[int, int] | None = None,
+               bf16_supported: bool = False) -> tuple[str | None, str]:
+    """(``"fp16"``, ``"bf16"`` or None for FP32, why) for ``--amp`` on a device: a pure function of the backend
+    (``cpu``, ``cuda``, ``rocm``), the ROCm architecture name (``gcnArchName``, e.g. ``gfx1030``) or the CUDA compute
+    capability, and (for ``on`` only) what ``torch.cuda.is_bf16_supported()`` said. fp16 always trains with a scaler.
+
+    ``auto``: off on a CPU (autocast rarely pays there); bf16 where it is fast (CUDA SM 8.0+, ROCm gfx90a/gfx94x/
+    gfx11xx); fp16 elsewhere (CUDA before SM 8.0, RDNA1/RDNA2, any other ROCm architecture). ``fp16``/``bf16``/``off``
+    are taken as asked.
+    """
+    if amp not in AMP_MODES:
+        raise UserError(f"unknown amp mode {amp!r}: choose auto, off, fp16 or bf16 (on: bf16 where torch supports it)")
+    if amp in ("off", "fp16", "bf16"):
+        return (None if amp == "off" else amp), f"--amp {amp}"
+    if backend == "cpu":
+        return ("bf16", "--amp on: bf16 on the CPU") if amp == "on" else (None, "auto: AMP off on a CPU")
+    if amp == "on":
+        return ("bf16", "--amp on: torch supports bf16 here") if bf16_supported else ("fp16", "--amp on: no bf16 here")
+    if backend == "rocm":
+        base = arch.split(":")[0].strip().lower()
+        if base.startswith(ROCM_FAST_BF16):
+            return "bf16", f"auto: {base} has fast bf16"
+        return "fp16", f"auto: {base or 'this ROCm GPU'} has no fast bf16 (RDNA1/RDNA2 and older)"
+    if capability is not None and tuple(capability) >= (8, 0):
+        return "bf16", f"auto: SM {capability[0]}.{capability[1]} has fast bf16"
+    shown = f"SM {capability[0]}.{capability[1]}" if capability is not None else "this GPU"
+    return "fp16", f"auto: {shown} has no fast bf16 (before SM 8.0)"
+
+
+def _gpu_arch() -> tuple[str, str, tuple[int, int] | None]:
+    """(backend, ROCm architecture name, CUDA compute capability) of GPU 0."""
+    if getattr(torch.version, "hip", None):
+        return "rocm", str(getattr(torch.cuda.get_device_properties(0), "gcnArchName", "")), None
+    return "cuda", "", tuple(torch.cuda.get_device_capability(0))
 
 
 def choose_precision(device: str, amp: str) -> Precision:
-    """Resolve ``--device`` and ``--amp``: fp16 + scaler (or bf16) on GPUs, bf16 on CPU only if asked."""
+    """Resolve ``--device`` and ``--amp`` (``amp_choice``): on GPUs fp16 + scaler or bf16 by architecture, off on
+    a CPU unless asked."""
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown device {device!r}: choose auto, cpu or cuda")
-    if amp not in ("auto", "on", "off"):
-        raise UserError(f"unknown amp mode {amp!r}: choose auto, on or off")
+    amp_choice(amp, "cpu")  # a bad --amp fails before looking for a GPU
     use_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_gpu and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA or ROCm device")
     if not use_gpu:
-        dtype = torch.bfloat16 if amp == "on" else None  # auto: CPU autocast rarely pays off
-        return Precision(torch.device("cpu"), "cpu", dtype, scale_loss=False)
-    backend = "rocm" if getattr(torch.version, "hip", None) else "cuda"
-    if amp == "off":
-        return Precision(torch.device("cuda"), backend, None, scale_loss=False)
-    if torch.cuda.is_bf16_supported():
-        return Precision(torch.device("cuda"), backend, torch.bfloat16, scale_loss=False)
-    return Precision(torch.device("cuda"), backend, torch.float16, scale_loss=True)
+        backend, arch, capability, bf16 = "cpu", "", None, False
+    else:
+        backend, arch, capability = _gpu_arch()
+        bf16 = amp == "on" and torch.cuda.is_bf16_supported()
+    dtype, why = amp_choice(amp, backend, arch, capability, bf16)
+    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype)
+    return Precision(torch.device("cuda" if use_gpu else "cpu"), backend, autocast, scale_loss=dtype == "fp16", why=why)
 
 
 @dataclass

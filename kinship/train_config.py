@@ -36,7 +36,8 @@ class TrainConfig:
     embedding_dim: int = 128
     pool_grid: int = 1  # encoder's pooled layout: 1 = global average, 2 or 4 = a coarse grid that keeps position
     arch: str = "residual"
-    amp: str = "auto"  # auto | on | off
+    amp: str = "auto"  # auto | off | fp16 | bf16: auto = bf16 where fast (CUDA SM 8.0+, ROCm gfx90a/gfx94x/gfx11xx),
+    # fp16 + grad scaler on other GPUs (pre-Ampere, RDNA1/RDNA2), off on a CPU; "on" = the old rule (kinship.train)
     device: str = "auto"  # auto | cpu | cuda (ROCm shows up as cuda too)
     seed: int = 0
     pairs_per_relationship: int = 1  # positives drawn per relationship per epoch

@@ -26,7 +26,11 @@ def register(subparsers) -> None:
                         help="encoder pools its last feature map to a GRID x GRID layout (1 = global average)")
     parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim, help="width of the face embedding")
     parser.add_argument("--arch", choices=("residual", "seed"), default=defaults.arch, help="seed = the original 3-layer CNN")
-    parser.add_argument("--amp", choices=("auto", "on", "off"), default=defaults.amp)
+    parser.add_argument("--amp", choices=("auto", "off", "fp16", "bf16", "on"), default=defaults.amp,
+                        help="mixed precision: auto (default) = bf16 where the GPU has fast bf16 (CUDA SM 8.0+, ROCm "
+                             "gfx90a/gfx94x/gfx11xx), fp16 + grad scaler on other GPUs (pre-Ampere, RDNA1/RDNA2), "
+                             "off on a CPU; fp16 / bf16 / off as asked; on = the old rule (bf16 wherever torch "
+                             "supports it, else fp16; bf16 on a CPU)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--pairs-per-relationship", type=int, default=defaults.pairs_per_relationship,

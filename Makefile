@@ -49,5 +49,14 @@ browser:
 test: setup browser
 	$(BIN)/python tests/run_lanes.py
 
+# What this host's GPU does for the project (scripts/gpu_check.py, README "GPU generations"): AMP vs FP32 training,
+# PyTorch pairs/s on the GPU and the TensorRT engines where TensorRT supports it; one table, out/gpu-check/gpu-check.json,
+# about 5 minutes. Needs torch and the library only. Without a CUDA/ROCm GPU: one line, exit 2 (GPU_CHECK_ARGS=--cpu
+# runs the same steps on the CPU with tiny sizes).
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check: setup
+	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf $(VENV) .kinship-cache

@@ -169,3 +169,18 @@ def test_hardware_support_per_backend():
     assert hardware_support("pytorch", "fp32") == ("native", "")
     skipped = EngineOutcome("tensorrt", "tf32", "tf32", "not applicable", build=BuildFacts(None, 0, 0.0, ["TF32 needs SM 8.0+"]))
     assert outcome_hardware(skipped) == ("not applicable", "TF32 needs SM 8.0+")
+
+
+def test_engines_cli_and_report_say_when_a_precision_runs_on_fp32_kernels(tiny_onnx, tiny_data, tmp_path, capsys):
+    from kinship.cli import main
+
+    code = main(["engines", "--onnx", str(tiny_onnx), "--data", str(tiny_data), "--out", str(tmp_path),
+                 "--backend", "onnxruntime", "--precisions", "fp32,fp16", "--bench-batches", "",
+                 "--validation-pairs", "64"])
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert code == 0 and "fp16 on this device: runs FP32 kernels on this CPU (ONNX Runtime's CPU provider" in out
+    assert "fp32 on this device" not in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {row["variant"]: row["hardware"] for row in report["results"]} == {
+        "fp32": "native", "fp16": "runs FP32 kernels on this CPU"}
+    assert "| onnxruntime | fp16 | ok (runs FP32 kernels on this CPU) |" in (tmp_path / "report.md").read_text()

@@ -98,11 +98,17 @@ def _row(record) -> list:
 
 
 def _print(result) -> None:
+    from kinship.engines.outcome import STATUS_BUILT
+    from kinship.engines.registry import outcome_hardware
+
     columns = ["precision", "status", "kB", "max|dlogit|", "agree", "AUC", "dAUC", "pairs/s"]
     title = f"{result.backend_note}\n{result.validation['pairs']} validation pairs; FP32 reference AUC {result.reference['auc']:.4f}"
     console.print(table(title, columns, [_row(r) for r in result.records]))
     for record in result.records:
         if record.reason:
             console.print(f"[bold]{record.variant}[/bold]: {escape(record.reason)}")
+        state, evidence = outcome_hardware(record)
+        if record.status == STATUS_BUILT and state not in ("", "native"):  # built, but not in its precision here
+            console.print(f"[bold]{record.variant}[/bold] on this device: {escape(state)} ({escape(evidence)})")
     for path in result.report_files:
         console.print(f"wrote {path}")

@@ -4,7 +4,7 @@
 Both run the same tiny configuration on the same synthetic data set, each after one untimed warm-up
 (image caches filled, bytecode compiled). The timed ``kinship/full`` runs pass ``force: true`` so no
 stage is served from the Prefect cache: both sides do all the work. Wall time is what a person waits:
-from the command's start to its return (``prefect deployment run --watch`` / ``kinship pipeline``).
+from the command's start to its return (``deployments/follow.py``, as ``make run`` does / ``kinship pipeline``).
 
 The report also splits the flow's time: how long each flow run waited for its worker to pick it up and
 start (created -> running, with its p95 over every flow run), and how long it ran.
@@ -77,7 +77,7 @@ def time_pipeline(stack: driver.LocalStack, data: Path, out: Path) -> float:
 
 def time_full(stack: driver.LocalStack, force: bool) -> tuple[float, dict]:
     parameters = {"dataset_uri": DATA_URI, "train": TRAIN, "precisions": PRECISIONS, "engines": ENGINES, "force": force}
-    outcome = driver.run_deployment(stack, "kinship/full", parameters, timeout=1800)
+    outcome = driver.follow_deployment(stack, "kinship/full", parameters, timeout=1800)  # what make run waits on
     if outcome.returncode != 0:
         raise SystemExit(f"kinship/full failed:\n{outcome.output[-3000:]}")
     return outcome.seconds, {**timeline(stack, outcome.flow_run_id), "gantt": gantt(stack, outcome.flow_run_id)}

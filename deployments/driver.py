@@ -126,6 +126,21 @@ def run_deployment(stack: LocalStack, name: str, parameters: dict | None = None,
     return RunOutcome(match.group(1) if match else None, seconds, done.returncode, done.stdout + done.stderr)
 
 
+STARTED_LINE = re.compile(r"^started \S+ run .* \(([0-9a-f-]{36})\)", re.MULTILINE)
+
+
+def follow_deployment(stack: LocalStack, name: str, parameters: dict | None = None, timeout: float = 1200) -> RunOutcome:
+    """``deployments/follow.py NAME --params JSON``, what ``make run`` waits on; returns when the run is final."""
+    argv = [str(VENV_BIN / "python"), str(REPO / "deployments" / "follow.py"), name]
+    if parameters:
+        argv += ["--params", json.dumps(parameters)]
+    started = time.perf_counter()
+    done = command(stack, argv, timeout=timeout, check=False)
+    seconds = time.perf_counter() - started
+    match = STARTED_LINE.search(done.stdout)
+    return RunOutcome(match.group(1) if match else None, seconds, done.returncode, done.stdout + done.stderr)
+
+
 # ---------------------------------------------------------------- reading runs back
 
 

@@ -310,6 +310,7 @@ class Follower:
     task_names: dict[str, str] = field(default_factory=dict)
     outage_since: float | None = None
     outage_reported: bool = False
+    parent_closed: bool = False  # the parent's own last line ("Finished in state ...") has been read
 
     def __post_init__(self) -> None:
         self.tree = RunTree(self.parent_id)
@@ -318,7 +319,11 @@ class Follower:
         """One round: the runs, their new states and log lines; the parent's record."""
         records = self.tree.refresh(self.api)
         self.feed.add(self.tree.state_lines(records))
-        self.feed.add(read_logs(self.api, list(self.tree.runs), self.feed.since()))
+        entries = read_logs(self.api, list(self.tree.runs), self.feed.since())
+        self.feed.add(entries)
+        self.parent_closed = self.parent_closed or any(
+            e.get("flow_run_id") == self.parent_id and e.get("task_run_id") is None
+            and FLOW_FINISHED.match(str(e.get("message", ""))) for e in entries)
         self._name_tasks()
         return records[0]
 
@@ -369,9 +374,10 @@ class Follower:
             if (parent.get("state") or {}).get("type") in FINAL_STATES:
                 break
             time.sleep(self.poll_s)
-        # The final state is set before the runs' last log batches reach the server: read until they are in.
+        # The final state is set before the runs' last log batches reach the server: read until they are in, that
+        # is until the parent's own closing line has arrived (its process sends it last), or for drain_s at most.
         deadline = time.monotonic() + self.drain_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.parent_closed:
             time.sleep(self.poll_s)
             parent = self.poll()
             self.print_ready()

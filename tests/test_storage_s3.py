@@ -389,7 +389,10 @@ def test_an_interrupted_push_leaves_no_parts(tmp_path: Path, settings: StoreSett
     base = f"{settings.prefix}/datasets/set"
     push = subprocess.Popen([sys.executable, "-c", SLOW_PARTS, "data", "push", str(tmp_path / "set"),
                              f"s3://{s3_env.bucket}/{base}", "--shard-mib", "0"], env=cli_env(s3_env, tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as in a terminal: a suite started in the background of a shell without job control
+                            # inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not incomplete_uploads(s3_env, f"{base}/").get(f"{base}/big.bin"):  # begun, part 1 stored
         assert push.poll() is None and time.monotonic() < deadline, push.communicate()

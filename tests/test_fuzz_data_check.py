@@ -111,8 +111,8 @@ def build(root: Path, outside: Path, spec: dict) -> None:
     for folder, name, kind, content in spec["entries"]:
         _plant(root / folder, name, kind, content, outside)
     for name, (header, rows) in spec["csvs"].items():
-        if (root / name).is_dir() or (root / name).is_symlink():
-            continue
+        if os.path.lexists(root / name) and ((root / name).is_symlink() or not (root / name).is_file()):
+            continue  # a planted folder, link or fifo took the name (writing to a fifo would block for ever)
         body = b"\n".join([header, *rows]) + b"\n"
         if spec["long_row"] and name == "train_relationships.csv":
             body += b"F0001/MID1," + b"y" * 70_000 + b"\n"

@@ -106,7 +106,8 @@ def deploy(stack: LocalStack) -> str:
 
 @dataclass
 class RunOutcome:
-    """One ``prefect deployment run --watch``: the flow run, its wall time from the client's view, the exit code."""
+    """One run waited on by a client (``prefect deployment run --watch`` or the follower): the flow run, its wall
+    time from the client's view, the exit code."""
 
     flow_run_id: str | None
     seconds: float
@@ -117,13 +118,7 @@ class RunOutcome:
 def run_deployment(stack: LocalStack, name: str, parameters: dict | None = None, timeout: float = 1200) -> RunOutcome:
     """``prefect deployment run NAME --params JSON --watch``; returns when the run is final."""
     argv = [str(VENV_BIN / "prefect"), "deployment", "run", name, "--watch", "--watch-interval", "1"]
-    if parameters:
-        argv += ["--params", json.dumps(parameters)]
-    started = time.perf_counter()
-    done = command(stack, argv, timeout=timeout, check=False)
-    seconds = time.perf_counter() - started
-    match = UUID_LINE.search(done.stdout)
-    return RunOutcome(match.group(1) if match else None, seconds, done.returncode, done.stdout + done.stderr)
+    return _timed_run(stack, argv, parameters, UUID_LINE, timeout)
 
 
 STARTED_LINE = re.compile(r"^started \S+ run .* \(([0-9a-f-]{36})\)", re.MULTILINE)
@@ -132,12 +127,18 @@ STARTED_LINE = re.compile(r"^started \S+ run .* \(([0-9a-f-]{36})\)", re.MULTILI
 def follow_deployment(stack: LocalStack, name: str, parameters: dict | None = None, timeout: float = 1200) -> RunOutcome:
     """``deployments/follow.py NAME --params JSON``, what ``make run`` waits on; returns when the run is final."""
     argv = [str(VENV_BIN / "python"), str(REPO / "deployments" / "follow.py"), name]
+    return _timed_run(stack, argv, parameters, STARTED_LINE, timeout)
+
+
+def _timed_run(stack: LocalStack, argv: list[str], parameters: dict | None, id_line: re.Pattern,
+               timeout: float) -> RunOutcome:
+    """Run a command that starts a flow run and waits for it; its wall time and the run id its output names."""
     if parameters:
-        argv += ["--params", json.dumps(parameters)]
+        argv = [*argv, "--params", json.dumps(parameters)]
     started = time.perf_counter()
     done = command(stack, argv, timeout=timeout, check=False)
     seconds = time.perf_counter() - started
-    match = STARTED_LINE.search(done.stdout)
+    match = id_line.search(done.stdout)
     return RunOutcome(match.group(1) if match else None, seconds, done.returncode, done.stdout + done.stderr)
 
 

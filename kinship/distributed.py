@@ -167,27 +167,27 @@ def _rendezvous(config: TrainConfig) -> list[str]:
 
 def _watch(process: subprocess.Popen, run_dir: Path, config: TrainConfig, on_progress, on_checkpoint) -> int:
     """Until torchrun ends: one progress event (and checkpoint call) per epoch rank 0 completes; epochs seen."""
-    seen = _epochs_done(run_dir)
+    seen = len(_epochs_done(run_dir))
     while process.poll() is None:
         time.sleep(1.0)
-        done = _epochs_done(run_dir)
-        if done > seen:
-            seen = done
-            last = json.loads((run_dir / "metrics.json").read_text())["epochs"][-1]
+        epochs = _epochs_done(run_dir)
+        if len(epochs) > seen:
+            seen, last = len(epochs), epochs[-1]
             # the line single-process training logs, on its logger: whoever shows epochs sees these too
-            logging.getLogger("kinship.train").info("epoch %d: %s", done, last)
-            on_progress(ProgressEvent(f"epoch {done}/{config.epochs}", done, config.epochs,
+            logging.getLogger("kinship.train").info("epoch %d: %s", seen, last)
+            on_progress(ProgressEvent(f"epoch {seen}/{config.epochs}", seen, config.epochs,
                                       {k: last[k] for k in ("train_loss", "val_auc", "images_per_second") if k in last}))
             if on_checkpoint is not None:
-                on_checkpoint(done)
+                on_checkpoint(seen)
     return seen
 
 
-def _epochs_done(run_dir: Path) -> int:
+def _epochs_done(run_dir: Path) -> list[dict]:
+    """Rank 0's epoch records so far (none while ``metrics.json`` is absent)."""
     try:
-        return len(json.loads((run_dir / "metrics.json").read_text())["epochs"])
-    except (OSError, ValueError, KeyError):
-        return 0
+        return list(json.loads((run_dir / "metrics.json").read_text())["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _failure_line(log_path: Path, code: int, config: TrainConfig, epochs: int) -> str:

@@ -104,11 +104,11 @@ def fetch_dataset(uri: str, settings: StoreSettings | None = None, on_progress: 
 
     started = time.perf_counter()
     outcome = cache.obtain(sha256, uri, fill, expected)
+    seconds = time.perf_counter() - started
     log.info("data set %s: %s in %.1f s (verified in %.1f s)%s", uri,
              {"hit": "this host's copy reused", "filled": "fetched", "refilled": "damaged copy fetched again"}[outcome.status],
-             time.perf_counter() - started, outcome.verify_s,
-             f"; evicted {len(outcome.evicted)} older copies" if outcome.evicted else "")
-    on_progress(ProgressEvent("data set ready", 1, 1, {"cache": outcome.status, "seconds": time.perf_counter() - started,
+             seconds, outcome.verify_s, f"; evicted {len(outcome.evicted)} older copies" if outcome.evicted else "")
+    on_progress(ProgressEvent("data set ready", 1, 1, {"cache": outcome.status, "seconds": seconds,
                                                        "verify_s": outcome.verify_s, "evicted": list(outcome.evicted)}))
     return DatasetHandle(uri, sha256, outcome.path)
 

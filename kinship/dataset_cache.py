@@ -145,6 +145,13 @@ class DatasetCache:
                 self._record(path.name, uri, None, filled=False)
         return CacheOutcome(path, status, verify_s, tuple(self.evict(keep={path.name})), problem)
 
+    def check_fits(self, needed: int, what: str) -> None:
+        """Raise one ``UserError`` naming ``what`` when a copy of ``needed`` bytes is larger than the whole cap:
+        eviction runs only after a fill, so it cannot bound the fill itself."""
+        if needed > self.settings.max_bytes:
+            raise UserError(f"{what}: {needed / GiB:.2f} GB is more than this host's cache may hold "
+                            f"(KINSHIP_CACHE_MAX_GB={self.settings.max_bytes / GiB:g}); raise the cap to fetch it")
+
     def entries(self) -> list[EntryInfo]:
         """The recorded copies and decoded-image arrays (named ``images/<key>``), least recently used first."""
         found = []

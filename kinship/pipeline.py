@@ -94,6 +94,8 @@ def fetch_dataset(uri: str, settings: StoreSettings | None = None, on_progress: 
     cache = DatasetCache(CacheSettings.from_env(settings.scratch))
 
     def fill(dest: Path) -> None:
+        listed = manifest_files(json.loads(manifest.read_bytes()), uri, f"{uri}/{MANIFEST_NAME}")
+        cache.check_fits(sum(size for _, size in listed.values()), uri)
         store.get_tree(uri, dest, on_progress)
         if file_digest(dest / MANIFEST_NAME)[0] != sha256:
             shutil.rmtree(dest, ignore_errors=True)

@@ -32,6 +32,7 @@ MIN_SHARD_BYTES = 64 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SHARD_KEY = re.compile(rf"^{SHARD_FOLDER}/\d{{6}}-[0-9a-f]{{16}}\.tar$")
 _COPY_BLOCK = 1 * MiB
+_PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)  # what we write; isreg() also admits sparse and contiguous files
 
 
 class ShardIntegrityError(UserError):
@@ -100,11 +101,25 @@ def parse_manifest(document: object, name: str, check_key: Callable[[str, str], 
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise UserError(f"{name}: malformed sharded manifest ({error})") from None
     counted = [0] * len(shards)
+    needed = [0] * len(shards)
     for entry in files.values():
         counted[entry.shard] += 1
+        needed[entry.shard] += tarfile.BLOCKSIZE + _padded(entry.size)
     if counted != [shard.members for shard in shards]:
         raise UserError(f"{name}: malformed sharded manifest (member counts do not match the file list)")
+    for shard, bytes_needed in zip(shards, needed):
+        # Each member takes at least a header block and its padded data inside the shard, so listed sizes that add
+        # up to more than the shard's own size can only come from sparse or forged members: refused before any
+        # byte is written, which bounds what unpacking a shard can write by its verified size.
+        if bytes_needed > shard.size:
+            raise UserError(f"{name}: malformed sharded manifest ({shard.key} lists members of {bytes_needed} "
+                            f"bytes with headers, which do not fit its {shard.size} bytes)")
     return ShardedManifest(shards, files)
+
+
+def _padded(size: int) -> int:
+    """``size`` rounded up to tar's 512-byte blocks."""
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 def _shard_entry(raw: dict) -> ShardEntry:
@@ -189,7 +204,7 @@ def _member_bytes(name: str, size: int) -> int:
     padded to tar's 512-byte blocks."""
     info = tarfile.TarInfo(name)
     info.size = size
-    return len(info.tobuf(tarfile.PAX_FORMAT)) + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return len(info.tobuf(tarfile.PAX_FORMAT)) + _padded(size)
 
 
 def _archive_bytes(members: int) -> int:
@@ -238,24 +253,42 @@ def unpack_shard(shard_path: Path, dest: Path, manifest: ShardedManifest, index:
     the manifest: a regular file, listed for this shard, with its size and sha256. Returns the bytes written.
 
     Nothing outside ``dest`` can be written: names are the manifest's validated relative paths, files are
-    created exclusively and never through a link. ``what`` names the shard in errors.
+    created exclusively and never through a link. Only plain regular members are read: a sparse member (GNU or
+    PAX) expands to any size from a few bytes of shard, so it is refused like links, devices and fifos, and a
+    member's data must lie inside the shard. ``what`` names the shard in errors.
     """
     expected = manifest.members_of(index)
     seen: set[str] = set()
     written = 0
+    shard_size = os.stat(shard_path).st_size
     with tarfile.open(shard_path, mode="r:") as tar:
         for info in tar:
             entry = expected.get(info.name)
-            if entry is None or not info.isreg() or info.name in seen:
+            if entry is None or info.name in seen:
                 raise ShardIntegrityError(f"{what}: member {info.name!r} is not listed for this shard in the manifest")
+            if info.type not in _PLAIN_TYPES or info.sparse is not None:
+                raise ShardIntegrityError(f"{what}: member {info.name} is not a plain regular file "
+                                          f"({_kind(info)}); nothing was kept")
             if info.size != entry.size:
                 raise ShardIntegrityError(f"{what}: member {info.name} has {info.size} bytes, the manifest says {entry.size}")
+            if info.offset_data + info.size > shard_size:
+                raise ShardIntegrityError(f"{what}: member {info.name} runs past the end of the shard")
             seen.add(info.name)
             written += _extract(tar, info, dest / info.name, entry, what)
     missing = sorted(set(expected) - seen)
     if missing:
         raise ShardIntegrityError(f"{what}: {len(missing)} listed file(s) missing, e.g. {missing[0]}")
     return written
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    """What a refused member is, in words."""
+    if info.sparse is not None or info.type == tarfile.GNUTYPE_SPARSE:
+        return "a sparse file"
+    kinds = {tarfile.LNKTYPE: "a hard link", tarfile.SYMTYPE: "a symbolic link", tarfile.CHRTYPE: "a device",
+             tarfile.BLKTYPE: "a device", tarfile.FIFOTYPE: "a fifo", tarfile.DIRTYPE: "a folder",
+             tarfile.CONTTYPE: "a contiguous file"}
+    return kinds.get(info.type, f"tar type {info.type!r}")
 
 
 def _extract(tar: tarfile.TarFile, info: tarfile.TarInfo, target: Path, entry: MemberEntry, what: str) -> int:

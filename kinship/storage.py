@@ -798,10 +798,14 @@ class _BaseStore:
             finally:
                 unlink_quietly(part)
 
+        workers = max(1, min(self.settings.max_workers, len(manifest.shards)))
+        # the unpacked files, plus the shards being downloaded at once (each is deleted once unpacked)
+        in_flight = sum(sorted((shard.size for shard in manifest.shards), reverse=True)[:workers])
+        check_room(dest.parent, manifest.total_bytes + in_flight, self._uri_of(prefix_loc))
         try:
             temp.mkdir()
             downloads.mkdir()
-            with ThreadPoolExecutor(max_workers=max(1, min(self.settings.max_workers, len(manifest.shards)))) as pool:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
                 for future in as_completed([pool.submit(fetch_one, i, s) for i, s in enumerate(manifest.shards)]):
                     future.result()
             _move_into_place(temp, dest, manifest_bytes)
@@ -831,6 +835,10 @@ class _BaseStore:
         temp = temp_sibling(dest)
         targets = [(ref, temp / _relative_key(parse_uri(ref.uri), prefix_loc)) for ref in manifest.values()]
         workers = max(1, min(self.settings.max_workers, len(targets)))
+        # each file lands in the download cache first, then is copied into the tree (on the same disk, or not)
+        total = sum(ref.size for ref in manifest.values())
+        check_room(dest.parent, total, self._uri_of(prefix_loc))
+        check_room(self.cache.root.parent, total, self._uri_of(prefix_loc))
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 futures = [pool.submit(self.get_file, ref, target) for ref, target in targets]
@@ -841,6 +849,18 @@ class _BaseStore:
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         return dest
+
+
+def check_room(folder: Path, needed: int, what: str) -> None:
+    """Raise one ``UserError`` naming ``what`` unless the disk holding ``folder`` has ``needed`` bytes free: checked
+    before a fetch writes anything, so a data set too large for the disk fails at once instead of filling it."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise UserError(f"{what}: needs {needed / 1e9:.2f} GB on the disk of {folder}, which has "
+                        f"{free / 1e9:.2f} GB free; nothing was fetched")
 
 
 def _move_into_place(temp: Path, dest: Path, manifest_bytes: bytes) -> None:

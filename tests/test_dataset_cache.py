@@ -17,6 +17,7 @@ import pytest
 
 from kinship.cli import main
 from kinship.dataset_cache import CacheSettings, DatasetCache, hold
+from kinship.errors import UserError
 from kinship.pipeline import fetch_dataset
 from kinship.storage import StoreSettings, store_from_uri
 
@@ -164,3 +165,13 @@ def test_a_copy_being_read_is_still_reused_at_once(tmp_path: Path, scratch: Path
         second.start()
         second.join(timeout=30)
         assert outcome == [(path, "hit")]  # verified and reused under a shared lock: no wait for the reader
+
+
+def test_a_set_larger_than_the_whole_cap_is_refused_before_its_fill(tmp_path: Path, scratch: Path, monkeypatch) -> None:
+    """Eviction runs after a fill, so it cannot bound one: the fill is checked against the cap before it writes."""
+    uri = push_set(tmp_path, "a")  # 120 KiB of files
+    monkeypatch.setenv("KINSHIP_CACHE_MAX_GB", str(60 * KiB / 1024**3))
+    with pytest.raises(UserError, match="more than this host's cache may hold"):
+        fetch(uri, scratch)
+    copies = [p for p in (scratch / "datasets").iterdir() if not p.name.startswith(".")]
+    assert copies == [] and not list((scratch / "datasets").rglob("*.jpg"))

@@ -12,7 +12,7 @@ import pytest
 
 from kinship.cli import main
 from kinship.errors import UserError
-from kinship.shards import SHARDED_FORMAT, ShardIntegrityError, pack_shards
+from kinship.shards import SHARDED_FORMAT, MemberEntry, ShardedManifest, ShardEntry, ShardIntegrityError, pack_shards, unpack_shard
 from kinship.storage import MANIFEST_NAME, IntegrityError, LocalStore, StoreSettings, store_from_uri
 
 KiB = 1024
@@ -133,7 +133,7 @@ def add(tar: tarfile.TarFile, name: str, data: bytes, kind: bytes = tarfile.REGT
 
 @pytest.mark.parametrize("case, why", [
     ("unlisted", "is not listed for this shard"),
-    ("symlink", "is not listed for this shard"),
+    ("symlink", "is not a plain regular file (a symbolic link)"),
     ("escape", "is not listed for this shard"),
     ("swapped", "does not match its sha256"),
     ("missing", "listed file(s) missing"),
@@ -184,3 +184,78 @@ def test_a_sharded_manifest_read_as_objects_names_the_mismatch(tmp_path: Path, s
     store, uri, _ = pushed(tmp_path, settings, tmp_path / "src")
     with pytest.raises(UserError, match="sharded data set manifest"):
         LocalStore(tmp_path / "store" / "set", settings).read_manifest(f"{uri}/{MANIFEST_NAME}")
+
+
+MiB = 1024 * KiB
+
+
+def sparse(tar: tarfile.TarFile, name: str, size: int) -> None:
+    """A PAX (GNU 0.1) sparse member: one hole of ``size`` bytes, no data in the shard at all."""
+    info = tarfile.TarInfo(name)
+    info.pax_headers = {"GNU.sparse.map": "0,0", "GNU.sparse.size": str(size)}
+    tar.addfile(info)
+
+
+def shard_of(path: Path, build) -> Path:
+    with tarfile.open(path, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        build(tar)
+    return path
+
+
+@pytest.mark.parametrize("build, kind", [
+    (lambda t: sparse(t, "a.txt", 4 * MiB), "a sparse file"),
+    (lambda t: add(t, "a.txt", b"", tarfile.LNKTYPE, "b.txt"), "a hard link"),
+    (lambda t: add(t, "a.txt", b"", tarfile.CHRTYPE), "a device"),
+    (lambda t: add(t, "a.txt", b"", tarfile.BLKTYPE), "a device"),
+    (lambda t: add(t, "a.txt", b"", tarfile.FIFOTYPE), "a fifo"),
+    (lambda t: add(t, "a.txt", b"", tarfile.DIRTYPE), "a folder"),
+], ids=["sparse", "hardlink", "chardev", "blockdev", "fifo", "folder"])
+def test_only_plain_regular_members_are_unpacked(tmp_path: Path, build, kind: str) -> None:
+    """A sparse member expands to any size from a few bytes of shard (tarfile's isreg() accepts it); it is refused
+    before a byte is written, even when the manifest lists its true size and digest, as links, devices and fifos."""
+    import hashlib
+
+    shard = shard_of(tmp_path / "shard.tar", build)
+    with tarfile.open(shard) as tar:
+        size = tar.getmembers()[0].size
+    digest = hashlib.sha256(b"\0" * size).hexdigest()  # the honest digest of what a sparse member expands to
+    manifest = ShardedManifest((ShardEntry("shards/000000-0000000000000000.tar", "0" * 64, shard.stat().st_size, 1),),
+                               {"a.txt": MemberEntry(digest, size, 0, 0)})
+    with pytest.raises(ShardIntegrityError, match=f"a.txt is not a plain regular file \\({kind}\\)"):
+        unpack_shard(shard, tmp_path / "out", manifest, 0, "shard 0")
+    assert not list((tmp_path / "out").rglob("*.txt")) if (tmp_path / "out").exists() else True
+
+
+def test_a_manifest_whose_members_do_not_fit_their_shard_is_refused_before_writing(tmp_path: Path,
+                                                                                   settings: StoreSettings) -> None:
+    """The reported attack: a 10 KiB shard holding a sparse member of many MiB, the manifest agreeing with it."""
+    import hashlib
+
+    write(tmp_path / "src" / "a.txt", b"alpha")
+    store, uri, _ = pushed(tmp_path, settings, tmp_path / "src")
+    size = 8 * MiB
+    rewrite_shard(tmp_path / "store" / "set", 0, lambda t: sparse(t, "a.txt", size))
+    manifest_path = tmp_path / "store" / "set" / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["a.txt"].update(size=size, sha256=hashlib.sha256(b"\0" * size).hexdigest())
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    manifest_path.write_bytes(data)
+    (tmp_path / "store" / "set" / ".kinship-meta" / f"{MANIFEST_NAME}.json").write_text(
+        json.dumps({"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}))
+    with pytest.raises(UserError, match="do not fit its 10240 bytes"):
+        store.get_tree(uri, tmp_path / "got")
+    assert not (tmp_path / "got").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size >= MiB]
+
+
+def test_a_fetch_larger_than_the_free_disk_writes_nothing(tmp_path: Path, settings: StoreSettings, monkeypatch) -> None:
+    import shutil
+
+    from kinship import storage
+
+    make_set(tmp_path / "src", count=10)
+    store, uri, _ = pushed(tmp_path, settings, tmp_path / "src")
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 50 * KiB))
+    with pytest.raises(UserError, match="needs 0.00 GB on the disk of .* which has 0.00 GB free; nothing was fetched"):
+        store.get_tree(uri, tmp_path / "got")
+    assert not (tmp_path / "got").exists() and not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]

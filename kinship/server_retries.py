@@ -11,9 +11,11 @@ import json
 import math
 import os
 import random
+import re
 import time
 import urllib.error
 import urllib.request
+import uuid
 from base64 import b64encode
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -22,14 +24,47 @@ from email.utils import parsedate_to_datetime
 def prefect_request(api_url: str, path: str, auth_string: str | None, body: dict | None = None,
                     method: str | None = None, timeout: float = 30) -> object:
     """JSON answer of a Prefect REST call (POST when ``body`` is given), retried as Prefect's client retries;
-    HTTP errors that are not retryable (401, 404, 422...) and refused connections raise at once."""
+    HTTP errors that are not retryable (401, 404, 422...) and refused connections raise at once.
+
+    Only a request that is safe to send twice is retried (``repeatable``): a flow-run create gets an idempotency
+    key (the same on every retry, so a create that landed before its answer was lost is returned, not made
+    again); any other create is sent once, and its caller checks what happened before trying again."""
+    method = method or ("POST" if body is not None else "GET")
+    if body is not None and method == "POST":
+        body = with_idempotency_key(path, body)
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}
     if auth_string:
         headers["Authorization"] = f"Basic {b64encode(auth_string.encode()).decode()}"
-    request = urllib.request.Request(f"{api_url}{path}", data=data, headers=headers,
-                                     method=method or ("POST" if data else "GET"))
-    return json.loads(with_server_retries(lambda: _read(request, timeout)) or b"null")
+    request = urllib.request.Request(f"{api_url}{path}", data=data, headers=headers, method=method)
+    retries = None if repeatable(method, path, body) else 0
+    return json.loads(with_server_retries(lambda: _read(request, timeout), retries) or b"null")
+
+
+# POSTs that change nothing, or that Prefect makes idempotent itself: reads (filter, count...) and the create-or-
+# return-by-name of a flow or a deployment.
+_READ_POST = re.compile(r"/(filter|count|history|paginate)/?$")
+_UPSERTS = frozenset({"/flows/", "/deployments/"})
+# Prefect's flow-run creates, which take an ``idempotency_key`` (FlowRunCreate, DeploymentFlowRunCreate).
+_RUN_CREATE = re.compile(r"^/(flow_runs/|deployments/[^/]+/create_flow_run)$")
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def with_idempotency_key(path: str, body: dict) -> dict:
+    """``body`` with a fresh ``idempotency_key`` when ``path`` creates a flow run and none was given."""
+    if _RUN_CREATE.match(path.split("?", 1)[0]) and not body.get("idempotency_key"):
+        return {**body, "idempotency_key": uuid.uuid4().hex}
+    return body
+
+
+def repeatable(method: str, path: str, body: dict | None) -> bool:
+    """Whether sending the request again after a lost answer can do no harm: idempotent methods, read-only or
+    upserting POSTs, and creates that carry an idempotency key. A 504 or a reset can come after the server acted,
+    so anything else would be done twice (two flow runs: two trainings on the GPU pool)."""
+    path = path.split("?", 1)[0]
+    if method in _IDEMPOTENT_METHODS or _READ_POST.search(path) or path in _UPSERTS:
+        return True
+    return bool(body and body.get("idempotency_key"))
 
 
 # What Prefect's own client retries (prefect/client/base.py): answers 408, 429, 502 and 503 (its SQLite locked)
@@ -39,6 +74,9 @@ def prefect_request(api_url: str, path: str, auth_string: str | None, body: dict
 RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
 MAX_RETRIES = 5
 JITTER = 0.2
+# The longest Retry-After obeyed: a server (or anything between) asking for a day would hold a run's client for
+# a day; past this, the usual retries and their limit decide.
+MAX_RETRY_AFTER_S = 60.0
 # Broken mid-request (Prefect: ReadTimeout, ReadError, WriteError, RemoteProtocolError). A refused connection
 # is not retried: Prefect retries it only once a client has connected, and a wrong URL should fail at once;
 # callers that wait out a restarting server poll with ``wait_for``.
@@ -78,11 +116,12 @@ def _retryable(error: Exception) -> bool:
 
 
 def _retry_delay(error: Exception, attempt: int) -> float:
-    """At least the server's ``Retry-After`` (up to 20 % more), else 2**attempt s with 20 % jitter either way."""
+    """At least the server's ``Retry-After`` (up to 20 % more; at most ``MAX_RETRY_AFTER_S`` of it), else
+    2**attempt s with 20 % jitter either way."""
     headers = getattr(error, "headers", None)
     asked = retry_after_seconds(headers.get("Retry-After")) if headers else None
     if asked is not None:
-        return asked * random.uniform(1, 1 + JITTER)
+        return min(asked, MAX_RETRY_AFTER_S) * random.uniform(1, 1 + JITTER)
     return 2**attempt * random.uniform(1 - JITTER, 1 + JITTER)
 
 

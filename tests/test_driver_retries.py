@@ -139,3 +139,100 @@ def test_a_refused_connection_fails_at_once() -> None:
     with pytest.raises(urllib.error.URLError):
         with_server_retries(call, sleep=lambda _: None)
     assert call.calls == 1
+
+
+# ---------------------------------------------------------------- a retried create must not create twice
+
+
+class CreatingServer(BaseHTTPRequestHandler):
+    """A Prefect-like server that acts on each create and then loses the first answer (504, as a proxy's timeout
+    after the server committed): flow runs are deduplicated by idempotency key as Prefect does, automations are
+    not (Prefect's automation create takes no key)."""
+
+    runs: list[dict] = []
+    automations: list[dict] = []
+    lost = 1
+
+    def _answer(self, status: int, payload: object) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(200, {"id": "deployment-1", "name": "full"})
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        CreatingServer.automations = [a for a in CreatingServer.automations if not self.path.endswith(a["id"])]
+        self._answer(204, None)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if self.path.endswith("/automations/filter"):
+            return self._answer(200, CreatingServer.automations)
+        if self.path.endswith("/automations/"):
+            made = {**body, "id": f"automation-{len(CreatingServer.automations)}", "created": str(len(CreatingServer.automations))}
+            CreatingServer.automations.append(made)
+        else:
+            key = body.get("idempotency_key")
+            made = next((run for run in CreatingServer.runs if key and run.get("idempotency_key") == key), None)
+            if made is None:
+                made = {**body, "id": f"run-{len(CreatingServer.runs)}"}
+                CreatingServer.runs.append(made)
+        if CreatingServer.lost:
+            CreatingServer.lost -= 1
+            return self._answer(504, {"detail": "gateway timeout"})
+        self._answer(201, made)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def creating_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CreatingServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    CreatingServer.runs, CreatingServer.automations, CreatingServer.lost = [], [], 1
+    yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_flow_run_create_whose_answer_is_lost_makes_one_run(creating_server: str) -> None:
+    from deployments import follow
+
+    run = follow.start_run(follow.Api(creating_server, "admin:x"), "kinship/full", {"n": 1})
+    assert [r["id"] for r in CreatingServer.runs] == [run["id"]]  # one run, the one returned
+    assert run["idempotency_key"]
+    CreatingServer.lost = 1  # a create through the driver's client too
+    LocalStack(Path("."), {"PREFECT_API_URL": creating_server, "PREFECT_API_AUTH_STRING": "admin:x"}).api(
+        "/deployments/deployment-1/create_flow_run", {"parameters": {}})
+    assert len(CreatingServer.runs) == 2
+
+
+def test_a_create_without_an_idempotency_key_is_not_retried(creating_server: str) -> None:
+    stack = LocalStack(Path("."), {"PREFECT_API_URL": creating_server, "PREFECT_API_AUTH_STRING": "admin:x"})
+    with pytest.raises(urllib.error.HTTPError) as error:
+        stack.api("/automations/", {"name": "a"})
+    assert error.value.code == 504 and len(CreatingServer.automations) == 1
+
+
+def test_the_stacks_automation_is_created_once_when_its_answer_is_lost(creating_server: str) -> None:
+    from infra.local import localstack
+
+    assert localstack.ensure_zombie_automation(creating_server, "admin:x", 90) == "created"
+    assert len(CreatingServer.automations) == 1
+    assert localstack.ensure_zombie_automation(creating_server, "admin:x", 90) == "unchanged"
+    CreatingServer.automations.append({**CreatingServer.automations[0], "id": "automation-9", "created": "9"})
+    assert localstack.ensure_zombie_automation(creating_server, "admin:x", 90) == "unchanged"
+    assert [a["id"] for a in CreatingServer.automations] == ["automation-0"]  # an earlier duplicate is removed
+
+
+def test_retry_after_is_capped() -> None:
+    slept: list[float] = []
+    call = flaky(http_error(503, "86400"))
+    assert with_server_retries(call, sleep=slept.append) == b"ok"
+    assert slept and slept[0] <= 60 * (1 + JITTER)  # a minute at most (MAX_RETRY_AFTER_S), not a day

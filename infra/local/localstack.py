@@ -556,24 +556,41 @@ def _automation_differs(existing: dict, wanted: dict) -> bool:
     return not (same_trigger and existing.get("enabled") and actions == [("change-flow-run-state", "CRASHED")])
 
 
+CREATE_TRIES = 3
+
+
 def ensure_zombie_automation(api_url: str, auth_string: str | None, within: int) -> str:
-    """Create (or bring back in line) the zombie automation; 'created', 'updated' or 'unchanged'."""
+    """Create (or bring back in line) the zombie automation; 'created', 'updated' or 'unchanged'.
+
+    An automation create takes no idempotency key, so it is sent once (``kinship.server_retries`` does not retry
+    it): one whose answer was lost (a 504, a reset) may have landed, so the automations are listed again before
+    another try, and copies a duplicated create left behind are removed."""
     wanted = zombie_automation(within)
+    outcome = "unchanged"
+    for _ in range(CREATE_TRIES):
+        found = _zombie_automations(api_url, auth_string)
+        if found and not _automation_differs(found[0], wanted):
+            return outcome
+        if found:
+            if prefect_api(api_url, f"/automations/{found[0]['id']}", auth_string, wanted, method="PUT") is None:
+                break
+            return "updated"
+        outcome = "created"
+        if prefect_api(api_url, "/automations/", auth_string, wanted) is not None:
+            return outcome
+    raise RuntimeError(f"the Prefect server at {api_url} refused the automation {ZOMBIE_AUTOMATION!r}")
+
+
+def _zombie_automations(api_url: str, auth_string: str | None) -> list[dict]:
+    """The automations named ``ZOMBIE_AUTOMATION``, oldest first, after deleting every one but the oldest."""
     found = prefect_api(api_url, "/automations/filter", auth_string,
-                        {"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}, "limit": 5})
+                        {"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}, "limit": 50})
     if not isinstance(found, list):
         raise RuntimeError(f"cannot list automations at {api_url}")
-    if found and not _automation_differs(found[0], wanted):
-        return "unchanged"
-    if found:
-        answer = prefect_api(api_url, f"/automations/{found[0]['id']}", auth_string, wanted, method="PUT")
-        outcome = "updated"
-    else:
-        answer = prefect_api(api_url, "/automations/", auth_string, wanted)
-        outcome = "created"
-    if answer is None:
-        raise RuntimeError(f"the Prefect server at {api_url} refused the automation {ZOMBIE_AUTOMATION!r}")
-    return outcome
+    found = sorted(found, key=lambda automation: str(automation.get("created", "")))
+    for extra in found[1:]:
+        prefect_api(api_url, f"/automations/{extra['id']}", auth_string, method="DELETE")
+    return found[:1]
 
 
 def worker_online(api_url: str, pool: str, name: str, auth_string: str | None, since: float = 0.0) -> bool:

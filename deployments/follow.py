@@ -109,7 +109,10 @@ def parse_params(pairs: Iterable[str]) -> dict:
 
 
 def start_run(api: Api, deployment: str, parameters: dict) -> dict:
-    """Create a flow run of ``flow/deployment`` (the deployment's defaults fill what ``parameters`` leaves out)."""
+    """Create a flow run of ``flow/deployment`` (the deployment's defaults fill what ``parameters`` leaves out).
+
+    The create carries an idempotency key (``prefect_request`` adds one), so a retry after a lost answer returns
+    the run the first try made instead of starting a second one."""
     flow_name, sep, name = deployment.partition("/")
     if not sep:
         raise SystemExit(f"follow: {deployment!r} is not FLOW/DEPLOYMENT (e.g. kinship/full)")

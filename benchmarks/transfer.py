@@ -123,6 +123,84 @@ def run_style(style: str, args, config: TrainConfig) -> StyleRow:
     )
 
 
+@dataclass
+class TunedRow:
+    """One style with the recipe search: defaults and tuned recipe trained the same way, scored on the same test
+    pairs; the search's own figure on its held-out families beside raw pixels there."""
+
+    style: str
+    families: int
+    defaults_test_auc: float
+    tuned_test_auc: float | None  # None: the search found no recipe above the raw-pixel floor
+    pixel_test_auc: float
+    oracle_test_auc: float
+    search_minutes: float
+    trials: dict
+    held_out_auc: float
+    pixel_held_out_auc: float
+    defaults_held_out_auc: float | None
+    tuned_val_auc: float
+    recipe: dict | None
+    pretrained_test_auc: float | None = None
+    message: str = ""
+
+
+def run_style_tuned(style: str, args, defaults: TrainConfig) -> TunedRow:
+    """Defaults, then the recipe search (``--search-minutes``) and one training with the recipe found."""
+    from kinship.tune import TuneConfig, load_recipe, tune
+
+    families = args.families or FAMILIES.get(style, 300)
+    data_dir = dataset(style, args.data_root, families, args.size)
+    pairs, labels = labelled_test_pairs(data_dir)
+    _, defaults_auc, _ = train_and_test(data_dir, args.out / "defaults" / style, defaults)
+    search_dir = args.out / f"tune-{args.search_minutes:g}min" / style
+    config = TuneConfig(budget_minutes=args.search_minutes, image_size=defaults.image_size, init=args.init or "")
+    search = tune(data_dir, search_dir, config, study_name=f"transfer-{style}", on_progress=_print_search_progress())
+    tuned_auc = None
+    if search.recipe_path is not None:
+        _, tuned_auc, _ = train_and_test(data_dir, search_dir / "final", load_recipe(search.recipe_path))
+    return TunedRow(
+        style=style, families=families, defaults_test_auc=defaults_auc, tuned_test_auc=tuned_auc,
+        pixel_test_auc=pixel_test_auc(data_dir, pairs, labels, defaults.image_size),
+        oracle_test_auc=roc_auc(labels, oracle_scores(data_dir, pairs)), search_minutes=search.spent_minutes,
+        trials=search.trials, held_out_auc=search.held_out_auc, pixel_held_out_auc=search.pixel_held_out_auc,
+        defaults_held_out_auc=search.defaults_held_out_auc, tuned_val_auc=search.val_auc,
+        recipe=(search.recipe or {}).get("train"), message=search.message)
+
+
+def _print_search_progress():
+    """One line per finished trial (the search's progress events carry the trial count)."""
+    seen = {"trials": -1}
+
+    def on_event(event) -> None:
+        trials = event.info.get("trials")
+        if event.stage == "recipe search" and trials is not None and trials != seen["trials"]:
+            seen["trials"] = trials
+            print(f"  search: {trials} trials, best validation AUC {event.info.get('best', float('nan')):.4f}, "
+                  f"{event.done / 60:.1f} of {event.total / 60:.0f} min", flush=True)
+
+    return on_event
+
+
+def print_tuned_table(rows: list[TunedRow]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="transfer benchmark with the recipe search (test = separate families no trial saw)")
+    for column in ("style", "families", "defaults test", "tuned test", "raw pixels test", "tuned - pixels",
+                   "oracle test", "search min", "trials (complete/pruned)", "held-out: tuned / defaults / pixels"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        tuned = "no recipe" if r.tuned_test_auc is None else f"{r.tuned_test_auc:.3f}"
+        margin = "-" if r.tuned_test_auc is None else f"{r.tuned_test_auc - r.pixel_test_auc:+.3f}"
+        defaults_held = "-" if r.defaults_held_out_auc is None else f"{r.defaults_held_out_auc:.3f}"
+        table.add_row(r.style, str(r.families), f"{r.defaults_test_auc:.3f}", tuned, f"{r.pixel_test_auc:.3f}", margin,
+                      f"{r.oracle_test_auc:.3f}", f"{r.search_minutes:.1f}",
+                      f"{r.trials.get('complete', 0)}/{r.trials.get('pruned', 0)}",
+                      f"{r.held_out_auc:.3f} / {defaults_held} / {r.pixel_held_out_auc:.3f}")
+    Console(width=200).print(table)
+
+
 def overrides(pairs: list[str]) -> dict:
     """``key=value`` strings into TrainConfig fields (values parsed as JSON where they can be)."""
     known = {f.name: f.type for f in fields(TrainConfig)}
@@ -167,7 +245,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=REPO / "data" / "transfer")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "transfer")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--tune", action="store_true",
+                        help="per style: the defaults, a recipe search of --search-minutes and one training with it")
+    parser.add_argument("--search-minutes", type=float, default=20.0, help="with --tune: the search's budget per style")
+    parser.add_argument("--init", type=Path, help="with --tune: a pretrained model.pt the search may start from")
     args = parser.parse_args(argv)
+    if args.tune:
+        rows = []
+        for style in args.styles.split(","):
+            rows.append(run_style_tuned(style, args, replace(TrainConfig(), **overrides(args.set))))
+            print(json.dumps(asdict(rows[-1])), flush=True)
+            print_tuned_table(rows)
+        if args.json:
+            args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2))
+        return 0
     changes = overrides(args.set)
     if changes and not args.tag:
         args.tag = "-".join(f"{k}={v}" for k, v in sorted(changes.items()))

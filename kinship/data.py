@@ -45,24 +45,40 @@ def prepare(
     split_config: SplitConfig = SplitConfig(),
     cache_dir: Path | None = None,
     on_progress=silent,
+    families: FamilySplit | None = None,
 ) -> PreparedData:
-    """Read ``data_dir`` (RFIW layout), split it by family and decode every image at ``image_size``."""
+    """Read ``data_dir`` (RFIW layout), split it by family and decode every image at ``image_size``.
+
+    ``families`` fixes the split instead of ``split_config`` and restricts the data set to those families before
+    anything is hashed or decoded: the images of every other family (and of ``test/``) are never opened. The
+    recipe search trains this way, so its held-out families stay untouched until the final figure.
+    """
     dataset = read_dataset(Path(data_dir), verify_images=False, on_progress=on_progress)
+    if families is not None:
+        dataset = only_families(dataset, set(families.train) | set(families.val))
     table = ImageTable.from_dataset(dataset)
-    try:
-        split = split_families(dataset, split_config.val_fraction, split_config.seed, split_config.folds, split_config.fold)
-    except ValueError as error:
-        raise UserError(f"{data_dir}: {error}") from error
+    split = families or _split(dataset, split_config, data_dir)
     fingerprint = dataset_fingerprint(dataset)
     pixels, unreadable = image_cache.load_or_build(table.paths, image_size, fingerprint, cache_dir, on_progress)
     if unreadable:
         dataset, table, pixels = _without_images(dataset, table, pixels, unreadable)
-        try:
-            split = split_families(dataset, split_config.val_fraction, split_config.seed, split_config.folds, split_config.fold)
-        except ValueError as error:
-            raise UserError(f"{data_dir}: {error}") from error
+        split = families or _split(dataset, split_config, data_dir)
     val = validation_pairs(dataset, table, split, split_config.val_pairs_per_relationship, split_config.seed)
     return PreparedData(dataset, table, pixels, split, val, fingerprint)
+
+
+def _split(dataset: Dataset, config: SplitConfig, data_dir: Path) -> FamilySplit:
+    try:
+        return split_families(dataset, config.val_fraction, config.seed, config.folds, config.fold)
+    except ValueError as error:
+        raise UserError(f"{data_dir}: {error}") from error
+
+
+def only_families(dataset: Dataset, families: set[str]) -> Dataset:
+    """The people and relationships of ``families`` only, without the test images and pairs."""
+    people = {pid: person for pid, person in dataset.people.items() if person.family in families}
+    relationships = [r for r in dataset.relationships if r.p1 in people and r.p2 in people]
+    return Dataset(dataset.root, people, relationships, [], [], dataset.report)
 
 
 def _without_images(dataset: Dataset, table: ImageTable, pixels: np.ndarray, unreadable: dict[int, str]):

@@ -64,6 +64,7 @@ class TrainConfig:
     fold: int = -1  # which fold a member run trains (set by the fold runner); -1 = every fold and the ensemble
     nproc: int = 1  # data-parallel processes per node (kinship.distributed: torchrun, DDP; one per GPU)
     nnodes: int = 1  # nodes taking part (more than one needs KINSHIP_RDZV_ENDPOINT)
+    init: str = ""  # a model.pt of the same architecture to start from (kinship pretrain's output); "" = scratch
 
     @property
     def world_size(self) -> int:

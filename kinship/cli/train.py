@@ -60,9 +60,13 @@ def register(subparsers) -> None:
     parser.add_argument("--nnodes", type=int, default=defaults.nnodes,
                         help="nodes taking part (needs KINSHIP_RDZV_ENDPOINT=host:port on every node)")
     parser.add_argument("--max-batches-per-epoch", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--init", default="", help="start from this model.pt (same architecture, e.g. kinship "
+                        "pretrain's); the default is random weights")
+    parser.add_argument("--recipe", type=Path, help="a recipe.json from kinship tune: its values replace the defaults "
+                        "(flags given on the command line still win)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_json_flag(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, _defaults={a.dest: a.default for a in parser._actions})
 
 
 def run(args) -> int:
@@ -71,7 +75,17 @@ def run(args) -> int:
     from kinship.errors import UserError
 
     names = {f.name for f in fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if args.recipe is not None:
+        from dataclasses import asdict, replace
+
+        from kinship.tune import load_recipe
+
+        # the recipe replaces the defaults; a flag typed on the command line (not at its default) still wins
+        typed = {k: v for k, v in given.items() if v != args._defaults.get(k)}
+        config = replace(load_recipe(args.recipe), **typed)
+        given = asdict(config)
+    config = TrainConfig(**given)
     if config.folds < 1 or config.folds > 20:
         raise UserError(f"--folds must be between 1 and 20, got {config.folds}")
     if not args.json:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import shutil
 import time
@@ -64,9 +65,22 @@ def new_run_id(when: datetime | None = None, suffix: str | None = None) -> str:
     return f"{when:%Y%m%d-%H%M%S}-{suffix or secrets.token_hex(4)}"
 
 
+# What a run id may be: it names a folder on every host (``work/<run_id>``) and a store prefix (``runs/<run_id>``),
+# and a flow takes it as a parameter, so nothing that could climb out of them ('..', '/', '\\', control characters).
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+
+
+def validate_run_id(run_id: str) -> str:
+    """``run_id`` if it is a safe run id (letters, digits, '-' and '_', at most 100), else one ``UserError``."""
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise UserError(f"invalid run id {run_id!r}: use 1-100 letters, digits, '-' or '_', starting with a letter "
+                        "or digit")
+    return run_id
+
+
 def run_prefix(run_id: str, *parts: str) -> str:
     """The store key below ``runs/<run_id>``."""
-    return join_key("runs", run_id, *parts)
+    return join_key("runs", validate_run_id(run_id), *parts)
 
 
 def _ref(value: ArtifactRef | RefDict) -> ArtifactRef:

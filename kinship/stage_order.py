@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from kinship.train_config import TrainConfig
 
 
+def _check_run_id(run_id: str) -> None:
+    """Refuse a bad run id (a flow parameter) before any step runs: it becomes a folder and a store prefix."""
+    from kinship.pipeline import validate_run_id  # pipeline pulls in numpy; the flows import this module bare
+
+    validate_run_id(run_id)
+
+
 class TrainingSteps(Protocol):
     """How each step of the training half runs (a Prefect task, or a stage function in this process)."""
 
@@ -45,6 +52,7 @@ def training_half(steps: TrainingSteps, dataset_uri: str, train: TrainConfig, ca
                   run_id: str) -> TrainManifest:
     """Fetch the data set, train, export and check ONNX, draw the calibration set, store the training manifest
     (last: its presence means the half is complete), clean this host's work folder; the manifest."""
+    _check_run_id(run_id)
     dataset = steps.fetch_data_set(dataset_uri)
     trained = steps.train_model(dataset, train, run_id)
     exported = steps.export_onnx(dataset, trained["artifacts"]["model.pt"], run_id)
@@ -90,6 +98,7 @@ def engines_half(steps: EngineSteps, train_manifest: RefDict | UriOnly | str, pr
     Whether an engine was built at all is the caller's last step (``pipeline.require_an_engine``): the
     report and the manifest are stored either way.
     """
+    _check_run_id(run_id)
     backend = steps.choose_backend(settings)
     manifest = steps.read_train_manifest(train_manifest)
     dataset = steps.fetch_data_set(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
@@ -114,6 +123,7 @@ def one_engine(steps: EngineChildSteps, train_manifest: RefDict | UriOnly | str,
     engines run chose, read the manifest, fetch the data set and model, build and validate, store the record
     where the engines run reads it, clean this child's scratch; the record. The benchmark stays with the engines
     run (every engine on one device, side by side)."""
+    _check_run_id(run_id)
     steps.choose_backend(replace(settings, backend=backend))
     manifest = steps.read_train_manifest(train_manifest)
     dataset = steps.fetch_data_set(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])

@@ -19,8 +19,11 @@ def open_store() -> ArtifactStore:
 
 
 def work_dir(run_id: str, *parts: str) -> Path:
-    """``$KINSHIP_SCRATCH/work/<run_id>/...``: this host's private working folder for one run."""
-    return StoreSettings.from_env().scratch.joinpath("work", run_id, *parts)
+    """``$KINSHIP_SCRATCH/work/<run_id>/...``: this host's private working folder for one run (``run_id`` is
+    checked first: a flow parameter such as ``'../../..'`` must never name a folder outside ``work``)."""
+    from kinship.pipeline import validate_run_id
+
+    return StoreSettings.from_env().scratch.joinpath("work", validate_run_id(run_id), *parts)
 
 
 def store_identity() -> str:

@@ -46,7 +46,8 @@ from kinship.manifests import (
 )
 from kinship.progress import Progress, ProgressEvent, silent
 from kinship.storage import (
-    MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreSettings, file_digest, join_key, store_from_uri,
+    MANIFEST_NAME, ArtifactRef, ArtifactStore, LocalStore, StoreSettings, file_digest, join_key, parse_json,
+    store_from_uri,
 )
 from kinship.train_config import TrainConfig
 
@@ -108,7 +109,7 @@ def fetch_dataset(uri: str, settings: StoreSettings | None = None, on_progress: 
     cache = DatasetCache(CacheSettings.from_env(settings.scratch))
 
     def fill(dest: Path) -> None:
-        listed = manifest_files(json.loads(manifest.read_bytes()), uri, f"{uri}/{MANIFEST_NAME}")
+        listed = manifest_files(parse_json(manifest.read_bytes(), f"{uri}/{MANIFEST_NAME}"), uri, f"{uri}/{MANIFEST_NAME}")
         cache.check_fits(sum(size for _, size in listed.values()), uri)
         store.get_tree(uri, dest, on_progress)
         if file_digest(dest / MANIFEST_NAME)[0] != sha256:
@@ -116,7 +117,8 @@ def fetch_dataset(uri: str, settings: StoreSettings | None = None, on_progress: 
             raise UserError(f"{uri} changed while it was being fetched (its manifest was replaced): fetch again")
 
     def expected(copy: Path) -> dict[str, tuple[str, int]]:
-        return manifest_files(json.loads((copy / MANIFEST_NAME).read_bytes()), uri, f"{copy / MANIFEST_NAME}")
+        return manifest_files(parse_json((copy / MANIFEST_NAME).read_bytes(), f"{copy / MANIFEST_NAME}"), uri,
+                              f"{copy / MANIFEST_NAME}")
 
     started = time.perf_counter()
     outcome = cache.obtain(sha256, uri, fill, expected)

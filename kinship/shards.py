@@ -19,7 +19,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from kinship.errors import UserError
 from kinship.files import file_digest, open_regular, unlink_quietly
@@ -100,6 +100,7 @@ def parse_manifest(document: object, name: str, check_key: Callable[[str, str], 
                  for path, raw in document["files"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise UserError(f"{name}: malformed sharded manifest ({error})") from None
+    refuse_file_folder_clash(files, name)
     counted = [0] * len(shards)
     needed = [0] * len(shards)
     for entry in files.values():
@@ -115,6 +116,18 @@ def parse_manifest(document: object, name: str, check_key: Callable[[str, str], 
             raise UserError(f"{name}: malformed sharded manifest ({shard.key} lists members of {bytes_needed} "
                             f"bytes with headers, which do not fit its {shard.size} bytes)")
     return ShardedManifest(shards, files)
+
+
+def refuse_file_folder_clash(paths: Iterable[str], name: str) -> None:
+    """One ``UserError`` naming ``name`` (the manifest) when a listed path is also a folder of another (``a`` and
+    ``a/b``): no tree can hold both, and writing it would fail half-way with ``FileExistsError``."""
+    listed = set(paths)
+    for path in sorted(listed):
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in listed:
+                raise UserError(f"{name}: malformed manifest (it lists {folder} as a file and as the folder of {path})")
 
 
 def _padded(size: int) -> int:

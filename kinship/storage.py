@@ -17,6 +17,7 @@ again, and the ones under way when an upload fails or is interrupted.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -42,7 +43,7 @@ from kinship.files import (
 from kinship.progress import Progress, ProgressEvent, silent
 from kinship.shards import (
     SHARD_FOLDER, MemberEntry, PackedShard, ShardedManifest, ShardEntry, is_sharded, pack_shards, parse_manifest,
-    unpack_shard,
+    refuse_file_folder_clash, unpack_shard,
 )
 
 MiB = 1024 * 1024
@@ -54,6 +55,9 @@ _JSON_LIMIT = 64 * MiB
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# A local write that fails so fails again: no space or quota, a read-only disk, a path a file already takes
+_LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
+                                 errno.ENAMETOOLONG})
 NOT_FOLLOWED = "symbolic link or special file"  # what put_tree skips, in messages
 LISTED_SKIPS = 1000  # skipped names carried in a progress event (the count is always exact)
 
@@ -573,10 +577,7 @@ class _BaseStore:
             raise IntegrityError(f"{uri}: no sha256 recorded for this object; read it through its ArtifactRef")
         if sha256 != want or (expected and expected.size != len(data)):
             raise IntegrityError(f"{uri}: sha256 mismatch (expected {want[:16]}..., got {sha256[:16]}...)")
-        try:
-            return json.loads(data)
-        except ValueError as error:
-            raise UserError(f"{uri}: not valid JSON ({error})") from None
+        return parse_json(data, uri)
 
     def write_manifest(self, refs: list[ArtifactRef], key: str) -> ArtifactRef:
         """Store ``{key: {sha256, size, uri}}`` for ``refs`` as JSON under ``key``."""
@@ -767,9 +768,16 @@ class _BaseStore:
             return dest
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise UserError(f"destination {dest} exists and is not an empty folder")
-        if sharded:
-            return self._assemble_shards(prefix_loc, sharded, manifest_bytes, dest, on_progress)
-        return self._assemble_tree(prefix_loc, manifest, manifest_bytes, dest, on_progress)
+        try:
+            if sharded:
+                return self._assemble_shards(prefix_loc, sharded, manifest_bytes, dest, on_progress)
+            return self._assemble_tree(prefix_loc, manifest, manifest_bytes, dest, on_progress)
+        except OSError as error:
+            if error.errno not in _LOCAL_WRITE_ERRNOS:
+                raise
+            # a full disk or a tree this manifest cannot make: the same on every try, so one line, not retried
+            raise UserError(f"{manifest_uri}: cannot write the data set into {dest.parent}: "
+                            f"{error.strerror or error} ({error.filename or dest})") from None
 
     def _assemble_shards(self, prefix_loc: StoreURI, manifest: ShardedManifest, manifest_bytes: bytes, dest: Path,
                          on_progress: Progress) -> Path:
@@ -833,7 +841,9 @@ class _BaseStore:
     def _assemble_tree(self, prefix_loc: StoreURI, manifest: dict[str, ArtifactRef], manifest_bytes: bytes, dest: Path, on_progress: Progress) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         temp = temp_sibling(dest)
-        targets = [(ref, temp / _relative_key(parse_uri(ref.uri), prefix_loc)) for ref in manifest.values()]
+        relative = {_relative_key(parse_uri(ref.uri), prefix_loc): ref for ref in manifest.values()}
+        refuse_file_folder_clash(relative, self._uri_of(_child(prefix_loc, MANIFEST_NAME)))
+        targets = [(ref, temp / path) for path, ref in relative.items()]
         workers = max(1, min(self.settings.max_workers, len(targets)))
         # each file lands in the download cache first, then is copied into the tree (on the same disk, or not)
         total = sum(ref.size for ref in manifest.values())
@@ -870,6 +880,17 @@ def _move_into_place(temp: Path, dest: Path, manifest_bytes: bytes) -> None:
     if dest.exists():
         dest.rmdir()
     os.replace(temp, dest)
+
+
+def parse_json(data: bytes, name: str) -> Any:
+    """The JSON document in ``data``; anything else is one ``UserError`` naming ``name`` (bad syntax or encoding,
+    and nesting deep enough to exhaust Python's recursion, which a hostile store can send as a manifest)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise UserError(f"{name}: not valid JSON (nested too deeply)") from None
+    except ValueError as error:
+        raise UserError(f"{name}: not valid JSON ({error})") from None
 
 
 def _json_bytes(obj: Any) -> bytes:

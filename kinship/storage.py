@@ -32,6 +32,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
@@ -108,6 +109,11 @@ class StoreSettings:
     max_workers: int = 8
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    # An incomplete multipart upload of a key being pushed is aborted when this process began it, or when it is
+    # older than this: a younger one of another process may be a concurrent push of the same key (two pushes of
+    # one set, two runs sharing a checkpoint slot), which an abort would kill with NoSuchUpload. What a killed
+    # push left younger than this, a later push or the bucket's lifecycle rule (a day, in the local stack) removes.
+    stale_upload_s: float = 3600.0
 
     def __post_init__(self) -> None:
         validate_endpoint(self.endpoint_url)
@@ -115,7 +121,7 @@ class StoreSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreSettings:
         """Read the standard AWS variables plus ``KINSHIP_BUCKET``, ``KINSHIP_PREFIX``, ``KINSHIP_SCRATCH`` and
-        ``KINSHIP_RETRY_WINDOW`` (seconds, default 45)."""
+        ``KINSHIP_RETRY_WINDOW`` (seconds, default 45) and ``KINSHIP_STALE_UPLOAD_S`` (seconds, default 3600)."""
         env = os.environ if environ is None else environ
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         bucket = env.get("KINSHIP_BUCKET") or None
@@ -127,6 +133,7 @@ class StoreSettings:
             prefix=validate_prefix(env.get("KINSHIP_PREFIX", "")),
             scratch=Path(scratch).expanduser() if scratch else Path.home() / ".cache" / "kinship",
             retry_window=_seconds(env, "KINSHIP_RETRY_WINDOW", cls.retry_window),
+            stale_upload_s=_seconds(env, "KINSHIP_STALE_UPLOAD_S", cls.stale_upload_s),
         )
 
 
@@ -1015,6 +1022,16 @@ class S3Store(_BaseStore):
         self.prefix = validate_prefix(settings.prefix)
         self.client = client or make_s3_client(settings)
         self._transfer_config = _transfer_config(settings)
+        self._own_uploads: set[str] = set()  # upload ids of the multipart uploads this process began
+        events = getattr(getattr(self.client, "meta", None), "events", None)
+        if events is not None:
+            events.register("after-call.s3.CreateMultipartUpload", self._note_upload)
+
+    def _note_upload(self, parsed: dict | None = None, **_: Any) -> None:
+        """botocore's after-call hook of CreateMultipartUpload (s3transfer's too): remember the upload as ours."""
+        upload_id = (parsed or {}).get("UploadId")
+        if upload_id:
+            self._own_uploads.add(upload_id)
 
     def __repr__(self) -> str:
         return f"S3Store(s3://{self.bucket}/{self.prefix}, endpoint={self.settings.endpoint_url or 'aws'})"
@@ -1061,7 +1078,8 @@ class S3Store(_BaseStore):
         return self._abort_incomplete([self._location(key).key for key in keys])
 
     def _abort_incomplete(self, full_keys: list[str], quick: bool = False) -> int:
-        """Abort the incomplete multipart uploads of exactly ``full_keys`` in this bucket; returns how many.
+        """Abort the incomplete multipart uploads of exactly ``full_keys`` in this bucket that this process began
+        or that are older than ``settings.stale_upload_s`` (never another process's upload under way); how many.
 
         Parts of an upload that was never completed nor aborted stay stored (and billed) without being listed as
         objects. A store that will not list uploads (no right to, not implemented) is a warning, not a failed
@@ -1087,12 +1105,22 @@ class S3Store(_BaseStore):
             log.info("%s: not done (%s: %s)", what, type(error).__name__, error)
             return 0
 
+    def _abortable(self, upload: dict) -> bool:
+        """Whether a listed multipart upload is ours, or old enough that no live push can still be sending it."""
+        if upload["UploadId"] in self._own_uploads:
+            return True
+        initiated = upload.get("Initiated")
+        if not isinstance(initiated, datetime):
+            return False  # no age given: it may be another push's, under way
+        age = datetime.now(timezone.utc) - (initiated if initiated.tzinfo else initiated.replace(tzinfo=timezone.utc))
+        return age.total_seconds() >= self.settings.stale_upload_s
+
     def _abort_listed(self, prefix: str, wanted: set[str]) -> int:
         from botocore.exceptions import ClientError
 
         pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
         stale = [(item["Key"], item["UploadId"]) for page in pages for item in page.get("Uploads", [])
-                 if item["Key"] in wanted]
+                 if item["Key"] in wanted and self._abortable(item)]
         for key, upload_id in stale:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -1139,7 +1167,7 @@ class S3Store(_BaseStore):
             return None
 
     def _upload_bytes_if(self, data: bytes, loc: StoreURI, sha256: str, version: str | None) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, ParamValidationError
 
         condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}  # S3 conditional writes
 
@@ -1147,6 +1175,10 @@ class S3Store(_BaseStore):
             try:
                 self.client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, Metadata={_SHA_META: sha256},
                                        ContentType="application/json", **condition)
+            except ParamValidationError as error:
+                if not any(name in str(error) for name in condition):
+                    raise
+                raise UserError(_no_conditional_writes(f"s3://{loc.bucket}/{loc.key}", next(iter(condition)))) from None
             except ClientError as error:
                 code = str(error.response.get("Error", {}).get("Code", ""))
                 status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -1223,6 +1255,18 @@ class _ServerTrouble(Exception):
     def __init__(self, error: BaseException):
         text = " ".join(str(error).split())  # one line, whatever botocore put in it
         super().__init__(f"{type(error).__name__}: {text[:200]}")
+
+
+BOTOCORE_CONDITIONAL_PUT = "1.35.69"  # the first botocore whose put_object takes IfMatch (S3's API of 2024-11-25)
+
+
+def _no_conditional_writes(what: str, parameter: str) -> str:
+    """The one line for a botocore too old to send a conditional write (permanent: installing a newer one fixes it)."""
+    import botocore
+
+    return (f"write {what}: botocore {botocore.__version__} cannot send a conditional write ({parameter} on "
+            f"put_object, which the champion's compare-and-swap needs): install boto3/botocore >= "
+            f"{BOTOCORE_CONDITIONAL_PUT} (pip install -U 'boto3>={BOTOCORE_CONDITIONAL_PUT}')")
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:

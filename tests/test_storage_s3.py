@@ -345,7 +345,7 @@ def incomplete_uploads(server: WeedServer, prefix: str) -> dict[str, list[int]]:
 
 
 def test_a_push_aborts_the_uploads_an_interrupted_push_left(tmp_path: Path, settings: StoreSettings, s3_env: WeedServer,
-                                                            capsys) -> None:
+                                                            capsys, monkeypatch) -> None:
     big = write(tmp_path / "set" / "big.bin", os.urandom(6 * MiB))
     write(tmp_path / "set" / "small.txt", b"small")
     base = f"{settings.prefix}/datasets/set"
@@ -353,14 +353,22 @@ def test_a_push_aborts_the_uploads_an_interrupted_push_left(tmp_path: Path, sett
     for key in (f"{base}/big.bin", f"{base}/small.txt", f"{base}-other/big.bin"):  # as a killed push leaves them
         begun = client.create_multipart_upload(Bucket=s3_env.bucket, Key=key)
         client.upload_part(Bucket=s3_env.bucket, Key=key, UploadId=begun["UploadId"], PartNumber=1, Body=b"x" * 5 * MiB)
-    assert sorted(incomplete_uploads(s3_env, f"{settings.prefix}/")) == [f"{base}-other/big.bin", f"{base}/big.bin",
-                                                                         f"{base}/small.txt"]
+    left = sorted(incomplete_uploads(s3_env, f"{settings.prefix}/"))
+    assert left == [f"{base}-other/big.bin", f"{base}/big.bin", f"{base}/small.txt"]
+    # Younger than KINSHIP_STALE_UPLOAD_S and begun by another process: it may be a concurrent push of the same
+    # keys, under way, so they are left alone (aborting them by key killed that push with NoSuchUpload).
+    assert main(["data", "push", str(tmp_path / "set"), f"s3://{s3_env.bucket}/{base}", "--json", "--shard-mib", "0"]) == 0
+    capsys.readouterr()
+    assert sorted(incomplete_uploads(s3_env, f"{settings.prefix}/")) == left
+    monkeypatch.setenv("KINSHIP_STALE_UPLOAD_S", "0")  # now they count as stale (the server cannot be made older)
+    write(tmp_path / "set" / "small.txt", b"small, edited")
+    big.write_bytes(os.urandom(6 * MiB))
     assert main(["data", "push", str(tmp_path / "set"), f"s3://{s3_env.bucket}/{base}", "--json", "--shard-mib", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["uploaded"] == 2
     assert incomplete_uploads(s3_env, f"{settings.prefix}/") == {f"{base}-other/big.bin": [1]}  # only its own keys
     assert bucket_contents(s3_env, f"{base}/big.bin")[f"{base}/big.bin"] == big.read_bytes()
     client.create_multipart_upload(Bucket=s3_env.bucket, Key=f"{settings.prefix}/one/big.bin")
-    S3Store(settings).put_file(big, "one/big.bin")  # a single file too (6 MiB: over the 5 MiB threshold)
+    S3Store(replace(settings, stale_upload_s=0)).put_file(big, "one/big.bin")  # a single file too (over 5 MiB)
     assert f"{settings.prefix}/one/big.bin" not in incomplete_uploads(s3_env, f"{settings.prefix}/")
 
 
@@ -383,7 +391,7 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)],
                          ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_an_interrupted_push_leaves_no_parts(tmp_path: Path, settings: StoreSettings, s3_env: WeedServer, capsys,
-                                             signum: int, code: int) -> None:
+                                             monkeypatch, signum: int, code: int) -> None:
     write(tmp_path / "set" / "big.bin", os.urandom(20 * MiB))  # 3 parts at the default 8 MiB
     write(tmp_path / "set" / "small.txt", b"small")
     base = f"{settings.prefix}/datasets/set"
@@ -402,8 +410,9 @@ def test_an_interrupted_push_leaves_no_parts(tmp_path: Path, settings: StoreSett
     assert push.returncode == code, err
     left = incomplete_uploads(s3_env, f"{base}/")
     assert MANIFEST_NAME not in "".join(bucket_contents(s3_env, f"{base}/"))
-    if signum == signal.SIGKILL:  # nothing can run: the parts stay until the next push of the same keys
+    if signum == signal.SIGKILL:  # nothing can run: the parts stay until a push of the same keys finds them stale
         assert left == {f"{base}/big.bin": [1]}
+        monkeypatch.setenv("KINSHIP_STALE_UPLOAD_S", "0")  # (else: once older than an hour, or the bucket's rule)
         assert main(["data", "push", str(tmp_path / "set"), f"s3://{s3_env.bucket}/{base}", "--shard-mib", "0"]) == 0
         capsys.readouterr()
         assert incomplete_uploads(s3_env, f"{base}/") == {}

@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict
-from datetime import datetime, timedelta, timezone
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -22,7 +22,7 @@ from kinship.manifests import (
     VariantRecord,
 )
 from kinship.run_report import engine_table
-from kinship.storage import LocalStore, S3Store
+from kinship.storage import ArtifactRef, LocalStore, S3Store
 from tasks.children import ChildRunFailed, run_child
 from tasks.data import clean_work, fetch_data_set
 from tasks.progress import progress_artifact
@@ -178,33 +178,39 @@ def write_engines_report(variants: list[VariantRecord], run_id: str) -> ReportRe
 # Plots in the order a reader wants them, with their titles; any other PNG follows under its file name.
 PLOT_TITLES = {"roc.png": "ROC curve (validation pairs)", "throughput.png": "Throughput vs batch size",
                "sizes.png": "Engine sizes"}
-IMAGE_LINK_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+# Plots are embedded in the artifact, not linked: a presigned link is a bearer credential kept in Prefect's
+# database (and its dumps) for as long as it is valid, and it stops working after at most 7 days. The plots are
+# tens of KB; one larger than this is named by its store location instead of bloating the database.
+MAX_EMBEDDED_BYTES = 1024 * 1024
 
 
-def plots_markdown(store: S3Store | LocalStore, refs: dict[str, RefDict], expires_s: int = IMAGE_LINK_S,
-                   now: datetime | None = None) -> str | None:
+def plots_markdown(store: S3Store | LocalStore, refs: dict[str, RefDict]) -> str | None:
     """Markdown showing each stored PNG of ``refs`` (file name -> ref) as an image, None when there is none.
 
-    The Prefect UI cannot read the store, so each image is a presigned GET of the stored object (valid for
-    ``expires_s``); a store without web addresses (a local folder) gets the file's location instead, said so.
-    """
+    Each image is the stored object's bytes (verified against its ref) in a ``data:`` URL: the run page shows it
+    for as long as the artifact exists, with no link to the store that could be replayed or expire."""
     pngs = sorted((name for name in refs if name.endswith(".png")),
                   key=lambda name: (list(PLOT_TITLES).index(name) if name in PLOT_TITLES else len(PLOT_TITLES), name))
     if not pngs:
         return None
-    lines, signed = [], False
+    lines = []
     for name in pngs:
         title, uri = PLOT_TITLES.get(name, name), refs[name]["uri"]
-        url = store.presigned_url(uri, expires_s)
-        signed = signed or url is not None
-        shown = f"![{title}]({url})" if url else f"Stored at `{uri}`: a local store has no web address to show it from."
+        data = _png_bytes(store, refs[name])
+        shown = (f"![{title}](data:image/png;base64,{base64.b64encode(data).decode('ascii')})" if data is not None
+                 else f"Stored at `{uri}` (over {MAX_EMBEDDED_BYTES // 1024} KiB: too large to embed here).")
         lines += [f"### {title}", "", shown, ""]
-    if signed:
-        until = (now or datetime.now(timezone.utc)) + timedelta(seconds=expires_s)
-        stored = ", ".join(f"`{refs[name]['uri']}`" for name in pngs)
-        lines.append(f"_Images are presigned store links, valid until {until:%Y-%m-%d %H:%M} UTC; the files stay "
-                     f"in the store: {stored}._")
+    stored = ", ".join(f"`{refs[name]['uri']}`" for name in pngs)
+    lines.append(f"_Images embedded in this artifact; the files stay in the store: {stored}._")
     return "\n".join(lines)
+
+
+def _png_bytes(store: S3Store | LocalStore, ref: RefDict) -> bytes | None:
+    """The stored PNG's bytes, verified against ``ref`` (or the digest recorded with it); None when too large."""
+    if int(ref.get("size") or 0) > MAX_EMBEDDED_BYTES:
+        return None
+    path = store.get_file(ArtifactRef.from_dict(ref) if ref.get("sha256") else ref["uri"])
+    return path.read_bytes() if path.stat().st_size <= MAX_EMBEDDED_BYTES else None
 
 
 def plots_artifact(store: S3Store | LocalStore, refs: dict[str, RefDict], key: str, description: str) -> None:

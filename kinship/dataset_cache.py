@@ -7,7 +7,9 @@ Layout, below ``$KINSHIP_SCRATCH/datasets``::
     .entries/<sha16>.json size on disk, source URI, when filled and when last used (least recently used goes first)
 
 and beside it ``$KINSHIP_SCRATCH/images/<key>.npy`` (``kinship.image_cache``: the decoded pixels of a data set at one
-size, often larger than the set itself), whose ``.json`` sidecar records the same; the cap covers both.
+size, often larger than the set itself), whose ``.json`` sidecar records the same, and ``$KINSHIP_SCRATCH/cache/sha256``
+(``kinship.storage.HashCache``: every file a store read downloaded, models and checkpoints included, whose
+modification time is its last use); the cap covers all three.
 
 The last-used time is written by us on every use, not read from atime: most mounts are ``relatime``, so atime
 says little. Eviction (after each fill) removes the least recently used copies until the total is under the cap,
@@ -44,6 +46,7 @@ DEFAULT_MAX_GB = 50.0
 DEFAULT_GRACE_S = 900.0
 VERIFY_MODES = ("full", "size")
 IMAGES_FOLDER = "images"  # decoded-image arrays (kinship.image_cache), under the same cap
+DOWNLOADS = "cache"  # kinship.storage.HashCache's verified downloads (cache/sha256/ab/abcd...), under the same cap
 _LOCKS = ".locks"
 _ENTRIES = ".entries"
 
@@ -170,14 +173,35 @@ class DatasetCache:
     def _images(self) -> Path:
         return self.root.parent / IMAGES_FOLDER
 
+    def _download_path(self, name: str) -> Path:
+        sha256 = name.split("/", 1)[1]
+        return self.root.parent / DOWNLOADS / "sha256" / sha256[:2] / sha256
+
+    def _downloads(self) -> list[EntryInfo]:
+        """The download cache's files as entries: no record of their own, their mtime is their last use (a hit
+        touches it). Files being filled (temporary names) are not entries yet."""
+        found = []
+        for path in _glob(self.root.parent / DOWNLOADS / "sha256", "??/*"):
+            if PARTIAL_MARK in path.name:
+                continue
+            try:
+                info = path.lstat()
+            except OSError:
+                continue  # evicted or replaced meanwhile
+            found.append(EntryInfo(f"{DOWNLOADS}/{path.name}", info.st_blocks * 512, info.st_mtime, "download cache"))
+        return found
+
     def _exists(self, name: str) -> bool:
+        if name.startswith(f"{DOWNLOADS}/"):
+            return self._download_path(name).is_file()
         if name.startswith(f"{IMAGES_FOLDER}/"):
             return (self._images / f"{name.split('/', 1)[1]}.npy").is_file()
         return (self.root / name).is_dir()
 
     def evict(self, keep: set[str] = frozenset()) -> list[str]:
         """Remove least recently used copies until the total is within the cap; returns the names removed."""
-        entries = [entry for entry in self.entries() if self._exists(entry.name)]
+        everything = sorted([*self.entries(), *self._downloads()], key=lambda entry: (entry.last_used, entry.name))
+        entries = [entry for entry in everything if self._exists(entry.name)]
         total = sum(entry.bytes for entry in entries)
         removed: list[str] = []
         now = time.time()
@@ -217,6 +241,11 @@ class DatasetCache:
         return _flocked(self.root / _LOCKS / f"{name}.lock", operation)
 
     def _remove_unless_busy(self, name: str) -> bool:
+        if name.startswith(f"{DOWNLOADS}/"):
+            # No lock guards a downloaded file (a reader gets its path): the grace period does, as evict checks
+            # before this. A reader that has it open keeps reading it after the unlink.
+            self._download_path(name).unlink(missing_ok=True)
+            return True
         images = name.startswith(f"{IMAGES_FOLDER}/")
         key = name.split("/", 1)[1] if images else name
         lock = (self._images if images else self.root) / _LOCKS / f"{key}.lock"

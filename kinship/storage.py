@@ -337,7 +337,8 @@ def _copy_atomic(source: Path | BinaryIO, dest: Path) -> Path:
 
 
 class HashCache:
-    """Verified files under ``scratch/cache/sha256/ab/abcdef...``: the name is the content's digest."""
+    """Verified files under ``scratch/cache/sha256/ab/abcdef...``: the name is the content's digest, the modification
+    time the last use. The host cache's cap (``kinship.dataset_cache``) evicts them least recently used first."""
 
     def __init__(self, scratch: Path):
         self.root = Path(scratch) / "cache" / "sha256"
@@ -351,6 +352,10 @@ class HashCache:
         if not path.is_file():
             return None
         if file_digest(path) == (ref.sha256, ref.size):
+            try:
+                os.utime(path)  # its last use: the host cache's cap evicts the least recently used first
+            except OSError:
+                pass  # a cache another user filled: it is still served, only its age stays
             return path
         unlink_quietly(path)  # damaged: fetch again rather than serve it
         return None
@@ -657,7 +662,8 @@ class _BaseStore:
         shards: list[ShardEntry] = []
         members: dict[str, MemberEntry] = {}
         done_files = [0]
-        work = Path(self.settings.scratch) / "tmp" / f"pack-{uuid.uuid4().hex[:12]}"
+        remove_stale_pack_folders(Path(self.settings.scratch) / "tmp")
+        work = Path(self.settings.scratch) / "tmp" / f"pack-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         cancel = _Cancel()
         pool = ThreadPoolExecutor(max_workers=max(1, self.settings.max_workers))
         in_flight = threading.BoundedSemaphore(max(2, self.settings.max_workers * 2))  # packed, not yet sent
@@ -866,6 +872,44 @@ class _BaseStore:
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         return dest
+
+
+STALE_PACK_S = 24 * 3600  # a pack folder not named by a process id (or on another host) is stale after this
+_PACK = re.compile(r"^pack-(?:(\d+)-)?[0-9a-f]{12}$")
+
+
+def remove_stale_pack_folders(tmp: Path) -> list[str]:
+    """Remove the shard-packing folders (``pack-<pid>-<random>``) that a killed push left under ``tmp``: those whose
+    process is gone, and any older than ``STALE_PACK_S``; never a live push's. Returns the names removed."""
+    removed = []
+    for folder in _glob_dirs(tmp, "pack-*"):
+        match = _PACK.match(folder.name)
+        if match is None:
+            continue
+        try:
+            old = time.time() - folder.stat().st_mtime > STALE_PACK_S
+        except OSError:
+            continue
+        if old or (match.group(1) and not _process_alive(int(match.group(1)))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    if removed:
+        log.info("removed %d packing folder(s) a killed push left in %s", len(removed), tmp)
+    return removed
+
+
+def _glob_dirs(folder: Path, pattern: str) -> list[Path]:
+    return [path for path in folder.glob(pattern) if path.is_dir() and not path.is_symlink()] if folder.is_dir() else []
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def check_room(folder: Path, needed: int, what: str) -> None:

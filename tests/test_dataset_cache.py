@@ -175,3 +175,28 @@ def test_a_set_larger_than_the_whole_cap_is_refused_before_its_fill(tmp_path: Pa
         fetch(uri, scratch)
     copies = [p for p in (scratch / "datasets").iterdir() if not p.name.startswith(".")]
     assert copies == [] and not list((scratch / "datasets").rglob("*.jpg"))
+
+
+def test_the_download_cache_is_under_the_same_cap(tmp_path: Path, scratch: Path, monkeypatch) -> None:
+    """Every store read leaves a verified copy in cache/sha256 (models, checkpoints, objects of a per-file set):
+    they are evicted least recently used first with the data sets, a hit counting as a use, within the grace."""
+    store = store_from_uri((tmp_path / "store").as_uri(), StoreSettings(scratch=scratch))
+    refs = {}
+    for name in "abc":
+        (tmp_path / name).write_bytes(os.urandom(100 * KiB))
+        refs[name] = store.put_file(tmp_path / name, name)
+        store.get_file(refs[name])
+    cached = {name: store.cache.path(ref.sha256) for name, ref in refs.items()}
+    now = time.time()
+    for name, age in (("a", 2000), ("b", 3000), ("c", 1000)):
+        os.utime(cached[name], (now - age, now - age))
+    store.get_file(refs["b"])  # a hit: b is now the most recently used
+    assert cached["b"].stat().st_mtime > now - 60
+    monkeypatch.setenv("KINSHIP_CACHE_MAX_GB", str(250 * KiB / 1024**3))
+    monkeypatch.setenv("KINSHIP_CACHE_GRACE_S", "600")
+    removed = DatasetCache(CacheSettings.from_env(scratch)).evict()
+    assert removed == [f"cache/{refs['a'].sha256}"]
+    assert not cached["a"].exists() and cached["b"].is_file() and cached["c"].is_file()
+    monkeypatch.setenv("KINSHIP_CACHE_MAX_GB", "0")  # over the cap, but b was used within the grace period
+    assert DatasetCache(CacheSettings.from_env(scratch)).evict() == [f"cache/{refs['c'].sha256}"]
+    assert cached["b"].is_file()

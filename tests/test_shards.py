@@ -259,3 +259,21 @@ def test_a_fetch_larger_than_the_free_disk_writes_nothing(tmp_path: Path, settin
     with pytest.raises(UserError, match="needs 0.00 GB on the disk of .* which has 0.00 GB free; nothing was fetched"):
         store.get_tree(uri, tmp_path / "got")
     assert not (tmp_path / "got").exists() and not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]
+
+
+def test_a_push_removes_the_packing_folders_a_killed_push_left(tmp_path: Path, settings: StoreSettings) -> None:
+    import subprocess
+    import time
+
+    tmp = settings.scratch / "tmp"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp / f"pack-{gone.pid}-0123456789ab"  # its process is gone: a SIGKILLed push's
+    live = tmp / f"pack-{os.getppid()}-0123456789ab"  # a push under way in a live process
+    old = tmp / "pack-ba9876543210"  # an older name without a process id, untouched for two days
+    for folder in (dead, live, old):
+        write(folder / "shard-000000.tar.partial", b"x" * KiB)
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    make_set(tmp_path / "src", count=3)
+    pushed(tmp_path, settings, tmp_path / "src")
+    assert sorted(p.name for p in tmp.iterdir()) == [live.name]

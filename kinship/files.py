@@ -70,11 +70,17 @@ def write_atomic(path: str | Path, content: bytes | str | Callable[[BinaryIO], N
     return path
 
 
-def open_regular(path: str | Path, follow_links: bool = False) -> BinaryIO:
+def open_regular(path: str | Path, follow_links: bool = False, root: str | Path | None = None) -> BinaryIO:
     """``path`` opened for reading only if it is a regular file. Never through a symbolic link (unless
     ``follow_links``: a file a user named), never blocking on a fifo, never opening a device: lstat first, then
     O_NOFOLLOW | O_NONBLOCK and fstat, so what is read is the file that was checked.
-    Raises ``NotRegularFile`` (an ``OSError``) for anything else, ``OSError`` when it cannot be opened."""
+
+    With ``root`` (a folder ``path`` lies below), no folder between ``root`` and the file may be a link either:
+    O_NOFOLLOW guards only the last component, so a folder swapped for a link after a listing would lead outside
+    (``open_below``). Raises ``NotRegularFile`` (an ``OSError``) for anything else, ``OSError`` when it cannot be
+    opened."""
+    if root is not None:
+        return open_below(Path(root), Path(path).relative_to(root).as_posix())
     try:
         mode = (os.stat if follow_links else os.lstat)(path).st_mode
         if not stat.S_ISREG(mode):
@@ -90,3 +96,38 @@ def open_regular(path: str | Path, follow_links: bool = False) -> BinaryIO:
         os.close(fd)
         raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
     return os.fdopen(fd, "rb")
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_below(root: Path, relative: str) -> BinaryIO:
+    """The regular file at ``relative`` below ``root``, reached folder by folder through directory descriptors
+    (each opened O_DIRECTORY | O_NOFOLLOW relative to the last): a link anywhere below ``root`` is refused, not
+    followed, whenever it was put there. ``root`` itself may be a link (the caller named it).
+    Raises ``NotRegularFile`` for a link or special file on the way, ``OSError`` when it cannot be opened."""
+    parts = relative.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            try:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as error:
+                if error.errno in (errno.ELOOP, errno.ENOTDIR):  # a link or a file where a folder was listed
+                    raise NotRegularFile(error.errno, "not a regular file (a folder on its path is not)",
+                                         str(root / relative)) from None
+                raise
+            os.close(fd)
+            fd = next_fd
+        try:
+            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENXIO):
+                raise NotRegularFile(error.errno, "not a regular file", str(root / relative)) from None
+            raise
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise NotRegularFile(errno.EINVAL, "not a regular file", str(root / relative))
+    return os.fdopen(file_fd, "rb")

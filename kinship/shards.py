@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from kinship.errors import UserError
-from kinship.files import file_digest, open_regular, unlink_quietly
+from kinship.files import NotRegularFile, file_digest, open_regular, unlink_quietly
 
 MiB = 1024 * 1024
 SHARDED_FORMAT = "kinship-dataset/2"
@@ -183,13 +183,14 @@ def shard_key(index: int, sha256: str) -> str:
 
 
 def pack_shards(files: list[tuple[Path, str]], work_dir: Path, shard_bytes: int = DEFAULT_SHARD_BYTES,
-                on_file: Callable[[int], None] = lambda done: None) -> Iterator[PackedShard]:
+                on_file: Callable[[int], None] = lambda done: None, root: Path | None = None) -> Iterator[PackedShard]:
     """Pack ``(path, relative name)`` pairs, in order, into shards of about ``shard_bytes`` under ``work_dir``.
 
     Yields each shard as soon as it is complete, so the caller can upload it while the next one is packed; the
     caller deletes each shard file when done with it. A shard closes before the file that would take it past
     ``shard_bytes`` (a single larger file gets a shard of its own). Files are opened as ``open_regular`` does
-    (never through a link), and a file that changes size while being packed is one ``UserError`` naming it.
+    (never through a link; with ``root``, the folder the files were listed from, no folder on their way may be
+    one either), and a file that changes size while being packed is one ``UserError`` naming it.
     """
     if shard_bytes < MIN_SHARD_BYTES:
         raise UserError(f"shard size {shard_bytes} bytes is too small (at least {MIN_SHARD_BYTES})")
@@ -201,14 +202,14 @@ def pack_shards(files: list[tuple[Path, str]], work_dir: Path, shard_bytes: int 
     for path, name in files:
         member = _member_bytes(name, path.lstat().st_size)
         if batch and _archive_bytes(batch_bytes + member) > shard_bytes:
-            yield _write_shard(index, batch, work_dir)
+            yield _write_shard(index, batch, work_dir, root)
             done += len(batch)
             on_file(done)
             index, batch, batch_bytes = index + 1, [], 0
         batch.append((path, name))
         batch_bytes += member
     if batch:
-        yield _write_shard(index, batch, work_dir)
+        yield _write_shard(index, batch, work_dir, root)
         on_file(done + len(batch))
 
 
@@ -225,13 +226,13 @@ def _archive_bytes(members: int) -> int:
     return -(-(members + 2 * tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
-def _write_shard(index: int, batch: list[tuple[Path, str]], work_dir: Path) -> PackedShard:
+def _write_shard(index: int, batch: list[tuple[Path, str]], work_dir: Path, root: Path | None) -> PackedShard:
     path = work_dir / f"shard-{index:06d}.tar.partial"
     members: dict[str, MemberEntry] = {}
     try:
         with open(path, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for source, name in batch:
-                members[name] = _add_member(tar, source, name, index)
+                members[name] = _add_member(tar, source, name, index, root)
         sha256, size = file_digest(path)
     except BaseException:
         unlink_quietly(path)
@@ -239,10 +240,14 @@ def _write_shard(index: int, batch: list[tuple[Path, str]], work_dir: Path) -> P
     return PackedShard(index, path, ShardEntry(shard_key(index, sha256), sha256, size, len(members)), members)
 
 
-def _add_member(tar: tarfile.TarFile, source: Path, name: str, index: int) -> MemberEntry:
+def _add_member(tar: tarfile.TarFile, source: Path, name: str, index: int, root: Path | None) -> MemberEntry:
     """Append one file with fixed metadata (no times, owners or modes of this machine), from the handle it is
     hashed through; returns its entry with the offset of its data in the shard."""
-    with open_regular(source) as handle:
+    try:
+        opened = open_regular(source, root=root)
+    except NotRegularFile:
+        raise UserError(f"not a regular file (symbolic link or special file, not followed): {source}") from None
+    with opened as handle:
         info = tarfile.TarInfo(name)
         info.size = os.fstat(handle.fileno()).st_size
         info.mode = 0o644

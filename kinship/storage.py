@@ -298,10 +298,10 @@ class _LocalFile:
     size: int
 
 
-def _open_regular(path: Path) -> BinaryIO:
+def _open_regular(path: Path, root: Path | None = None) -> BinaryIO:
     """``files.open_regular``, its refusals as one-line ``UserError``s naming the path."""
     try:
-        return open_regular(path)
+        return open_regular(path, root=root)
     except NotRegularFile:
         raise UserError(f"not a regular file ({NOT_FOLLOWED}, not followed): {path}") from None
     except OSError as error:
@@ -309,10 +309,11 @@ def _open_regular(path: Path) -> BinaryIO:
 
 
 @contextmanager
-def _regular_file(path: Path) -> Iterator[_LocalFile]:
+def _regular_file(path: Path, root: Path | None = None) -> Iterator[_LocalFile]:
     """``path`` opened by ``_open_regular`` and hashed; uploads read the same handle, so the bytes sent are the
-    bytes hashed from the file that was checked, even if the path is swapped for a link meanwhile."""
-    with _open_regular(path) as handle:
+    bytes hashed from the file that was checked, even if the path (or, below ``root``, a folder on it) is swapped
+    for a link meanwhile."""
+    with _open_regular(path, root) as handle:
         sha256, size = stream_digest(handle)
         yield _LocalFile(path, handle, sha256, size)
 
@@ -642,7 +643,7 @@ class _BaseStore:
         else:
             known = self._known_digests(prefix)
             self._abort_stale_uploads([key for _, key in files])
-            refs, counts = self._upload_all(files, known, on_progress)
+            refs, counts = self._upload_all(files, known, on_progress, root)
             self.write_manifest(refs, join_key(prefix, MANIFEST_NAME))
         info = {**counts, "files": len(files), "skipped_links": len(not_followed),
                 "skipped_link_names": not_followed[:LISTED_SKIPS]}
@@ -690,7 +691,7 @@ class _BaseStore:
 
         futures = []
         try:
-            for packed in pack_shards(named, work, shard_bytes):
+            for packed in pack_shards(named, work, shard_bytes, root=root):
                 in_flight.acquire()
                 futures.append(pool.submit(send, packed))
             for future in as_completed(futures):
@@ -724,7 +725,8 @@ class _BaseStore:
                 previous = {}  # a damaged old manifest only costs us re-checking each object
         return {key: (size, previous[key].sha256 if key in previous else None) for key, size in sizes.items()}
 
-    def _upload_all(self, files: list[tuple[Path, str]], known: dict, on_progress: Progress) -> tuple[list[ArtifactRef], dict]:
+    def _upload_all(self, files: list[tuple[Path, str]], known: dict, on_progress: Progress,
+                    root: Path | None = None) -> tuple[list[ArtifactRef], dict]:
         """Upload ``files`` in parallel. On an interrupt or error, queued files are dropped and the transfers under
         way are cancelled (each aborts its multipart upload) before the error goes on: without this, Ctrl-C
         waited for every queued file to be sent (measured: an interrupted push still completed its upload)."""
@@ -733,7 +735,8 @@ class _BaseStore:
         cancel = _Cancel()
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.max_workers, len(files))))
         try:
-            futures = [pool.submit(self._upload_if_changed, path, key, known.get(key), cancel) for path, key in files]
+            futures = [pool.submit(self._upload_if_changed, path, key, known.get(key), cancel, root)
+                       for path, key in files]
             for done, future in enumerate(as_completed(futures), start=1):
                 ref, sent = future.result()
                 refs.append(ref)
@@ -748,8 +751,8 @@ class _BaseStore:
         return sorted(refs, key=lambda ref: ref.key), counts
 
     def _upload_if_changed(self, path: Path, key: str, known: tuple[int, str | None] | None,
-                           cancel: _Cancel) -> tuple[ArtifactRef, bool]:
-        with _regular_file(path) as source:
+                           cancel: _Cancel, root: Path | None = None) -> tuple[ArtifactRef, bool]:
+        with _regular_file(path, root) as source:
             ref = ArtifactRef(uri=self.uri(key), key=key, sha256=source.sha256, size=source.size)
             if known is not None and known[0] == source.size:
                 recorded = known[1]

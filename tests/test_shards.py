@@ -277,3 +277,31 @@ def test_a_push_removes_the_packing_folders_a_killed_push_left(tmp_path: Path, s
     make_set(tmp_path / "src", count=3)
     pushed(tmp_path, settings, tmp_path / "src")
     assert sorted(p.name for p in tmp.iterdir()) == [live.name]
+
+
+@pytest.mark.parametrize("shard_bytes", [64 * KiB, None], ids=["sharded", "one-object-per-file"])
+def test_a_folder_swapped_for_a_link_after_the_listing_is_not_followed(tmp_path: Path, settings: StoreSettings,
+                                                                        monkeypatch, shard_bytes) -> None:
+    """O_NOFOLLOW guards only a path's last component: a listed folder replaced by a link to a folder outside the
+    set, between the listing and the reads, used to carry the outside file into the store."""
+    import shutil
+
+    from kinship import storage
+
+    secret = b"kinship-outside-secret"
+    write(tmp_path / "src" / "train" / "F1" / "P1.jpg", b"photo")
+    write(tmp_path / "src" / "train" / "F2" / "P2.jpg", b"other photo")
+    write(tmp_path / "outside" / "P1.jpg", secret)
+    listed = storage._tree_files
+
+    def list_then_swap(root: Path, prefix: str):
+        found = listed(root, prefix)
+        shutil.rmtree(root / "train" / "F1")
+        (root / "train" / "F1").symlink_to(tmp_path / "outside", target_is_directory=True)
+        return found
+
+    monkeypatch.setattr(storage, "_tree_files", list_then_swap)
+    store = store_from_uri((tmp_path / "store" / "set").as_uri(), settings)
+    with pytest.raises(UserError, match=r"not a regular file .*train/F1/P1\.jpg"):
+        store.put_tree(tmp_path / "src", "", shard_bytes=shard_bytes)
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file() and secret in p.read_bytes()]

@@ -11,18 +11,25 @@ from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig, PrecisionName
 from kinship.train_config import TrainConfig
 from tasks.orchestration import plan_run, promote_champion, publish_report, run_engines, run_training
+from tasks.tuning import choose_recipe
 
 
 @flow(name="kinship", flow_run_name=full_run_name)
 def kinship_flow(dataset_uri: str, train: TrainConfig = TrainConfig(), precisions: list[PrecisionName] = list(DEFAULT_PRECISIONS),
                  engines: EngineConfig = EngineConfig(), calibration: CalibrationConfig = CalibrationConfig(),
-                 force: bool = False, required_margin: float = REQUIRED_MARGIN, fan_out: bool = False) -> dict:
+                 force: bool = False, required_margin: float = REQUIRED_MARGIN, fan_out: bool = False,
+                 recipe: str = "") -> dict:
     """Train on ``dataset_uri``, build engines at ``precisions``, promote if better, report; ``force`` skips caches.
+
+    ``recipe``: "" trains with ``train``; the store URI of a ``recipe.json`` (``kinship/tune``) trains with it;
+    ``latest`` with the last recipe tuned for this data set (``train`` while there is none). A recipe decides the
+    training; ``train``'s host knobs (device, AMP, processes) stay.
 
     ``required_margin``: how far the model's validation AUC must beat raw-pixel cosine on the same pairs for
     the model to be promoted to champion (a model below it is flagged in the report and never promoted).
     ``fan_out``: the engines run builds each precision as its own child run on the ``cuda`` pool."""
     run = plan_run(dataset_uri, precisions, engines)
+    train = choose_recipe(recipe, dataset_uri, train) if recipe else train
     train_manifest = run_training(run, dataset_uri, train, calibration, force)
     engines_manifest = run_engines(run, train_manifest, precisions, engines, force, fan_out)
     promotion = promote_champion(train_manifest, engines_manifest, required_margin)

@@ -44,3 +44,17 @@ def engine_build_run_name() -> str:
     parameters = flow_run.get_parameters()
     name = f"engine-{parameters.get('variant')}"
     return name + (f"-{parameters['run_id']}" if parameters.get("run_id") else "")
+
+
+def tune_run_name() -> str:
+    """``tune-<data set>-<budget>min``."""
+    parameters = flow_run.get_parameters()
+    search = parameters.get("search") or {}
+    budget = search.get("budget_minutes", 20) if isinstance(search, dict) else search.budget_minutes
+    return f"tune-{_dataset_name(parameters['dataset_uri'])}-{budget:g}min"
+
+
+def tune_trials_run_name() -> str:
+    """``trials-<study>`` or ``finish-<study>``."""
+    parameters = flow_run.get_parameters()
+    return f"{'finish' if parameters.get('finish') else 'trials'}-{parameters.get('study')}"

@@ -46,6 +46,18 @@ RECIPE_FORMAT = "kinship-recipe/1"
 HEARTBEAT_SECONDS = 20  # a killed trial is failed by the next worker after 3x this without a heartbeat
 
 
+def heartbeat_seconds() -> int:
+    """``KINSHIP_TUNE_HEARTBEAT_S`` (default 20): how often a running trial says it is alive."""
+    import os
+
+    text = os.environ.get("KINSHIP_TUNE_HEARTBEAT_S", "").strip()
+    if not text:
+        return HEARTBEAT_SECONDS
+    if not text.isdigit() or not 1 <= int(text) <= 3600:
+        raise UserError(f"KINSHIP_TUNE_HEARTBEAT_S={text!r}: expected whole seconds from 1 to 3600")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class TuneConfig:
     """How the recipe is searched (not the recipe: that is the TrainConfig each trial suggests)."""
@@ -246,7 +258,8 @@ def _storage(url: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental" since 2.x
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
+            beat = heartbeat_seconds()
+            return RDBStorage(url, heartbeat_interval=beat, grace_period=3 * beat,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
                               engine_kwargs={"pool_pre_ping": True})
     except (optuna.exceptions.OptunaError, ImportError, ValueError) as error:
@@ -320,7 +333,7 @@ def run_trials(data_dir: Path, work_dir: Path, config: TuneConfig, study, roles:
     """Run trials of ``study`` in this process until the budget or the trial cap is reached; returns how many.
 
     The data is prepared once (the trial folds only: held-out images are never opened) and shared by every trial.
-    ``on_trial_done(trial_number, run_dir)`` sees each finished trial's folder (the stack uploads its model)."""
+    ``on_trial_done(trial, run_dir)`` sees each finished trial and its folder (the stack stores its model)."""
     import optuna
 
     from kinship.data import prepare
@@ -395,7 +408,7 @@ def _objective(data_dir, work_dir: Path, config: TuneConfig, study, prepared, pr
 def _after_trial(trial, run_dir: Path, on_trial_done) -> None:
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # model.pt (best epoch) stays; resume state does not
     if on_trial_done is not None:
-        on_trial_done(trial.number, run_dir)
+        on_trial_done(trial, run_dir)
 
 
 def _best(study):
@@ -448,9 +461,10 @@ def finish(data_dir: Path, work_dir: Path, config: TuneConfig, study, roles: Fam
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     model_of = model_of or (lambda number: work_dir / "trials" / f"{number:04d}" / "model.pt")
-    states = {}
+    states: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False):
-        states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+        if trial.state != optuna.trial.TrialState.WAITING:
+            states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
     table_path = write_trial_table(study, work_dir)
     plots = write_plots(study, work_dir)
     families = {"held_out": len(roles.held_out), "tuning": sum(len(g) for g in roles.folds),
@@ -521,8 +535,12 @@ TABLE_COLUMNS = ("trial", "state", "val_auc", "epochs_run", "seconds", "stopped"
 
 def trial_rows(study) -> list[dict]:
     """One row per trial: state, validation AUC, epochs run, seconds and every suggested value."""
+    import optuna
+
     rows = []
     for trial in study.get_trials(deepcopy=False):
+        if trial.state == optuna.trial.TrialState.WAITING:  # queued, never run (the budget ended first)
+            continue
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
             if trial.datetime_complete and trial.datetime_start else None
         value = trial.value if trial.value is not None else (
@@ -592,13 +610,21 @@ def load_recipe(path: Path) -> TrainConfig:
         raise UserError(f"recipe not found: {path}") from error
     except (OSError, ValueError) as error:
         raise UserError(f"{path} is not a recipe (unreadable JSON)") from error
-    if not isinstance(document, dict) or document.get("format") != RECIPE_FORMAT or not isinstance(document.get("train"), dict):
-        raise UserError(f"{path} is not a recipe (format {document.get('format') if isinstance(document, dict) else None!r}, "
-                        f"expected {RECIPE_FORMAT!r})")
+    return recipe_from_document(document, str(path))
+
+
+def recipe_from_document(document, where: str) -> TrainConfig:
+    """The TrainConfig of a recipe document read from ``where`` (a file or a store URI), checked."""
+    recorded = document.get("format") if isinstance(document, dict) else type(document).__name__
+    if recorded != RECIPE_FORMAT or not isinstance(document.get("train"), dict):
+        raise UserError(f"{where} is not a recipe (format {recorded!r}, expected {RECIPE_FORMAT!r})")
     unknown = sorted(set(document["train"]) - {f.name for f in fields(TrainConfig)})
     if unknown:
-        raise UserError(f"{path}: unknown training fields {', '.join(unknown)}")
-    return TrainConfig.from_dict(document["train"])
+        raise UserError(f"{where}: unknown training fields {', '.join(unknown)}")
+    try:
+        return TrainConfig(**document["train"])
+    except TypeError as error:
+        raise UserError(f"{where}: {error}") from error
 
 
 def tune(data_dir: Path, out: Path, config: TuneConfig, storage_url: str = "", study_name: str = "",

@@ -61,3 +61,17 @@ def run_child(deployment: str, parameters: dict, run: dict, step: str) -> dict:
         raise ChildRunFailed(f"{step}: child run {child.name} ({child.id}) ended {child.state.name}: "
                              f"{child.state.message or 'see its logs'}")
     return {"id": str(child.id), "name": child.name, "work_pool": child.work_pool_name, "state": child.state.name}
+
+
+def run_children(deployment: str, parameter_sets: list[dict], run: dict, steps: list[str]) -> list[dict]:
+    """Several runs of ``deployment`` at once (started together, then awaited); fail unless every one Completed."""
+    logger = get_run_logger()
+    children = [_create_or_find(deployment, parameters, run, step) for parameters, step in zip(parameter_sets, steps)]
+    for child, step in zip(children, steps):
+        logger.info("%s: child run %s (%s) on pool %s", step, child.name, child.id, child.work_pool_name)
+    finished = [_wait(child.id) for child in children]
+    failed = [child for child in finished if not child.state.is_completed()]
+    if failed:
+        raise ChildRunFailed("; ".join(f"child run {c.name} ({c.id}) ended {c.state.name}: "
+                                       f"{c.state.message or 'see its logs'}" for c in failed))
+    return [{"id": str(c.id), "name": c.name, "work_pool": c.work_pool_name, "state": c.state.name} for c in finished]

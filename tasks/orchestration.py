@@ -10,27 +10,32 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as this_run
 
-from kinship import pipeline
+from kinship import pipeline, tuning_stage
 from kinship.champion import promote_if_better
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
 from kinship.manifests import ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, EnginesManifest, TrainManifest
 from kinship.run_report import publish_run_report
 from kinship.train_config import TrainConfig
-from tasks.children import run_child
+from kinship.tune import TuneConfig
+from tasks.children import run_child, run_children
 from tasks.engines import plots_artifact
 from tasks.runtime import ONE_RETRY, open_store
 
 TRAIN_DEPLOYMENT = "kinship-train/train"
 ENGINES_DEPLOYMENT = "kinship-engines/engines"
+TUNE_TRIALS_DEPLOYMENT = "kinship-tune-trials/trials"
+
+
 @task(name="plan run")
-def plan_run(dataset_uri: str, precisions: list[str], engines: EngineConfig) -> dict:
+def plan_run(dataset_uri: str, precisions: list[str] | None = None, engines: EngineConfig | None = None) -> dict:
     """The run's id and names, stable across retries of this parent run (its id and scheduled time).
 
     Checks the values the parameter schema cannot (a backend name, an empty precision list, bench
     settings) first, so a mistake fails the run with its one-line reason before any child run starts.
     """
-    pipeline.check_engine_request(precisions, engines)
+    if precisions is not None:
+        pipeline.check_engine_request(precisions, engines or EngineConfig())
     parent_id = str(this_run.get_id() or "local")
     started = this_run.get_scheduled_start_time() or datetime.now(timezone.utc)
     run_id = pipeline.new_run_id(started, parent_id.replace("-", "")[:8])
@@ -86,3 +91,16 @@ def publish_report(run: dict, train_manifest: TrainManifest, engines_manifest: E
     get_run_logger().info("report: %s", uri)
     return {"run_id": run["run_id"], "report": uri, "val_auc": train_manifest["metrics"]["best_val_auc"],
             "promoted": promotion["promoted"], "champion": promotion["reason"], "engines": report["table"]}
+
+
+@task(name="run trial workers", task_run_name="kinship-tune-trials on rocm")
+def run_tune_workers(run: dict, dataset_uri: str, search: TuneConfig, study: str, workers: int) -> dict:
+    """``workers`` trial runs of ``study`` at once on the ``rocm`` pool (each takes one worker's slot), then one
+    more that finishes the search; returns its outcome."""
+    if not 1 <= workers <= 64:
+        raise ValueError(f"workers must be between 1 and 64, got {workers}")
+    parameters = {"dataset_uri": dataset_uri, "study": study, "search": asdict(search), "run_id": run["run_id"]}
+    run_children(TUNE_TRIALS_DEPLOYMENT, [parameters] * workers, run, [f"trials-{i + 1}" for i in range(workers)])
+    run_child(TUNE_TRIALS_DEPLOYMENT, {**parameters, "finish": True}, run, "finish")
+    # read back from the store, as the other halves' manifests are: a child's own result lives on its host
+    return open_store().get_json(open_store().uri(tuning_stage.tuning_key(study, "summary.json")))

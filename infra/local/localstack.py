@@ -474,13 +474,26 @@ def build_workers() -> int:
     return int(text)
 
 
+def rocm_workers() -> int:
+    """``KINSHIP_ROCM_WORKERS`` (default 1): training hosts on the ``rocm`` pool, each one run at a time (the recipe
+    search's trial runs spread over them)."""
+    text = os.environ.get("KINSHIP_ROCM_WORKERS", "").strip() or "1"
+    if not text.isdigit() or not 1 <= int(text) <= 16:
+        raise BadSetting(f"KINSHIP_ROCM_WORKERS={text!r}: expected a whole number from 1 to 16")
+    return int(text)
+
+
 def worker_specs() -> list[WorkerSpec]:
     """One worker per pool, the ``cuda`` one on its ``default`` queue one run at a time (the engines runs: one GPU
     for the side-by-side benchmark), plus ``build_workers()`` on its ``builds`` queue, each one run at a time with
-    ``CUDA_VISIBLE_DEVICES`` set to its own GPU, standing in for one GPU each."""
+    ``CUDA_VISIBLE_DEVICES`` set to its own GPU, standing in for one GPU each; ``rocm_workers()`` on the ``rocm``
+    pool, each one run at a time on its own host (the first keeps the name and folder of the single one)."""
     specs = []
     for pool in WORKER_POOLS:
-        if pool == "cuda":
+        if pool == "rocm":
+            specs += [WorkerSpec(pool, "local-rocm" + (str(i) if i else ""), "rocm" + (str(i) if i else ""), limit=1)
+                      for i in range(rocm_workers())]
+        elif pool == "cuda":
             specs.append(WorkerSpec(pool, "local-cuda", "cuda", queue="default", limit=1))
             specs += [WorkerSpec(pool, f"local-cuda-build{i}", f"cuda-build{i}", queue=BUILD_QUEUE, limit=1,
                                  env=(("CUDA_VISIBLE_DEVICES", str(i)),)) for i in range(build_workers())]
@@ -620,6 +633,7 @@ def pools_missing(api_url: str, auth_string: str | None) -> list[str]:
 DATABASE_CHOICES = ("auto", "postgres", "sqlite")
 PG_USER = "kinship"
 PG_DATABASE = "prefect"
+OPTUNA_DATABASE = "optuna"  # the recipe search's studies (kinship tune), beside Prefect's in the same server
 # PostgreSQL refuses to run as root: started by root, it runs as the first of these users that exists...
 PG_ACCOUNTS = ("postgres", "nobody")
 # ...which cannot pass the 0700 state folder (nor pytest's 0700 temporary folders), so its data lives under this
@@ -901,6 +915,15 @@ def postgres_url(port: int, password: str) -> str:
     return f"postgresql+asyncpg://{PG_USER}:{password}@127.0.0.1:{port}/{PG_DATABASE}"
 
 
+def optuna_storage_url(state: dict, secret: dict, state_dir: Path) -> str:
+    """``KINSHIP_OPTUNA_STORAGE`` for the workers: the stack's PostgreSQL (database ``optuna``, a sync driver as
+    Optuna needs), else an SQLite file every local worker shares."""
+    if (state.get("database") or {}).get("kind") == "postgresql":
+        return (f"postgresql+psycopg2://{PG_USER}:{secret['postgres_password']}@127.0.0.1:{state['ports']['postgres']}"
+                f"/{OPTUNA_DATABASE}")
+    return f"sqlite:///{state_dir / 'optuna.db'}"
+
+
 def prepare_prefect_database(port: int, password: str) -> bool:
     """True once PostgreSQL takes the stack's password and holds the database ``prefect`` with pg_trgm (created
     here when missing); False while it starts. A refused password or a missing extension raise at once."""
@@ -916,8 +939,9 @@ def prepare_prefect_database(port: int, password: str) -> bool:
         except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError):
             return False
         try:
-            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", PG_DATABASE):
-                await admin.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+            for name in (PG_DATABASE, OPTUNA_DATABASE):
+                if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                    await admin.execute(f'CREATE DATABASE "{name}"')
         finally:
             await admin.close()
         prefect = await connect(PG_DATABASE)
@@ -1158,6 +1182,7 @@ def ensure_worker(stack: Stack, state: dict, secret: dict, spec: WorkerSpec) -> 
     (host / "scratch").mkdir(parents=True, exist_ok=True)
     env = {**stack.clean_env(), **stack_env(state["ports"], secret), "PREFECT_HOME": str(host / "prefect"),
            "KINSHIP_SCRATCH": str(host / "scratch"), "KINSHIP_ROOT": str(REPO), "KINSHIP_HOST_ROLE": spec.pool,
+           "KINSHIP_OPTUNA_STORAGE": optuna_storage_url(state, secret, stack.state_dir),
            "PREFECT_WORKER_QUERY_SECONDS": "1",  # poll often: each flow run waits up to this long to be picked up
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_seconds()),  # its flow runs inherit it
            **dict(spec.env)}
@@ -1183,7 +1208,8 @@ def ensure_workers(stack: Stack, state: dict, secret: dict, timings: dict) -> No
 
 
 def write_env_file(stack: Stack, state: dict, secret: dict) -> Path:
-    env = {**stack_env(state["ports"], secret), "PREFECT_HOME": str(stack.state_dir / "prefect-client")}
+    env = {**stack_env(state["ports"], secret), "PREFECT_HOME": str(stack.state_dir / "prefect-client"),
+           "KINSHIP_OPTUNA_STORAGE": optuna_storage_url(state, secret, stack.state_dir)}  # kinship tune --storage
     lines = ["# Generated by infra/local/up: `source .stack/env` to use the local stack (holds secrets: 0600)."]
     lines += [f"export {key}='{value}'" for key, value in env.items()]
     path = stack.state_dir / "env"
@@ -1196,6 +1222,7 @@ def up(stack: Stack) -> int:
     t0 = time.monotonic()
     choice = database_choice()  # a bad value stops here, before anything starts
     build_workers()  # likewise
+    rocm_workers()
     stack.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(stack.state_dir, 0o700)
     with _locked(stack):

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
     parser.add_argument("--seed", type=int, default=defaults.seed, help="family roles and the sampler's seed")
+    parser.add_argument("--required-margin", type=float, default=defaults.required_margin,
+                        help="the best recipe must beat raw-pixel cosine by this on validation, else no recipe")
     parser.add_argument("--init", default="", help="a pretrained model.pt (kinship pretrain): the search may start from it")
     parser.add_argument("--min-epochs", type=int, default=defaults.min_epochs)
     parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
@@ -57,6 +59,7 @@ def run(args) -> int:
 
     config = TuneConfig(budget_minutes=args.budget_minutes, trials=args.trials, holdout_fraction=args.holdout,
                         folds=args.folds, seed=args.seed, image_size=args.image_size, device=args.device, init=args.init,
+                        required_margin=args.required_margin,
                         min_epochs=args.min_epochs, max_epochs=args.max_epochs, fixed=fixed_fields(args.set))
     if not args.json:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")

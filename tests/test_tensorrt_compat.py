@@ -30,15 +30,21 @@ def test_only_8_5_8_6_and_10_are_driven(text, supported):
         assert text in problem and "8.5, 8.6 or 10.x" in problem
 
 
-# (capability, TensorRT version, supported?): NVIDIA's support matrices and release notes, as in the research note
+# (capability, TensorRT version, supported?): NVIDIA's support matrices and release notes, as in tensorrt_compat
 SUPPORT_TABLE = [
-    ((3, 7), "8.5.3.1", True), ((3, 7), "8.6.1", False),  # Kepler: 8.5 is the last
-    ((5, 2), "8.5.3.1", True), ((5, 2), "8.6.1", False), ((5, 2), "10.3.0", False),  # Tesla M40: 8.5.3 is the last
-    ((5, 3), "8.5.3.1", True), ((5, 3), "8.6.1", False),
-    ((6, 0), "8.6.1", True), ((6, 1), "8.6.1", True), ((6, 1), "10.0.1", False), ((6, 2), "10.3.0", False),
+    ((1, 3), "8.5.3.1", False), ((2, 1), "8.5.3.1", False),  # Tesla, Fermi: nothing this code drives
+    ((3, 0), "8.5.3.1", False), ((3, 2), "8.5.3.1", False),  # SM 3.0/3.2: CUDA 11 dropped them
+    ((3, 5), "8.5.3.1", True), ((3, 7), "8.5.3.1", True), ((3, 7), "8.6.1", False),  # Kepler: 8.5 is the last
+    ((5, 0), "8.5.1.7", True), ((5, 2), "8.5.3.1", True), ((5, 2), "8.6.0", False), ((5, 2), "10.3.0", False),
+    ((5, 3), "8.5.3.1", False), ((5, 3), "8.6.1", False),  # Jetson TX1/Nano: JetPack 4.6.x, TensorRT 8.2.1
+    ((6, 2), "8.5.3.1", False), ((6, 2), "8.6.1", False), ((6, 2), "10.3.0", False),  # Jetson TX2: the same
+    ((6, 0), "8.6.1", True), ((6, 1), "8.5.3.1", True), ((6, 1), "8.6.1", True), ((6, 1), "10.0.1", False),
     ((7, 0), "8.6.1", True), ((7, 0), "10.4.0", True), ((7, 0), "10.5.0", False), ((7, 0), "10.16.1.11", False),
     ((7, 5), "8.5.3.1", True), ((7, 5), "10.16.1.11", True),
     ((8, 0), "10.3.0", True), ((8, 6), "8.6.1", True), ((8, 9), "10.3.0", True), ((9, 0), "10.16.1.11", True),
+    ((10, 0), "8.6.1", False), ((10, 0), "10.0.1", False), ((10, 0), "10.7.0", False),  # Blackwell: 10.8 first
+    ((10, 0), "10.8.0", True), ((12, 0), "8.5.3.1", False), ((12, 0), "10.7.0.23", False),
+    ((12, 0), "10.8.0.43", True), ((12, 0), "10.16.1.11", True),
     ((8, 0), "11.0.0.114", False), ((8, 0), "8.4.3.1", False),  # versions this code does not drive
 ]
 
@@ -56,12 +62,27 @@ def test_gpu_problem_is_one_line_naming_gpu_sm_installed_and_needed_release():
     for part in ("Tesla M40", "SM 5.2", "Maxwell", "TensorRT 10.3.0", "TensorRT 8.5.3"):
         assert part in problem
     assert "TensorRT 8.6" in compat.gpu_problem("10.0.1", "Tesla P40", "6.1")
-    assert "TensorRT 10.4" in compat.gpu_problem("10.5.0", "Tesla V100", "sm_70")
+    assert "10.0-10.4" in compat.gpu_problem("10.5.0", "Tesla V100", "sm_70")
+    assert "TensorRT 10.8 or later" in compat.gpu_problem("10.7.0", "NVIDIA GeForce RTX 5090", (12, 0))
+    assert "TensorRT 8.2.1" in compat.gpu_problem("8.5.3.1", "NVIDIA Tegra X1", (5, 3))
+
+
+def test_every_generation_has_a_first_and_last_release_in_order():
+    """Each row's bounds: a first release (None: older than 8.5) not after its last (None: still supported)."""
+    for gen in compat.GENERATIONS:
+        if gen.first_release is not None and gen.last_release is not None:
+            assert gen.first_release <= gen.last_release, gen.name
+    assert compat.generation((10, 0)).first_release == (10, 8)
+    assert compat.generation((7, 0)).last_release == (10, 4)
 
 
 def test_generation_and_capability_parsing():
-    assert [compat.generation(c).name for c in ((2, 1), (3, 5), (5, 2), (6, 1), (7, 0), (7, 2), (7, 5), (8, 6), (12, 0))] == [
-        "Kepler", "Kepler", "Maxwell", "Pascal", "Volta", "Volta", "Turing", "Ampere or newer", "Ampere or newer"]
+    capabilities = ((2, 1), (3, 2), (3, 5), (5, 2), (5, 3), (6, 1), (6, 2), (7, 0), (7, 2), (7, 5), (8, 6), (9, 0),
+                    (10, 0), (12, 0))
+    assert [compat.generation(c).name for c in capabilities] == [
+        "Fermi or older", "Kepler SM 3.0/3.2", "Kepler", "Maxwell", "Maxwell (Jetson TX1/Nano)", "Pascal",
+        "Pascal (Jetson TX2)", "Volta", "Volta", "Turing", "Ampere to Hopper", "Ampere to Hopper", "Blackwell",
+        "Blackwell"]
     assert compat.parse_capability("5.2") == compat.parse_capability("sm_52") == compat.parse_capability([5, 2]) == (5, 2)
     assert compat.parse_capability("sm_120") == (12, 0)
     with pytest.raises(ValueError, match="'fast'"):

@@ -3,16 +3,21 @@
 Pure Python: ``tensorrt`` is never imported here. Functions that touch TensorRT take its objects (or the
 module) as arguments, so all of this is tested on a CPU with stand-ins.
 
-The facts (NVIDIA's support matrices and release notes; see the README's GPU table):
+The facts (NVIDIA's release notes and support matrices; the README's GPU table says the same):
 
-- TensorRT 8.5 is the last release for Kepler (SM 3.x) and 8.5.3 the last for Maxwell (SM 5.x): 8.6
-  dropped Maxwell (8.5.2 release notes; a maintainer on NVIDIA/TensorRT#3589).
+- TensorRT 8.5 is the last release for Kepler (SM 3.x) and 8.5.3 the last for Maxwell (SM 5.x) (8.5.2 and
+  8.6.0 release notes). 8.5 is built for CUDA 11 (and 10.2), and NVIDIA's 8.x support matrices say SM 3.0
+  support was removed: SM 3.0/3.2 and anything older get no release this code drives.
+- Jetson TX1/Nano (SM 5.3) and TX2 (SM 6.2) stop at JetPack 4.6.x, whose TensorRT is 8.2.1: older than 8.5.
 - TensorRT 10 is compiled for SM 7.0 and higher (10.1 support matrix; 10.0.1 fails with "Unsupported SM"
-  on SM 6.1, NVIDIA/TensorRT#3826), so Pascal stops at 8.6; a packaging note puts Volta's last at 10.4.
+  on SM 6.1, NVIDIA/TensorRT#3826), so Pascal stops at 8.6. Volta's last is 10.4: the 10.5 release notes say
+  "NVIDIA Volta support (GPUs with compute capability 7.0) has been removed starting with TensorRT 10.5".
+- Blackwell (SM 10.0, 12.0) needs 10.8 or later: the 10.8 release notes are the first that support it.
 - On 8.x, ``create_network(0)`` is implicit batch, which the ONNX parser rejects: the EXPLICIT_BATCH flag
   is required there, and 10.x accepts it and ignores it. The 8.5/8.6 ONNX parsers stop at opset 17.
-- TensorRT 10 reports a failed ``set_input_shape`` / ``set_tensor_address`` / ``set_timing_cache`` by
-  returning False, not by raising: ``checked`` turns False into an error.
+- 8.5, 8.6 and 10.x alike report a failed ``set_input_shape`` / ``set_tensor_address`` / ``set_timing_cache`` /
+  ``set_calibration_profile`` by returning False (only ``IOptimizationProfile.set_shape`` raises), and
+  ``create_timing_cache`` returns None for a blob it cannot read: ``checked`` turns False into an error.
 - TF32 needs SM 8.0+; fast FP16 SM 5.3, 6.0, 6.2 or 7.0+; INT8 arithmetic (DP4A) SM 6.1+. Asked for FP16
   or INT8 on hardware without them, TensorRT warns and builds the engine from FP32 kernels.
 """
@@ -74,23 +79,36 @@ def opset_problem(tensorrt_version: str, opset: int, model_name: str = "the mode
 
 @dataclass(frozen=True)
 class Generation:
-    """A GPU generation: its first SM, the newest TensorRT release for it (None: every release this code drives)."""
+    """A GPU generation: its first SM and the first and last TensorRT release for it (None: no bound among the
+    releases this code drives). ``only_sm`` marks a Jetson SM inside another generation's range."""
 
     name: str
     first_sm: Capability
+    first_release: Version | None
     last_release: Version | None
     release_text: str  # what to install, for messages and the README
+    only_sm: bool = False
 
+
+# A last release older than 8.5, the oldest this code drives (which release exactly is not tracked here).
+BEFORE_DRIVEN: Version = (8, 4)
+NO_RELEASE = "a TensorRT older than 8.5, which this code does not drive"
 
 GENERATIONS = (
-    Generation("Kepler", (3, 0), (8, 5), "TensorRT 8.5.3"),
-    Generation("Maxwell", (5, 0), (8, 5), "TensorRT 8.5.3"),
-    Generation("Pascal", (6, 0), (8, 6), "TensorRT 8.6"),
-    Generation("Volta", (7, 0), (10, 4), "TensorRT 10.4 (or 8.6)"),
-    Generation("Turing", (7, 5), None, "TensorRT 10.x"),
-    # Ampere (8.0/8.6), Ada (8.9), Hopper (9.0) and later. A newer SM also needs a release that knows it,
-    # which this table does not track.
-    Generation("Ampere or newer", (8, 0), None, "TensorRT 10.x"),
+    Generation("Fermi or older", (0, 0), None, BEFORE_DRIVEN, NO_RELEASE),
+    Generation("Kepler SM 3.0/3.2", (3, 0), None, BEFORE_DRIVEN, NO_RELEASE),  # CUDA 11 dropped them
+    Generation("Kepler", (3, 5), None, (8, 5), "TensorRT 8.5.3"),
+    Generation("Maxwell", (5, 0), None, (8, 5), "TensorRT 8.5.3"),
+    Generation("Maxwell (Jetson TX1/Nano)", (5, 3), None, (8, 2),
+               "JetPack 4.6.x's TensorRT 8.2.1, which this code does not drive", only_sm=True),
+    Generation("Pascal", (6, 0), None, (8, 6), "TensorRT 8.6"),
+    Generation("Pascal (Jetson TX2)", (6, 2), None, (8, 2),
+               "JetPack 4.6.x's TensorRT 8.2.1, which this code does not drive", only_sm=True),
+    Generation("Volta", (7, 0), None, (10, 4), "TensorRT 8.5, 8.6 or 10.0-10.4"),
+    Generation("Turing", (7, 5), None, None, "TensorRT 8.5, 8.6 or 10.x"),
+    Generation("Ampere to Hopper", (8, 0), None, None, "TensorRT 8.5, 8.6 or 10.x"),
+    # Blackwell and anything newer: an SM after 12.0 may need a later release still, which this table cannot know.
+    Generation("Blackwell", (10, 0), (10, 8), None, "TensorRT 10.8 or later"),
 )
 
 
@@ -111,17 +129,27 @@ def sm_text(capability) -> str:
 
 
 def generation(capability) -> Generation:
-    """The generation of an SM (anything below Kepler is counted as Kepler: no release here supports it either)."""
-    reached = [g for g in GENERATIONS if g.first_sm <= parse_capability(capability)]
-    return reached[-1] if reached else GENERATIONS[0]
+    """The generation of an SM: a Jetson SM's own row where it has one, else the last row whose range it reaches."""
+    capability = parse_capability(capability)
+    exact = [g for g in GENERATIONS if g.only_sm and g.first_sm == capability]
+    if exact:
+        return exact[0]
+    return [g for g in GENERATIONS if not g.only_sm and g.first_sm <= capability][-1]
+
+
+def _within(version: Version, first: Version | None, last: Version | None) -> bool:
+    """Whether ``version`` lies in [first, last], each bound compared on as many parts as it has (10.4 takes 10.4.x)."""
+    if first is not None and version[: len(first)] < first:
+        return False
+    return last is None or version[: len(last)] <= last
 
 
 def release_supports(tensorrt_version: str, capability) -> bool:
     """Whether TensorRT ``tensorrt_version`` (one this code drives) runs on a GPU of ``capability``."""
     if version_problem(tensorrt_version):
         return False
-    last = generation(capability).last_release
-    return last is None or parse_version(tensorrt_version)[: len(last)] <= last
+    gen = generation(capability)
+    return _within(parse_version(tensorrt_version), gen.first_release, gen.last_release)
 
 
 def gpu_problem(tensorrt_version: str, gpu_name: str, capability) -> str | None:
@@ -217,8 +245,9 @@ def _describe(value) -> str:
 
 
 def checked(call: Callable, *args, what: str | None = None):
-    """Call a TensorRT setter and return its result. TensorRT 10 reports failure by returning False (8.x
-    often raises): either way the caller gets a RuntimeError naming the call and its arguments."""
+    """Call a TensorRT setter and return its result. 8.5, 8.6 and 10.x report failure by returning False (only
+    ``IOptimizationProfile.set_shape`` raises): either way the caller gets a RuntimeError naming the call and its
+    arguments."""
     name = what or getattr(call, "__name__", "TensorRT call")
     shown = ", ".join(_describe(a) for a in args)
     try:
@@ -240,12 +269,18 @@ def set_int8_calibrator(config, calibrator, profile) -> None:
         checked(config.set_calibration_profile, profile)
 
 
-def timing_cache_name(tensorrt_version: str, gpu_name: str, capability) -> str:
-    """The timing cache's file name: tactics timed on one GPU with one TensorRT are not valid on another."""
+def release_key(tensorrt_version: str, gpu_name: str, capability) -> str:
+    """``tensorrt-<version>-<gpu>-sm<NN>``: what a timing cache or calibration table is valid for (tactics and
+    tables written by one TensorRT on one GPU are not valid on another), safe in a file name."""
     major, minor = parse_capability(capability)
     gpu = re.sub(r"[^a-z0-9]+", "-", str(gpu_name).lower()).strip("-") or "gpu"
     version = re.sub(r"[^0-9A-Za-z.]+", "-", str(tensorrt_version)).strip("-")
-    return f"tensorrt-{version}-{gpu}-sm{major}{minor}.timing-cache"
+    return f"tensorrt-{version}-{gpu}-sm{major}{minor}"
+
+
+def timing_cache_name(tensorrt_version: str, gpu_name: str, capability) -> str:
+    """The timing cache's file name, keyed by TensorRT version, GPU and SM (``release_key``)."""
+    return f"{release_key(tensorrt_version, gpu_name, capability)}.timing-cache"
 
 
 def attach_timing_cache(config, blob: bytes, on_mismatch: Callable[[str], None]):
@@ -254,7 +289,7 @@ def attach_timing_cache(config, blob: bytes, on_mismatch: Callable[[str], None])
     if blob:
         try:
             cache = config.create_timing_cache(blob)
-        except Exception:  # a damaged file: 8.x raises, 10.x may return None
+        except Exception:  # 8.5 and 10.x return None for a blob they cannot read; a raise is treated the same
             cache = None
         if cache is not None and config.set_timing_cache(cache, False):
             return cache

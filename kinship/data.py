@@ -59,7 +59,8 @@ def prepare(
     table = ImageTable.from_dataset(dataset)
     split = families or _split(dataset, split_config, data_dir)
     fingerprint = dataset_fingerprint(dataset)
-    pixels, unreadable = image_cache.load_or_build(table.paths, image_size, fingerprint, cache_dir, on_progress)
+    pixels, unreadable = image_cache.load_or_build(table.paths, image_size, fingerprint, cache_dir, on_progress,
+                                                   root=dataset.root)  # no link followed below the listed root
     if unreadable:
         dataset, table, pixels = _without_images(dataset, table, pixels, unreadable)
         split = families or _split(dataset, split_config, data_dir)

@@ -105,8 +105,12 @@ def open_below(root: Path, relative: str) -> BinaryIO:
     """The regular file at ``relative`` below ``root``, reached folder by folder through directory descriptors
     (each opened O_DIRECTORY | O_NOFOLLOW relative to the last): a link anywhere below ``root`` is refused, not
     followed, whenever it was put there. ``root`` itself may be a link (the caller named it).
-    Raises ``NotRegularFile`` for a link or special file on the way, ``OSError`` when it cannot be opened."""
+    Raises ``NotRegularFile`` for a link or special file on the way, ``OSError`` when it cannot be opened, and
+    ``ValueError`` for a ``relative`` that is not a plain path below ``root`` (``..``, ``.``, empty or absolute:
+    ``..`` is a real folder entry, so O_NOFOLLOW would not stop it climbing out)."""
     parts = relative.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"not a plain path below {root}: {relative!r}")
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts[:-1]:

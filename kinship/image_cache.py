@@ -50,13 +50,15 @@ def load_or_build(
     cache_dir: Path | None = None,
     on_progress=silent,
     workers: int | None = None,
+    root: Path | None = None,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """The ``[len(paths), size, size, 3]`` uint8 array (read-only) and index -> reason of each image that
     would not decode.
 
     Unusable images (corrupt, truncated, over the pixel limit, a link) are left black and listed with their
     reason (``UnreadableImage.reason`` and its subclasses'), so one decode pass both checks and caches;
-    callers drop the listed indices.
+    callers drop the listed indices. ``root``: the data set folder ``paths`` were listed under; each image is
+    then reached from it through no link (``images.open_rgb``), whatever was swapped in since the listing.
     """
     evict = cache_dir is None  # the host's shared cache is kept under the cap; a caller's own folder is not
     cache_dir = Path(cache_dir or default_cache_dir())
@@ -70,7 +72,7 @@ def load_or_build(
             write_atomic(meta_path, json.dumps({**meta, "last_used": time.time()}))
             unreadable = _reasons(meta["unreadable"])
         else:
-            pixels, unreadable = decode_all(paths, size, on_progress, workers)
+            pixels, unreadable = decode_all(paths, size, on_progress, workers, root)
             # the array first, its sidecar last: a crash mid-write never leaves a complete-looking cache
             write_atomic(array_path, lambda handle: np.save(handle, pixels))
             sha256, nbytes = file_digest(array_path)
@@ -110,8 +112,10 @@ def _reasons(recorded: dict | list) -> dict[int, str]:
     return {int(index): reason for index, reason in recorded.items()}
 
 
-def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
-    """Decode ``paths`` into one uint8 array, and index -> reason of each that would not decode.
+def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: int | None = None,
+               root: Path | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode ``paths`` into one uint8 array, and index -> reason of each that would not decode (with ``root``,
+    a folder on the way from it that became a link is such a reason: ``images.open_rgb``).
 
     Pillow releases the GIL, so threads use every core. The pixel limit is read once, before any decode."""
     pixels = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
@@ -121,7 +125,7 @@ def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: in
 
     def decode(index: int) -> int:
         try:
-            pixels[index] = load_face(paths[index], size, max_pixels)
+            pixels[index] = load_face(paths[index], size, max_pixels, root)
         except UnreadableImage as error:
             unreadable[index] = error.reason
         return index

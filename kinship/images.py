@@ -66,7 +66,8 @@ def max_image_pixels(environ: Mapping[str, str] | None = None) -> int:
     return value
 
 
-def open_rgb(path: Path, max_pixels: int | None = None, follow_links: bool = False) -> tuple[Image.Image, dict]:
+def open_rgb(path: Path, max_pixels: int | None = None, follow_links: bool = False,
+             root: Path | None = None) -> tuple[Image.Image, dict]:
     """Decode ``path`` fully and return it as RGB, with what had to be fixed on the way.
 
     The one place images are decoded. ``fixes`` may hold ``grayscale`` (converted from L/LA/P/...),
@@ -74,10 +75,14 @@ def open_rgb(path: Path, max_pixels: int | None = None, follow_links: bool = Fal
     original size). Raises ``OversizedImage`` when the header declares more than ``max_pixels`` (default
     ``max_image_pixels()``), before decoding; ``NotRegularFile`` for a symbolic link (unless
     ``follow_links``: a file the user named) or a fifo/device; ``UnreadableImage`` for corrupt or truncated files.
+
+    ``root``: the data set folder ``path`` was listed under. The file is then reached from it folder by folder
+    (``files.open_below``), so a listed folder swapped for a link to elsewhere since the listing is refused as a
+    link, not followed: O_NOFOLLOW alone guards only the file's own name.
     """
     limit = max_pixels or max_image_pixels()
     try:
-        with _open_regular(Path(path), follow_links) as handle, warnings.catch_warnings():
+        with _open_regular(Path(path), follow_links, root) as handle, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(handle, formats=DECODED_FORMATS) as image:
                 if image.size[0] * image.size[1] > limit:
@@ -97,10 +102,10 @@ def open_rgb(path: Path, max_pixels: int | None = None, follow_links: bool = Fal
         raise UnreadableImage(f"{path}: {error}") from error
 
 
-def _open_regular(path: Path, follow_links: bool) -> BinaryIO:
+def _open_regular(path: Path, follow_links: bool, root: Path | None) -> BinaryIO:
     """``files.open_regular``, a refusal as ``NotRegularFile`` (a counted drop), any other failure as unreadable."""
     try:
-        return open_regular(path, follow_links)
+        return open_regular(path, follow_links, root=root)
     except files.NotRegularFile:
         raise NotRegularFile(f"{path}: not a regular file (a symbolic link or special file)") from None
     except OSError as error:
@@ -113,9 +118,10 @@ def _palette_is_gray(image: Image.Image) -> bool:
     return all(r == g == b for r, g, b in triples)
 
 
-def load_face(path: Path, size: int, max_pixels: int | None = None) -> np.ndarray:
-    """Decode ``path`` as a ``size``x``size``x3 uint8 RGB array (squashed to square like the Kaggle crops)."""
-    image, _ = open_rgb(path, max_pixels)
+def load_face(path: Path, size: int, max_pixels: int | None = None, root: Path | None = None) -> np.ndarray:
+    """Decode ``path`` as a ``size``x``size``x3 uint8 RGB array (squashed to square like the Kaggle crops); with
+    ``root``, reached from that data set folder through no link (``open_rgb``)."""
+    image, _ = open_rgb(path, max_pixels, root=root)
     return _square(image, size)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from kinship.errors import UserError
-from kinship.files import file_digest
+from kinship.files import open_regular, stream_digest
 from kinship.images import NotRegularFile, OversizedImage, UnreadableImage, max_image_pixels, open_rgb
 from kinship.progress import ProgressEvent, silent
 
@@ -572,10 +572,13 @@ def _scan_test(root: Path, report: CheckReport) -> list[str] | None:
 # --- images --------------------------------------------------------------------------------------
 
 
-def _inspect(path: Path, max_pixels: int) -> dict | str:
-    """What decoding ``path`` had to fix, or the reason it cannot be used (a ``CheckReport`` reason)."""
+def _inspect(root: Path, path: Path, max_pixels: int) -> dict | str:
+    """What decoding ``path`` had to fix, or the reason it cannot be used (a ``CheckReport`` reason).
+
+    Opened from ``root`` through no link: a listed folder swapped for a link since the listing is a counted link,
+    never a read of what it points to."""
     try:
-        _, fixes = open_rgb(path, max_pixels)
+        _, fixes = open_rgb(path, max_pixels, root=root)
     except UnreadableImage as error:
         return error.reason
     return fixes
@@ -594,7 +597,7 @@ def _verify_images(
     max_pixels = max_image_pixels()  # read once: a bad setting is one error, not one per image
     on_progress(ProgressEvent("check images", 0, total))
     with ThreadPoolExecutor(max_workers=_decode_threads()) as pool:
-        outcomes = pool.map(lambda path: _inspect(path, max_pixels), paths)
+        outcomes = pool.map(lambda path: _inspect(root, path, max_pixels), paths)
         for done, (path, fixes) in enumerate(zip(paths, outcomes), start=1):
             if isinstance(fixes, str):
                 unusable.add(path)
@@ -707,17 +710,31 @@ def dataset_fingerprint(dataset: Dataset, on_progress: Callable[[ProgressEvent],
 
     Each usable image contributes (path relative to the root, size in bytes, sha256 of its bytes),
     sorted by path; then the relationship rows and the test pairs (with their labels), sorted.
-    Renaming the root folder does not change it; editing one image byte does.
+    Renaming the root folder does not change it; editing one image byte does. Each image is read from the root
+    through no link (``_image_digest``).
+    Raises ``UserError`` when an image is gone or has become a link since the data set was read.
     """
     images = [path for person in dataset.people.values() for path in person.images]
     images += [dataset.root / "test" / name for name in dataset.test_images]
-    entries = sorted((_relative(dataset.root, path), path) for path in images)
+    entries = sorted(_relative(dataset.root, path) for path in images)
     digest = hashlib.sha256(b"kinship-dataset-v1\n")
-    for done, (relative, path) in enumerate(entries, start=1):
-        digest.update(f"image\t{relative}\t{path.stat().st_size}\t{file_digest(path)[0]}\n".encode())
+    for done, relative in enumerate(entries, start=1):
+        sha256, size = _image_digest(dataset.root, relative)
+        digest.update(f"image\t{relative}\t{size}\t{sha256}\n".encode())
         on_progress(ProgressEvent("fingerprint", done, len(entries)))
     for row in sorted((r.p1, r.p2, r.kind) for r in dataset.relationships):
         digest.update(("relationship\t" + "\t".join(row) + "\n").encode())
     for pair in sorted((p.left, p.right, str(p.label), str(p.kind)) for p in dataset.test_pairs):
         digest.update(("test_pair\t" + "\t".join(pair) + "\n").encode())
     return digest.hexdigest()
+
+
+def _image_digest(root: Path, relative: str) -> tuple[str, int]:
+    """(sha256, size) of the image at ``relative`` below ``root``, reached folder by folder through no link: a
+    folder replaced by a link after the listing would otherwise put an outside file's bytes in the fingerprint."""
+    try:
+        with open_regular(root / relative, root=root) as handle:
+            return stream_digest(handle)
+    except OSError as error:
+        raise UserError(f"{_printable(str(root / relative))}: changed while the data set was read "
+                        f"({error.strerror or error}); read it again") from None

@@ -19,10 +19,12 @@ import resource
 import struct
 import sys
 import tempfile
+import threading
 import time
 import zlib
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Iterator
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -140,37 +142,84 @@ def _plant(folder: Path, name: str, kind: str, content: bytes, outside: Path) ->
         os.mkfifo(path)  # reading it would block forever: the check must never open it
 
 
-# Every open() and folder listing of the process is seen through an audit hook (PEP 578) while a check runs:
-# one that would follow a link out of the data set is recorded. O_NOFOLLOW opens are refused by the kernel
-# at a link, so they are safe even when the path names one.
-_WATCHED: dict = {"outside": None, "escapes": []}
+# Every open and folder listing of the process while a check runs is placed where it really lands, and one that
+# lands outside the data set is recorded: through an audit hook (PEP 578) for opens and listings by path, with
+# every folder on the way resolved as the kernel would (O_NOFOLLOW spares only the last component, so an open
+# through a linked folder still escapes), and by reading back each descriptor ``os.open`` returns
+# (``/proc/self/fd``), which also places opens relative to a directory descriptor (``dir_fd``), whose audit event
+# names only the relative path.
+_WATCHED: dict = {"root": None, "root_named": None, "outside": None, "escapes": []}
+_LOCAL = threading.local()  # busy during an ``os.open`` relative to a dir_fd: the wrapper checks it instead
+_os_open = os.open
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _landing(path, flags: int) -> str:
+    """Where opening ``path`` lands: every link on the way followed, the last one too unless O_NOFOLLOW."""
+    path = os.path.abspath(os.fsdecode(path))
+    if flags & os.O_NOFOLLOW:
+        return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    return os.path.realpath(path)
+
+
+def _escapes(named: str, landed: str) -> bool:
+    """An open of ``named`` that ``landed`` outside the data set: in the outside folder, or named below the
+    root and resolved elsewhere."""
+    root, outside = _WATCHED["root"], _WATCHED["outside"]
+    below_root = _inside(named, root) or _inside(named, _WATCHED["root_named"])
+    return _inside(landed, outside) or (below_root and not _inside(landed, root))
 
 
 def _audit(event: str, args: tuple) -> None:
-    outside = _WATCHED["outside"]
-    if outside is None or event not in ("open", "os.scandir", "os.listdir"):
+    if _WATCHED["root"] is None or event not in ("open", "os.scandir", "os.listdir") or getattr(_LOCAL, "busy", False):
         return
     path = args[0]
     if not isinstance(path, (str, bytes, os.PathLike)):
-        return  # an open file descriptor
+        return  # an open file descriptor: where it was opened was checked then
     flags = args[2] if event == "open" and len(args) > 2 and isinstance(args[2], int) else 0
-    if flags & os.O_NOFOLLOW:
-        return
-    if os.path.realpath(path).startswith(outside):
-        _WATCHED["escapes"].append((event, os.fsdecode(path)))
+    named = os.path.abspath(os.fsdecode(path))
+    if _escapes(named, _landing(path, flags)):
+        _WATCHED["escapes"].append((event, named))
+
+
+def _checked_open(path, flags, mode=0o777, *, dir_fd=None):
+    """``os.open``, then where the descriptor really points checked against the data set (an open relative to a
+    directory descriptor is taken to be one of the set's: only the walk from its root opens those)."""
+    _LOCAL.busy = dir_fd is not None  # its audit event names a path relative to a folder the hook cannot see
+    try:
+        fd = _os_open(path, flags, mode, dir_fd=dir_fd)
+    finally:
+        _LOCAL.busy = False
+    landed = os.readlink(f"/proc/self/fd/{fd}")
+    named = os.fsdecode(path) if dir_fd is None else _WATCHED["root"]  # relative to a folder of the set
+    if _WATCHED["root"] is not None and _escapes(os.path.abspath(named), landed):
+        _WATCHED["escapes"].append(("os.open", f"{os.fsdecode(path)} -> {landed}"))
+    return fd
 
 
 sys.addaudithook(_audit)
 
 
+@contextmanager
+def watching(root: Path, outside: Path) -> Iterator[list]:
+    """Record, in the list yielded, every open or listing that lands outside ``root`` while the block runs."""
+    _WATCHED.update(root=str(root.resolve()), root_named=os.path.abspath(root), outside=str(outside.resolve()),
+                    escapes=[])
+    os.open = _checked_open
+    try:
+        yield _WATCHED["escapes"]
+    finally:
+        os.open = _os_open
+        _WATCHED["root"] = None
+
+
 def run_check(root: Path, outside: Path) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    _WATCHED.update(outside=str(outside.resolve()), escapes=[])
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            code = main(["data", "check", str(root), "--json"])
-    finally:
-        _WATCHED["outside"] = None
+    with watching(root, outside), redirect_stdout(out), redirect_stderr(err):
+        code = main(["data", "check", str(root), "--json"])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -213,3 +262,54 @@ def test_data_check_survives_hostile_folders() -> None:
     grown = _max_rss_mib() - rss_before
     print(f"\n{CASES} hostile folders through `kinship data check` in {seconds:.1f} s; peak RSS grew {grown:.0f} MiB")
     assert grown < 300, f"peak resident memory grew {grown:.0f} MiB over {CASES} cases"
+
+
+def test_the_watch_sees_an_open_through_a_linked_folder(tmp_path: Path) -> None:
+    """The watch itself: an O_NOFOLLOW open, by path or relative to a folder's descriptor, still follows a linked
+    folder on its way (the old hook let every O_NOFOLLOW open through); the walk from the root is refused."""
+    from kinship.files import NotRegularFile, open_below
+
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    (root / "train").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(VALID_JPEG)
+    (root / "train" / "F0001").symlink_to(outside, target_is_directory=True)
+    with watching(root, outside) as escapes:
+        os.close(os.open(root / "train" / "F0001" / "secret.jpg", os.O_RDONLY | os.O_NOFOLLOW))
+        by_path = list(escapes)
+        train = os.open(root / "train", os.O_RDONLY | os.O_DIRECTORY)
+        os.close(os.open("F0001/secret.jpg", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=train))
+        os.close(train)
+        by_descriptor = escapes[len(by_path):]
+        escapes.clear()
+        try:
+            open_below(root, "train/F0001/secret.jpg").close()
+        except NotRegularFile:
+            pass
+    assert by_path and any("secret.jpg" in str(escape) for escape in by_path), by_path
+    assert by_descriptor and "F0001/secret.jpg ->" in by_descriptor[0][1], by_descriptor
+    assert escapes == []
+
+
+def test_a_check_whose_folder_is_swapped_for_a_link_after_the_listing_escapes_nowhere(tmp_path, monkeypatch) -> None:
+    """The race the fuzzing cannot plant (it builds folders before the check): a member folder replaced by a link
+    to a folder outside between the listing and the decode. The check goes on; nothing outside is opened."""
+    import shutil
+
+    from kinship import layout
+
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    build(root, outside, {"entries": [], "csvs": {"train_relationships.csv": (b"p1,p2", [b"F0001/MID1,F0001/MID2"])},
+                          "long_row": False})
+    shutil.copytree(root / "train" / "F0001" / "MID1", outside)
+    verify = layout._verify_images
+
+    def swap_then_verify(*args, **kwargs):
+        shutil.rmtree(root / "train" / "F0001" / "MID1")
+        (root / "train" / "F0001" / "MID1").symlink_to(outside, target_is_directory=True)
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(layout, "_verify_images", swap_then_verify)
+    code, out, err = run_check(root, outside)
+    assert code == 0 and err == "", err
+    assert _WATCHED["escapes"] == [], _WATCHED["escapes"]

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import stat
 import subprocess
 import urllib.error
 import urllib.request
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.listening import is_loopback, listening, unix_listeners
 from tests.stack import WeedServer, localstack, venv_bin, weed_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -165,13 +167,34 @@ def test_the_filer_serves_no_http_on_its_port_nor_its_socket(stored: Stored) -> 
                 ("POST", f"/buckets/{bucket}/ports/intruder2.jpg", form(b"INTRUDER")),
                 ("DELETE", f"/buckets/{bucket}/{stored.key}", None)]
     answers = {f"tcp {method} {path}": anonymous(method, stored.url("filer", path), data) for method, path, data in attempts}
-    sock = stored.server.data_dir / "filer.sock"
-    if sock.exists():
-        answers.update({f"socket {method} {path}": (*over_socket(sock, method, path, data), {})
-                        for method, path, data in attempts})
+    sock = filer_socket(stored.server)
+    answers.update({f"socket {method} {path}": (*over_socket(sock, method, path, data), {})
+                    for method, path, data in attempts})
     assert {what: answer[0] for what, answer in answers.items() if not refused(answer, stored)} == {}
     listed = stored.server.client().list_objects_v2(Bucket=bucket, Prefix="ports/").get("Contents", [])
     assert [item["Key"] for item in listed if "intruder" in item["Key"]] == [] and stored.intact()
+
+
+def filer_socket(server: WeedServer) -> Path:
+    """Where the filer's unix socket must be, checked: inside the data folder when the path fits a socket address
+    (``localstack.weed_argv`` asks for it there), else weed's default ``/tmp/seaweedfs-filer-PORT.sock``; a socket
+    file there that the weed process listens on. A socket elsewhere (a flag dropped, weed renaming it) fails here
+    instead of leaving the socket's requests untried."""
+    inside = server.data_dir / "filer.sock"
+    sock = inside if len(str(inside)) < 100 else Path(f"/tmp/seaweedfs-filer-{server.ports['filer']}.sock")
+    assert os.path.lexists(sock) and stat.S_ISSOCK(os.lstat(sock).st_mode), f"no filer socket at {sock}"
+    pids = {server.pid, *localstack.descendants(server.pid)}
+    assert str(sock) in unix_listeners(pids), (sock, unix_listeners(pids))
+    return sock
+
+
+def test_every_port_weed_listens_on_is_loopback(weed_server: WeedServer) -> None:
+    """``-ip.bind=127.0.0.1`` covers every server weed mini starts (master, volume, filer, S3, admin, HTTP and
+    gRPC, and any port it picks itself): nothing listens on another address, nor on all of them."""
+    pids = {weed_server.pid, *localstack.descendants(weed_server.pid)}
+    listeners = listening(pids)
+    assert ("127.0.0.1", weed_server.ports["s3"]) in listeners, listeners  # the right process, read right
+    assert sorted(where for where in listeners if not is_loopback(where[0])) == []
 
 
 def test_grpc_takes_no_client_without_the_stack_certificate(stored: Stored, tmp_path: Path) -> None:

@@ -126,20 +126,41 @@ def test_part_arrays_feed_each_model_part(tiny_data):
         part_arrays(calibration, "head")
 
 
+M40 = "tensorrt-8.5.3.1-tesla-m40-sm52"  # tensorrt_compat.release_key("8.5.3.1", "Tesla M40", (5, 2))
+
+
 def test_cache_names_change_with_any_input_and_rebuilds_reuse_them(tiny_data, tmp_path):
     first = build_calibration_set(tiny_data, SIZE, SplitConfig(), CalibrationConfig(batches=1, batch_size=8, seed=0))
     second = build_calibration_set(tiny_data, SIZE, SplitConfig(), CalibrationConfig(batches=1, batch_size=8, seed=1))
-    path = cache_path(tmp_path, "pair", first, "digest-a", "entropy2")
-    assert path == cache_path(tmp_path, "pair", first, "digest-a", "entropy2")  # a rebuild finds the same table
-    others = {cache_path(tmp_path, "encoder", first, "digest-a", "entropy2"),
-              cache_path(tmp_path, "pair", second, "digest-a", "entropy2"),
-              cache_path(tmp_path, "pair", first, "digest-b", "entropy2"),
-              cache_path(tmp_path, "pair", first, "digest-a", "minmax")}
-    assert path not in others and len(others) == 4
+    path = cache_path(tmp_path, "pair", first, "digest-a", "entropy2", M40)
+    assert path == cache_path(tmp_path, "pair", first, "digest-a", "entropy2", M40)  # a rebuild finds the same table
+    others = {cache_path(tmp_path, "encoder", first, "digest-a", "entropy2", M40),
+              cache_path(tmp_path, "pair", second, "digest-a", "entropy2", M40),
+              cache_path(tmp_path, "pair", first, "digest-b", "entropy2", M40),
+              cache_path(tmp_path, "pair", first, "digest-a", "minmax", M40),
+              cache_path(tmp_path, "pair", first, "digest-a", "entropy2", "tensorrt-10.3.0-tesla-m40-sm52"),
+              cache_path(tmp_path, "pair", first, "digest-a", "entropy2", "tensorrt-8.5.3.1-tesla-p40-sm61")}
+    assert path not in others and len(others) == 6
+    assert M40 in path.name  # keyed by TensorRT version and GPU, as the timing cache is
     assert read_cache(path) is None
     write_cache(path, b"TRT-1234-EntropyCalibration2\n")
     assert read_cache(path) == b"TRT-1234-EntropyCalibration2\n"
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_calibration_table_from_another_release_is_refused_in_one_line(tmp_path):
+    from kinship.engines.calibration import CalibrationTable
+
+    said = []
+    table = CalibrationTable(tmp_path / "calibration.cache", M40)
+    assert table.read(said.append) is None and said == []  # none yet: quiet
+    table.write(b"TRT-8503-EntropyCalibration2\nimg0: 3c010a14\n")
+    assert table.read(said.append) == b"TRT-8503-EntropyCalibration2\nimg0: 3c010a14\n" and said == []
+    for release in ("tensorrt-10.3.0-tesla-m40-sm52", "tensorrt-8.5.3.1-tesla-p40-sm61"):
+        assert CalibrationTable(table.path, release).read(said.append) is None
+        assert "\n" not in said[-1] and M40 in said[-1] and release in said[-1] and "calibrating afresh" in said[-1]
+    write_cache(table.path, b"TRT-8503-EntropyCalibration2\nimg0: 3c010a14\n")  # unstamped: from before the stamp
+    assert table.read(said.append) is None and "TRT-8503" in said[-1] and len(said) == 3
 
 
 def test_calibrate_command(tiny_data, tmp_path, capsys):

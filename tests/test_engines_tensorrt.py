@@ -3,7 +3,10 @@ real builds only on an NVIDIA GPU with TensorRT 8.5, 8.6 or 10.x."""
 
 from __future__ import annotations
 
+import gc
+import inspect
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from kinship.engines.validate import compare_logits, reference_engine
 from kinship.errors import UserError
 
 SIZE = 32
+M40 = HostFacts("8.5.3.1", devices=1, gpu_name="Tesla M40", capability=(5, 2))
 UNAVAILABLE = tensorrt_unavailable_reason()
 needs_gpu = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"{REQUIREMENT}: {UNAVAILABLE}")
 
@@ -66,7 +70,7 @@ def test_calibrator_batches_follow_the_opt_shape(tiny_onnx, calibration, tmp_pat
     sources = _sources(tiny_onnx)
     options = EngineConfig(min_batch=1, opt_batch=16, max_batch=64)
     plans = plan_parts(sources, options)
-    add_calibration(plans, calibration, tmp_path, embedder(sources), options)
+    add_calibration(plans, calibration, tmp_path, embedder(sources), options, M40)
     for part, plan in plans.items():
         for batch in plan.calibration_batches:
             for name, array in batch.items():
@@ -76,11 +80,16 @@ def test_calibrator_batches_follow_the_opt_shape(tiny_onnx, calibration, tmp_pat
     assert len(plans["encoder"].calibration_batches) == 96 // 16  # both sides of every pair
     embeddings = plans["head"].calibration_batches[0]["emb0"]
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)  # real FP32 encoder outputs
-    paths = {plan.calibration_cache for plan in plans.values()}
+    paths = {plan.calibration_table.path for plan in plans.values()}
     assert len(paths) == 3 and all(p.parent == tmp_path for p in paths)
+    assert all("tensorrt-8.5.3.1-tesla-m40-sm52" in p.name for p in paths)  # keyed by TensorRT and GPU
     again = plan_parts(sources, options)
-    add_calibration(again, calibration, tmp_path, embedder(sources), options)
-    assert {p.calibration_cache for p in again.values()} == paths  # a rebuild reuses the same tables
+    add_calibration(again, calibration, tmp_path, embedder(sources), options, M40)
+    assert {p.calibration_table.path for p in again.values()} == paths  # a rebuild reuses the same tables
+    other = plan_parts(sources, options)
+    add_calibration(other, calibration, tmp_path, embedder(sources), options,
+                    HostFacts("10.3.0", devices=1, gpu_name="Tesla M40", capability=(5, 2)))
+    assert not {p.calibration_table.path for p in other.values()} & paths  # another release: other tables
 
 
 def test_layer_census_reads_the_inspector_json():
@@ -123,61 +132,129 @@ class _Memory(dict):
     """Device memory of the stand-in driver: address -> array."""
 
 
-class _Event:
+class _Owned:
+    """Something pycuda frees only where its CUDA context is current: ``free()`` outside the pushed context fails
+    the test, and one dropped there unfreed is recorded as a leak (pycuda warns "could not be cleaned up" and
+    leaks it)."""
+
+    def __init__(self, driver, what):
+        self.driver, self.what, self.freed = driver, what, False
+        driver.live.add(id(self))
+
+    def free(self):
+        assert self.driver.pushed > 0, f"{self.what} freed outside the pushed CUDA context"
+        self._release()
+
+    def _release(self):
+        if not self.freed:
+            self.freed = True
+            self.driver.live.discard(id(self))
+
+    def __del__(self):
+        if self.freed:
+            return
+        if self.driver.pushed > 0:  # pycuda frees it here: its context is current
+            self._release()
+        else:
+            self.driver.leaks.append(self.what)
+
+
+class _DeviceAllocation(_Owned):
+    def __init__(self, driver, address):
+        super().__init__(driver, f"device allocation {address}")
+        self.address = address
+
+    def __int__(self):
+        return self.address
+
+
+class _HostAllocation(_Owned):
+    """Pinned host memory: the numpy array of ``pagelocked_empty`` has it as its base, as in pycuda."""
+
+    def __init__(self, driver, size, dtype):
+        super().__init__(driver, f"pinned {size} x {np.dtype(dtype).name}")
+        self._array = np.zeros(size, dtype)
+        self.__array_interface__ = self._array.__array_interface__
+
+
+class _Event(_Owned):
     PHASES = {("start", "copied_in"): 1.0, ("copied_in", "computed"): 2.0, ("computed", "copied_out"): 3.0}
 
-    def __init__(self, log, name, pinned):
-        self.log, self.name, self.pinned = log, name, pinned
+    def __init__(self, driver, name):
+        super().__init__(driver, f"event {name}")
+        self.log, self.name, self.pinned = driver.log, name, driver.pinned
 
     def record(self, stream):
         # what the pinned host buffers held when this event was recorded
-        self.log.append(("record", self.name, [array.copy() for array in self.pinned]))
+        self.log.append(("record", self.name, [ref().copy() for ref in self.pinned if ref() is not None]))
 
     def time_till(self, other):
         return self.PHASES[(self.name, other.name)]  # any other pairing is a KeyError: the test fails
 
 
-class _Stream:
+class _Stream(_Owned):
     handle = 7
 
-    def __init__(self, log):
-        self.log = log
+    def __init__(self, driver):
+        super().__init__(driver, "stream")
+        self.log = driver.log
 
     def synchronize(self):
         self.log.append(("synchronize",))
 
 
 class _Driver:
-    """The parts of pycuda.driver a runner uses, recording every call in order."""
+    """The parts of pycuda.driver a runner uses, recording every call in order; ``pushed`` counts the pushes of
+    the CUDA context (the stand-in contexts of ``_contexts``), ``live`` what is not freed yet, ``leaks`` what was
+    dropped outside the context."""
 
     def __init__(self):
         self.log, self.memory, self.pinned = [], _Memory(), []
+        self.pushed, self.live, self.leaks = 0, set(), []
         self._events = iter(("start", "copied_in", "computed", "copied_out"))
 
     def Stream(self):
-        return _Stream(self.log)
+        return _Stream(self)
 
     def Event(self):
-        return _Event(self.log, next(self._events), self.pinned)
+        return _Event(self, next(self._events))
 
     def mem_alloc(self, nbytes):
         address = 4096 * (len(self.memory) + 1)
         self.memory[address] = None
         self.log.append(("mem_alloc", nbytes))
-        return address
+        return _DeviceAllocation(self, address)
 
     def pagelocked_empty(self, size, dtype):
         self.log.append(("pagelocked_empty", size, np.dtype(dtype).name))
-        self.pinned.append(np.zeros(size, dtype))
-        return self.pinned[-1]
+        array = np.asarray(_HostAllocation(self, size, dtype))
+        self.pinned.append(weakref.ref(array))  # weak: the runner alone decides when it is freed
+        return array
+
+    def memcpy_htod(self, device, host):
+        self.memory[int(device)] = host.copy()
 
     def memcpy_htod_async(self, device, host, stream):
         self.log.append(("htod",))
-        self.memory[device] = host.copy()
+        self.memory[int(device)] = host.copy()
 
     def memcpy_dtoh_async(self, host, device, stream):
         self.log.append(("dtoh",))
-        host[...] = self.memory[device].reshape(host.shape)
+        host[...] = self.memory[int(device)].reshape(host.shape)
+
+
+def _contexts(driver):
+    """The runner's per-thread contexts, with a primary context whose push and pop the driver counts."""
+
+    class Primary:
+        def push(self):
+            driver.pushed += 1
+
+        def pop(self):
+            driver.pushed -= 1
+
+    primary = Primary()
+    return ThreadContexts(lambda: primary)
 
 
 class _ExecutionContext:
@@ -243,6 +320,10 @@ class _Trt:
     class TensorIOMode:
         INPUT, OUTPUT = "in", "out"
 
+    class IInt8EntropyCalibrator2:
+        def __init__(self):
+            pass
+
     @staticmethod
     def nptype(dtype):
         return {"float32": np.float32, "float16": np.float16}[dtype]
@@ -253,11 +334,9 @@ PAIR = {"img0": ("in", "float32", (-1, 3, 2, 2)), "img1": ("in", "float32", (-1,
 
 
 def _runner(tensors=PAIR, profile=(1, 4, 8), results=None):
-    from contextlib import nullcontext
-
     driver = _Driver()
     engine = _Engine(tensors, profile, driver, results)
-    return PartRunner(engine, engine_io(engine, _Trt), driver, scope=nullcontext), driver
+    return PartRunner(engine, engine_io(engine, _Trt), driver, scope=_contexts(driver).active), driver
 
 
 def _pairs(rows, seed=0):
@@ -334,6 +413,55 @@ def test_small_last_chunk_is_padded_to_the_profile_minimum_and_trimmed():
     assert padded.shape[0] == 4 and np.array_equal(padded[2], img0[1]) and pad_rows(img0, 4) is img0
     with pytest.raises(UserError, match="no rows"):
         runner.run_all({"img0": img0[:0], "img1": img1[:0]})
+
+
+def test_the_fakes_fail_a_free_outside_the_pushed_context():
+    driver = _Driver()
+    with pytest.raises(AssertionError, match="outside the pushed CUDA context"):
+        driver.mem_alloc(16).free()
+    driver.Stream()  # dropped unfreed outside the context: what pycuda leaks (as the allocation above was)
+    assert driver.leaks == ["device allocation 4096", "stream"]
+
+
+def test_the_runner_frees_its_buffers_stream_and_events_inside_the_context():
+    runner, driver = _runner()
+    img0, img1 = _pairs(6)
+    runner.run({"img0": img0[:2], "img1": img1[:2]})
+    runner.run({"img0": img0, "img1": img1})  # larger: the first buffers are freed (in the context) and replaced
+    assert driver.leaks == [] and driver.pushed == 0
+    runner.close()
+    assert driver.live == set() and driver.leaks == [] and driver.pushed == 0
+    runner.close()  # closing twice is harmless
+    dropped, driver = _runner()
+    dropped.run({"img0": img0, "img1": img1})
+    del dropped  # never closed: the garbage collector's thread frees it, pushing the context there
+    gc.collect()
+    assert driver.live == set() and driver.leaks == []
+
+
+def test_the_int8_calibrator_frees_its_buffers_inside_the_context_and_refuses_other_tables(tmp_path, caplog):
+    from kinship.engines.calibration import CalibrationTable
+    from kinship.engines.tensorrt_backend import entropy_calibrator
+
+    driver = _Driver()
+    contexts = _contexts(driver)
+    img0, img1 = _pairs(4)
+    batches = [{"img0": img0[:2], "img1": img1[:2]}, {"img0": img0[2:], "img1": img1[2:]}]
+    table = CalibrationTable(tmp_path / "calibration.cache", "tensorrt-8.5.3.1-tesla-m40-sm52")
+    with contexts.active(), entropy_calibrator(_Trt, driver, batches, table) as calibrator:
+        assert calibrator.read_calibration_cache() is None  # none yet: TensorRT calibrates
+        first = calibrator.get_batch(["img1", "img0"])
+        assert np.array_equal(driver.memory[first[1]], img0[:2]) and np.array_equal(driver.memory[first[0]], img1[:2])
+        assert calibrator.get_batch(["img0", "img1"]) and calibrator.get_batch(["img0", "img1"]) is None
+        calibrator.write_calibration_cache(b"TRT-8503-EntropyCalibration2\nimg0: 3c010a14\n")
+        assert calibrator.read_calibration_cache() == b"TRT-8503-EntropyCalibration2\nimg0: 3c010a14\n"
+    assert driver.live == set() and driver.leaks == [] and driver.pushed == 0  # freed on leaving, in the context
+    other = CalibrationTable(table.path, "tensorrt-10.3.0-tesla-m40-sm52")
+    with contexts.active(), entropy_calibrator(_Trt, driver, batches, other) as calibrator, caplog.at_level("WARNING"):
+        assert calibrator.read_calibration_cache() is None  # another release's table: calibrated afresh
+    refused = [r.getMessage() for r in caplog.records if "calibration table" in r.getMessage()]
+    assert len(refused) == 1 and "\n" not in refused[0] and "tensorrt-10.3.0" in refused[0]
+    assert driver.live == set() and driver.leaks == []
 
 
 @pytest.mark.parametrize("failing, message", [
@@ -478,16 +606,51 @@ def calibration_file(calibration, tmp_path_factory):
     return save_calibration(calibration, tmp_path_factory.mktemp("trt-calibration") / "calib.npz")
 
 
+@pytest.fixture(scope="module")
+def onnx17(tiny_run, tiny_data, tmp_path_factory):
+    """``tiny_run`` exported at opset 17, which the TensorRT 8.5/8.6 parsers read and 10.x reads too: the GPU tests
+    build from it (the default opset-18 export is refused by 8.x before building)."""
+    from kinship.checkpoint import read_checkpoint
+    from kinship.export import export_checkpoint, validation_sample
+
+    checkpoint = tiny_run / "model.pt"
+    img0, img1 = validation_sample(tiny_data, read_checkpoint(checkpoint)["metadata"], SIZE, count=32)
+    files, _ = export_checkpoint(checkpoint, tmp_path_factory.mktemp("onnx17") / "model.onnx", img0, img1, opset=17)
+    return files.pair
+
+
+def test_tensorrt_8_refuses_the_opset_18_export_and_the_gpu_tests_build_from_opset_17(
+        tiny_onnx, onnx17, tmp_path, monkeypatch):
+    """Through stand-ins for an M40 with TensorRT 8.5.3: the opset-18 file is one line naming the export to run,
+    before anything is built; the GPU tests' file passes the same check."""
+    from kinship.engines import tensorrt_backend as backend
+    from kinship.engines import tensorrt_compat
+
+    monkeypatch.setattr(backend, "host_facts", lambda: M40)
+    monkeypatch.setattr(backend, "device_support", lambda facts: tensorrt_compat.precision_support(facts.capability))
+    built = []
+    monkeypatch.setattr(backend, "build_part", lambda *args, **kwargs: built.append(args) or {})
+    with pytest.raises(UserError, match=r"model\.onnx uses ONNX opset 18, TensorRT 8\.5\.3\.1's parser reads up to 17: "
+                                        r"export it with `kinship export --opset 17`") as refused:
+        backend.build_trt_engine(tiny_onnx, tmp_path / "out18", "fp32", None, EngineConfig())
+    assert "\n" not in str(refused.value) and built == []
+    backend._check_opset(_sources(onnx17), M40)  # no refusal: every part is opset 17
+    assert {onnx_opset(path) for path in _sources(onnx17).values()} == {17}
+    for gpu_test in (test_tensorrt_engines_track_fp32, test_int8_rebuild_reuses_the_calibration_cache):
+        taken = inspect.signature(gpu_test).parameters  # they built from tiny_onnx (opset 18): all failed on 8.5.3
+        assert "onnx17" in taken and "tiny_onnx" not in taken, gpu_test.__name__
+
+
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("variant, max_diff", [("fp32", 1e-3), ("tf32", 2e-2), ("fp16", 5e-2), ("int8", 0.5), ("int8-qdq", 0.5)])
-def test_tensorrt_engines_track_fp32(tiny_onnx, calibration, calibration_file, tmp_path, variant, max_diff):
+def test_tensorrt_engines_track_fp32(onnx17, calibration, calibration_file, tmp_path, variant, max_diff):
     options = EngineConfig(min_batch=1, opt_batch=16, max_batch=64)
     from kinship.engines import tensorrt_compat
     from kinship.engines.base import read_sidecar
     from kinship.engines.tensorrt_backend import host_facts
 
-    built = build_engine(tiny_onnx, tmp_path, variant, "tensorrt", calibration_file, options)
+    built = build_engine(onnx17, tmp_path, variant, "tensorrt", calibration_file, options)
     capability = host_facts().capability
     if variant == "tf32" and capability < (8, 0):  # before Ampere a TF32 build would be the FP32 engine
         assert built.status == "not applicable" and "SM 8.0" in built.notes[0]
@@ -500,23 +663,24 @@ def test_tensorrt_engines_track_fp32(tiny_onnx, calibration, calibration_file, t
     assert built.size_explanation["pair"]["layers"] > 0
     engine = load_engine(built.path)
     img0, img1 = calibration.img0[:40], calibration.img1[:40]
-    reference = reference_engine(tiny_onnx).run_pairs(img0, img1)
+    reference = reference_engine(onnx17).run_pairs(img0, img1)
     logits, times = engine.run_pairs_timed(img0, img1)
     assert compare_logits(reference, logits, float(np.median(reference))).max_abs_diff <= max_diff
     assert times.h2d_ms is not None and times.compute_ms > 0 and times.d2h_ms is not None
     big = np.concatenate([img0] * 3)[:100]  # beyond the profile's max batch: chunked
     assert engine.run_pairs(big, big).shape == (100,)
     assert np.abs(engine.head(engine.embed(img0), engine.embed(img1)) - logits).max() <= max(1e-3, max_diff / 2)
+    engine.close()  # pycuda frees the buffers here, in the context, not wherever the garbage collector runs
 
 
 @pytest.mark.gpu
 @needs_gpu
-def test_int8_rebuild_reuses_the_calibration_cache(tiny_onnx, calibration_file, tmp_path):
+def test_int8_rebuild_reuses_the_calibration_cache(onnx17, calibration_file, tmp_path):
     options = EngineConfig(min_batch=1, opt_batch=16, max_batch=64)
-    build_engine(tiny_onnx, tmp_path, "int8", "tensorrt", calibration_file, options)
+    build_engine(onnx17, tmp_path, "int8", "tensorrt", calibration_file, options)
     caches = sorted(tmp_path.glob("calibration-*.cache"))
     assert len(caches) == 3
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in caches}
-    build_engine(tiny_onnx, tmp_path, "int8", "tensorrt", calibration_file, options)
+    build_engine(onnx17, tmp_path, "int8", "tensorrt", calibration_file, options)
     assert sorted(tmp_path.glob("calibration-*.cache")) == caches
     assert all(p.read_bytes() == before[p][1] for p in caches)

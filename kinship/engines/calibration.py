@@ -276,14 +276,46 @@ def part_arrays(
     raise ValueError(f"unknown model part {part!r}")
 
 
-def cache_path(out_dir: Path, part: str, calibration: CalibrationSet, model_digest: str, method: str) -> Path:
-    """Where TensorRT's calibration table for this (model, part, pairs, method) lives.
+def cache_path(out_dir: Path, part: str, calibration: CalibrationSet, model_digest: str, method: str,
+               release: str) -> Path:
+    """Where TensorRT's calibration table for this (model, part, pairs, method) lives, for one TensorRT release and
+    GPU (``release``: ``tensorrt_compat.release_key``, which names the file as the timing cache's does).
 
-    The name carries a digest of all four, so a rebuild with the same inputs reuses the table and any
+    The name carries a digest of the four inputs, so a rebuild with the same inputs reuses the table and any
     change (new weights, new pairs) misses it instead of silently applying stale scales.
     """
     key = hashlib.sha256(f"{model_digest}|{part}|{calibration.fingerprint()}|{method}".encode()).hexdigest()[:12]
-    return Path(out_dir) / f"calibration-{part}-{key}.cache"
+    return Path(out_dir) / f"calibration-{release}-{part}-{key}.cache"
+
+
+@dataclass(frozen=True)
+class CalibrationTable:
+    """TensorRT's calibration table for one part on disk, stamped with the release and GPU that wrote it.
+
+    The file is a first line ``kinship-calibration <release>`` and then TensorRT's table as it gave it: a table from
+    another release or GPU (a copied out folder, a file from before the stamp) is refused with one line and TensorRT
+    calibrates afresh, as the timing cache does."""
+
+    path: Path
+    release: str
+
+    def _stamp(self) -> bytes:
+        return f"kinship-calibration {self.release}\n".encode()
+
+    def read(self, on_refused: Callable[[str], None]) -> bytes | None:
+        """TensorRT's table, or None (TensorRT then calibrates from the batches)."""
+        stored = read_cache(self.path)
+        if stored is None:
+            return None
+        if stored.startswith(self._stamp()):
+            return stored[len(self._stamp()):] or None
+        first = stored.split(b"\n", 1)[0][:80].decode("ascii", "replace")
+        on_refused(f"calibration table {self.path.name} was written by another TensorRT or GPU "
+                   f"(first line {first!r}, this is {self.release}): calibrating afresh")
+        return None
+
+    def write(self, table: bytes) -> None:
+        write_cache(self.path, self._stamp() + bytes(table))
 
 
 def read_cache(path: Path) -> bytes | None:
@@ -295,4 +327,3 @@ def read_cache(path: Path) -> bytes | None:
 def write_cache(path: Path, table: bytes) -> None:
     """Store a calibration (or timing) table whole or not at all: TensorRT may read it in the next build."""
     write_atomic(path, bytes(table))
-

@@ -8,8 +8,8 @@ timed call, the per-thread CUDA context) is a plain function or class tested on 
 what differs between TensorRT releases and GPU generations is ``kinship.engines.tensorrt_compat``.
 
 Build details: explicit batch (the EXPLICIT_BATCH flag, required on 8.x), ONE optimisation profile over a
-batch range for every input, a timing cache per TensorRT version and GPU in the out folder, detailed
-profiling verbosity so the engine inspector reports each layer's formats. INT8 has two paths: implicit
+batch range for every input, a timing cache and calibration tables per TensorRT version and GPU in the out
+folder, detailed profiling verbosity so the engine inspector reports each layer's formats. INT8 has two paths: implicit
 quantization through an ``IInt8EntropyCalibrator2`` (deprecated in 10.1, gone in TensorRT 11), and the
 explicit symmetric Q/DQ model (``int8-qdq``), the path TensorRT 11 keeps. A precision the GPU has no
 arithmetic for is still built (TensorRT uses FP32 kernels) and says so; TF32 before Ampere is "not
@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +36,7 @@ from kinship.engines.base import (
     PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
 )
 from kinship.engines.calibration import (
-    CalibrationSet, cache_path, calibration_for, fixed_batches, part_arrays, read_cache, write_cache,
+    CalibrationSet, CalibrationTable, cache_path, calibration_for, fixed_batches, part_arrays, write_cache,
 )
 from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, embedder, source_parts, target_names
@@ -262,7 +262,7 @@ class PartPlan:
     onnx: Path  # FP32 export, or the symmetric Q/DQ model for int8-qdq
     shapes: dict[str, tuple]
     calibration_batches: list[dict[str, np.ndarray]] | None = None
-    calibration_cache: Path | None = None
+    calibration_table: CalibrationTable | None = None
 
 
 def plan_parts(sources: dict[str, Path], options: EngineConfig) -> dict[str, PartPlan]:
@@ -272,12 +272,21 @@ def plan_parts(sources: dict[str, Path], options: EngineConfig) -> dict[str, Par
             for part, path in sources.items()}
 
 
-def add_calibration(plans: dict[str, PartPlan], calibration: CalibrationSet, out_dir: Path, embed, options: EngineConfig) -> None:
-    """Attach calibrator batches (at the profile's opt batch: TensorRT calibrates at opt shapes) and cache paths."""
+def release_of(facts: HostFacts) -> str:
+    """``tensorrt-<version>-<gpu>-sm<NN>`` of this host: what its timing cache and calibration tables are valid for."""
+    return compat.release_key(facts.version or "unknown", facts.gpu_name, facts.capability or (0, 0))
+
+
+def add_calibration(plans: dict[str, PartPlan], calibration: CalibrationSet, out_dir: Path, embed, options: EngineConfig,
+                    facts: HostFacts) -> None:
+    """Attach calibrator batches (at the profile's opt batch: TensorRT calibrates at opt shapes) and the calibration
+    tables, keyed by this TensorRT and GPU as the timing cache is."""
+    release = release_of(facts)
     for part, plan in plans.items():
         arrays = part_arrays(calibration, part, embed if part == "head" else None)
         plan.calibration_batches = fixed_batches(arrays, options.opt_batch)
-        plan.calibration_cache = cache_path(out_dir, part, calibration, file_digest(plan.onnx)[0], "entropy2")
+        path = cache_path(out_dir, part, calibration, file_digest(plan.onnx)[0], "entropy2", release)
+        plan.calibration_table = CalibrationTable(path, release)
 
 
 def timing_cache_file(out_dir: Path, facts: HostFacts) -> Path:
@@ -351,16 +360,30 @@ def _trt_logger():
     return _logger
 
 
-def _make_calibrator(batches: list[dict[str, np.ndarray]], cache: Path):
-    """An IInt8EntropyCalibrator2 feeding ``batches`` from device buffers; reads/writes ``cache``."""
-    import pycuda.driver as cuda
-    import tensorrt as trt
+def entropy_calibrator(trt, driver, batches: list[dict[str, np.ndarray]], table: CalibrationTable):
+    """An IInt8EntropyCalibrator2 (of ``trt``) feeding ``batches`` from device buffers (``driver``: pycuda.driver);
+    reads and writes ``table``, refusing one from another TensorRT or GPU with a log line.
+
+    Use it as a context manager inside ``cuda_context()``: leaving it frees the device buffers there. pycuda frees
+    an allocation only where its context is current; one dropped elsewhere (by the garbage collector after the
+    context was popped, or on another thread) warns "could not be cleaned up" and leaks, once per INT8 build."""
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.position = 0
-            self.device = {name: cuda.mem_alloc(array.nbytes) for name, array in batches[0].items()}
+            self.device = {name: driver.mem_alloc(array.nbytes) for name, array in batches[0].items()}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info) -> None:
+            self.free()
+
+        def free(self) -> None:
+            """Free the device buffers now (call it where the CUDA context is current)."""
+            while self.device:
+                self.device.popitem()[1].free()
 
         def get_batch_size(self) -> int:
             # Explicit-batch networks carry the batch in the input shape; TensorRT ignores this value.
@@ -372,16 +395,26 @@ def _make_calibrator(batches: list[dict[str, np.ndarray]], cache: Path):
             batch = batches[self.position]
             self.position += 1
             for name in names:
-                cuda.memcpy_htod(self.device[name], np.ascontiguousarray(batch[name], dtype=np.float32))
+                driver.memcpy_htod(self.device[name], np.ascontiguousarray(batch[name], dtype=np.float32))
             return [int(self.device[name]) for name in names]
 
         def read_calibration_cache(self):
-            return read_cache(cache)
+            return table.read(lambda message: log.warning("%s", message))
 
-        def write_calibration_cache(self, table) -> None:
-            write_cache(cache, bytes(table))
+        def write_calibration_cache(self, data) -> None:
+            table.write(bytes(data))
 
     return EntropyCalibrator()
+
+
+def _calibrator_for(plan: PartPlan, variant: str):
+    """The INT8 calibrator of ``plan`` as a context manager that frees its buffers on leaving (None for the rest)."""
+    if variant != "int8":
+        return nullcontext(None)
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    return entropy_calibrator(trt, cuda, plan.calibration_batches, plan.calibration_table)
 
 
 def _set_precision_flags(config, variant: str) -> None:
@@ -397,7 +430,8 @@ def _set_precision_flags(config, variant: str) -> None:
         config.set_flag(trt.BuilderFlag.INT8)
 
 
-def _configure(builder, plan: PartPlan, variant: str, options: EngineConfig, timing_cache: bytes, notes: list[str]):
+def _configure(builder, plan: PartPlan, variant: str, options: EngineConfig, timing_cache: bytes, notes: list[str],
+               calibrator=None):
     import tensorrt as trt
 
     config = builder.create_builder_config()
@@ -409,9 +443,7 @@ def _configure(builder, plan: PartPlan, variant: str, options: EngineConfig, tim
         compat.checked(profile.set_shape, name, low, opt, high)
     if config.add_optimization_profile(profile) < 0:
         raise RuntimeError(f"TensorRT refused the optimisation profile {plan.shapes}")
-    calibrator = None
-    if variant == "int8":
-        calibrator = _make_calibrator(plan.calibration_batches, plan.calibration_cache)
+    if calibrator is not None:
         compat.set_int8_calibrator(config, calibrator, profile)  # calibrates at the profile's opt shapes
 
     def mismatch(message: str) -> None:
@@ -419,8 +451,7 @@ def _configure(builder, plan: PartPlan, variant: str, options: EngineConfig, tim
         notes.append(f"{plan.part}: {message}")
 
     compat.attach_timing_cache(config, timing_cache, mismatch)
-    # The calibrator is returned so the caller holds it for the whole build: the binding may not.
-    return config, calibrator
+    return config
 
 
 def _parse(builder, path: Path):
@@ -444,8 +475,10 @@ def build_part(plan: PartPlan, variant: str, options: EngineConfig, target: Path
         builder = trt.Builder(_trt_logger())
         network, _parser = _parse(builder, plan.onnx)
         cache_bytes = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
-        config, _calibrator = _configure(builder, plan, variant, options, cache_bytes, notes)
-        serialized = builder.build_serialized_network(network, config)
+        # The caller holds the calibrator for the whole build (the binding may not) and frees it in this context.
+        with _calibrator_for(plan, variant) as calibrator:
+            config = _configure(builder, plan, variant, options, cache_bytes, notes, calibrator)
+            serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise RuntimeError(f"TensorRT could not build {variant} {plan.part} engine (see the TensorRT log above)")
         target.write_bytes(bytes(serialized))
@@ -524,7 +557,7 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
         plans = plan_parts(parsed, options)
         if variant == "int8":
             embed = embedder(sources) if "head" in plans else None  # the head calibrates on FP32 embeddings
-            add_calibration(plans, calibration_set, out_dir, embed, options)
+            add_calibration(plans, calibration_set, out_dir, embed, options, facts)
             notes.append("implicit INT8 via IInt8EntropyCalibrator2 at the profile's opt batch; FP32 fallback allowed")
         cache = timing_cache_file(out_dir, facts)
         census = {part: build_part(plan, variant, options, folder / names[part], cache, notes)
@@ -589,16 +622,44 @@ class PartRunner:
     """One deserialised engine with its execution context, stream, events and growable buffers.
 
     ``driver`` is ``pycuda.driver`` (stand-ins in the tests) and ``scope`` makes the CUDA context current on the
-    calling thread (``cuda_context``) for each call."""
+    calling thread (``cuda_context``) for each call. pycuda frees device and pinned memory, streams and events only
+    where their context is current (elsewhere it warns "could not be cleaned up" and leaks), so ``close`` releases
+    them all inside ``scope``; a runner dropped without ``close`` is closed by ``__del__``, which pushes the
+    context on whichever thread the garbage collector runs."""
 
     def __init__(self, engine, io: TensorIO, driver, scope: Callable = cuda_context):
         self.engine, self.io, self.cuda, self.scope = engine, io, driver, scope
+        self.device: dict[str, object] = {}
+        self.host: dict[str, np.ndarray] = {}
         with scope():
             self.context = engine.create_execution_context()
             self.stream = driver.Stream()
             self.events = [driver.Event() for _ in range(4)]
-        self.device: dict[str, object] = {}
-        self.host: dict[str, np.ndarray] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """Free every buffer and drop the events, the stream and the execution context, inside the context
+        (idempotent; the runner cannot run afterwards)."""
+        if getattr(self, "closed", True):  # closed, or __init__ never finished
+            return
+        with self.scope():
+            for name in list(self.device):
+                self._free(name)
+            self.events, self.stream, self.context = [], None, None  # their destructors run here, in the context
+        self.closed = True
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit pycuda may be gone: nothing left to free then
+            pass
+
+    def _free(self, name: str) -> None:
+        """Free one tensor's device buffer and its pinned host buffer (a HostAllocation under the numpy array)."""
+        self.device.pop(name).free()
+        pinned = getattr(self.host.pop(name, None), "base", None)
+        if hasattr(pinned, "free"):
+            pinned.free()
 
     @classmethod
     def open(cls, path: Path) -> "PartRunner":
@@ -615,6 +676,8 @@ class PartRunner:
         size = int(np.prod(shape))
         host = self.host.get(name)
         if host is None or host.dtype != dtype or host.size < size:  # grow only: later calls reuse
+            if name in self.device:  # called inside scope(): the old buffers are freed in the context
+                self._free(name)
             self.device[name] = self.cuda.mem_alloc(max(size, 1) * np.dtype(dtype).itemsize)
             self.host[name] = self.cuda.pagelocked_empty(max(size, 1), dtype)
         return self.device[name], self.host[name][:size].reshape(shape)
@@ -717,6 +780,11 @@ class TensorRTEngine:
         names, output = PART_TENSORS[part]
         outputs, times = self.runners[part].run_all(dict(zip(names, arrays)))
         return only_output(outputs, output), times
+
+    def close(self) -> None:
+        """Free every part's GPU buffers inside the CUDA context (see ``PartRunner.close``)."""
+        for runner in self.runners.values():
+            runner.close()
 
     def run_pairs(self, img0: np.ndarray, img1: np.ndarray) -> np.ndarray:
         return self.run_pairs_timed(img0, img1)[0]

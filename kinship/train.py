@@ -55,40 +55,57 @@ class Precision:
         return f"{self.backend} ({self.device}), AMP {amp}{scaler}" + (f" ({self.why})" if self.why else "")
 
 
-AMP_MODES = ("auto", "off", "fp16", "bf16", "on")  # "on": the rule before auto knew architectures (bf16 wherever
-# torch says the GPU supports it, else fp16; bf16 on a CPU), kept as an alias so old configs mean what they meant
-# ROCm architectures with fast bf16 matrix arithmetic: CDNA2 (gfx90a), CDNA3 (gfx94x) and RDNA3 (gfx11xx). RDNA1 and
-# RDNA2 (gfx101x, gfx103x: the RX 6900 XT is gfx1030) have none: fp16 with a scaler is what speeds them up.
-ROCM_FAST_BF16 = ("gfx90a", "gfx94", "gfx11")
+AMP_MODES = ("auto", "off", "fp16", "bf16", "on")  # "on": AMP on in the device's fast type, off never (bf16 on a CPU)
+# ROCm architectures with fast bf16 matrix arithmetic: CDNA2 (gfx90a), CDNA3 (gfx94x), CDNA4 (gfx950), RDNA3 (gfx11xx)
+# and RDNA4 (gfx120x). RDNA1 and RDNA2 (gfx101x, gfx103x: the RX 6900 XT is gfx1030) have none: fp16 with a scaler is
+# what speeds them up.
+ROCM_FAST_BF16 = ("gfx90a", "gfx94", "gfx950", "gfx11", "gfx120")
+# CUDA SMs before Volta with fast fp16 (Jetson TX1/Nano, P100, Jetson TX2). The others before 7.0 (Maxwell 5.0/5.2
+# such as the M40, Pascal 6.1 such as the P40) run fp16 at a fraction of their fp32 rate: AMP buys no speed there.
+CUDA_FAST_FP16 = ((5, 3), (6, 0), (6, 2))
 
 
-def amp_choice(amp: str, backend: str, arch: str = "", capability: tuple[int, int] | None = None,
-               bf16_supported: bool = False) -> tuple[str | None, str]:
+def _cuda_fast_fp16(capability: tuple[int, int]) -> bool:
+    return tuple(capability) in CUDA_FAST_FP16 or tuple(capability) >= (7, 0)
+
+
+def _fast_type(backend: str, arch: str, capability: tuple[int, int] | None) -> tuple[str | None, str]:
+    """(``"bf16"``, ``"fp16"`` or None where neither is fast, why) for a GPU, by architecture alone: never by
+    ``torch.cuda.is_bf16_supported()``, which says yes on every ROCm device and, through emulation, on T4/V100."""
+    if backend == "rocm":
+        base = arch.split(":")[0].strip().lower()
+        if base.startswith(ROCM_FAST_BF16):
+            return "bf16", f"{base} has fast bf16"
+        return "fp16", f"{base or 'this ROCm GPU'} has no fast bf16 (RDNA1/RDNA2 and older)"
+    shown = f"SM {capability[0]}.{capability[1]}" if capability is not None else "this GPU"
+    if capability is not None and tuple(capability) >= (8, 0):
+        return "bf16", f"{shown} has fast bf16"
+    if capability is not None and not _cuda_fast_fp16(capability):
+        return None, f"{shown} has no fast fp16 (nor bf16): AMP buys no speed there"
+    return "fp16", f"{shown} has no fast bf16 (before SM 8.0)"
+
+
+def amp_choice(amp: str, backend: str, arch: str = "", capability: tuple[int, int] | None = None
+               ) -> tuple[str | None, str]:
     """(``"fp16"``, ``"bf16"`` or None for FP32, why) for ``--amp`` on a device: a pure function of the backend
-    (``cpu``, ``cuda``, ``rocm``), the ROCm architecture name (``gcnArchName``, e.g. ``gfx1030``) or the CUDA compute
-    capability, and (for ``on`` only) what ``torch.cuda.is_bf16_supported()`` said. fp16 always trains with a scaler.
+    (``cpu``, ``cuda``, ``rocm``) and the ROCm architecture name (``gcnArchName``, e.g. ``gfx1030``) or the CUDA
+    compute capability. fp16 always trains with a scaler.
 
     ``auto``: off on a CPU (autocast rarely pays there); bf16 where it is fast (CUDA SM 8.0+, ROCm gfx90a/gfx94x/
-    gfx11xx); fp16 elsewhere (CUDA before SM 8.0, RDNA1/RDNA2, any other ROCm architecture). ``fp16``/``bf16``/``off``
-    are taken as asked.
+    gfx950/gfx11xx/gfx120x); off on CUDA GPUs without fast fp16 (SM 5.0/5.2, 6.1 and older); fp16 elsewhere.
+    ``on``: AMP on whatever the GPU: the same type as auto, and fp16 where auto chooses off (bf16 on a CPU).
+    ``fp16``/``bf16``/``off`` are taken as asked.
     """
     if amp not in AMP_MODES:
-        raise UserError(f"unknown amp mode {amp!r}: choose auto, off, fp16 or bf16 (on: bf16 where torch supports it)")
+        raise UserError(f"unknown amp mode {amp!r}: choose auto, off, fp16 or bf16 (on: AMP in the GPU's fast type)")
     if amp in ("off", "fp16", "bf16"):
         return (None if amp == "off" else amp), f"--amp {amp}"
     if backend == "cpu":
         return ("bf16", "--amp on: bf16 on the CPU") if amp == "on" else (None, "auto: AMP off on a CPU")
-    if amp == "on":
-        return ("bf16", "--amp on: torch supports bf16 here") if bf16_supported else ("fp16", "--amp on: no bf16 here")
-    if backend == "rocm":
-        base = arch.split(":")[0].strip().lower()
-        if base.startswith(ROCM_FAST_BF16):
-            return "bf16", f"auto: {base} has fast bf16"
-        return "fp16", f"auto: {base or 'this ROCm GPU'} has no fast bf16 (RDNA1/RDNA2 and older)"
-    if capability is not None and tuple(capability) >= (8, 0):
-        return "bf16", f"auto: SM {capability[0]}.{capability[1]} has fast bf16"
-    shown = f"SM {capability[0]}.{capability[1]}" if capability is not None else "this GPU"
-    return "fp16", f"auto: {shown} has no fast bf16 (before SM 8.0)"
+    dtype, why = _fast_type(backend, arch, capability)
+    if amp == "auto":
+        return dtype, f"auto: {why}"
+    return (dtype or "fp16"), f"--amp on: {why}"
 
 
 def _gpu_arch() -> tuple[str, str, tuple[int, int] | None]:
@@ -99,20 +116,16 @@ def _gpu_arch() -> tuple[str, str, tuple[int, int] | None]:
 
 
 def choose_precision(device: str, amp: str) -> Precision:
-    """Resolve ``--device`` and ``--amp`` (``amp_choice``): on GPUs fp16 + scaler or bf16 by architecture, off on
-    a CPU unless asked."""
+    """Resolve ``--device`` and ``--amp`` (``amp_choice``): on GPUs fp16 + scaler, bf16 or off by architecture, off
+    on a CPU unless asked."""
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown device {device!r}: choose auto, cpu or cuda")
     amp_choice(amp, "cpu")  # a bad --amp fails before looking for a GPU
     use_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_gpu and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA or ROCm device")
-    if not use_gpu:
-        backend, arch, capability, bf16 = "cpu", "", None, False
-    else:
-        backend, arch, capability = _gpu_arch()
-        bf16 = amp == "on" and torch.cuda.is_bf16_supported()
-    dtype, why = amp_choice(amp, backend, arch, capability, bf16)
+    backend, arch, capability = _gpu_arch() if use_gpu else ("cpu", "", None)
+    dtype, why = amp_choice(amp, backend, arch, capability)
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype)
     return Precision(torch.device("cuda" if use_gpu else "cpu"), backend, autocast, scale_loss=dtype == "fp16", why=why)
 

@@ -6,8 +6,8 @@ module) as arguments, so all of this is tested on a CPU with stand-ins.
 The facts (NVIDIA's release notes and support matrices; the README's GPU table says the same):
 
 - TensorRT 8.5 is the last release for Kepler (SM 3.x) and 8.5.3 the last for Maxwell (SM 5.x) (8.5.2 and
-  8.6.0 release notes). 8.5 is built for CUDA 11 (and 10.2), and NVIDIA's 8.x support matrices say SM 3.0
-  support was removed: SM 3.0/3.2 and anything older get no release this code drives.
+  8.6.0 release notes). NVIDIA's 8.x support matrices say SM 3.0 support was removed, and CUDA 11 (what 8.5's
+  builds target, besides 10.2) dropped SM 3.0/3.2: they and anything older get no release this code drives.
 - Jetson TX1/Nano (SM 5.3) and TX2 (SM 6.2) stop at JetPack 4.6.x, whose TensorRT is 8.2.1: older than 8.5.
 - TensorRT 10 is compiled for SM 7.0 and higher (10.1 support matrix; 10.0.1 fails with "Unsupported SM"
   on SM 6.1, NVIDIA/TensorRT#3826), so Pascal stops at 8.6. Volta's last is 10.4: the 10.5 release notes say

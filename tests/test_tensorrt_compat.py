@@ -249,3 +249,32 @@ def test_opset_problem_for_8x_parsers():
     assert "model.onnx" in problem and "opset 18" in problem and "--opset 17" in problem
     assert compat.opset_problem("8.6.1", 17) is None
     assert compat.opset_problem("10.3.0", 18) is None
+
+
+def _readme_generation_rows() -> list[list[str]]:
+    """The README's GPU generations table, one list of cells per row (header and rule left out)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text[text.index("#### GPU generations"):text.index("#### What kinship does with it")]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in table.splitlines() if line.startswith("| ")]
+    return [row for row in rows if row[0] != "Generation"]
+
+
+def test_the_readme_gpu_table_matches_the_table_in_code():
+    """Each README row names the release the code asks for on its first SM, and every generation has a row."""
+    rows = _readme_generation_rows()
+    named = set()
+    for generation_cell, sm_cell, _examples, release_cell, *precisions in rows:
+        first_sm = compat.parse_capability(sm_cell.replace(",", " ").replace("-", " ").split()[0])
+        gen = compat.generation(first_sm)
+        named.add(gen.name)
+        assert gen.release_text in release_cell.replace("**", ""), (sm_cell, gen.release_text, release_cell)
+        if gen.last_release is None or gen.last_release >= (8, 5):  # one this code drives: its precisions
+            support = compat.precision_support(first_sm)
+            shown = ["native" if cell.startswith("native") else cell for cell in precisions]
+            expected = [{"runs FP32 kernels on " + compat.sm_text(first_sm): "FP32 kernels"}.get(support[v], support[v])
+                        for v in ("fp32", "tf32", "fp16", "int8")]
+            assert shown == expected, (sm_cell, shown, expected)
+    assert named == {gen.name for gen in compat.GENERATIONS}

@@ -159,13 +159,34 @@ def run_style_tuned(style: str, args, defaults: TrainConfig) -> TunedRow:
     tuned_auc = None
     if search.recipe_path is not None:
         _, tuned_auc, _ = train_and_test(data_dir, search_dir / "final", load_recipe(search.recipe_path))
-    return TunedRow(
+    pretrained_auc = pretrained_leave_one_out(style, data_dir, args, defaults) if args.pretrain_loo else None
+    return TunedRow(pretrained_test_auc=pretrained_auc,
         style=style, families=families, defaults_test_auc=defaults_auc, tuned_test_auc=tuned_auc,
         pixel_test_auc=pixel_test_auc(data_dir, pairs, labels, defaults.image_size),
         oracle_test_auc=roc_auc(labels, oracle_scores(data_dir, pairs)), search_minutes=search.spent_minutes,
         trials=search.trials, held_out_auc=search.held_out_auc, pixel_held_out_auc=search.pixel_held_out_auc,
         defaults_held_out_auc=search.defaults_held_out_auc, tuned_val_auc=search.val_auc,
         recipe=(search.recipe or {}).get("train"), message=search.message)
+
+
+def pretrained_leave_one_out(style: str, data_dir: Path, args, defaults: TrainConfig) -> float | None:
+    """Pretrain on every other style (``kinship pretrain``), search again with that start as a candidate, train the
+    recipe found; the test AUC on this style's test families (None when no recipe cleared the floor)."""
+    from kinship.pretrain import PretrainConfig, pretrain
+    from kinship.tune import TuneConfig, load_recipe, tune
+
+    others = tuple(s for s in STYLE_NAMES if s != style)
+    start = args.out / "pretrain-loo" / f"without-{style}"
+    if not (start / "model.pt").exists():
+        pretrain(PretrainConfig(styles=others, families=args.pretrain_families, image_size=defaults.image_size,
+                                seed=SEED + 1), start, force=start.exists())
+    search_dir = args.out / f"tune-{args.search_minutes:g}min-pretrained" / style
+    config = TuneConfig(budget_minutes=args.search_minutes, image_size=defaults.image_size, init=str(start / "model.pt"))
+    search = tune(data_dir, search_dir, config, study_name=f"transfer-{style}-pretrained",
+                  on_progress=_print_search_progress())
+    if search.recipe_path is None:
+        return None
+    return train_and_test(data_dir, search_dir / "final", load_recipe(search.recipe_path))[1]
 
 
 def _print_search_progress():
@@ -190,6 +211,8 @@ def print_tuned_table(rows: list[TunedRow]) -> None:
     for column in ("style", "families", "defaults test", "tuned test", "raw pixels test", "tuned - pixels",
                    "oracle test", "search min", "trials (complete/pruned)", "held-out: tuned / defaults / pixels"):
         table.add_column(column, justify="right")
+    if any(r.pretrained_test_auc is not None for r in rows):
+        table.add_column("pretrained LOO test", justify="right")
     for r in rows:
         tuned = "no recipe" if r.tuned_test_auc is None else f"{r.tuned_test_auc:.3f}"
         margin = "-" if r.tuned_test_auc is None else f"{r.tuned_test_auc - r.pixel_test_auc:+.3f}"
@@ -197,7 +220,8 @@ def print_tuned_table(rows: list[TunedRow]) -> None:
         table.add_row(r.style, str(r.families), f"{r.defaults_test_auc:.3f}", tuned, f"{r.pixel_test_auc:.3f}", margin,
                       f"{r.oracle_test_auc:.3f}", f"{r.search_minutes:.1f}",
                       f"{r.trials.get('complete', 0)}/{r.trials.get('pruned', 0)}",
-                      f"{r.held_out_auc:.3f} / {defaults_held} / {r.pixel_held_out_auc:.3f}")
+                      f"{r.held_out_auc:.3f} / {defaults_held} / {r.pixel_held_out_auc:.3f}",
+                      *([] if r.pretrained_test_auc is None else [f"{r.pretrained_test_auc:.3f}"]))
     Console(width=200).print(table)
 
 
@@ -249,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="per style: the defaults, a recipe search of --search-minutes and one training with it")
     parser.add_argument("--search-minutes", type=float, default=20.0, help="with --tune: the search's budget per style")
     parser.add_argument("--init", type=Path, help="with --tune: a pretrained model.pt the search may start from")
+    parser.add_argument("--pretrain-loo", action="store_true",
+                        help="with --tune: also pretrain on the other styles and search with that start (leave one out)")
+    parser.add_argument("--pretrain-families", type=int, default=150, help="with --pretrain-loo: families per style")
     args = parser.parse_args(argv)
     if args.tune:
         rows = []

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Create (or bring back in line) the three Prefect work pools; safe to run any number of times.
 
-- ``rocm``: training jobs; one at a time, since one job owns the GPU.
-- ``cuda``: engine builds and benchmarks; one at a time for the same reason.
-- ``orchestrator``: the parent flow only, so it never holds the slot its child runs need.
+- ``rocm``: training jobs and the recipe search's trials; one at a time per GPU, which each worker's ``--limit 1``
+  enforces (a pool limit would keep a second training host idle).
+- ``cuda``: engine builds and benchmarks; one at a time per GPU, likewise by its workers' limits.
+- ``orchestrator``: the parent flows only, so they never hold the slot their child runs need.
 
-The pools and their limits are ``deployments/pools.json``, which ``infra/local/localstack.py`` reads too
-(one worker per pool).
+The pools and their limits are ``deployments/pools.json``, which ``infra/local/localstack.py`` reads too.
 
 Talks to the server named by ``PREFECT_API_URL`` (and ``PREFECT_API_AUTH_STRING`` when it needs one).
 Usage: ``.venv/bin/python deployments/create_pools.py [--json]``.

@@ -323,8 +323,14 @@ def finished_trials(study) -> int:
 
 
 def budget_left(study, config: TuneConfig) -> bool:
-    if config.trials and finished_trials(study) >= config.trials:
-        return False
+    """Whether another trial may start: under the trial cap (counting other workers' running trials, so workers
+    that start at the same moment overshoot it by at most one each) and under the time budget."""
+    import optuna
+
+    if config.trials:
+        counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+        if len(study.get_trials(deepcopy=False, states=counted)) >= config.trials:
+            return False
     return spent_seconds(study) < config.budget_minutes * 60
 
 
@@ -485,6 +491,7 @@ def finish(data_dir: Path, work_dir: Path, config: TuneConfig, study, roles: Fam
         held["models"].get(defaults_trial.number) if defaults_trial else None,
         float(defaults_trial.value) if defaults_trial else None, states, spent, families, table_path, plots)
     if not best.value >= pixel_val + config.required_margin:
+        (work_dir / "recipe.json").unlink(missing_ok=True)  # an earlier finish's recipe must not stand for this one
         result.message = (f"no recipe: the best trial ({best.number}) reached validation AUC {best.value:.4f}, raw-pixel "
                           f"cosine {pixel_val:.4f} on the same pairs: not {config.required_margin} above it")
         return result

@@ -39,7 +39,8 @@ def kinship_stack(tiny_data, tmp_path_factory, request) -> KinshipStack:
         return _SESSION["stack"]
     state_dir = tmp_path_factory.mktemp("stack")
     request.config.add_cleanup(lambda: driver.down(state_dir))  # even if a later step fails
-    stack = driver.up(state_dir, env={"KINSHIP_CUDA_BUILD_WORKERS": "2"})  # two GPU workers for the fan-out test
+    # two GPU workers for the fan-out test, a second training host for the recipe search's trials
+    stack = driver.up(state_dir, env={"KINSHIP_CUDA_BUILD_WORKERS": "2", "KINSHIP_ROCM_TRIAL_WORKERS": "1"})
     driver.push(stack, tiny_data, DATA_URI)
     driver.deploy(stack)
     first = driver.run_deployment(stack, "kinship/full", TINY_PARAMETERS)

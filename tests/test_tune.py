@@ -66,22 +66,11 @@ def test_the_search_never_opens_a_held_out_or_test_image(tiny_data: Path, tmp_pa
     assert result.held_out_auc == result.held_out_auc and result.pixel_held_out_auc == result.pixel_held_out_auc
 
 
-def test_no_recipe_below_the_raw_pixel_floor(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    """Two batches an epoch cannot beat raw pixels by 0.5: one line with the figures, exit 1, no recipe.json."""
-    code = main(["tune", "--data", str(tiny_data), "--out", str(tmp_path / "t"), "--trials", "2",
-                 "--required-margin", "0.5", *TINY])
-    captured = capsys.readouterr()
-    assert code == 1
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kinship tune: no recipe: the best trial"), captured.err
-    assert "raw-pixel cosine" in lines[0] and "not 0.5 above it" in lines[0]
-    assert not (tmp_path / "t" / "recipe.json").exists()
-    assert (tmp_path / "t" / "trials.csv").read_text().count("\n") == 3  # header + 2 trials
-
-
-def test_a_recipe_trains_with_kinship_train(tiny_data: Path, tmp_path: Path, capsys) -> None:
+def test_a_recipe_trains_with_kinship_train_and_the_floor_withholds_one(tiny_data: Path, tmp_path: Path, capsys) -> None:
     """Above the floor (here any margin) the recipe is written; ``kinship train --recipe`` trains with it, a flag
-    typed on the command line still wins; the trial table, both plots and the JSON outcome are there."""
+    typed on the command line still wins; the trial table, both plots and the JSON outcome are there. The same
+    study finished again under a floor no 2-batch model reaches (0.5 over raw pixels): one line with the figures,
+    exit 1, no new trial, and the earlier recipe.json removed."""
     out = tmp_path / "t"
     code = main(["tune", "--data", str(tiny_data), "--out", str(out), "--trials", "3", "--required-margin", "-1",
                  "--json", *TINY])
@@ -92,13 +81,23 @@ def test_a_recipe_trains_with_kinship_train(tiny_data: Path, tmp_path: Path, cap
     assert outcome["trials"].get("complete", 0) + outcome["trials"].get("pruned", 0) == 3
     assert {p.name for p in map(Path, outcome["plots"])} == {"history.png", "importances.png"}
     assert outcome["families"]["held_out"] + outcome["families"]["tuning"] == len(related_families(tiny_data))
+    assert (out / "trials.csv").read_text().count("\n") == 4  # header + 3 trials (none queued and never run)
     run = tmp_path / "run"
     assert main(["train", "--data", str(tiny_data), "--out", str(run), "--recipe", str(out / "recipe.json"),
                  "--epochs", "1", "--json"]) == 0
+    capsys.readouterr()
     trained = json.loads((run / "config.json").read_text())["train"]
     assert trained["epochs"] == 1  # typed
     for name in ("lr", "rotate", "erase", "identity_weight", "pool_grid", "width", "embedding_dim"):
         assert trained[name] == recipe["train"][name], name
+
+    code = main(["tune", "--data", str(tiny_data), "--out", str(out), "--trials", "3", "--required-margin", "0.5", *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("kinship tune: no recipe: the best trial"), err
+    assert "raw-pixel cosine" in err[0] and "not 0.5 above it" in err[0]
+    assert not (out / "recipe.json").exists()
+    assert (out / "trials.csv").read_text().count("\n") == 4  # the study's 3 trials: nothing ran again
 
 
 def test_a_file_that_is_not_a_recipe_is_one_line(tiny_data: Path, tmp_path: Path, capsys) -> None:
@@ -157,3 +156,32 @@ def test_joining_a_study_of_other_families_is_refused(tiny_data: Path, tmp_path:
     other = FamilyRoles(held_out=("F0001",), folds=(("F0002",), ("F0003",), ("F0004",), ("F0005",)))
     with pytest.raises(UserError, match="searched on other families"):
         open_study(url, "s", config, other)
+
+
+def test_a_run_trains_with_the_recipe_it_names(tmp_path: Path) -> None:
+    """``kinship/full``'s ``recipe``: none, ``latest`` before and after a search stored one, a stored recipe.json by
+    URI; a recipe decides the training, the run's host knobs stay; a stored file that is not a recipe is one line."""
+    from dataclasses import asdict, replace
+
+    from kinship.errors import UserError
+    from kinship.storage import LocalStore, StoreSettings
+    from kinship.train_config import TrainConfig
+    from kinship.tuning_stage import recipe_pointer_key, resolve_recipe
+
+    store = LocalStore(tmp_path / "store", replace(StoreSettings.from_env(), scratch=tmp_path / "scratch"))
+    given = TrainConfig(epochs=3, device="cpu", amp="off", nproc=2)
+    uri = "s3://kinship/datasets/demo"
+    assert resolve_recipe(store, "", uri, given) == (given, "training configuration as given (no recipe)")
+    config, note = resolve_recipe(store, "latest", uri, given)
+    assert config == given and note.startswith("no recipe tuned for demo yet")
+    tuned = TrainConfig(epochs=14, rotate=0.0, pool_grid=2, identity_weight=0.3, device="auto", nproc=1)
+    document = {"format": "kinship-recipe/1", "train": asdict(tuned)}
+    store.put_json(document, recipe_pointer_key(uri))
+    stored = store.put_json(document, "tuning/s/recipe.json")
+    for recipe in ("latest", stored.uri):
+        config, note = resolve_recipe(store, recipe, uri, given)
+        assert config == replace(tuned, device="cpu", amp="off", nproc=2), recipe
+        assert note.startswith("recipe ")
+    store.put_json({"format": "kinship-train/1"}, "tuning/s/other.json")
+    with pytest.raises(UserError, match="is not a recipe"):
+        resolve_recipe(store, store.uri("tuning/s/other.json"), uri, given)

@@ -51,6 +51,7 @@ WORKER_POOLS = tuple(json.loads((REPO / "deployments" / "pools.json").read_text(
 HEARTBEAT_SECONDS = 30
 ZOMBIE_SECONDS = 90
 ZOMBIE_AUTOMATION = "kinship: crash flow runs without heartbeats"
+TRIALS_QUEUE = "trials"  # the rocm pool's queue of recipe-search trial runs (prefect.yaml's kinship-tune-trials)
 BUILD_QUEUE = "builds"  # the cuda pool's queue of fanned-out precisions (prefect.yaml's kinship-engine/build)
 # SeaweedFS's gRPC ports take only clients with a certificate of this name, signed by the stack's own CA.
 GRPC_NAME = "kinship-weed"
@@ -474,25 +475,26 @@ def build_workers() -> int:
     return int(text)
 
 
-def rocm_workers() -> int:
-    """``KINSHIP_ROCM_WORKERS`` (default 1): training hosts on the ``rocm`` pool, each one run at a time (the recipe
-    search's trial runs spread over them)."""
-    text = os.environ.get("KINSHIP_ROCM_WORKERS", "").strip() or "1"
-    if not text.isdigit() or not 1 <= int(text) <= 16:
-        raise BadSetting(f"KINSHIP_ROCM_WORKERS={text!r}: expected a whole number from 1 to 16")
+def trial_workers() -> int:
+    """``KINSHIP_ROCM_TRIAL_WORKERS`` (default 0): more training hosts on the ``rocm`` pool, on its ``trials`` queue
+    only (the recipe search's trial runs), each one run at a time; the pool's first worker takes every queue."""
+    text = os.environ.get("KINSHIP_ROCM_TRIAL_WORKERS", "").strip() or "0"
+    if not text.isdigit() or not 0 <= int(text) <= 16:
+        raise BadSetting(f"KINSHIP_ROCM_TRIAL_WORKERS={text!r}: expected a whole number from 0 to 16")
     return int(text)
 
 
 def worker_specs() -> list[WorkerSpec]:
     """One worker per pool, the ``cuda`` one on its ``default`` queue one run at a time (the engines runs: one GPU
     for the side-by-side benchmark), plus ``build_workers()`` on its ``builds`` queue, each one run at a time with
-    ``CUDA_VISIBLE_DEVICES`` set to its own GPU, standing in for one GPU each; ``rocm_workers()`` on the ``rocm``
-    pool, each one run at a time on its own host (the first keeps the name and folder of the single one)."""
+    ``CUDA_VISIBLE_DEVICES`` set to its own GPU, standing in for one GPU each. The ``rocm`` worker takes one run
+    at a time (one GPU), and ``trial_workers()`` more take the ``trials`` queue, each a host of its own."""
     specs = []
     for pool in WORKER_POOLS:
         if pool == "rocm":
-            specs += [WorkerSpec(pool, "local-rocm" + (str(i) if i else ""), "rocm" + (str(i) if i else ""), limit=1)
-                      for i in range(rocm_workers())]
+            specs.append(WorkerSpec(pool, "local-rocm", "rocm", limit=1))
+            specs += [WorkerSpec(pool, f"local-rocm-trials{i}", f"rocm-trials{i}", queue=TRIALS_QUEUE, limit=1)
+                      for i in range(1, trial_workers() + 1)]
         elif pool == "cuda":
             specs.append(WorkerSpec(pool, "local-cuda", "cuda", queue="default", limit=1))
             specs += [WorkerSpec(pool, f"local-cuda-build{i}", f"cuda-build{i}", queue=BUILD_QUEUE, limit=1,
@@ -1222,7 +1224,7 @@ def up(stack: Stack) -> int:
     t0 = time.monotonic()
     choice = database_choice()  # a bad value stops here, before anything starts
     build_workers()  # likewise
-    rocm_workers()
+    trial_workers()
     stack.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(stack.state_dir, 0o700)
     with _locked(stack):

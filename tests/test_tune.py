@@ -39,9 +39,10 @@ def test_roles_are_stable_when_families_are_added() -> None:
     assert len(moved) <= 3, moved  # the rank cut moves a few at the boundary, never the set
 
 
-def test_the_search_never_opens_a_held_out_or_test_image(tiny_data: Path, tmp_path: Path) -> None:
+def test_the_search_never_opens_a_held_out_or_test_image(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
     """Trials open only their own families' images; the held-out ones are read first by the finish, the test
-    folder never (an audit hook sees every open)."""
+    folder never. Every open is seen: by path (an audit hook) and by descriptor (images are opened relative to
+    folder descriptors, so each new descriptor's real path is read back from /proc)."""
     config = tiny_search(trials=2)
     roles = family_roles(related_families(tiny_data), config)
     held_out = {f"/train/{family}/" for family in roles.held_out}
@@ -52,7 +53,16 @@ def test_the_search_never_opens_a_held_out_or_test_image(tiny_data: Path, tmp_pa
         if listening[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
             opened.append(os.fsdecode(args[0]))
 
+    real_open = os.open
+
+    def watched_open(*args, **kwargs):
+        fd = real_open(*args, **kwargs)
+        if listening[0]:
+            opened.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return fd
+
     sys.addaudithook(audit)
+    monkeypatch.setattr(os, "open", watched_open)
     study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "reads", config, roles)
     run_trials(tiny_data, tmp_path, config, study, roles)
     during_trials = list(opened)

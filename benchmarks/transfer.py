@@ -194,10 +194,10 @@ def _print_search_progress():
     seen = {"trials": -1}
 
     def on_event(event) -> None:
-        trials = event.info.get("trials")
+        trials = event.info.get("trials done")
         if event.stage == "recipe search" and trials is not None and trials != seen["trials"]:
             seen["trials"] = trials
-            print(f"  search: {trials} trials, best validation AUC {event.info.get('best', float('nan')):.4f}, "
+            print(f"  search: {trials} trials, best validation AUC {event.info.get('best')}, "
                   f"{event.done / 60:.1f} of {event.total / 60:.0f} min", flush=True)
 
     return on_event

@@ -357,7 +357,7 @@ def run_trials(data_dir: Path, work_dir: Path, config: TuneConfig, study, roles:
         best = _best(study)
         on_progress(ProgressEvent("recipe search", min(int(spent_seconds(study)), int(config.budget_minutes * 60)),
                                   int(config.budget_minutes * 60),
-                                  {"trials": finished_trials(study), "best": best.value if best else float("nan")}))
+                                  {"trials done": finished_trials(study), "best": round(best.value, 4) if best else "-"}))
     return ran
 
 
@@ -386,10 +386,13 @@ def _objective(data_dir, work_dir: Path, config: TuneConfig, study, prepared, pr
                 trial.set_user_attr("stopped", "pruned")
                 raise optuna.TrialPruned()
 
+        best = _best(study)
+        so_far = {"trials done": finished_trials(study), "best": round(best.value, 4) if best else "-"}
+
         def on_trial_progress(event: ProgressEvent) -> None:
             elapsed = spent_before + time.time() - started
             on_progress(ProgressEvent("recipe search", int(min(elapsed, budget)), int(budget),
-                                      {"trial": trial.number, "stage": event.stage}))
+                                      {**so_far, "trial": trial.number, "at": event.stage}))
 
         trial.set_user_attr("recipe", _jsonable(params))
         try:
@@ -554,7 +557,8 @@ def trial_rows(study) -> list[dict]:
             max(trial.intermediate_values.values()) if trial.intermediate_values else None)
         rows.append({"trial": trial.number, "state": trial.state.name.lower(), "val_auc": value,
                      "epochs_run": trial.user_attrs.get("epochs_run"), "seconds": seconds,
-                     "stopped": trial.user_attrs.get("stopped", ""), **trial.params})
+                     "stopped": trial.user_attrs.get("stopped", ""),
+                     **{k: round(v, 6) if isinstance(v, float) else v for k, v in trial.params.items()}})
     return rows
 
 

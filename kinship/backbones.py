@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kinship.errors import UserError
+from kinship.errors import UserError, first_line
 
 BACKBONES = ("resnet18", "resnet50", "iresnet50", "iresnet100")
 BACKBONE_IMAGE_SIZE = 112
@@ -414,7 +414,7 @@ def load_backbone_weights(encoder: BackboneEncoder, path: Path) -> None:
     try:
         encoder.backbone.load_state_dict(full, strict=True)
     except RuntimeError as error:  # pragma: no cover - the checks above should catch everything
-        raise UserError(f"{path} does not fit {name}: {str(error).strip().splitlines()[0]}") from error
+        raise UserError(f"{path} does not fit {name}: {first_line(error)}") from error
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -423,7 +423,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors all mean the same here
-        text = str(error).strip().splitlines()[0][:80] if str(error).strip() else type(error).__name__
+        text = first_line(error, 80)
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             reason = "it holds Python objects, not only tensors (save model.state_dict() instead)"
         else:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from kinship import __version__
-from kinship.errors import UserError
+from kinship.errors import UserError, first_line
 from kinship.files import write_atomic
 from kinship.model import KinshipNet, ModelConfig, build_model
 
@@ -65,11 +65,6 @@ def load_model(path: Path) -> tuple[KinshipNet, dict]:
         model = build_model(config)
         model.load_state_dict(payload["model_state"])
     except (TypeError, ValueError, RuntimeError, KeyError) as error:
-        raise UserError(f"{path}: weights do not fit the kinship architecture: {_first_line(error)}") from error
+        raise UserError(f"{path}: weights do not fit the kinship architecture: {first_line(error, 200)}") from error
     model.eval()
     return model, dict(payload.get("metadata", {}))
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__

@@ -22,21 +22,19 @@ entry's name), so a damaged or edited copy is fetched again instead of training 
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Mapping
+from typing import Callable, ContextManager, Mapping
 
 from kinship.errors import UserError
-from kinship.files import PARTIAL_MARK, file_digest, write_atomic
+from kinship.files import PARTIAL_MARK, file_digest, file_lock, write_atomic
 from kinship.shards import is_sharded, parse_manifest
 
 log = logging.getLogger(__name__)
@@ -121,14 +119,14 @@ class DatasetCache:
         path = self.entry_path(sha256)
         # A reuse needs only a shared lock, so it never waits for another flow's training on the same copy (which
         # holds a shared lock while it reads); filling or replacing a copy takes the exclusive one.
-        with self._locked(path.name, fcntl.LOCK_SH):
+        with self._locked(path.name, exclusive=False):
             started = time.perf_counter()
             problem = self._problem(path, sha256, expected) if path.is_dir() else "absent"
             verify_s = time.perf_counter() - started
             if problem is None:
                 self._record(path.name, uri, None, filled=False)
                 return CacheOutcome(path, "hit", verify_s, tuple(self.evict(keep={path.name})))
-        with self._locked(path.name, fcntl.LOCK_EX):
+        with self._locked(path.name, exclusive=True):
             status, problem = "filled", None
             if path.is_dir():  # damaged, or filled by another flow while we waited for the lock
                 started = time.perf_counter()
@@ -237,8 +235,8 @@ class DatasetCache:
             return f"unreadable manifest ({error})"
         return verify_files(path, files, self.settings.verify == "full")
 
-    def _locked(self, name: str, operation: int) -> ContextManager[None]:
-        return _flocked(self.root / _LOCKS / f"{name}.lock", operation)
+    def _locked(self, name: str, exclusive: bool) -> ContextManager[None]:
+        return file_lock(self.root / _LOCKS / f"{name}.lock", exclusive)
 
     def _remove_unless_busy(self, name: str) -> bool:
         if name.startswith(f"{DOWNLOADS}/"):
@@ -249,21 +247,16 @@ class DatasetCache:
         images = name.startswith(f"{IMAGES_FOLDER}/")
         key = name.split("/", 1)[1] if images else name
         lock = (self._images if images else self.root) / _LOCKS / f"{key}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False  # a stage is reading it, or a fill is under way
-            try:
+        try:
+            with file_lock(lock, wait=False):
                 if images:
                     (self._images / f"{key}.npy").unlink(missing_ok=True)
                     (self._images / f"{key}.json").unlink(missing_ok=True)
                 else:
                     shutil.rmtree(self.root / key, ignore_errors=True)
                     (self.root / _ENTRIES / f"{key}.json").unlink(missing_ok=True)
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        except BlockingIOError:
+            return False  # a stage is reading it, or a fill is under way
         return True
 
     def _remove_partials(self, path: Path) -> None:
@@ -293,7 +286,7 @@ def _glob(folder: Path, pattern: str) -> list[Path]:
 
 def host_lock(folder: Path, key: str) -> ContextManager[None]:
     """The exclusive lock of entry ``key`` of a cache folder (``folder/.locks/<key>.lock``)."""
-    return _flocked(Path(folder) / _LOCKS / f"{key}.lock", fcntl.LOCK_EX)
+    return file_lock(Path(folder) / _LOCKS / f"{key}.lock")
 
 
 def verify_mode(environ: Mapping[str, str] | None = None) -> str:
@@ -316,18 +309,7 @@ def hold(folder: Path) -> ContextManager[None]:
     lock = folder.parent / _LOCKS / f"{folder.name}.lock"
     if not lock.is_file():
         return nullcontext()
-    return _flocked(lock, fcntl.LOCK_SH)
-
-
-@contextmanager
-def _flocked(lock: Path, operation: int) -> Iterator[None]:
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, operation)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(lock, exclusive=False)
 
 
 def verify_files(root: Path, files: dict[str, tuple[str, int]], full: bool, workers: int = 4) -> str | None:
@@ -342,7 +324,7 @@ def verify_files(root: Path, files: dict[str, tuple[str, int]], full: bool, work
             try:
                 if path.is_symlink() or path.stat().st_size != size:
                     return f"{name}: size differs or not a regular file"
-                if full and _sha256(path) != sha256:
+                if full and file_digest(path)[0] != sha256:
                     return f"{name}: sha256 differs"
             except OSError:
                 return f"{name}: missing"
@@ -352,11 +334,6 @@ def verify_files(root: Path, files: dict[str, tuple[str, int]], full: bool, work
     with ThreadPoolExecutor(max_workers=workers) as pool:
         problems = [problem for problem in pool.map(check, chunks) if problem]
     return min(problems) if problems else None
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def manifest_files(document: object, dataset_uri: str, name: str) -> dict[str, tuple[str, int]]:

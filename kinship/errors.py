@@ -27,7 +27,18 @@ class ArtifactMismatch(KinshipError):
     exit_code = 1
 
 
+def first_line(error: BaseException, limit: int | None = None, typed: bool = False) -> str:
+    """The first line of ``error``'s message, cut at ``limit`` characters; with ``typed``, after its type's name
+    (``ValueError: ...``). An error without a message gives its type's name: the line is never empty."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    text = lines[0][:limit]
+    return f"{type(error).__name__}: {text}" if typed else text
+
+
 def reason_of(error: BaseException) -> str:
     """One line for a report: a KinshipError's own message, else the type and first line."""
-    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    return text if isinstance(error, KinshipError) else f"{type(error).__name__}: {text}".rstrip(": ")
+    if isinstance(error, KinshipError):
+        return first_line(error, 300) if str(error).strip() else ""
+    return first_line(error, 300, typed=True)

@@ -21,7 +21,7 @@ import torch
 
 from kinship import __version__
 from kinship.checkpoint import load_model
-from kinship.errors import CheckFailed, UserError
+from kinship.errors import CheckFailed, UserError, first_line
 from kinship.images import NORMALISE_MEAN, NORMALISE_STD
 
 OPSET = 18  # what torch's dynamo exporter writes
@@ -89,8 +89,7 @@ def convert_opset(path: Path, opset: int) -> None:
     try:
         model = version_converter.convert_version(onnx.load(str(path)), opset)
     except Exception as error:  # the converter raises RuntimeError/ValueError naming the node it cannot adapt
-        raise CheckFailed(f"ONNX cannot convert {Path(path).name} to opset {opset}: {str(error).splitlines()[0][:200]}") \
-            from error
+        raise CheckFailed(f"ONNX cannot convert {Path(path).name} to opset {opset}: {first_line(error, 200)}") from error
     for node in model.graph.node:
         reduce_with_axes = node.op_type.startswith("Reduce") and any(a.name == "axes" for a in node.attribute)
         if reduce_with_axes and node.op_type != "ReduceSum":
@@ -228,7 +227,7 @@ def export_checkpoint(checkpoint: Path, out: Path, img0_uint8: np.ndarray, img1_
         checks = check_against_torch(model, partial, img0_uint8, img1_uint8)
     except onnx.checker.ValidationError as error:
         _remove(partial.all())
-        raise CheckFailed(f"onnx.checker rejected the export of {checkpoint}: {str(error).splitlines()[0]}") from error
+        raise CheckFailed(f"onnx.checker rejected the export of {checkpoint}: {first_line(error)}") from error
     except BaseException:
         _remove(partial.all())
         raise

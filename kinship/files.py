@@ -1,18 +1,22 @@
-"""Local files written whole or not at all, their sha256, and opening only what is a regular file.
+"""Local files written whole or not at all, their sha256, their locks, and opening only what is a regular file.
 
 One atomic writer (``write_atomic``: a ``.NAME.partial-<random>`` sibling, renamed into place, removed on any
-failure), one hasher (``file_digest``) and one guarded open (``open_regular``) for the whole project.
+failure) and its folder twin (``atomic_folder``), one hasher (``file_digest``), one advisory lock (``file_lock``)
+and one guarded open (``open_regular``) for the whole project.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
+import shutil
 import stat
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 MiB = 1024 * 1024
 PARTIAL_MARK = ".partial-"  # in every temporary name: listings skip them, tests look for leftovers
@@ -68,6 +72,43 @@ def write_atomic(path: str | Path, content: bytes | str | Callable[[BinaryIO], N
     finally:
         unlink_quietly(temp)
     return path
+
+
+@contextmanager
+def atomic_folder(final: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``final`` to fill; when the block ends without an error it replaces
+    ``final`` (a folder already there is moved aside first and removed after, so a crash leaves either the old
+    folder or the new one), and on any error it is removed. Its name carries ``PARTIAL_MARK``."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = temp_sibling(final)
+    partial.mkdir()
+    try:
+        yield partial
+        previous = temp_sibling(final) if final.exists() else None
+        if previous is not None:
+            os.replace(final, previous)
+        os.replace(partial, final)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+@contextmanager
+def file_lock(path: str | Path, exclusive: bool = True, wait: bool = True) -> Iterator[None]:
+    """Hold an advisory ``flock`` on the file at ``path`` (created, with its folder, when missing) for the block:
+    exclusive or shared. With ``wait=False`` a lock someone else holds raises ``BlockingIOError`` at once instead
+    of waiting. The kernel drops it when the process dies, so a killed holder never leaves it stuck."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    operation = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, operation)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def open_regular(path: str | Path, follow_links: bool = False, root: str | Path | None = None) -> BinaryIO:

@@ -34,12 +34,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Protocol
+from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 from kinship.errors import UserError
 from kinship.files import (
-    NotRegularFile, file_digest, open_regular, stream_digest, temp_sibling, unlink_quietly, write_atomic,
+    NotRegularFile, file_digest, file_lock, open_regular, stream_digest, temp_sibling, unlink_quietly, write_atomic,
 )
 from kinship.progress import Progress, ProgressEvent, silent
 from kinship.shards import (
@@ -1438,7 +1438,7 @@ class LocalStore(_BaseStore):
 
     def _version(self, loc: StoreURI) -> str | None:
         try:
-            return hashlib.sha256(Path(loc.key).read_bytes()).hexdigest()  # small documents only
+            return file_digest(Path(loc.key))[0]
         except FileNotFoundError:
             return None
 
@@ -1454,18 +1454,8 @@ class LocalStore(_BaseStore):
         with self._locked(Path(self._location(validate_key(key)).key), exclusive=False):
             return super().get_json_versioned(key)
 
-    @contextmanager
-    def _locked(self, path: Path, exclusive: bool) -> Iterator[None]:
-        import fcntl
-
-        lock = (self._meta_path(path) or path).with_suffix(".lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _locked(self, path: Path, exclusive: bool) -> ContextManager[None]:
+        return file_lock((self._meta_path(path) or path).with_suffix(".lock"), exclusive)
 
     def _download(self, loc: StoreURI, dest: Path, on_bytes: Callable[[int], None]) -> None:
         source = Path(loc.key)

@@ -10,17 +10,15 @@ looks like an engine.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from kinship.engines.config import BACKENDS, CALIBRATION_METHODS, check_backend_name  # noqa: F401 (vocabulary)
 from kinship.errors import UserError
+from kinship.files import atomic_folder
 
 PRECISIONS = ("fp32", "tf32", "fp16", "int8")
 # Build variants: a precision, plus "int8-qdq" for TensorRT's explicit (Q/DQ model) INT8 path, the one
@@ -78,25 +76,8 @@ def variant_dir(out_dir: Path, backend: str, variant: str) -> Path:
     return Path(out_dir) / f"{backend}-{variant}"
 
 
-@contextmanager
-def staged_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; on success it replaces ``final``, on failure it is removed."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    # An earlier build of the same variant goes aside first, so a crash leaves either old or new.
-    previous = final.with_name(f".{final.name}.previous-{os.getpid()}")
-    if final.exists():
-        os.replace(final, previous)
-    os.replace(partial, final)
-    shutil.rmtree(previous, ignore_errors=True)
+# An engine folder is built in ``kinship.files.atomic_folder``; ``staged_dir`` is the tests' older name for it.
+staged_dir = atomic_folder
 
 
 def write_sidecar(folder: Path, record: dict) -> Path:

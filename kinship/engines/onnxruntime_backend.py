@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kinship.engines.base import PARTS, PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar
+from kinship.engines.base import PARTS, PhaseTimes, file_sizes, precision_of, variant_dir, write_sidecar
 from kinship.engines.calibration import calibration_for
 from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, session, source_parts, target_names
 from kinship.engines.outcome import STATUS_BUILT, STATUS_NOT_APPLICABLE, BuildFacts, EngineOutcome
 from kinship.errors import UserError
+from kinship.files import atomic_folder
 
 BACKEND = "onnxruntime"
 INPUTS = {"pair": ("img0", "img1"), "encoder": ("image",), "head": ("emb0", "emb1")}
@@ -125,7 +126,7 @@ def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
     calibration_set = calibration_for(variant, calibration, image_size)
     names = target_names(sources)
     final = variant_dir(out_dir, BACKEND, variant)
-    with staged_dir(final) as folder:
+    with atomic_folder(final) as folder:
         notes = _convert(variant, sources, folder, names, calibration_set, options)
         _stamp_all(folder, names, sources, variant)
         engine = OrtEngine({p: folder / n for p, n in names.items()}, precision_of(variant), variant, image_size)

@@ -33,7 +33,7 @@ import numpy as np
 
 from kinship.engines import tensorrt_compat as compat
 from kinship.engines.base import (
-    PhaseTimes, file_sizes, precision_of, staged_dir, variant_dir, write_sidecar,
+    PhaseTimes, file_sizes, precision_of, variant_dir, write_sidecar,
 )
 from kinship.engines.calibration import (
     CalibrationSet, CalibrationTable, cache_path, calibration_for, fixed_batches, part_arrays, write_cache,
@@ -41,8 +41,8 @@ from kinship.engines.calibration import (
 from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, embedder, source_parts, target_names
 from kinship.engines.outcome import STATUS_BUILT, STATUS_NOT_APPLICABLE, BuildFacts, EngineOutcome
-from kinship.errors import UserError
-from kinship.files import file_digest
+from kinship.errors import UserError, first_line
+from kinship.files import atomic_folder, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +69,13 @@ class HostFacts:
     capability: tuple[int, int] | None = None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-
-
 @lru_cache(maxsize=1)
 def host_facts() -> HostFacts:
     """Probe TensorRT, pycuda and GPU 0 once per process."""
     try:
         import tensorrt as trt
     except Exception as error:  # ImportError, or a broken install raising OSError on its libraries
-        return HostFacts(import_error=_first_line(error))
+        return HostFacts(import_error=first_line(error, typed=True))
     version = str(getattr(trt, "__version__", "0"))
     try:
         import pycuda.driver as cuda
@@ -92,7 +87,7 @@ def host_facts() -> HostFacts:
         device = cuda.Device(0)
         return HostFacts(version, devices=count, gpu_name=device.name(), capability=tuple(device.compute_capability()))
     except Exception as error:
-        return HostFacts(version=version, cuda_error=_first_line(error))
+        return HostFacts(version=version, cuda_error=first_line(error, typed=True))
 
 
 def unavailable_reason(facts: HostFacts) -> str | None:
@@ -552,7 +547,7 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
     notes: list[str] = []
     out_dir = Path(out_dir)
     final = variant_dir(out_dir, BACKEND, variant)
-    with staged_dir(final) as folder:
+    with atomic_folder(final) as folder:
         parsed = _qdq_sources(sources, calibration_set, folder, options) if variant == "int8-qdq" else sources
         plans = plan_parts(parsed, options)
         if variant == "int8":

@@ -29,6 +29,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+from kinship.errors import first_line
+
 Version = tuple[int, ...]
 Capability = tuple[int, int]
 
@@ -253,8 +255,7 @@ def checked(call: Callable, *args, what: str | None = None):
     try:
         result = call(*args)
     except Exception as error:
-        why = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RuntimeError(f"TensorRT {name}({shown}) failed: {why}") from error
+        raise RuntimeError(f"TensorRT {name}({shown}) failed: {first_line(error)}") from error
     if result is False:
         raise RuntimeError(f"TensorRT {name}({shown}) returned False (see the TensorRT log above)")
     return result

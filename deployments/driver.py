@@ -2,8 +2,9 @@
 
 Everything goes through the same commands a person types (``infra/local/up``, ``kinship data push``,
 ``prefect deploy``, ``prefect deployment run --watch``) with the stack's client environment, so what the
-tests and the benchmark exercise is what ``make run`` does. The Prefect REST API is read with plain HTTP
-(basic auth), so no Prefect settings leak into the calling process.
+tests and the benchmark exercise is what ``make run`` does. The Prefect REST API is read through
+``kinship.server_retries.PrefectApi`` (plain HTTP, basic auth), so no Prefect settings leak into the calling
+process.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from kinship.server_retries import prefect_request
+from kinship.server_retries import PrefectApi, wait_for  # noqa: F401  (wait_for: the tests' poll loop)
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -39,7 +38,12 @@ class LocalStack:
 
     @property
     def ui_url(self) -> str:
-        return self.api_url.removesuffix("/api")
+        return self.client.ui_url
+
+    @property
+    def client(self) -> PrefectApi:
+        """The stack's Prefect API (its basic auth)."""
+        return PrefectApi(self.api_url, self.env["PREFECT_API_AUTH_STRING"])
 
     def process_env(self, **extra: str) -> dict[str, str]:
         """This process's environment minus any other Prefect/S3 settings, plus the stack's client settings."""
@@ -53,7 +57,7 @@ class LocalStack:
         Retryable answers (503 while the server's SQLite is locked, 429, 502, 504, 408) and requests broken on
         the way are retried with backoff, as Prefect's own client does, so a busy server never fails a caller.
         """
-        return prefect_request(self.api_url, path, self.env["PREFECT_API_AUTH_STRING"], body, method)
+        return self.client(path, body, method)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -168,26 +172,3 @@ def run_id_of(children: list[dict]) -> str:
     if len(tags) != 1:
         raise ValueError(f"expected one run-<id> tag on the child runs, found {sorted(tags)}")
     return tags.pop().removeprefix("run-")
-
-
-def scheduled_runs(stack: LocalStack, deployment: str) -> list[dict]:
-    """Scheduled (future) flow runs of ``flow/deployment``."""
-    flow_name, name = deployment.split("/")
-    found = stack.api(f"/deployments/name/{flow_name}/{name}")
-    return stack.api("/flow_runs/filter", {"deployments": {"id": {"any_": [found["id"]]}},
-                                           "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 50})
-
-
-def wait_for(check, what: str, timeout: float, interval: float = 2.0):
-    """Poll ``check`` until it returns something truthy; raise ``TimeoutError`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except urllib.error.URLError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)

@@ -13,15 +13,14 @@ line naming the final state and the run's UI page. Ctrl-C stops following; the r
         --param 'train={"epochs":2}'
     python deployments/follow.py --flow-run-id 1b2c...
 
-Plain HTTP with the stack's basic auth, through ``kinship.server_retries`` (a busy server's 503 is retried,
-never fatal); no Prefect settings or imports in this process.
+Plain HTTP with the stack's basic auth, through ``kinship.server_retries.PrefectApi`` (a busy server's 503 is
+retried, never fatal); no Prefect settings or imports in this process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -35,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kinship.server_retries import prefect_request  # noqa: E402
+from kinship.server_retries import PrefectApi  # noqa: E402
 
 POLL_S = 1.0
 # Workers send logs in batches every 2 s (PREFECT_LOGGING_TO_API_BATCH_INTERVAL): a line is held this long
@@ -45,7 +44,6 @@ HOLD_S = 3.0
 LOOKBACK_S = 60.0
 DRAIN_S = 6.0  # after the parent ends, how long its last log batches (and its children's) may take to arrive
 OUTAGE_S = 300.0  # how long a server that refuses connections (restarting) is waited for before giving up
-PAGE = 200  # the server's default and largest page (PREFECT_API_DEFAULT_LIMIT)
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 LABEL_WIDTH = len("kinship-engines")
@@ -61,34 +59,8 @@ TASK_ENGINE_LINE = re.compile(r"^(Finished in state|Task run failed|Task run enc
                               r"Encountered exception)")
 
 
-class Api:
-    """The Prefect REST API at ``api_url`` (basic auth), each call retried on a busy server's answers."""
-
-    def __init__(self, api_url: str, auth_string: str | None):
-        self.api_url, self.auth_string = api_url.rstrip("/"), auth_string
-
-    @classmethod
-    def from_env(cls, environ=os.environ) -> "Api":
-        """The API named by ``PREFECT_API_URL`` / ``PREFECT_API_AUTH_STRING`` (``source .stack/env``)."""
-        if not environ.get("PREFECT_API_URL"):
-            raise SystemExit("follow: PREFECT_API_URL is not set (source .stack/env first)")
-        return cls(environ["PREFECT_API_URL"], environ.get("PREFECT_API_AUTH_STRING"))
-
-    def __call__(self, path: str, body: dict | None = None):
-        return prefect_request(self.api_url, path, self.auth_string, body)
-
-    def pages(self, path: str, body: dict) -> list[dict]:
-        """Every item of a ``/filter`` call, a page at a time."""
-        items: list[dict] = []
-        while True:
-            page = self(path, {**body, "limit": PAGE, "offset": len(items)})
-            items += page
-            if len(page) < PAGE:
-                return items
-
-    def run_page(self, flow_run_id: str) -> str:
-        """The run's page in the UI (served next to the API)."""
-        return f"{self.api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+# The follower's name for the one Prefect API client (the tests and earlier scripts use ``follow.Api``).
+Api = PrefectApi
 
 
 # ---------------------------------------------------------------- starting a run
@@ -108,10 +80,10 @@ def parse_params(pairs: Iterable[str]) -> dict:
     return parameters
 
 
-def start_run(api: Api, deployment: str, parameters: dict) -> dict:
+def start_run(api: PrefectApi, deployment: str, parameters: dict) -> dict:
     """Create a flow run of ``flow/deployment`` (the deployment's defaults fill what ``parameters`` leaves out).
 
-    The create carries an idempotency key (``prefect_request`` adds one), so a retry after a lost answer returns
+    The create carries an idempotency key (``PrefectApi`` adds one), so a retry after a lost answer returns
     the run the first try made instead of starting a second one."""
     flow_name, sep, name = deployment.partition("/")
     if not sep:
@@ -141,7 +113,7 @@ class RunTree:
     runs: dict[str, FollowedRun] = field(default_factory=dict)
     flow_names: dict[str, str] = field(default_factory=dict)
 
-    def refresh(self, api: Api) -> list[dict]:
+    def refresh(self, api: PrefectApi) -> list[dict]:
         """Read the parent and all its descendants (one filter call per new level); return their records."""
         records = [api(f"/flow_runs/{self.parent_id}")]
         frontier = [self.parent_id]
@@ -158,7 +130,7 @@ class RunTree:
                 self.runs[record["id"]] = FollowedRun(record["id"], self._label(api, record), record["name"])
         return records
 
-    def _label(self, api: Api, record: dict) -> str:
+    def _label(self, api: PrefectApi, record: dict) -> str:
         """The run's flow name (``kinship-train``); a second run of the same flow gets ``#2``, and so on."""
         flow_id = record["flow_id"]
         if flow_id not in self.flow_names:
@@ -245,7 +217,7 @@ class LogFeed:
         self.seen = {key: when for key, when in self.seen.items() if when >= horizon}
 
 
-def read_logs(api: Api, run_ids: list[str], since: datetime | None) -> list[dict]:
+def read_logs(api: PrefectApi, run_ids: list[str], since: datetime | None) -> list[dict]:
     """Log entries of ``run_ids`` from ``since`` on (all when None), oldest first."""
     logs: dict = {"flow_run_id": {"any_": run_ids}}
     if since is not None:
@@ -301,7 +273,7 @@ def format_entry(entry: dict, labels: dict[str, str], task_names: dict[str, str]
 class Follower:
     """Polls the tree and its logs about once a second and prints what is new; ``follow`` returns the final run."""
 
-    api: Api
+    api: PrefectApi
     parent_id: str
     out: TextIO = sys.stdout
     everything: bool = False  # --all: noise lines and whole tracebacks too
@@ -349,7 +321,7 @@ class Follower:
     def poll_through_outages(self) -> dict | None:
         """``poll``, or None while the server cannot be reached at all (restarting), for up to ``OUTAGE_S``.
 
-        Busy answers (503...) are already retried by ``prefect_request``; a refused connection is not.
+        Busy answers (503...) are already retried by ``PrefectApi``; a refused connection is not.
         """
         try:
             parent = self.poll()
@@ -388,7 +360,7 @@ class Follower:
         return parent
 
 
-def final_line(api: Api, run: dict) -> str:
+def final_line(api: PrefectApi, run: dict) -> str:
     """One line for a run that did not complete: its final state, the state's message, its UI page."""
     state = run.get("state") or {}
     message = f": {state['message']}" if state.get("message") else ""
@@ -407,7 +379,10 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parser.parse_args(argv)
     if bool(args.deployment) == bool(args.flow_run_id):
         parser.error("give either a deployment to run or --flow-run-id")
-    api = Api.from_env()
+    try:
+        api = PrefectApi.from_env()
+    except LookupError as error:
+        raise SystemExit(f"follow: {error}") from None
     try:
         if args.flow_run_id:
             run = api(f"/flow_runs/{args.flow_run_id}")

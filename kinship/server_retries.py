@@ -1,7 +1,9 @@
-"""Calls to a Prefect server's REST API that ride out its retryable answers the way Prefect's own client does.
+"""The one client of a Prefect server's REST API outside Prefect's own: plain urllib with basic auth, each call
+retried on the server's retryable answers the way Prefect's own client retries them.
 
-Used by every client of the server outside Prefect's own: ``deployments/driver.py`` and the local stack
-(``infra/local/localstack.py``). Plain urllib, no Prefect import: the stack script runs before any flow.
+Used by the follower (``deployments/follow.py``), the driver (``deployments/driver.py``) and the local stack
+(``infra/local/``). No Prefect import: the stack script runs before any flow, and the follower reads no Prefect
+settings. ``wait_for`` is the one poll-until loop of those three.
 """
 
 from __future__ import annotations
@@ -19,26 +21,94 @@ import uuid
 from base64 import b64encode
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from typing import Callable, Mapping
+
+PAGE = 200  # the server's default and largest page (PREFECT_API_DEFAULT_LIMIT)
 
 
-def prefect_request(api_url: str, path: str, auth_string: str | None, body: dict | None = None,
-                    method: str | None = None, timeout: float = 30) -> object:
-    """JSON answer of a Prefect REST call (POST when ``body`` is given), retried as Prefect's client retries;
-    HTTP errors that are not retryable (401, 404, 422...) and refused connections raise at once.
+class PrefectApi:
+    """The Prefect REST API at ``api_url`` (basic auth with ``auth_string``).
 
-    Only a request that is safe to send twice is retried (``repeatable``): a flow-run create gets an idempotency
-    key (the same on every retry, so a create that landed before its answer was lost is returned, not made
-    again); any other create is sent once, and its caller checks what happened before trying again."""
-    method = method or ("POST" if body is not None else "GET")
-    if body is not None and method == "POST":
-        body = with_idempotency_key(path, body)
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    if auth_string:
-        headers["Authorization"] = f"Basic {b64encode(auth_string.encode()).decode()}"
-    request = urllib.request.Request(f"{api_url}{path}", data=data, headers=headers, method=method)
-    retries = None if repeatable(method, path, body) else 0
-    return json.loads(with_server_retries(lambda: _read(request, timeout), retries) or b"null")
+    A call is a JSON answer (POST when a body is given); HTTP errors that are not retryable (401, 404, 422...)
+    and refused connections raise at once. Only a request that is safe to send twice is retried
+    (``repeatable``): a flow-run create gets an idempotency key (the same on every retry, so a create that
+    landed before its answer was lost is returned, not made again); any other create is sent once, and its
+    caller checks what happened before trying again."""
+
+    def __init__(self, api_url: str, auth_string: str | None = None, timeout: float = 30):
+        self.api_url, self.auth_string, self.timeout = api_url.rstrip("/"), auth_string, timeout
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "PrefectApi":
+        """The API named by ``PREFECT_API_URL`` / ``PREFECT_API_AUTH_STRING`` (``source .stack/env``); LookupError
+        when the URL is not set."""
+        if not environ.get("PREFECT_API_URL"):
+            raise LookupError("PREFECT_API_URL is not set (source .stack/env first)")
+        return cls(environ["PREFECT_API_URL"], environ.get("PREFECT_API_AUTH_STRING"))
+
+    @property
+    def ui_url(self) -> str:
+        """The UI, served next to the API."""
+        return self.api_url.removesuffix("/api")
+
+    def run_page(self, flow_run_id: str) -> str:
+        """The run's page in the UI."""
+        return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
+
+    def __call__(self, path: str, body: dict | None = None, method: str | None = None,
+                 retries: int | None = None) -> object:
+        """JSON answer of one call (``None`` for an empty one), retried as above; ``retries`` caps the retries of
+        a repeatable call (default: Prefect's, ``PREFECT_CLIENT_MAX_RETRIES``)."""
+        method = method or ("POST" if body is not None else "GET")
+        if body is not None and method == "POST":
+            body = with_idempotency_key(path, body)
+        request = self._request(path, body, method)
+        retries = retries if repeatable(method, path, body) else 0
+        return json.loads(with_server_retries(lambda: _read(request, self.timeout), retries) or b"null")
+
+    def _request(self, path: str, body: dict | None, method: str) -> urllib.request.Request:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.auth_string:
+            headers["Authorization"] = f"Basic {b64encode(self.auth_string.encode()).decode()}"
+        return urllib.request.Request(f"{self.api_url}{path}", data=data, headers=headers, method=method)
+
+    def pages(self, path: str, body: dict) -> list[dict]:
+        """Every item of a ``/filter`` call, a page at a time."""
+        items: list[dict] = []
+        while True:
+            page = self(path, {**body, "limit": PAGE, "offset": len(items)})
+            items += page
+            if len(page) < PAGE:
+                return items
+
+    def healthy(self) -> bool:
+        """Whether ``/health`` answers true now: one try, no retries (callers poll it with ``wait_for``)."""
+        try:
+            return self("/health", retries=0) is True
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+            return False
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float, interval: float = 2.0,
+             alive: Callable[[], bool] | None = None, detail: Callable[[], str] = lambda: ""):
+    """Poll ``check`` until it returns something truthy, and return that; a server that cannot be reached yet
+    (``URLError``) counts as not yet. Raise ``TimeoutError`` naming ``what`` after ``timeout`` seconds, or
+    ``RuntimeError`` as soon as ``alive`` says the process being waited for has exited; ``detail()`` is added to
+    either message (a log's last lines)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except urllib.error.URLError:
+            value = None
+        if value:
+            return value
+        if alive is not None and not alive():
+            raise RuntimeError(f"{what}: the process exited during startup{detail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not ready within {timeout:.0f} s{detail()}")
+        time.sleep(interval)
 
 
 # POSTs that change nothing, or that Prefect makes idempotent itself: reads (filter, count...) and the create-or-

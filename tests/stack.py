@@ -48,7 +48,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def _stop(process, argv: list[str]) -> None:
-    localstack.stop_pid(process.pid, argv, timeout=15)
+    localstack.stop_many([(process.pid, argv)], timeout=15)
     process.wait(timeout=15)
 
 

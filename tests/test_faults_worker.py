@@ -206,7 +206,7 @@ def host_lost(stack, tiny_data, tmp_path_factory) -> dict:
     # While the dead run waits to be noticed, the server restarts too: the automation's pending expectation
     # lives in its database and must survive. And the clean run to compare with is trained here.
     server = pid_of(stack, "prefect-server")
-    localstack.stop_pid(server["pid"], server["argv"])
+    localstack.stop_many([(server["pid"], server["argv"])])
     clean = train(tiny_data, tmp_path_factory.mktemp("clean") / "run", TrainConfig(**HOST_LOST))
     driver.up(stack.state_dir)  # the server again (same port and database) and a fresh worker for the rocm pool
     back_after = time.monotonic() - killed_at
@@ -282,7 +282,7 @@ def test_a_prefect_server_restart_mid_run_leaves_no_run_running(stack) -> None:
     wait_for_state(stack, run, {"RUNNING"} | TERMINAL, timeout=120)
     server = pid_of(stack, "prefect-server")
     stopped_at = time.monotonic()
-    assert localstack.stop_pid(server["pid"], server["argv"]) in ("stopped", "killed")
+    assert localstack.stop_many([(server["pid"], server["argv"])])[server["pid"]] in ("stopped", "killed")
     driver.up(stack.state_dir)  # same port and SQLite database, from the stack's state.json
     back_at = time.time()
     down_s = time.monotonic() - stopped_at

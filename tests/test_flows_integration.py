@@ -157,7 +157,11 @@ def test_a_second_run_with_the_same_inputs_reuses_cached_work(first, kinship_sta
 
 
 def test_the_nightly_deployment_has_scheduled_runs(first) -> None:
-    runs = driver.wait_for(lambda: driver.scheduled_runs(first["stack"], "kinship/retrain-nightly"),
+    stack = first["stack"]
+    deployment = stack.api("/deployments/name/kinship/retrain-nightly")
+    scheduled = {"deployments": {"id": {"any_": [deployment["id"]]}},
+                 "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 50}
+    runs = driver.wait_for(lambda: stack.api("/flow_runs/filter", scheduled),
                            "scheduled runs of kinship/retrain-nightly", timeout=120)
     assert all(run["expected_start_time"][11:16] == "03:00" for run in runs)
     assert all(run["work_pool_name"] == "orchestrator" for run in runs)

@@ -82,7 +82,7 @@ def test_each_postgresql_found_here_serves_prefect(bin_dir: Path, tmp_path: Path
         print(f"\n{install.source} {install.version}: Prefect's migrations in {time.monotonic() - began:.1f} s")
         assert {"flow_run", "work_pool"} <= asyncio.run(table_names(port, password))
     finally:
-        assert localstack.stop_pid(process.pid, argv) == "stopped", log.read_text()[-2000:]
+        assert localstack.stop_many([(process.pid, argv)])[process.pid] == "stopped", log.read_text()[-2000:]
         process.wait(timeout=10)
     (state_dir / "state.json").unlink()
     if account is not None:

@@ -49,6 +49,14 @@ _LOCKS = ".locks"
 _ENTRIES = ".entries"
 
 
+def scratch_root(environ: Mapping[str, str] | None = None) -> Path:
+    """This host's scratch folder: ``$KINSHIP_SCRATCH`` (``~`` expanded), by default ``~/.cache/kinship``. The
+    data set copies, decoded images, downloads and run working folders all live below it."""
+    env = os.environ if environ is None else environ
+    scratch = env.get("KINSHIP_SCRATCH")
+    return Path(scratch).expanduser() if scratch else Path.home() / ".cache" / "kinship"
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     """Where the copies live, the cap on their total size on disk, how a reuse is checked, the grace period."""

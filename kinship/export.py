@@ -23,6 +23,7 @@ from kinship import __version__
 from kinship.checkpoint import load_model
 from kinship.errors import CheckFailed, UserError, first_line
 from kinship.images import NORMALISE_MEAN, NORMALISE_STD
+from kinship.model_facts import read_model_facts, stamp_metadata
 
 OPSET = 18  # what torch's dynamo exporter writes
 # 17 for TensorRT 8.5/8.6, whose ONNX parsers stop at opset 17 (a Tesla M40 needs TensorRT 8.5.3). The exporter
@@ -141,12 +142,7 @@ def metadata_for(model_metadata: dict, image_size: int, part: str) -> dict[str, 
 def _stamp(path: Path, metadata: dict[str, str]) -> None:
     import onnx
 
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save_model(model, str(path), save_as_external_data=False)
+    stamp_metadata(path, metadata)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
@@ -243,8 +239,5 @@ def _remove(paths) -> None:
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """The ``kinship.*`` metadata of an exported ONNX file."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {entry.key: entry.value for entry in model.metadata_props}
+    """The ``kinship.*`` metadata of an exported ONNX file (``kinship.model_facts`` reads it)."""
+    return read_model_facts(path).metadata

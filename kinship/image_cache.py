@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kinship.dataset_cache import IMAGES_FOLDER, evict_host_cache, host_lock, verify_mode
+from kinship.dataset_cache import IMAGES_FOLDER, evict_host_cache, host_lock, scratch_root, verify_mode
 from kinship.files import file_digest, write_atomic
 from kinship.images import UnreadableImage, load_face, max_image_pixels
 from kinship.progress import ProgressEvent, silent
@@ -31,8 +31,7 @@ log = logging.getLogger(__name__)
 
 def default_cache_dir() -> Path:
     """``$KINSHIP_SCRATCH/images`` (default ``~/.cache/kinship/images``), under the host cache's cap."""
-    scratch = os.environ.get("KINSHIP_SCRATCH") or Path.home() / ".cache" / "kinship"
-    return Path(scratch) / IMAGES_FOLDER
+    return scratch_root() / IMAGES_FOLDER
 
 
 def cache_key(fingerprint: str, paths: Sequence[Path], size: int) -> str:

@@ -58,7 +58,8 @@ class OnnxScorer:
     def __init__(self, path: Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0):
         import onnxruntime as ort
 
-        from kinship.export import companion_paths, read_metadata
+        from kinship.export import companion_paths
+        from kinship.model_facts import read_model_facts, unreadable
 
         files = companion_paths(path)
         missing = [str(p) for p in files.all() if not p.is_file()]
@@ -72,12 +73,11 @@ class OnnxScorer:
                 name: ort.InferenceSession(str(p), options, providers=list(providers))
                 for name, p in zip(("pair", "encoder", "head"), files.all())
             }
-            self.metadata = read_metadata(files.pair)
         except Exception as error:  # ONNX Runtime raises its own exception types for non-models
-            raise UserError(f"{path} is not a loadable ONNX model: {str(error).splitlines()[0][:160]}") from error
-        if "kinship.image_size" not in self.metadata:
-            raise UserError(f"{path} is an ONNX model but not a kinship export (no kinship.image_size metadata)")
-        self.image_size = int(self.metadata["kinship.image_size"])
+            raise unreadable(path, error) from error
+        facts = read_model_facts(files.pair)
+        self.metadata = facts.metadata
+        self.image_size = facts.image_size
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self.sessions["encoder"].run(None, {"image": images})[0]

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
+from kinship.dataset_cache import scratch_root
 from kinship.errors import UserError
 from kinship.files import (
     NotRegularFile, file_digest, file_lock, open_regular, stream_digest, temp_sibling, unlink_quietly, write_atomic,
@@ -48,6 +49,7 @@ from kinship.shards import (
 )
 
 MiB = 1024 * 1024
+PRESIGN_MAX_S = 7 * 24 * 3600  # the longest a presigned URL may live: 7 days, SigV4's limit
 MANIFEST_NAME = "kinship-manifest.json"
 _SHA_META = "sha256"
 _STALE_WRITE = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")  # a conditional write lost
@@ -89,7 +91,7 @@ class StoreSettings:
     region: str = "us-east-1"
     bucket: str | None = None
     prefix: str = ""
-    scratch: Path = field(default_factory=lambda: Path.home() / ".cache" / "kinship")
+    scratch: Path = field(default_factory=lambda: scratch_root({}))
     multipart_threshold: int = 8 * MiB
     multipart_chunksize: int = 8 * MiB
     # botocore's own quick retries of one request (throttling, 5xx, a dropped connection): 3 retries after the
@@ -125,13 +127,12 @@ class StoreSettings:
         env = os.environ if environ is None else environ
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         bucket = env.get("KINSHIP_BUCKET") or None
-        scratch = env.get("KINSHIP_SCRATCH")
         return cls(
             endpoint_url=endpoint,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             bucket=validate_bucket(bucket) if bucket else None,
             prefix=validate_prefix(env.get("KINSHIP_PREFIX", "")),
-            scratch=Path(scratch).expanduser() if scratch else Path.home() / ".cache" / "kinship",
+            scratch=scratch_root(env),
             retry_window=_seconds(env, "KINSHIP_RETRY_WINDOW", cls.retry_window),
             stale_upload_s=_seconds(env, "KINSHIP_STALE_UPLOAD_S", cls.stale_upload_s),
         )
@@ -1284,12 +1285,12 @@ class S3Store(_BaseStore):
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def presigned_url(self, key_or_uri: str, expires_s: int = 7 * 24 * 3600) -> str:
-        """A URL that GETs the object for ``expires_s`` seconds (1 s to 7 days, SigV4's limit) without credentials.
+    def presigned_url(self, key_or_uri: str, expires_s: int = PRESIGN_MAX_S) -> str:
+        """A URL that GETs the object for ``expires_s`` seconds (1 s to ``PRESIGN_MAX_S``) without credentials.
 
         Signed locally (no request is made): a missing object answers 404 only when the URL is used.
         """
-        if not 1 <= expires_s <= 7 * 24 * 3600:
+        if not 1 <= expires_s <= PRESIGN_MAX_S:
             raise ValueError(f"expires_s must be between 1 s and 7 days, got {expires_s}")
         loc = self._to_location(key_or_uri)
         return self.client.generate_presigned_url("get_object", Params={"Bucket": loc.bucket, "Key": loc.key},
@@ -1511,7 +1512,7 @@ class LocalStore(_BaseStore):
                 break
         return found[:limit]
 
-    def presigned_url(self, key_or_uri: str, expires_s: int = 7 * 24 * 3600) -> None:
+    def presigned_url(self, key_or_uri: str, expires_s: int = PRESIGN_MAX_S) -> None:
         """None: a folder has no HTTP endpoint to sign for (``S3Store.presigned_url``'s counterpart)."""
         self._to_location(key_or_uri)  # still refuse what is not a location of this store
         return None

@@ -32,19 +32,13 @@ def register(subparsers) -> None:
 
 
 def _image_size(args) -> int:
-    from kinship.errors import UserError
-    from kinship.export import read_metadata
+    from kinship.model_facts import read_model_facts
 
     if args.image_size:
         return args.image_size
     if args.model is None:
         return 64
-    if not args.model.is_file():
-        raise UserError(f"model not found: {args.model}")
-    try:
-        return int(read_metadata(args.model)["kinship.image_size"])
-    except Exception as error:
-        raise UserError(f"{args.model} is not a kinship ONNX export (no kinship.image_size metadata)") from error
+    return read_model_facts(args.model).image_size
 
 
 def run(args) -> int:

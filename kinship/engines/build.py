@@ -29,9 +29,10 @@ from kinship.engines.validate import (
     ValidationData, ValidationPolicy, ValidationResult, choose_threshold, engine_logits, reference_engine,
     validate_engine, validation_data,
 )
-from kinship.errors import UserError, reason_of
+from kinship.errors import reason_of
 from kinship.host import default_threads
 from kinship.metrics import verification_report
+from kinship.model_facts import read_model_facts
 from kinship.progress import ProgressEvent, silent
 
 Builder = Callable[..., EngineOutcome]
@@ -99,24 +100,6 @@ def training_split(model_path: Path | None, val_fraction: float | None = None, s
         source = "command line" if val_fraction is not None and seed is not None else f"command line + {source}"
     return (defaults.val_fraction if val_fraction is None else val_fraction,
             defaults.seed if seed is None else seed, source)
-
-
-def _model_facts(onnx_path: Path) -> tuple[int, float | None]:
-    from kinship.export import read_metadata
-
-    if not Path(onnx_path).is_file():
-        raise UserError(f"ONNX model not found: {onnx_path}")
-    try:
-        metadata = read_metadata(onnx_path)
-    except Exception as error:  # onnx raises DecodeError and others for non-models
-        raise UserError(f"{onnx_path} is not a readable ONNX model ({type(error).__name__})") from error
-    if "kinship.image_size" not in metadata:
-        raise UserError(f"{onnx_path} is an ONNX model but not a kinship export (no kinship.image_size metadata)")
-    try:
-        threshold = float(metadata.get("kinship.val_threshold", ""))
-    except ValueError:
-        threshold = None
-    return int(metadata["kinship.image_size"]), threshold
 
 
 def _calibration_file(job: EnginesJob, prepared, out_dir: Path, on_progress) -> tuple[Path, dict]:
@@ -253,7 +236,8 @@ class _Inputs:
 def _inputs(onnx_path: Path, data_dir: Path, out_dir: Path, job: EnginesJob, variants, on_progress) -> _Inputs:
     from kinship.data import prepare
 
-    image_size, recorded_threshold = _model_facts(onnx_path)
+    facts = read_model_facts(onnx_path)
+    image_size, recorded_threshold = facts.image_size, facts.val_threshold
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(Path(data_dir), image_size, job.split_config(), on_progress=on_progress)
     calibration, calibration_meta = None, {}

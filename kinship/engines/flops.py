@@ -11,6 +11,7 @@ import numpy as np
 
 from kinship.engines.base import read_sidecar
 from kinship.errors import UserError
+from kinship.model_facts import load_onnx
 
 # Ops counted, and the index of their weight input: QLinear ops interleave scales and zero points.
 # The com.microsoft fused forms are what ONNX Runtime's graph optimiser saves (Conv+Relu -> FusedConv).
@@ -27,13 +28,8 @@ def model_flops_per_pair(onnx_path: Path) -> int:
     Shapes static inference leaves unknown are read from one ONNX Runtime run at batch 1.
     Raises ``UserError`` when the file is not an ONNX model or a counted op's shape stays unknown.
     """
-    import onnx
-
     path = Path(onnx_path)
-    try:
-        model = onnx.load(str(path))
-    except Exception as error:  # protobuf raises several types for files that are not ONNX
-        raise UserError(f"{path} is not a readable ONNX model ({type(error).__name__})") from error
+    model = load_onnx(path)
     shapes = inferred_shapes(model)
     unknown = [name for node in model.graph.node for name in _counted_tensors(node) if not _is_known(shapes.get(name))]
     if unknown:

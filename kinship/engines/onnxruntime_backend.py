@@ -17,8 +17,8 @@ from kinship.engines.calibration import calibration_for
 from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, session, source_parts, target_names
 from kinship.engines.outcome import STATUS_BUILT, STATUS_NOT_APPLICABLE, BuildFacts, EngineOutcome
-from kinship.errors import UserError
 from kinship.files import atomic_folder
+from kinship.model_facts import read_model_facts, stamp_metadata, unreadable
 
 BACKEND = "onnxruntime"
 INPUTS = {"pair": ("img0", "img1"), "encoder": ("image",), "head": ("emb0", "emb1")}
@@ -39,12 +39,12 @@ class OrtEngine:
         try:
             self.sessions = {part: session(p, threads) for part, p in paths.items()}
         except Exception as error:  # ORT raises its own types for files that are not models
-            raise UserError(f"{self.path} is not a loadable ONNX model: {str(error).splitlines()[0][:160]}") from error
+            raise unreadable(self.path, error) from error
 
     @classmethod
     def open(cls, path: Path, sidecar: dict | None, threads: int = 0) -> "OrtEngine":
         """From a sidecar when there is one; else a bare export (precision from its contents, FP32 if plain)."""
-        from kinship.export import companion_paths, read_metadata
+        from kinship.export import companion_paths
 
         if sidecar:
             folder = Path(path).parent
@@ -52,14 +52,9 @@ class OrtEngine:
             return cls(paths, sidecar["precision"], sidecar["variant"], int(sidecar["image_size"]), threads)
         files = companion_paths(path)
         paths = {part: p for part, p in zip(PARTS, files.all()) if p.is_file()}
-        try:
-            metadata = read_metadata(path)
-        except Exception as error:
-            raise UserError(f"{path} is not a loadable ONNX model: {str(error).splitlines()[0][:160]}") from error
-        if "kinship.image_size" not in metadata:
-            raise UserError(f"{path} is an ONNX model but not a kinship export (no kinship.image_size metadata)")
-        precision = metadata.get("kinship.engine.precision", "fp32")
-        return cls(paths, precision_of(precision), precision, int(metadata["kinship.image_size"]), threads)
+        facts = read_model_facts(path)
+        precision = facts.metadata.get("kinship.engine.precision", "fp32")
+        return cls(paths, precision_of(precision), precision, facts.image_size, threads)
 
     def _run(self, part: str, *arrays: np.ndarray) -> np.ndarray:
         feeds = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in zip(INPUTS[part], arrays)}
@@ -115,14 +110,11 @@ def _convert(variant: str, sources: dict[str, Path], folder: Path, names: dict[s
 def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None,
                      options: EngineConfig) -> EngineOutcome:
     """Build ``variant`` of ``onnx_path`` for ONNX Runtime on the CPU into ``out_dir/onnxruntime-<variant>/``."""
-    from kinship.export import read_metadata
-
     if variant == "tf32":
         return EngineOutcome(BACKEND, variant, "tf32", STATUS_NOT_APPLICABLE, build=BuildFacts(None, 0, 0.0, [TF32_NOTE]))
     started = time.perf_counter()
     sources = source_parts(Path(onnx_path), options.companions)
-    metadata = read_metadata(sources["pair"])
-    image_size = int(metadata.get("kinship.image_size", 0))
+    image_size = read_model_facts(sources["pair"]).image_size
     calibration_set = calibration_for(variant, calibration, image_size)
     names = target_names(sources)
     final = variant_dir(out_dir, BACKEND, variant)
@@ -146,13 +138,10 @@ def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
 
 def _stamp_all(folder: Path, names: dict[str, str], sources: dict[str, Path], variant: str) -> None:
     """Carry each export's ``kinship.*`` metadata into its converted file, plus the engine's precision."""
-    from kinship.engines.quantize import restamp
-    from kinship.export import read_metadata
-
     for part, name in names.items():
-        metadata = read_metadata(sources[part])
+        metadata = read_model_facts(sources[part]).metadata
         metadata.update({"kinship.engine.precision": variant, "kinship.engine.backend": BACKEND})
-        restamp(folder / name, metadata)
+        stamp_metadata(folder / name, metadata)
 
 
 def _smoke_test(engine: OrtEngine, image_size: int) -> None:

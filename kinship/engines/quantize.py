@@ -165,18 +165,6 @@ def convert_fp16(source: Path, target: Path) -> None:
     onnx.save_model(model, str(target), save_as_external_data=False)
 
 
-def restamp(path: Path, metadata: dict[str, str]) -> None:
-    """Rewrite ``path``'s metadata (converters do not all carry it over) and keep it self-contained."""
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.save_model(model, str(path), save_as_external_data=False)
-
-
 def qdq_census(path: Path) -> dict:
     """What makes a quantized file the size it is: Q/DQ node counts and initializer bytes by type."""
     import onnx

@@ -43,6 +43,7 @@ from kinship.engines.onnx_parts import calibration_batches, embedder, source_par
 from kinship.engines.outcome import STATUS_BUILT, STATUS_NOT_APPLICABLE, BuildFacts, EngineOutcome
 from kinship.errors import UserError, first_line
 from kinship.files import atomic_folder, file_digest
+from kinship.model_facts import read_model_facts
 
 log = logging.getLogger(__name__)
 
@@ -122,25 +123,12 @@ def require_tensorrt(subject: Path | str | None = None) -> None:
 
 def onnx_input_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Input name -> shape with -1 for symbolic (dynamic) dimensions, read from the ONNX graph."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    initializers = {t.name for t in model.graph.initializer}
-    shapes = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
-    return shapes
+    return read_model_facts(path).inputs
 
 
 def onnx_opset(path: Path) -> int:
     """The default-domain opset an ONNX file was exported at (what TensorRT's parser checks)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return max((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), default=0)
+    return read_model_facts(path).opset
 
 
 def profile_shapes(
@@ -529,8 +517,6 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
 
     TF32 on a GPU before Ampere is not applicable (it would be the FP32 engine); FP16 and INT8 on a GPU without
     their arithmetic are built from FP32 kernels, as TensorRT does, and the outcome's notes say so."""
-    from kinship.export import read_metadata
-
     require_tensorrt()
     facts = host_facts()
     support = device_support(facts)
@@ -541,7 +527,7 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
     started = time.perf_counter()
     sources = source_parts(Path(onnx_path), options.companions)
     _check_opset(sources, facts)
-    image_size = int(read_metadata(sources["pair"]).get("kinship.image_size", 0))
+    image_size = read_model_facts(sources["pair"]).image_size
     calibration_set = calibration_for(variant, calibration, image_size)
     names = target_names(sources, ".engine")
     notes: list[str] = []

@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from kinship.errors import UserError
 from kinship.files import open_regular, stream_digest
-from kinship.images import NotRegularFile, OversizedImage, UnreadableImage, max_image_pixels, open_rgb
+from kinship.images import NotRegularFile, UnreadableImage, max_image_pixels, open_rgb
 from kinship.progress import ProgressEvent, silent
 
 RELATIONSHIP_TYPES = ("fd", "fs", "md", "ms", "bb", "ss", "sibs", "gfgd", "gfgs", "gmgd", "gmgs")
@@ -121,7 +121,8 @@ TYPES_FILE = "relationship_types.csv"
 SUBMISSION_FILE = "sample_submission.csv"
 LABELS_FILE = "test_labels.csv"
 
-# Reasons counted in CheckReport.dropped / .fixed (stable strings: tables, JSON and tests use them).
+# Reasons counted in CheckReport.dropped / .fixed (stable strings: tables, JSON and tests use them). An image that
+# cannot be decoded is counted under its exception's own ``reason`` (``kinship.images.UnreadableImage`` and kin).
 DROP_REL_NO_FOLDER = "relationship naming a person with no folder"
 DROP_REL_NO_IMAGES = "relationship naming a person with no usable images"
 DROP_REL_DUPLICATE = "duplicate relationship"
@@ -130,8 +131,6 @@ DROP_REL_MALFORMED = "malformed relationship row"
 DROP_EMPTY_MEMBER = "empty member folder"
 DROP_UNREADABLE_MEMBER = "member folder with no readable images"
 DROP_EMPTY_FAMILY = "family folder with no member folders"
-DROP_CORRUPT_IMAGE = UnreadableImage.reason
-DROP_OVERSIZED_IMAGE = OversizedImage.reason
 DROP_LINK = NotRegularFile.reason
 DROP_STRAY_FILE = "stray file (not an image)"
 DROP_PAIR_UNREADABLE = "test pair naming an unreadable image"

@@ -12,7 +12,7 @@ import pytest
 from kinship.cli import main
 from kinship.engines.base import PhaseTimes
 from kinship.engines.bench import bench_engine, bench_torch
-from kinship.engines.ceiling import matmul_gflops
+from kinship.engines.ceiling import gemm_rates
 from kinship.engines.flops import model_flops_per_pair, torch_flops_per_pair
 from kinship.engines.scoring import bench_test_set_scoring
 from kinship.engines.timing import (
@@ -291,9 +291,9 @@ def test_flops_of_a_file_that_is_not_onnx(tmp_path):
 
 def test_matmul_rates():
     for library in ("torch", "numpy", "onnxruntime"):
-        assert 0 < matmul_gflops(duration_s=0.02, n=64, threads=1, library=library) < math.inf
+        assert 0 < gemm_rates(duration_s=0.02, n=64, threads=1, library=library)[0] < math.inf
     with pytest.raises(ValueError):
-        matmul_gflops(0.01, 8, library="fortran")
+        gemm_rates(0.01, 8, None, library="fortran")
 
 
 # --- the command line ------------------------------------------------------------------------------

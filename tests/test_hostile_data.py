@@ -20,6 +20,7 @@ from PIL import Image
 
 from kinship import layout
 from kinship.data import SplitConfig, prepare
+from kinship.images import OversizedImage
 
 MARKER = "kinship-secret-marker-4d1f"
 
@@ -39,7 +40,7 @@ def plant_hostile_files(root: Path, outside: Path) -> dict[str, str]:
     (root / "test_labels.csv").write_text("\n".join(["img_pair,is_related", *rows[1:]]) + "\n")
     return {
         link.relative_to(root).as_posix(): layout.DROP_LINK,
-        bomb.relative_to(root).as_posix(): layout.DROP_OVERSIZED_IMAGE,
+        bomb.relative_to(root).as_posix(): OversizedImage.reason,
     }
 
 
@@ -71,6 +72,6 @@ def test_training_reader_drops_the_same_images_under_their_reasons(hostile, tmp_
     images = {path.relative_to(root).as_posix() for person in prepared.dataset.people.values() for path in person.images}
     assert not images & set(planted)
     dropped = prepared.dataset.report.dropped
-    assert dropped[layout.DROP_OVERSIZED_IMAGE] == 1  # listed as a file, refused when decoded
+    assert dropped[OversizedImage.reason] == 1  # listed as a file, refused when decoded
     assert dropped[layout.DROP_LINK] == 1  # never listed as an image
     assert len(prepared.table.paths) == prepared.pixels.shape[0]

@@ -15,6 +15,7 @@ from kinship import layout
 from kinship.cli import main
 from kinship.errors import UserError
 from kinship.files import file_digest
+from kinship.images import OversizedImage, UnreadableImage
 from kinship.layout import UNKNOWN_TYPE, dataset_fingerprint, parse_img_pair, read_dataset
 
 SIZE = (32, 32)
@@ -120,7 +121,7 @@ def test_relationship_naming_person_without_usable_images(clean):
     assert dataset.report.dropped == {
         layout.DROP_REL_NO_IMAGES: 1,
         layout.DROP_UNREADABLE_MEMBER: 1,
-        layout.DROP_CORRUPT_IMAGE: 1,
+        UnreadableImage.reason: 1,
     }
     assert "F0001/MID3" not in dataset.people and dataset.report.relationships == 2
 
@@ -161,10 +162,10 @@ def test_truncated_and_corrupt_jpegs_are_dropped(clean):
     (clean / "test" / "face00004.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
     dataset = read_dataset(clean)
     report = dataset.report
-    assert report.dropped == {layout.DROP_CORRUPT_IMAGE: 3, layout.DROP_PAIR_UNREADABLE: 2}
+    assert report.dropped == {UnreadableImage.reason: 3, layout.DROP_PAIR_UNREADABLE: 2}
     assert report.images == 8 and len(dataset.people["F0002/MID1"].images) == 2
     assert report.test_images == 3 and report.test_pairs == 1
-    assert "train/F0002/MID1/truncated.jpg" in report.examples[layout.DROP_CORRUPT_IMAGE]
+    assert "train/F0002/MID1/truncated.jpg" in report.examples[UnreadableImage.reason]
 
 
 def test_grayscale_image_is_kept_and_counted(clean):
@@ -362,8 +363,8 @@ def test_an_image_over_the_pixel_limit_is_a_counted_drop_never_decoded(clean, mo
     write_image(member / "big.jpg", size=(300, 200), seed=8)
     monkeypatch.setenv("KINSHIP_MAX_IMAGE_PIXELS", "50000")
     payload = check_json(clean, capsys)
-    assert payload["dropped"] == {layout.DROP_OVERSIZED_IMAGE: 1}
-    assert payload["examples"][layout.DROP_OVERSIZED_IMAGE] == ["train/F0001/MID1/big.jpg"]
+    assert payload["dropped"] == {OversizedImage.reason: 1}
+    assert payload["examples"][OversizedImage.reason] == ["train/F0001/MID1/big.jpg"]
     monkeypatch.setenv("KINSHIP_MAX_IMAGE_PIXELS", "lots")
     assert main(["data", "check", str(clean)]) == 2
     assert "KINSHIP_MAX_IMAGE_PIXELS='lots'" in capsys.readouterr().err
@@ -377,7 +378,7 @@ def test_a_decompression_bomb_costs_one_image_and_little_memory(clean):
     report = read_dataset(clean).report
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert report.dropped == {layout.DROP_OVERSIZED_IMAGE: 1} and report.images == 8
+    assert report.dropped == {OversizedImage.reason: 1} and report.images == 8
     assert peak < 20 * 2**20, peak
 
 

@@ -24,19 +24,13 @@ GEMM_LIBRARIES = ("torch", "numpy", "onnxruntime")
 CEILING_LIBRARIES = ("torch", "onnxruntime")
 
 
-def matmul_gflops(duration_s: float = 2.0, n: int = 1024, threads: int | None = None, library: str = "torch") -> float:
-    """Sustained single-precision ``n x n`` GEMM rate in GFLOP/s, ``2 n^3`` FLOPs per product.
+def gemm_rates(duration_s: float, n: int, threads: int | None, library: str) -> tuple[float, float, float]:
+    """(sustained, fastest single call, per CPU-second) single-precision ``n x n`` GEMM rates in GFLOP/s,
+    ``2 n^3`` FLOPs per product.
 
     ``library``: ``'torch'`` (``torch.mm`` with ``threads`` intra-op threads, restored afterwards),
     ``'onnxruntime'`` (one MatMul in an ORT session with ``threads`` intra-op threads) or ``'numpy'``
     (``numpy.matmul``; its BLAS picks its own thread count, which numpy cannot change at run time).
-    """
-    return gemm_rates(duration_s, n, threads, library)[0]
-
-
-def gemm_rates(duration_s: float, n: int, threads: int | None, library: str) -> tuple[float, float, float]:
-    """(sustained, fastest single call, per CPU-second) GEMM GFLOP/s; see ``matmul_gflops``.
-
     Per CPU-second divides by the process CPU time used (all threads), which is what other work
     on a shared machine cannot take away."""
     if library not in GEMM_LIBRARIES:

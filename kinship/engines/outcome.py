@@ -18,7 +18,6 @@ Status = Literal["built", "not applicable", "failed"]
 STATUS_BUILT: Status = "built"
 STATUS_NOT_APPLICABLE: Status = "not applicable"  # e.g. TF32 on a CPU: a reason, never a copy of FP32
 STATUS_FAILED: Status = "failed"
-STATUSES: tuple[Status, ...] = (STATUS_BUILT, STATUS_NOT_APPLICABLE, STATUS_FAILED)
 # How the engine report stores each status (rows of kinship-engine-report/1; changing a word needs format /2).
 REPORT_WORD: dict[str, str] = {STATUS_BUILT: "ok", STATUS_FAILED: STATUS_FAILED, STATUS_NOT_APPLICABLE: STATUS_NOT_APPLICABLE}
 

@@ -39,7 +39,6 @@ OK = REPORT_WORD[STATUS_BUILT]  # a built engine's row
 REPORT_STATUSES = tuple(REPORT_WORD.values())
 REPORT_FORMAT = "kinship-engine-report/1"
 PLOTS = {"throughput": "throughput.png", "roc": "roc.png", "sizes": "sizes.png"}
-_FIGURES = ("path", "size_bytes", "build_seconds", "validation", "bench", "int8_size_explanation", "roc")
 
 
 @dataclass

@@ -34,8 +34,9 @@ from infra.local.prefect_server import (PREFECT_PORT, ZOMBIE_AUTOMATION, build_w
                                         ensure_prefect_server, ensure_workers, ensure_zombie_automation,
                                         heartbeat_seconds, prefect_api_url, trial_workers, worker_specs,
                                         zombie_seconds)
-from infra.local.processes import (BadSetting, Stack, free_port, locked, owns, port_is_free,  # noqa: E402
-                                   stop_many, write_private)
+from infra.local.processes import (BadSetting, Stack, free_port, owns, port_is_free, stop_many,  # noqa: E402
+                                   write_private)
+from kinship.files import file_lock  # noqa: E402
 from infra.local.seaweedfs import (BUCKET, REGION, WEED_PORTS, ensure_weed, new_weed_secrets,  # noqa: E402
                                    weed_ports)
 from kinship.server_retries import PrefectApi  # noqa: E402
@@ -128,7 +129,7 @@ def up(stack: Stack) -> int:
     trial_workers()
     stack.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(stack.state_dir, 0o700)
-    with locked(stack):
+    with file_lock(stack.state_dir / "lock"):  # two up/down never interleave
         state = stack.load()
         state["ports"] = choose_ports(state)
         stack.save(state)
@@ -165,7 +166,7 @@ def _choice_note(choice: str, database: dict) -> str:
 def down(stack: Stack) -> int:
     """Stop exactly the processes ``up`` recorded: workers first, then the servers, PostgreSQL last (its SIGTERM
     waits for its clients to leave); data stays for the next ``up``."""
-    with locked(stack):
+    with file_lock(stack.state_dir / "lock"):  # two up/down never interleave
         state = stack.load()
         pids = state.get("pids", {})
         workers = [name for name in pids if name.startswith("worker-")]

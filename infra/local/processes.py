@@ -1,6 +1,6 @@
 """The local stack's processes: free ports, starting a service in a process group of its own (as another user
 when asked), stopping exactly what was started (by pid, checked against its command line), waiting for a service
-to be ready, and the state folder that records it all (``state.json``, ``secrets.json``, the lock).
+to be ready, and the state folder that records it all (``state.json``).
 
 The services themselves are in ``seaweedfs.py``, ``postgres.py`` and ``prefect_server.py``; ``localstack.py`` is
 the CLI (``up``/``down``) that starts them in order.
@@ -8,7 +8,6 @@ the CLI (``up``/``down``) that starts them in order.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -255,20 +254,3 @@ def is_running(state: dict, name: str) -> bool:
 def record(state: dict, name: str, process: subprocess.Popen, argv: list[str], log: Path) -> None:
     """Note ``process`` in ``state`` as ``name``, so ``down`` can stop exactly it (by pid and argv)."""
     state.setdefault("pids", {})[name] = {"pid": process.pid, "argv": argv, "log": str(log), "started": time.time()}
-
-
-class locked:
-    """An exclusive lock on the state folder, so two ``up``/``down`` never interleave."""
-
-    def __init__(self, stack: Stack):
-        self.path = stack.state_dir / "lock"
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "w")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()

@@ -55,7 +55,7 @@ def main() -> int:
         raise SystemExit(f"show_run: {', '.join(missing)} not set (source .stack/env first)")
     stack = driver.LocalStack(REPO / ".stack", {key: os.environ[key] for key in CLIENT_KEYS})
     run = newest_run(stack, args.deployment)
-    page = f"{stack.ui_url}/runs/flow-run/{run['id']}"
+    page = stack.client.run_page(run["id"])
     print(f"run       {run['name']}: {run['state_name']}")
     if run["state_type"] != "COMPLETED":
         print(f"UI        {page}")

@@ -82,18 +82,21 @@ class WorkerSpec:
 def build_workers() -> int:
     """``KINSHIP_CUDA_BUILD_WORKERS`` (default 1): workers on the ``cuda`` pool's ``builds`` queue, one per GPU, that
     take the precisions an engines run fans out (``fan_out=true``)."""
-    text = os.environ.get("KINSHIP_CUDA_BUILD_WORKERS", "").strip() or "1"
-    if not text.isdigit() or not 0 <= int(text) <= 16:
-        raise BadSetting(f"KINSHIP_CUDA_BUILD_WORKERS={text!r}: expected a whole number from 0 to 16")
-    return int(text)
+    return _worker_count("KINSHIP_CUDA_BUILD_WORKERS", 1)
 
 
 def trial_workers() -> int:
     """``KINSHIP_ROCM_TRIAL_WORKERS`` (default 0): more training hosts on the ``rocm`` pool, on its ``trials`` queue
     only (the recipe search's trial runs), each one run at a time; the pool's first worker takes every queue."""
-    text = os.environ.get("KINSHIP_ROCM_TRIAL_WORKERS", "").strip() or "0"
+    return _worker_count("KINSHIP_ROCM_TRIAL_WORKERS", 0)
+
+
+def _worker_count(name: str, default: int) -> int:
+    """The whole number from 0 to 16 in the environment variable ``name`` (``default`` when unset); BadSetting
+    otherwise, before anything starts."""
+    text = os.environ.get(name, "").strip() or str(default)
     if not text.isdigit() or not 0 <= int(text) <= 16:
-        raise BadSetting(f"KINSHIP_ROCM_TRIAL_WORKERS={text!r}: expected a whole number from 0 to 16")
+        raise BadSetting(f"{name}={text!r}: expected a whole number from 0 to 16")
     return int(text)
 
 

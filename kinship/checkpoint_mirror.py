@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kinship.errors import UserError
-from kinship.host import host_facts
+from kinship.host import stage_host
 from kinship.manifests import CHECKPOINT_FORMAT, CheckpointManifest, DatasetHandle
 from kinship.storage import ArtifactRef, ArtifactStore, StoreAccessError, join_key
 from kinship.train_config import TrainConfig
@@ -74,7 +74,7 @@ class CheckpointMirror:
     def _manifest(self, epoch: int, files: dict, complete: bool) -> CheckpointManifest:
         return {"format": CHECKPOINT_FORMAT, "dataset": self.dataset.identity(), "train_config": asdict(self.config),
                 "epoch": epoch, "complete": complete, "files": files,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_facts()}
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": stage_host()}
 
     def upload(self) -> int:
         """Store the checkpoint now in the run folder (files first, manifest last); returns its epoch."""

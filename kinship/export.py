@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from kinship import __version__
 from kinship.checkpoint import load_model
 from kinship.errors import CheckFailed, UserError, first_line
 from kinship.images import NORMALISE_MEAN, NORMALISE_STD
+from kinship.manifests import ExportCheck
 from kinship.model_facts import read_model_facts, stamp_metadata
 
 OPSET = 18  # what torch's dynamo exporter writes
@@ -50,16 +51,6 @@ def companion_paths(pair_path: Path) -> ExportedModels:
     pair_path = Path(pair_path)
     stem = pair_path.name[: -len(".onnx")] if pair_path.name.endswith(".onnx") else pair_path.name
     return ExportedModels(pair_path, pair_path.with_name(f"{stem}.encoder.onnx"), pair_path.with_name(f"{stem}.head.onnx"))
-
-
-@dataclass
-class ExportCheck:
-    """How closely ONNX Runtime reproduced PyTorch on real images, per exported file."""
-
-    name: str
-    max_abs_diff: float
-    max_rel_diff: float
-    samples: int
 
 
 def _export_one(module, args: tuple, path: Path, input_names: list[str], output_name: str, opset: int = OPSET) -> None:
@@ -160,13 +151,14 @@ def validation_sample(data_dir: Path, metadata: dict, image_size: int, count: in
 
 def _compare(name: str, expected: np.ndarray, actual: np.ndarray) -> ExportCheck:
     difference = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
-    check = ExportCheck(name, float(difference.max()), float((difference / (np.abs(expected) + 1e-12)).max()), len(expected))
+    check: ExportCheck = {"name": name, "max_abs_diff": float(difference.max()),
+                          "max_rel_diff": float((difference / (np.abs(expected) + 1e-12)).max()), "samples": len(expected)}
     try:
         np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
     except AssertionError as error:
         raise CheckFailed(
             f"{name}: ONNX Runtime differs from PyTorch beyond rtol={RTOL}, atol={ATOL} "
-            f"(max abs diff {check.max_abs_diff:.3g})"
+            f"(max abs diff {check['max_abs_diff']:.3g})"
         ) from error
     return check
 

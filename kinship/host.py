@@ -13,11 +13,15 @@ import socket
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from kinship.manifests import StageHost
 
 
-def host_facts(role: str | None = None) -> dict:
-    """Which machine did a stage: host name and its role (the pool it serves)."""
+def stage_host(role: str | None = None) -> StageHost:
+    """Which machine did a stage: host name and its role (the pool it serves). Not ``tensorrt_backend.HostFacts``
+    (what a host offers TensorRT)."""
     return {"hostname": socket.gethostname(), "role": role or os.environ.get("KINSHIP_HOST_ROLE", "local")}
 
 

@@ -118,7 +118,7 @@ class LocalTrainingSteps:
     def __init__(self, store: ArtifactStore, dataset: DatasetHandle, work: Path, clock: _Clock, on_progress: Progress):
         self.store, self.dataset, self.work, self.clock, self.on_progress = store, dataset, work, clock, on_progress
 
-    def fetch_data_set(self, uri: str) -> DatasetHandle:
+    def fetch_dataset(self, uri: str) -> DatasetHandle:
         return self.dataset  # fetched (or read in place) by run_pipeline's "data" stage
 
     def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> Trained:
@@ -154,7 +154,7 @@ class LocalEngineSteps:
     def read_train_manifest(self, ref_or_uri: RefDict | UriOnly | str) -> TrainManifest:
         return read_manifest(self.store, ref_or_uri, TRAIN_MANIFEST_FORMAT)
 
-    def fetch_data_set(self, uri: str, expected_sha256: str) -> DatasetHandle:
+    def fetch_dataset(self, uri: str, expected_sha256: str) -> DatasetHandle:
         return self.dataset  # the handle the model was trained on, so the content the manifest names
 
     def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs:

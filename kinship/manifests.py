@@ -68,8 +68,8 @@ class DatasetIdentity(TypedDict):
     sha256: str
 
 
-class HostFacts(TypedDict):
-    """Which machine did a stage (``pipeline.host_facts``; ``work_pool`` inside a flow run)."""
+class StageHost(TypedDict):
+    """Which machine did a stage (``kinship.host.stage_host``; ``work_pool`` inside a flow run)."""
 
     hostname: str
     role: str
@@ -119,7 +119,8 @@ class TrainMetrics(TypedDict):
 
 
 class ExportCheck(TypedDict):
-    """``kinship.export.ExportCheck`` as stored: ONNX Runtime against PyTorch on real images, per file."""
+    """How closely ONNX Runtime reproduced PyTorch on real images, per exported file (``kinship.export`` makes
+    them, the training manifest stores them as they are)."""
 
     name: str
     max_abs_diff: float
@@ -166,7 +167,7 @@ class TrainManifest(ManifestHeader):
     export_checks: list[ExportCheck]
     calibration: CalibrationSummary
     artifacts: dict[str, RefDict]  # model.pt, metrics.json, config.json, model{,.encoder,.head}.onnx, calibration.npz
-    host: HostFacts
+    host: StageHost
     manifest: NotRequired[RefDict | UriOnly]  # where it is stored: added when written or read back
     child_run: NotRequired[ChildRun]
 
@@ -181,7 +182,7 @@ class CheckpointManifest(TypedDict):
     complete: bool
     files: dict[str, RefDict]  # checkpoints/last.pt, model.pt (empty once complete)
     created: str
-    host: HostFacts
+    host: StageHost
 
 
 # ---------------------------------------------------------------- engines half
@@ -257,6 +258,6 @@ class EnginesManifest(ManifestHeader):
     engines: list[EngineEntry]
     report: dict[str, RefDict]
     rows: list[RowSummary]
-    host: HostFacts
+    host: StageHost
     manifest: NotRequired[RefDict | UriOnly]
     child_run: NotRequired[ChildRun]

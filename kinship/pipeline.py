@@ -38,10 +38,10 @@ from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
 from kinship.engines.outcome import STATUS_BUILT, STATUS_FAILED
 from kinship.errors import ArtifactMismatch, KinshipError, UserError, reason_of
-from kinship.host import host_facts
+from kinship.host import stage_host
 from kinship.manifests import (
     ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, Calibrated, DatasetHandle, EngineEntry, EngineInputs,
-    EnginesManifest, Exported, HostFacts, RefDict, ReportRefs, RowSummary, Trained, TrainManifest, UriOnly,
+    EnginesManifest, Exported, RefDict, ReportRefs, RowSummary, StageHost, Trained, TrainManifest, UriOnly,
     VariantRecord, manifest_header,
 )
 from kinship.progress import Progress, ProgressEvent, silent
@@ -193,7 +193,7 @@ def export_stage(store: ArtifactStore, dataset: DatasetHandle, model: RefDict, w
         img0, img1 = validation_sample(dataset.path, payload["metadata"], size, count=64)
     files, checks = export_checkpoint(checkpoint, work_dir / "model.onnx", img0, img1)
     artifacts = _upload(store, dict(zip(ONNX_FILES, files.all())), prefix)
-    return {"artifacts": artifacts, "checks": [asdict(check) for check in checks], "image_size": size}
+    return {"artifacts": artifacts, "checks": checks, "image_size": size}
 
 
 def calibration_stage(store: ArtifactStore, dataset: DatasetHandle, config: TrainConfig,
@@ -215,7 +215,7 @@ def calibration_stage(store: ArtifactStore, dataset: DatasetHandle, config: Trai
 
 def write_train_manifest(store: ArtifactStore, run_id: str, dataset: DatasetHandle, config: TrainConfig,
                          trained: Trained, exported: Exported, calibrated: Calibrated,
-                         host: HostFacts | None = None) -> TrainManifest:
+                         host: StageHost | None = None) -> TrainManifest:
     """The training half's result, stored last as ``runs/<id>/train/manifest.json`` and returned."""
     manifest: TrainManifest = {
         **manifest_header(TRAIN_MANIFEST_FORMAT, run_id),
@@ -225,7 +225,7 @@ def write_train_manifest(store: ArtifactStore, run_id: str, dataset: DatasetHand
         "export_checks": exported["checks"],
         "calibration": calibrated["meta"],
         "artifacts": {**trained["artifacts"], **exported["artifacts"], **calibrated["artifacts"]},
-        "host": host or host_facts(),
+        "host": host or stage_host(),
     }
     return _store_manifest(store, manifest, run_prefix(run_id, "train", "manifest.json"))
 
@@ -453,7 +453,7 @@ def engines_report_stage(store: ArtifactStore, variants: list[VariantRecord], wo
 
 def write_engines_manifest(store: ArtifactStore, run_id: str, train_manifest: TrainManifest,
                            variants: list[VariantRecord], report: ReportRefs,
-                           host: HostFacts | None = None) -> EnginesManifest:
+                           host: StageHost | None = None) -> EnginesManifest:
     """The engines half's result, stored last as ``runs/<id>/engines/manifest.json`` and returned."""
     variants = with_run_facts(variants)
     first = variants[0] if variants else {}
@@ -467,7 +467,7 @@ def write_engines_manifest(store: ArtifactStore, run_id: str, train_manifest: Tr
         "engines": [_engine_entry(v) for v in variants],
         "report": report["artifacts"],
         "rows": [_row_summary(row) for row in report["rows"]],
-        "host": host or host_facts(),
+        "host": host or stage_host(),
     }
     return _store_manifest(store, manifest, run_prefix(run_id, "engines", "manifest.json"))
 

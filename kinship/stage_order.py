@@ -33,7 +33,7 @@ def _check_run_id(run_id: str) -> None:
 class TrainingSteps(Protocol):
     """How each step of the training half runs (a Prefect task, or a stage function in this process)."""
 
-    def fetch_data_set(self, uri: str) -> DatasetHandle: ...
+    def fetch_dataset(self, uri: str) -> DatasetHandle: ...
 
     def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> Trained: ...
 
@@ -53,7 +53,7 @@ def training_half(steps: TrainingSteps, dataset_uri: str, train: TrainConfig, ca
     """Fetch the data set, train, export and check ONNX, draw the calibration set, store the training manifest
     (last: its presence means the half is complete), clean this host's work folder; the manifest."""
     _check_run_id(run_id)
-    dataset = steps.fetch_data_set(dataset_uri)
+    dataset = steps.fetch_dataset(dataset_uri)
     trained = steps.train_model(dataset, train, run_id)
     exported = steps.export_onnx(dataset, trained["artifacts"]["model.pt"], run_id)
     calibrated = steps.build_calibration(dataset, train, calibration, run_id)
@@ -69,7 +69,7 @@ class EngineSteps(Protocol):
 
     def read_train_manifest(self, ref_or_uri: RefDict | UriOnly | str) -> TrainManifest: ...
 
-    def fetch_data_set(self, uri: str, expected_sha256: str) -> DatasetHandle: ...
+    def fetch_dataset(self, uri: str, expected_sha256: str) -> DatasetHandle: ...
 
     def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs: ...
 
@@ -101,7 +101,7 @@ def engines_half(steps: EngineSteps, train_manifest: RefDict | UriOnly | str, pr
     _check_run_id(run_id)
     backend = steps.choose_backend(settings)
     manifest = steps.read_train_manifest(train_manifest)
-    dataset = steps.fetch_data_set(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
+    dataset = steps.fetch_dataset(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
     inputs = steps.fetch_inputs(manifest, run_id)
     variants = steps.build_engines(inputs, dataset, list(dict.fromkeys(precisions)), backend, settings, run_id)
     variants = steps.benchmark_engines(inputs, dataset, variants, backend, settings, run_id)
@@ -126,7 +126,7 @@ def one_engine(steps: EngineChildSteps, train_manifest: RefDict | UriOnly | str,
     _check_run_id(run_id)
     steps.choose_backend(replace(settings, backend=backend))
     manifest = steps.read_train_manifest(train_manifest)
-    dataset = steps.fetch_data_set(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
+    dataset = steps.fetch_dataset(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
     inputs = steps.fetch_inputs(manifest, run_id)
     record = steps.build_engines(inputs, dataset, [variant], backend, settings, run_id)[0]
     steps.store_engine_record(record, run_id)

@@ -31,10 +31,10 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, ContextManager, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 from kinship.dataset_cache import scratch_root
@@ -47,6 +47,9 @@ from kinship.shards import (
     SHARD_FOLDER, MemberEntry, PackedShard, ShardedManifest, ShardEntry, is_sharded, pack_shards, parse_manifest,
     refuse_file_folder_clash, unpack_shard,
 )
+
+if TYPE_CHECKING:
+    from kinship.manifests import RefDict
 
 MiB = 1024 * 1024
 PRESIGN_MAX_S = 7 * 24 * 3600  # the longest a presigned URL may live: 7 days, SigV4's limit
@@ -140,18 +143,21 @@ class StoreSettings:
 
 @dataclass(frozen=True)
 class ArtifactRef:
-    """One stored object: where it is and what its content must be."""
+    """One stored object: where it is and what its content must be. Stage results and manifests carry it as a
+    plain dict (``kinship.manifests.RefDict``, the same four keys): Prefect persists results as dicts."""
 
     uri: str
     key: str
     sha256: str
     size: int
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> RefDict:
+        """The ref as the stage results and manifests carry it."""
+        return {"uri": self.uri, "key": self.key, "sha256": self.sha256, "size": self.size}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactRef:
+    def from_dict(cls, data: RefDict | Mapping[str, Any]) -> ArtifactRef:
+        """The ref a ``RefDict`` (or any mapping with its four keys) names."""
         return cls(uri=str(data["uri"]), key=str(data["key"]), sha256=str(data["sha256"]), size=int(data["size"]))
 
 

@@ -24,7 +24,7 @@ from kinship.manifests import (
 from kinship.run_report import engine_table
 from kinship.storage import ArtifactRef, LocalStore, S3Store
 from tasks.children import ChildRunFailed, run_child
-from tasks.data import clean_work, fetch_data_set
+from tasks.data import clean_work, fetch_dataset
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
 
@@ -288,8 +288,8 @@ class EngineTasks:
     def read_train_manifest(self, ref_or_uri: RefDict | UriOnly | str) -> TrainManifest:
         return read_train_manifest(ref_or_uri)
 
-    def fetch_data_set(self, uri: str, expected_sha256: str) -> DatasetHandle:
-        return fetch_data_set(uri, expected_sha256)
+    def fetch_dataset(self, uri: str, expected_sha256: str) -> DatasetHandle:
+        return fetch_dataset(uri, expected_sha256)
 
     def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs:
         return fetch_inputs(manifest, self.work_key or run_id)

@@ -9,7 +9,7 @@ from typing import Any
 
 from kinship import __version__
 from kinship.errors import KinshipError
-from kinship.host import host_facts
+from kinship.host import stage_host
 from kinship.storage import ArtifactStore, StoreSettings, store_from_settings
 
 
@@ -40,7 +40,7 @@ def cache_key(step: str, *parts: Any) -> str:
 
 def host() -> dict:
     """Host name, role and (inside a flow run) the work pool that dispatched it."""
-    facts = host_facts()
+    facts = stage_host()
     try:
         from prefect.context import FlowRunContext
 

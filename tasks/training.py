@@ -19,7 +19,7 @@ from kinship.baseline import REQUIRED_MARGIN, BaselineComparison
 from kinship.engines.calibration import CalibrationConfig
 from kinship.manifests import Calibrated, DatasetHandle, Exported, RefDict, Trained, TrainManifest
 from kinship.train_config import TrainConfig
-from tasks.data import clean_work, fetch_data_set
+from tasks.data import clean_work, fetch_dataset
 from tasks.progress import progress_artifact
 from tasks.runtime import IO_RETRIES, ONE_RETRY, cache_key, host, open_store, work_dir
 
@@ -178,8 +178,8 @@ class TrainingTasks:
     def __init__(self, force: bool = False):
         self.force = force  # run the cached steps again even where their inputs were seen before
 
-    def fetch_data_set(self, uri: str) -> DatasetHandle:
-        return fetch_data_set(uri)
+    def fetch_dataset(self, uri: str) -> DatasetHandle:
+        return fetch_dataset(uri)
 
     def train_model(self, dataset: DatasetHandle, train: TrainConfig, run_id: str) -> Trained:
         return train_model.with_options(refresh_cache=self.force)(dataset, train, run_id)

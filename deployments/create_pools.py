@@ -6,7 +6,8 @@
 - ``cuda``: engine builds and benchmarks; one at a time per GPU, likewise by its workers' limits.
 - ``orchestrator``: the parent flows only, so they never hold the slot their child runs need.
 
-The pools and their limits are ``deployments/pools.json``, which ``infra/local/localstack.py`` reads too.
+The pools and their limits are ``deployments/pools.json``, which the local stack (``infra/local/prefect_server.py``)
+reads too.
 
 Talks to the server named by ``PREFECT_API_URL`` (and ``PREFECT_API_AUTH_STRING`` when it needs one).
 Usage: ``.venv/bin/python deployments/create_pools.py [--json]``.

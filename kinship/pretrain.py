@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kinship.errors import UserError
-from kinship.files import write_atomic
+from kinship.files import atomic_folder, write_atomic
 from kinship.progress import Progress, ProgressEvent, silent
 from kinship.synth import RECORD_FILE, STYLE_NAMES, SynthConfig, generate
 from kinship.train_config import TrainConfig
@@ -190,23 +189,15 @@ def merge_styles(sources: dict[str, Path], target: Path, on_progress: Progress =
     """Copy every style's train families into one RFIW-layout set at ``target`` with renamed family ids, and
     rewrite ``train_relationships.csv`` and ``relationship_types.csv`` to match. Built beside ``target`` and
     renamed at the end, so a set there is always complete. Files are copied: the layout reader refuses links."""
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "train").mkdir(parents=True)
     summary = MixtureSummary(target)
     total = sum(len(_families(source)) for source in sources.values())
-    try:
+    with atomic_folder(target) as staging:
+        (staging / "train").mkdir()
         for style, source in sources.items():
             _copy_families(style, source, staging, summary, on_progress, total)
         summary.relationships = _merge_tables(sources, staging)
         (staging / MIXTURE_RECORD).write_text(json.dumps({"styles": {s: str(p) for s, p in sources.items()},
                                                           "families": summary.families}, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary
 
 

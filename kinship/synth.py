@@ -16,8 +16,6 @@ import csv
 import importlib
 import json
 import math
-import os
-import shutil
 import time
 from io import BytesIO
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from kinship.errors import UserError
+from kinship.files import atomic_folder
 from kinship.layout import RELATIONSHIP_TYPES, UNRELATED
 from kinship.progress import ProgressEvent, silent
 from kinship.synth_style import Style, StyleSettings, encode_jpeg, negative_distance
@@ -920,10 +919,8 @@ def generate(config: SynthConfig, out: Path, on_progress: Callable[[ProgressEven
     check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "train").mkdir(parents=True)
-    try:
+    with atomic_folder(out) as staging:  # a killed run never leaves a set that looks complete
+        (staging / "train").mkdir(parents=True)
         results = list(_run_families(config, staging, on_progress))
         train = [r for r in results if r.split == TRAIN]
         test = [r for r in results if r.split == TEST]
@@ -931,12 +928,6 @@ def generate(config: SynthConfig, out: Path, on_progress: Callable[[ProgressEven
         test_images, test_pairs = _write_test_set(config, staging, test) if test else (0, 0)
         _write_record(staging, config)
         size_on_disk = _disk_bytes(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return SynthSummary(
         out=out, families=len(train), test_families=len(test), people=sum(len(r.members) for r in train),
         images=sum(len(v) for r in train for v in r.photos.values()), test_images=test_images,

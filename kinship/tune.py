@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from kinship.baseline import REQUIRED_MARGIN
-from kinship.errors import UserError
+from kinship.errors import UserError, first_line
 from kinship.files import write_atomic
 from kinship.pairs import FamilySplit
 from kinship.progress import ProgressEvent, silent
@@ -263,7 +263,7 @@ def _storage(url: str):
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
                               engine_kwargs={"pool_pre_ping": True})
     except (optuna.exceptions.OptunaError, ImportError, ValueError) as error:
-        raise UserError(f"cannot open the study storage {_safe_url(url)}: {str(error).splitlines()[0][:200]}") from error
+        raise UserError(f"cannot open the study storage {_safe_url(url)}: {first_line(error, 200)}") from error
     except Exception as error:  # SQLAlchemy's connection errors: the server's name, never the password
         raise UserError(f"cannot open the study storage {_safe_url(url)}: {type(error).__name__}") from error
 

@@ -30,7 +30,6 @@ def fetch_dataset(uri: str, expected_sha256: str | None = None) -> DatasetHandle
     return dataset
 
 
-fetch_data_set = fetch_dataset  # the name flows/tune_trials.py still imports
 
 
 @task(name="clean scratch")

@@ -124,17 +124,16 @@ def all_sum(value: float) -> float:
 
 
 def launch(data_dir: Path, run_dir: Path, config: TrainConfig, resume: bool, on_progress=silent,
-           on_checkpoint: Callable[[int], None] | None = None, cache_dir: Path | None = None):
-    """Train with ``config.nproc`` processes per node under torchrun and return rank 0's ``TrainResult``.
+           on_checkpoint: Callable[[int], None] | None = None, cache_dir: Path | None = None) -> dict:
+    """Train with ``config.nproc`` processes per node under torchrun and return rank 0's ``metrics.json``.
 
     Waits on torchrun, reporting each epoch as rank 0's ``metrics.json`` grows (and calling ``on_checkpoint``,
-    as single-process training does). torchrun's output goes to ``run_dir/distributed.log``.
+    as single-process training does). torchrun's output goes to ``run_dir/distributed.log``. Each rank runs
+    ``kinship.distributed_worker`` (which calls ``kinship.train.train``: this module never imports it).
     """
-    from kinship.train import TrainResult
-
     run_dir = Path(run_dir)
     argv = [sys.executable, "-m", "torch.distributed.run", *_rendezvous(config), f"--nproc-per-node={config.nproc}",
-            "--max-restarts=0", "-m", "kinship.distributed", json.dumps({
+            "--max-restarts=0", "-m", "kinship.distributed_worker", json.dumps({
                 "data": str(data_dir), "run": str(run_dir), "config": asdict(config), "resume": resume,
                 "cache_dir": str(cache_dir) if cache_dir else None})]  # one argument: torchrun reads no options of ours
     env = dict(os.environ)
@@ -149,11 +148,9 @@ def launch(data_dir: Path, run_dir: Path, config: TrainConfig, resume: bool, on_
     if process.returncode != 0:
         raise RankFailed(_failure_line(log_path, process.returncode, config, seen))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    history = metrics["epochs"]
-    if on_checkpoint is not None and len(history) > seen:
-        on_checkpoint(len(history))
-    return TrainResult(run_dir, metrics["best_epoch"], metrics["best_val_auc"], history, metrics["precision"],
-                       metrics.get("pixel_baseline_auc", float("nan")))
+    if on_checkpoint is not None and len(metrics["epochs"]) > seen:
+        on_checkpoint(len(metrics["epochs"]))
+    return metrics
 
 
 def _rendezvous(config: TrainConfig) -> list[str]:
@@ -201,24 +198,3 @@ def _failure_line(log_path: Path, code: int, config: TrainConfig, epochs: int) -
     why = f" ({next(filter(None, user_error[-1]))})" if user_error else ""
     return (f"distributed training failed: {who}{why}; {epochs} epoch(s) are checkpointed and a resume continues "
             f"from there (log: {log_path})")
-
-
-# ---------------------------------------------------------------- the worker (runs under torchrun)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One rank: train as the JSON job ``launch`` wrote (data, run, config, resume, cache_dir) says."""
-    from kinship.train import train
-
-    job = json.loads((argv if argv is not None else sys.argv[1:])[0])
-    rank = current_rank()
-    logging.basicConfig(level=logging.INFO if rank.is_main else logging.WARNING,
-                        format=f"[rank {rank.rank}] %(message)s")
-    config = TrainConfig.from_dict(job["config"])
-    cache_dir = Path(job["cache_dir"]) if job.get("cache_dir") else None
-    train(Path(job["data"]), Path(job["run"]), config, resume=bool(job["resume"]), cache_dir=cache_dir)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

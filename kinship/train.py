@@ -22,7 +22,7 @@ from kinship.augment import AugmentConfig, augment
 from kinship.baseline import BaselineComparison, pixel_baseline
 from kinship.checkpoint import model_payload, read_checkpoint, save_atomic
 from kinship.data import PreparedData, SplitConfig, prepare
-from kinship.errors import UserError
+from kinship.errors import UserError, first_line
 from kinship.files import write_atomic
 from kinship.images import to_network_input
 from kinship.metrics import verification_report
@@ -370,7 +370,9 @@ def train(
             raise UserError(f"cannot resume: no checkpoint at {run_dir / 'checkpoints' / 'last.pt'}")
         if not resume and (run_dir / "checkpoints" / "last.pt").exists():
             raise UserError(f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out")
-        return distributed.launch(data_dir, run_dir, config, resume, on_progress, on_checkpoint, cache_dir)
+        metrics = distributed.launch(data_dir, run_dir, config, resume, on_progress, on_checkpoint, cache_dir)
+        return TrainResult(run_dir, metrics["best_epoch"], metrics["best_val_auc"], metrics["epochs"],
+                           metrics["precision"], metrics.get("pixel_baseline_auc", float("nan")))
     if config.folds > 1 and config.fold < 0 and not resume:
         return _train_folds(data_dir, run_dir, config, False, on_progress, cache_dir, on_checkpoint)
     if resume and not (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "fold-1").is_dir():
@@ -512,7 +514,7 @@ def load_initial_weights(model, path: Path, model_config: ModelConfig) -> None:
     try:
         model.load_state_dict(payload["model_state"])
     except (KeyError, RuntimeError) as error:
-        raise UserError(f"--init {path}: weights do not fit: {str(error).splitlines()[0][:200]}") from error
+        raise UserError(f"--init {path}: weights do not fit: {first_line(error, 200)}") from error
 
 
 def _parameter_groups(model, objective, config: TrainConfig) -> list[dict]:
@@ -572,7 +574,7 @@ def _restore(path: Path, model, objective, optimizer, scaler) -> dict:
         scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["torch_rng"])
     except (KeyError, RuntimeError, ValueError) as error:
-        raise UserError(f"{path} does not fit this run's configuration: {str(error).splitlines()[0][:200]}") from error
+        raise UserError(f"{path} does not fit this run's configuration: {first_line(error, 200)}") from error
     return dict(payload["state"])
 
 

@@ -469,6 +469,9 @@ def finish(data_dir: Path, work_dir: Path, config: TuneConfig, study, roles: Fam
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a worker killed mid-trial: its trial is failed, not left running
     model_of = model_of or (lambda number: work_dir / "trials" / f"{number:04d}" / "model.pt")
     states: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False):

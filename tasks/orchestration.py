@@ -96,11 +96,13 @@ def publish_report(run: dict, train_manifest: TrainManifest, engines_manifest: E
 @task(name="run trial workers", task_run_name="kinship-tune-trials on rocm")
 def run_tune_workers(run: dict, dataset_uri: str, search: TuneConfig, study: str, workers: int) -> dict:
     """``workers`` trial runs of ``study`` at once on the ``rocm`` pool (each takes one worker's slot), then one
-    more that finishes the search; returns its outcome."""
+    more that finishes the search; returns its outcome. A trial run that dies (its host lost) costs its trial,
+    which the finish marks failed; the search goes on while one trial run completes."""
     if not 1 <= workers <= 64:
         raise ValueError(f"workers must be between 1 and 64, got {workers}")
     parameters = {"dataset_uri": dataset_uri, "study": study, "search": asdict(search), "run_id": run["run_id"]}
-    run_children(TUNE_TRIALS_DEPLOYMENT, [parameters] * workers, run, [f"trials-{i + 1}" for i in range(workers)])
+    run_children(TUNE_TRIALS_DEPLOYMENT, [parameters] * workers, run, [f"trials-{i + 1}" for i in range(workers)],
+                 tolerate_failures=True)
     run_child(TUNE_TRIALS_DEPLOYMENT, {**parameters, "finish": True}, run, "finish")
     # read back from the store, as the other halves' manifests are: a child's own result lives on its host
     return open_store().get_json(open_store().uri(tuning_stage.tuning_key(study, "summary.json")))

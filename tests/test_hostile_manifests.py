@@ -75,6 +75,6 @@ def test_a_disk_that_fills_while_a_set_is_written_is_one_line(tmp_path: Path, se
     def full(shard_path, dest, *args):
         raise OSError(errno.ENOSPC, "No space left on device", str(dest / "a.txt"))
 
-    monkeypatch.setattr(storage, "unpack_shard", full)
+    monkeypatch.setattr("kinship.store.transfer.unpack_shard", full)  # where get_tree looks it up
     refused(lambda: store_from_uri(uri, settings).get_tree(uri, tmp_path / "got"), "No space left on device")
     assert not (tmp_path / "got").exists() and not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]

@@ -300,7 +300,7 @@ def test_a_folder_swapped_for_a_link_after_the_listing_is_not_followed(tmp_path:
         (root / "train" / "F1").symlink_to(tmp_path / "outside", target_is_directory=True)
         return found
 
-    monkeypatch.setattr(storage, "_tree_files", list_then_swap)
+    monkeypatch.setattr("kinship.store.transfer._tree_files", list_then_swap)  # where put_tree looks it up
     store = store_from_uri((tmp_path / "store" / "set").as_uri(), settings)
     with pytest.raises(UserError, match=r"not a regular file .*train/F1/P1\.jpg"):
         store.put_tree(tmp_path / "src", "", shard_bytes=shard_bytes)

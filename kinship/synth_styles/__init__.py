@@ -1,4 +1,4 @@
-"""Synthetic-family generators other than the default ``faces`` (which lives in ``kinship.synth``).
+"""Synthetic-family generators ("styles"), the default ``faces`` included; ``kinship.synth`` names them.
 
 Each module was written on its own and differs in kind, not only in parameters: how traits are drawn, how
 they are inherited and which nuisances vary. Each exports ``STYLE``, a class implementing

@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kinship import distributed, folds
+# The AMP policy and the losses live in their own modules; their names stay importable from here.
+from kinship.amp import (  # noqa: F401
+    AMP_MODES, CUDA_FAST_FP16, ROCM_FAST_BF16, Precision, _cuda_fast_fp16, _fast_type, _gpu_arch, amp_choice,
+    choose_precision,
+)
 from kinship.augment import AugmentConfig, augment
 from kinship.baseline import BaselineComparison, pixel_baseline
 from kinship.checkpoint import model_payload, read_checkpoint, save_atomic
@@ -25,6 +28,7 @@ from kinship.data import PreparedData, SplitConfig, prepare
 from kinship.errors import UserError, first_line
 from kinship.files import write_atomic
 from kinship.images import to_network_input
+from kinship.losses import PairLoss, PairObjective
 from kinship.metrics import verification_report
 from kinship.model import ModelConfig, build_model
 from kinship.pairs import PairSampler, PairSet
@@ -32,102 +36,6 @@ from kinship.progress import ProgressEvent, silent
 from kinship.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Precision:
-    """Where and how arithmetic runs: device, autocast dtype (None = fp32), whether to scale loss, and why."""
-
-    device: torch.device
-    backend: str  # "cpu", "cuda" or "rocm"
-    autocast_dtype: torch.dtype | None
-    scale_loss: bool
-    why: str = ""  # how --amp was resolved on this device
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def describe(self) -> str:
-        amp = "off" if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", "")
-        scaler = " + grad scaler" if self.scale_loss else ""
-        return f"{self.backend} ({self.device}), AMP {amp}{scaler}" + (f" ({self.why})" if self.why else "")
-
-
-AMP_MODES = ("auto", "off", "fp16", "bf16", "on")  # "on": AMP on in the device's fast type, off never (bf16 on a CPU)
-# ROCm architectures with fast bf16 matrix arithmetic: CDNA2 (gfx90a), CDNA3 (gfx94x), CDNA4 (gfx950), RDNA3 (gfx11xx)
-# and RDNA4 (gfx120x). RDNA1 and RDNA2 (gfx101x, gfx103x: the RX 6900 XT is gfx1030) have none: fp16 with a scaler is
-# what speeds them up.
-ROCM_FAST_BF16 = ("gfx90a", "gfx94", "gfx950", "gfx11", "gfx120")
-# CUDA SMs before Volta with fast fp16 (Jetson TX1/Nano, P100, Jetson TX2). The others before 7.0 (Maxwell 5.0/5.2
-# such as the M40, Pascal 6.1 such as the P40) run fp16 at a fraction of their fp32 rate: AMP buys no speed there.
-CUDA_FAST_FP16 = ((5, 3), (6, 0), (6, 2))
-
-
-def _cuda_fast_fp16(capability: tuple[int, int]) -> bool:
-    return tuple(capability) in CUDA_FAST_FP16 or tuple(capability) >= (7, 0)
-
-
-def _fast_type(backend: str, arch: str, capability: tuple[int, int] | None) -> tuple[str | None, str]:
-    """(``"bf16"``, ``"fp16"`` or None where neither is fast, why) for a GPU, by architecture alone: never by
-    ``torch.cuda.is_bf16_supported()``, which says yes on every ROCm device and, through emulation, on T4/V100."""
-    if backend == "rocm":
-        base = arch.split(":")[0].strip().lower()
-        if base.startswith(ROCM_FAST_BF16):
-            return "bf16", f"{base} has fast bf16"
-        return "fp16", f"{base or 'this ROCm GPU'} has no fast bf16 (RDNA1/RDNA2 and older)"
-    shown = f"SM {capability[0]}.{capability[1]}" if capability is not None else "this GPU"
-    if capability is not None and tuple(capability) >= (8, 0):
-        return "bf16", f"{shown} has fast bf16"
-    if capability is not None and not _cuda_fast_fp16(capability):
-        return None, f"{shown} has no fast fp16 (nor bf16): AMP buys no speed there"
-    return "fp16", f"{shown} has no fast bf16 (before SM 8.0)"
-
-
-def amp_choice(amp: str, backend: str, arch: str = "", capability: tuple[int, int] | None = None
-               ) -> tuple[str | None, str]:
-    """(``"fp16"``, ``"bf16"`` or None for FP32, why) for ``--amp`` on a device: a pure function of the backend
-    (``cpu``, ``cuda``, ``rocm``) and the ROCm architecture name (``gcnArchName``, e.g. ``gfx1030``) or the CUDA
-    compute capability. fp16 always trains with a scaler.
-
-    ``auto``: off on a CPU (autocast rarely pays there); bf16 where it is fast (CUDA SM 8.0+, ROCm gfx90a/gfx94x/
-    gfx950/gfx11xx/gfx120x); off on CUDA GPUs without fast fp16 (SM 5.0/5.2, 6.1 and older); fp16 elsewhere.
-    ``on``: AMP on whatever the GPU: the same type as auto, and fp16 where auto chooses off (bf16 on a CPU).
-    ``fp16``/``bf16``/``off`` are taken as asked.
-    """
-    if amp not in AMP_MODES:
-        raise UserError(f"unknown amp mode {amp!r}: choose auto, off, fp16 or bf16 (on: AMP in the GPU's fast type)")
-    if amp in ("off", "fp16", "bf16"):
-        return (None if amp == "off" else amp), f"--amp {amp}"
-    if backend == "cpu":
-        return ("bf16", "--amp on: bf16 on the CPU") if amp == "on" else (None, "auto: AMP off on a CPU")
-    dtype, why = _fast_type(backend, arch, capability)
-    if amp == "auto":
-        return dtype, f"auto: {why}"
-    return (dtype or "fp16"), f"--amp on: {why}"
-
-
-def _gpu_arch() -> tuple[str, str, tuple[int, int] | None]:
-    """(backend, ROCm architecture name, CUDA compute capability) of GPU 0."""
-    if getattr(torch.version, "hip", None):
-        return "rocm", str(getattr(torch.cuda.get_device_properties(0), "gcnArchName", "")), None
-    return "cuda", "", tuple(torch.cuda.get_device_capability(0))
-
-
-def choose_precision(device: str, amp: str) -> Precision:
-    """Resolve ``--device`` and ``--amp`` (``amp_choice``): on GPUs fp16 + scaler, bf16 or off by architecture, off
-    on a CPU unless asked."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device {device!r}: choose auto, cpu or cuda")
-    amp_choice(amp, "cpu")  # a bad --amp fails before looking for a GPU
-    use_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_gpu and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA or ROCm device")
-    backend, arch, capability = _gpu_arch() if use_gpu else ("cpu", "", None)
-    dtype, why = amp_choice(amp, backend, arch, capability)
-    autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype)
-    return Precision(torch.device("cuda" if use_gpu else "cpu"), backend, autocast, scale_loss=dtype == "fp16", why=why)
 
 
 @dataclass
@@ -194,66 +102,6 @@ def person_index(prepared: PreparedData) -> tuple[np.ndarray, int]:
     people = sorted({p for p in prepared.table.person_of if p.split("/")[0] in train_families})
     number = {person: i for i, person in enumerate(people)}
     return np.asarray([number.get(p, -1) for p in prepared.table.person_of]), len(people)
-
-
-class PairObjective(torch.nn.Module):
-    """The training loss; its identity classifier is used in training only and never exported.
-
-    Three terms, all from one encoder pass over the batch:
-    - BCE of the pair head on the sampled kin / non-kin pairs (what the model is used for);
-    - InfoNCE over the batch's kin pairs: each partner is the one right answer among every other
-      partner from another family (dozens of negatives per pass instead of one);
-    - identity: a cosine-softmax classifier over the training people, as face recognisers are
-      trained, so the encoder learns the heritable traits and ignores pose, light and background.
-    """
-
-    def __init__(self, embedding_dim: int, people: int, config: "TrainConfig"):
-        super().__init__()
-        self.config = config
-        self.identity = torch.nn.Parameter(torch.randn(people, embedding_dim) * 0.01)
-
-    def forward(self, model, img0, img1, batch: PairSet, family_of: np.ndarray, person_of: np.ndarray) -> torch.Tensor:
-        size, device = img0.shape[0], img0.device
-        embeddings = model.encoder(torch.cat((img0, img1), dim=0).contiguous(memory_format=torch.channels_last))
-        emb0, emb1 = embeddings[:size], embeddings[size:]
-        target = torch.as_tensor(batch.label, dtype=torch.float32, device=device)
-        loss = F.binary_cross_entropy_with_logits(model.head(emb0, emb1).float(), target)
-        if self.config.contrastive_weight > 0:
-            loss = loss + self.config.contrastive_weight * self._kin_contrastive(emb0, emb1, batch, family_of)
-        if self.config.identity_weight > 0:
-            loss = loss + self.config.identity_weight * self._identity(embeddings, batch, person_of)
-        return loss
-
-    def _kin_contrastive(self, emb0, emb1, batch: PairSet, family_of: np.ndarray) -> torch.Tensor:
-        kin = np.flatnonzero(batch.label == 1)
-        if len(kin) < 2:
-            return emb0.new_zeros(())
-        a, b = F.normalize(emb0[kin].float(), dim=1), F.normalize(emb1[kin].float(), dim=1)
-        similarity = a @ b.T / self.config.contrastive_temperature
-        left, right = family_of[batch.left[kin]], family_of[batch.right[kin]]
-        same_family = torch.as_tensor(left[:, None] == right[None, :], device=emb0.device)
-        same_family.fill_diagonal_(False)
-        similarity = similarity.masked_fill(same_family, float("-inf"))  # relatives are not negatives
-        answer = torch.arange(len(kin), device=emb0.device)
-        return (F.cross_entropy(similarity, answer) + F.cross_entropy(similarity.T, answer)) / 2
-
-    def _identity(self, embeddings, batch: PairSet, person_of: np.ndarray) -> torch.Tensor:
-        labels = torch.as_tensor(person_of[np.concatenate((batch.left, batch.right))], device=embeddings.device)
-        known = labels >= 0
-        cosine = F.normalize(embeddings[known].float(), dim=1) @ F.normalize(self.identity, dim=1).T
-        return F.cross_entropy(cosine * self.config.identity_scale, labels[known])
-
-
-class PairLoss(torch.nn.Module):
-    """The model and its objective as one module whose forward is the loss: what DistributedDataParallel wraps, so
-    that every parameter the loss touches (encoder, head, identity classifier) has its gradient averaged."""
-
-    def __init__(self, model, objective: PairObjective):
-        super().__init__()
-        self.model, self.objective = model, objective
-
-    def forward(self, img0, img1, batch: PairSet, family_of: np.ndarray, person_of: np.ndarray) -> torch.Tensor:
-        return self.objective(self.model, img0, img1, batch, family_of, person_of)
 
 
 def train_epoch(model, objective, optimizer, schedule, scaler, prepared, sampler, epoch, config, precision, on_progress,

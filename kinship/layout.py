@@ -8,17 +8,25 @@ relationships file, or a CSV whose header lacks a required column, is fatal.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable
 
+# Reading a CSV row by row is kinship.csv_rows'; its names stay importable from here, under the names used below.
+from kinship.csv_rows import (  # noqa: F401
+    _BOM, DROP_ROW_NOT_UTF8, DROP_ROW_TOO_LONG, DROP_ROW_UNPARSEABLE, MAX_CSV_LINE, _header, _physical_lines, _rows,
+)
+from kinship.csv_rows import cell as _cell
+from kinship.csv_rows import count_row as _count_row
+from kinship.csv_rows import open_csv as _open_csv
+from kinship.csv_rows import read_csv as _read_csv
+from kinship.csv_rows import shown as _shown
+from kinship.csv_rows import split_row as _split_row  # noqa: F401
 from kinship.errors import UserError
 from kinship.files import open_regular, stream_digest
 from kinship.images import NotRegularFile, UnreadableImage, max_image_pixels, open_rgb
@@ -138,15 +146,9 @@ DROP_PAIR_MALFORMED = "test pair row whose img_pair is not two image names"
 DROP_PAIR_MISSING = "test pair naming an image not in test/"
 DROP_TYPE_UNKNOWN = "relationship type row with an unknown type"
 DROP_LABEL_MALFORMED = "test label row that cannot be used"
-DROP_ROW_NOT_UTF8 = "CSV row that is not UTF-8 text"
-DROP_ROW_TOO_LONG = "CSV row longer than 64 KiB"
-DROP_ROW_UNPARSEABLE = "CSV row that cannot be parsed (unbalanced quotes)"
 FIX_GRAYSCALE = "grayscale image (converted to RGB)"
 FIX_OTHER_SIZE = "image of another size (resized on load)"
 FIX_WRONG_FORMAT = "image format does not match its extension (e.g. PNG named .jpg)"
-
-MAX_CSV_LINE = 64 * 1024  # bytes; RFIW rows are under 100, and a longer one must not cost its length in memory
-_BOM = b"\xef\xbb\xbf"
 
 _PAIR_SPLIT = re.compile(r"\.(?:jpe?g|png)-", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -232,111 +234,6 @@ def _fill_counts(report, people, relationships, test_images, test_pairs) -> None
 # --- CSVs ----------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _open_csv(
-    path: Path, required: tuple[str, ...], report: CheckReport, optional: tuple[str, ...] = ()
-) -> Iterator[tuple[Iterator[tuple[int, list[str]]], dict[str, int]]]:
-    """(rows, columns): the rows of ``path`` past its header as (line number, cells), and the index of each
-    required and present optional column.
-
-    Rows are read one physical line at a time (RFIW CSVs have no multi-line fields), so no CSV is held in
-    memory whole and one bad row costs one row: a line that is not UTF-8, longer than ``MAX_CSV_LINE`` or
-    with unbalanced quotes is counted in ``report`` with its line number and skipped. Only the header can
-    refuse the file (``UserError``): not UTF-8 text, or a required column missing.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        raise UserError(f"{path.name}: cannot be read ({error.strerror})") from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise UserError(f"{path.name}: not a regular file")
-        lines = _physical_lines(handle)
-        header = _header(next(lines, b""), path.name)
-        missing = [name for name in required if name not in header]
-        if missing:
-            found = _shown(",".join(header), 120) if any(header) else "nothing"
-            raise UserError(f"{path.name}: expected columns {','.join(required)}, found {found}")
-        columns = {name: header.index(name) for name in (*required, *optional) if name in header}
-        yield _rows(lines, path.name, report), columns
-
-
-def _physical_lines(handle: BinaryIO, block_size: int = 16 * 1024) -> Iterator[bytes | None]:
-    """Each line of ``handle`` without its line end, or None for a line longer than ``MAX_CSV_LINE``.
-
-    Read in blocks (a per-line ``readline`` costs half again as much on a million rows); an over-long line
-    is skipped as it streams by, so memory stays one block and its lines plus one line whatever the file
-    holds (16 KiB blocks: the split of a 1 MiB block alone held 7 MiB of line objects, of 64 KiB 0.5 MiB)."""
-    carry, overlong = b"", False
-    while block := handle.read(block_size):
-        lines = (carry + block).split(b"\n")
-        carry = lines.pop()
-        for raw in lines:
-            if overlong:  # the tail of a line already known to be too long
-                overlong = False
-                yield None
-            else:
-                yield raw.rstrip(b"\r") if len(raw) <= MAX_CSV_LINE else None
-        if len(carry) > MAX_CSV_LINE:
-            carry, overlong = b"", True
-    if overlong:
-        yield None
-    elif carry:
-        yield carry.rstrip(b"\r")
-
-
-def _header(raw: bytes | None, name: str) -> list[str]:
-    if raw is None:
-        raise UserError(f"{name}: header line is longer than {MAX_CSV_LINE // 1024} KiB (not a CSV)")
-    try:
-        text = raw.removeprefix(_BOM).decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{name}: header line is not UTF-8 text (not a CSV)") from None
-    cells = _split_row(text)
-    if cells is None:
-        raise UserError(f"{name}: header line cannot be parsed as CSV")
-    return [cell.strip() for cell in cells]
-
-
-def _rows(lines: Iterator[bytes | None], name: str, report: CheckReport) -> Iterator[tuple[int, list[str]]]:
-    for line, raw in enumerate(lines, start=2):
-        if raw is None:
-            _count_row(report, DROP_ROW_TOO_LONG, name, line)
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            _count_row(report, DROP_ROW_NOT_UTF8, name, line)
-            continue
-        if not text.replace(",", "").strip():
-            continue  # a blank line, or only separators
-        cells = _split_row(text)
-        if cells is None:
-            _count_row(report, DROP_ROW_UNPARSEABLE, name, line)
-        else:
-            yield line, cells
-
-
-def _split_row(text: str) -> list[str] | None:
-    """The cells of one CSV line, or None when its quotes do not balance."""
-    if '"' not in text:
-        return text.split(",")  # the common case, without the csv module's per-call cost
-    try:
-        return next(csv.reader([text], strict=True), [])
-    except csv.Error:
-        return None
-
-
-def _count_row(report: CheckReport, reason: str, name: str, line: int, detail: str = "") -> None:
-    # the example text is only built while the reason still collects examples (a million drops stay cheap)
-    full = len(report.examples.get(reason, ())) >= 5
-    report.count(report.dropped, reason, None if full else f"{name} line {line}{detail}")
-
-
-def _cell(cells: list[str], index: int | None) -> str:
-    return cells[index].strip() if index is not None and index < len(cells) else ""
-
-
 def _read_relationship_rows(root: Path, folders: set[str], report: CheckReport) -> list[tuple[int, str, str]]:
     """(line, p1, p2) of each distinct pair of existing member folders in train_relationships.csv.
 
@@ -368,15 +265,6 @@ def _count_dropped_row(report: CheckReport, reason: str, line: int, p1: str, p2:
         _count_row(report, reason, RELATIONSHIPS_FILE, line)
 
 
-def _read_csv(
-    path: Path, required: tuple[str, ...], report: CheckReport, optional: tuple[str, ...] = ()
-) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows of ``path``, one at a time, as (line number, column -> stripped value; "" when absent)."""
-    with _open_csv(path, required, report, optional) as (rows, columns):
-        for line, cells in rows:
-            yield line, {name: _cell(cells, columns.get(name)) for name in (*required, *optional)}
-
-
 def _read_types(root: Path, rows: list[tuple[int, str, str]], report: CheckReport) -> dict[tuple[str, str], str]:
     """(p1, p2) -> type from the synthetic generator's relationship_types.csv, for the pairs of ``rows`` only.
 
@@ -392,12 +280,6 @@ def _read_types(root: Path, rows: list[tuple[int, str, str]], report: CheckRepor
         elif frozenset((row["p1"], row["p2"])) in wanted:
             types[(row["p1"], row["p2"])] = row["type"]
     return types
-
-
-def _shown(value: str, limit: int = 80) -> str:
-    """``value`` quoted for a one-line message: control characters escaped, long values cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def _printable(text: str, limit: int = 200) -> str:

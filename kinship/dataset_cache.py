@@ -230,7 +230,7 @@ class DatasetCache:
 
     def _problem(self, path: Path, sha256: str, expected: Callable[[Path], dict[str, tuple[str, int]]]) -> str | None:
         """Why the copy at ``path`` cannot be reused, or None."""
-        from kinship.storage import MANIFEST_NAME
+        from kinship.store.keys import MANIFEST_NAME
 
         manifest = path / MANIFEST_NAME
         if not manifest.is_file():
@@ -347,7 +347,7 @@ def verify_files(root: Path, files: dict[str, tuple[str, int]], full: bool, work
 def manifest_files(document: object, dataset_uri: str, name: str) -> dict[str, tuple[str, int]]:
     """Relative path -> (sha256, size) of every file a data set manifest lists: the sharded format names them
     directly; the per-object format by URI, made relative to ``dataset_uri``."""
-    from kinship.storage import validate_key
+    from kinship.store.keys import validate_key
 
     if is_sharded(document):
         manifest = parse_manifest(document, name, validate_key)

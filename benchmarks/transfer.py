@@ -21,7 +21,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -226,18 +226,14 @@ def print_tuned_table(rows: list[TunedRow]) -> None:
 
 
 def overrides(pairs: list[str]) -> dict:
-    """``key=value`` strings into TrainConfig fields (values parsed as JSON where they can be)."""
-    known = {f.name: f.type for f in fields(TrainConfig)}
-    values = {}
-    for pair in pairs:
-        key, _, text = pair.partition("=")
-        if key not in known:
-            raise SystemExit(f"--set {pair}: {key} is not a TrainConfig field")
-        try:
-            values[key] = json.loads(text)
-        except ValueError:
-            values[key] = text
-    return values
+    """``key=value`` strings into TrainConfig fields (``kinship tune --set``'s reading)."""
+    from kinship.cli.tune import fixed_fields
+    from kinship.errors import UserError
+
+    try:
+        return fixed_fields(pairs)
+    except UserError as error:
+        raise SystemExit(str(error)) from None
 
 
 def print_table(rows: list[StyleRow]) -> None:

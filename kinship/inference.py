@@ -6,7 +6,6 @@ Every scorer exposes the two halves (``embed`` images, ``head`` on two embedding
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kinship.checkpoint_mirror import CheckpointMirror, checkpoint_prefix, prepare_run_dir
 from kinship.dataset_cache import CacheSettings, DatasetCache, hold, manifest_files
@@ -50,6 +50,9 @@ from kinship.storage import (
     store_from_uri,
 )
 from kinship.train_config import TrainConfig
+
+if TYPE_CHECKING:  # built lazily: the engines library loads only where engines are built
+    from kinship.engines.build import EnginesJob
 
 log = logging.getLogger(__name__)
 

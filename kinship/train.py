@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from kinship.amp import (  # noqa: F401
 from kinship.augment import AugmentConfig, augment
 from kinship.baseline import BaselineComparison, pixel_baseline
 from kinship.checkpoint import model_payload, read_checkpoint, save_atomic
-from kinship.data import PreparedData, SplitConfig, prepare
+from kinship.data import PreparedData, prepare
 from kinship.errors import UserError, first_line
 from kinship.files import write_atomic
 from kinship.images import to_network_input

@@ -340,8 +340,6 @@ def run_trials(data_dir: Path, work_dir: Path, config: TuneConfig, study, roles:
 
     The data is prepared once (the trial folds only: held-out images are never opened) and shared by every trial.
     ``on_trial_done(trial, run_dir)`` sees each finished trial and its folder (the stack stores its model)."""
-    import optuna
-
     from kinship.data import prepare
 
     pretrained = pretrained_architecture(config.init, config.image_size)

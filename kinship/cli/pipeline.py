@@ -7,7 +7,6 @@ against a local artifact store in ``--out/store`` (``kinship.local_run``); the f
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import fields, replace
 from pathlib import Path

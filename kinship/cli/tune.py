@@ -43,10 +43,19 @@ def register(subparsers) -> None:
 
 
 def fixed_fields(pairs: list[str]) -> dict:
-    """``key=value`` strings as TrainConfig fields (values parsed as JSON where they can be)."""
+    """``key=value`` strings as TrainConfig fields (values parsed as JSON where they can be); an unknown field is
+    one line."""
+    from dataclasses import fields
+
+    from kinship.errors import UserError
+    from kinship.train_config import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
     values = {}
     for pair in pairs:
         key, _, text = pair.partition("=")
+        if key not in known:
+            raise UserError(f"--set {pair}: {key} is not a TrainConfig field")
         try:
             values[key] = json.loads(text)
         except ValueError:

@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from kinship.cli.output import key_values  # noqa: E402
+from kinship.errors import UserError  # noqa: E402
 from kinship.server_retries import PrefectApi  # noqa: E402
 
 POLL_S = 1.0
@@ -68,16 +70,10 @@ Api = PrefectApi
 
 def parse_params(pairs: Iterable[str]) -> dict:
     """``KEY=VALUE`` pairs as ``prefect deployment run --param`` reads them: VALUE as JSON, else as a string."""
-    parameters = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"follow: --param {pair!r} is not KEY=VALUE")
-        try:
-            parameters[key] = json.loads(value)
-        except ValueError:
-            parameters[key] = value
-    return parameters
+    try:
+        return key_values(pairs, "--param")
+    except UserError as error:
+        raise SystemExit(f"follow: {error}") from None
 
 
 def start_run(api: PrefectApi, deployment: str, parameters: dict) -> dict:

@@ -97,3 +97,24 @@ def parse_ints(text: str, name: str) -> tuple[int, ...]:
     if any(v < 1 for v in values):
         raise UserError(f"{name} values must be at least 1, got {text!r}")
     return values
+
+
+def key_values(pairs, flag: str, known: set[str] | None = None) -> dict:
+    """``KEY=VALUE`` strings as ``prefect deployment run --param`` reads them: VALUE as JSON, else as a string. A pair
+    without ``=``, or a key outside ``known``, is a one-line ``UserError`` naming ``flag``."""
+    import json
+
+    from kinship.errors import UserError
+
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {pair!r} is not KEY=VALUE")
+        if known is not None and key not in known:
+            raise UserError(f"{flag} {pair}: {key} is not a TrainConfig field")
+        try:
+            values[key] = json.loads(text)
+        except ValueError:
+            values[key] = text
+    return values

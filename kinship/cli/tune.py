@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
-from kinship.cli.output import add_json_flag, console, print_json, progress_bars, table
+from kinship.cli.output import add_json_flag, console, key_values, print_json, progress_bars, table
 
 
 def register(subparsers) -> None:
@@ -47,20 +46,9 @@ def fixed_fields(pairs: list[str]) -> dict:
     one line."""
     from dataclasses import fields
 
-    from kinship.errors import UserError
     from kinship.train_config import TrainConfig
 
-    known = {f.name for f in fields(TrainConfig)}
-    values = {}
-    for pair in pairs:
-        key, _, text = pair.partition("=")
-        if key not in known:
-            raise UserError(f"--set {pair}: {key} is not a TrainConfig field")
-        try:
-            values[key] = json.loads(text)
-        except ValueError:
-            values[key] = text
-    return values
+    return key_values(pairs, "--set", {f.name for f in fields(TrainConfig)})
 
 
 def run(args) -> int:

@@ -302,16 +302,11 @@ class BudgetSpent(Exception):
 
 def spent_seconds(study) -> float:
     """Time of the study's finished trials (every worker's) plus the running ones so far."""
-    import optuna
-
     now, total = time.time(), 0.0
     for trial in study.get_trials(deepcopy=False):
-        if trial.datetime_start is None:
-            continue
-        end = trial.datetime_complete.timestamp() if trial.datetime_complete else now
-        if trial.state == optuna.trial.TrialState.RUNNING and trial.datetime_complete is None:
-            end = now
-        total += max(0.0, end - trial.datetime_start.timestamp())
+        if trial.datetime_start is not None:  # a queued trial has not started
+            end = trial.datetime_complete.timestamp() if trial.datetime_complete else now
+            total += max(0.0, end - trial.datetime_start.timestamp())
     return total
 
 

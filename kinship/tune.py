@@ -251,21 +251,27 @@ def open_study(storage_url: str, study_name: str, config: TuneConfig, roles: Fam
     return study
 
 
-def _storage(url: str):
+def _storage(url: str, attempts: int = 4):
+    """Optuna's RDB storage with heartbeats. Workers that open a new database at the same moment race to create its
+    tables (one loses with a duplicate-table error): the loser tries again, and then finds them."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental" since 2.x
-            beat = heartbeat_seconds()
-            return RDBStorage(url, heartbeat_interval=beat, grace_period=3 * beat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                              engine_kwargs={"pool_pre_ping": True})
-    except (optuna.exceptions.OptunaError, ImportError, ValueError) as error:
-        raise UserError(f"cannot open the study storage {_safe_url(url)}: {first_line(error, 200)}") from error
-    except Exception as error:  # SQLAlchemy's connection errors: the server's name, never the password
-        raise UserError(f"cannot open the study storage {_safe_url(url)}: {type(error).__name__}") from error
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
+                beat = heartbeat_seconds()
+                return RDBStorage(url, heartbeat_interval=beat, grace_period=3 * beat,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                                  engine_kwargs={"pool_pre_ping": True})
+        except (optuna.exceptions.OptunaError, ImportError, ValueError) as error:
+            raise UserError(f"cannot open the study storage {_safe_url(url)}: {first_line(error, 200)}") from error
+        except Exception as error:  # SQLAlchemy's errors: the server's name in the message, never the password
+            if attempt == attempts - 1:
+                raise UserError(f"cannot open the study storage {_safe_url(url)}: {type(error).__name__}") from error
+            log.warning("study storage %s: %s; trying again", _safe_url(url), type(error).__name__)
+            time.sleep(1.0 + attempt)
 
 
 def _safe_url(url: str) -> str:

@@ -22,7 +22,9 @@ LANES = {"integration": "integration", "unit": "not integration"}
 
 
 def lane_command(marker: str, basetemp: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-q", "-m", marker, f"--basetemp={basetemp}", "-p", "no:cacheprovider", *extra]
+    # --durations: the slowest tests of each lane are printed with every run, so the suite's budget is visible
+    return [sys.executable, "-m", "pytest", "-q", "-m", marker, f"--basetemp={basetemp}", "-p", "no:cacheprovider",
+            "--durations=15", *extra]
 
 
 def main(extra: list[str]) -> int:

@@ -93,37 +93,48 @@ class HeadWeights:
         return np.asarray([self.logits(a, b[None])[0] for a, b in zip(emb0, emb1)])
 
 
-def head_weights_of_state(state: dict, widths: list[int] | None = None) -> HeadWeights | None:
-    """``HeadWeights`` from a head's ``state_dict`` (numpy arrays): a ``PairHead`` (``mlp.0``, ``mlp.3``) or a fold
-    ensemble of them (``members.K.mlp...``, with each member's embedding ``widths``); None for any other head."""
+def head_weights_of_state(state: dict) -> HeadWeights | None:
+    """``HeadWeights`` from a head's weights by name (numpy arrays, as ``state_dict`` or an ONNX export's
+    initializers name them, with or without the ``head.`` prefix): a ``PairHead`` (``mlp.0``, ``mlp.3``) or a fold
+    ensemble of them (``members.K.mlp...``, each member on the next slice of the embedding); None for any other
+    head (the seed head has ``mlp.0`` over two concatenated embeddings and ``mlp.2``: its width is not 3 x D)."""
+    state = {key.removeprefix("head."): np.asarray(value) for key, value in state.items()}
     if "mlp.0.weight" in state and "mlp.3.weight" in state and "mlp.2.weight" not in state:
-        w1 = np.asarray(state["mlp.0.weight"])
-        if w1.shape[1] % 3:
+        w1 = state["mlp.0.weight"]
+        if w1.ndim != 2 or w1.shape[1] % 3:
             return None
         return HeadWeights((HeadMember.from_linear(w1, state["mlp.0.bias"], state["mlp.3.weight"],
                                                    float(np.ravel(state["mlp.3.bias"])[0])),))
     count = len({key.split(".")[1] for key in state if key.startswith("members.")})
-    if not count or widths is None or len(widths) != count:
-        return None
     members, start = [], 0
-    for index, width in enumerate(widths):
+    for index in range(count):
         prefix = f"members.{index}."
-        sub = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
-        single = head_weights_of_state(sub)
-        if single is None or single.members[0].width != width:
+        single = head_weights_of_state({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+        if single is None:
             return None
         members.append(HeadMember(**{**single.members[0].__dict__, "start": start}))
-        start += width
-    return HeadWeights(tuple(members))
+        start += single.members[0].width
+    return HeadWeights(tuple(members)) if members else None
 
 
 def head_weights_of_model(path: Path) -> HeadWeights | None:
-    """The numpy head of a ``.pt`` checkpoint, or None when its head is not a (fold ensemble of) ``PairHead``."""
-    from kinship.checkpoint import load_model
+    """The numpy head of a model file, unchecked: a ``.pt`` checkpoint's head, or the initializers of an exported
+    ``X.head.onnx`` beside ``X.onnx``; None when the head is not a (fold ensemble of) ``PairHead``."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        from kinship.checkpoint import load_model
 
-    model, _ = load_model(Path(path))
-    state = {key: value.detach().cpu().numpy() for key, value in model.head.state_dict().items()}
-    return head_weights_of_state(state, getattr(model.head, "widths", None))
+        model, _ = load_model(path)
+        return head_weights_of_state({k: v.detach().cpu().numpy() for k, v in model.head.state_dict().items()})
+    if path.suffix == ".onnx":
+        from onnx import numpy_helper
+
+        from kinship.export import companion_paths
+        from kinship.model_facts import load_onnx
+
+        graph = load_onnx(companion_paths(path).head).graph
+        return head_weights_of_state({t.name: numpy_helper.to_array(t) for t in graph.initializer})
+    return None
 
 
 def checked(weights: HeadWeights | None, head: Callable[[np.ndarray, np.ndarray], np.ndarray], dim: int,

@@ -106,7 +106,7 @@ def _register_search(subparsers) -> None:
 
 
 def run_search(args) -> int:
-    from kinship.search.index import search_index
+    from kinship.search.query import search_index
 
     with progress_bars(enabled=not args.json) as on_progress:
         result = search_index(args.index, args.probe, args.top, model=args.model, exact=args.exact,

@@ -80,3 +80,23 @@ def test_unreadable_images_are_counted_and_named(tiny_run, gallery, tmp_path):
     key = f"train/{family.name}/MID1/broken.jpg"
     assert list(result.bad) == [key] and result.bad[key]
     assert result.images == len(list(gallery.rglob("*.jpg"))) - 1
+
+
+def test_batch_search_writes_ranked_csv_and_metrics(tiny_run, gallery, tmp_path):
+    import csv
+
+    from kinship.search.batch import BatchSearchConfig, run_batch
+
+    _build(tiny_run, gallery, tmp_path / "index")
+    family = sorted((gallery / "train").iterdir())[0]
+    photos = sorted((family / "MID1").glob("*.jpg"))[:2]
+    others = sorted(p.name for p in family.iterdir() if p.name != "MID1")
+    probes = tmp_path / "probes.csv"
+    probes.write_text("probe,image,relatives\n" + "".join(
+        f"a,{p.relative_to(gallery).as_posix()},{family.name}/{others[0]}\n" for p in photos))
+    result = run_batch(BatchSearchConfig(index=str(tmp_path / "index"), probes=str(probes), images=str(gallery),
+                                         out=str(tmp_path / "out"), top=10))
+    rows = list(csv.DictReader((tmp_path / "out" / "ranked.csv").open()))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 11)) and {r["probe"] for r in rows} == {"a"}
+    assert result.probes == 1 and result.metrics["probes"] == 1 and 0.0 <= result.metrics["mAP@10"] <= 1.0
+    assert result.metrics["rank@10"] == float(any(r["person"] == f"{family.name}/{others[0]}" for r in rows))

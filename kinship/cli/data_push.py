@@ -1,4 +1,8 @@
-"""``kinship data push DIR URI``: upload a data set folder with its manifest.
+"""``kinship data push DIR URI``: upload a data set folder as a new version (``kinship.data_versions``).
+
+A sharded push (the default) writes an immutable version named by its manifest's digest and moves ``URI/latest``;
+the same content again makes no new version. ``--shard-mib 0`` still writes the unversioned layout of earlier
+releases (one object per file, a manifest in ``URI/``).
 
 This module registers nothing by itself (no ``register``); the ``data`` command group calls
 ``add_push_command(data_subparsers)`` to add ``push``.
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from kinship.cli.output import add_json_flag, console, key_value_table, print_json, progress_bars
+from kinship.data_versions import PushResult, emit_pushed_event, push_version
 from kinship.errors import KinshipError, UserError
 from kinship.progress import ProgressEvent
 from kinship.shards import DEFAULT_SHARD_BYTES, MiB
@@ -35,8 +40,11 @@ def add_push_command(data_subparsers) -> argparse.ArgumentParser:
         "push",
         help="upload a data set folder to the artifact store (with a sha256 manifest)",
         description="Upload every file under DIR below URI, packed into tar shards of about --shard-mib MiB, "
-        "then a manifest naming each shard's and each file's sha256 (--shard-mib 0: one object per file, the "
-        "layout of earlier versions, which fetch still reads). "
+        "then a manifest naming each shard's and each file's sha256, as a new version of the data set "
+        "(URI/versions/ID, ID the manifest's digest) that URI/latest then names; identical content makes no new "
+        "version. When PREFECT_API_URL is set, a new latest version sends the Prefect event kinship.dataset.pushed. "
+        "(--shard-mib 0: one object per file and no versions, the layout of earlier releases, which fetch still "
+        "reads.) "
         "Shards (files) already stored with the same sha256 are skipped, so an interrupted push can simply be rerun. "
         "Symbolic links and special files inside DIR are never followed: they are skipped and named. "
         "Endpoint and credentials come from AWS_ENDPOINT_URL_S3 / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; "
@@ -58,23 +66,33 @@ def run_push(args: argparse.Namespace) -> int:
     location = parse_uri(args.uri, allow_empty_key=True)
     if location.scheme == "s3" and not location.key:
         raise UserError(f"{args.uri}: name a folder inside the bucket, e.g. s3://{location.bucket}/datasets/NAME")
-    store = store_from_uri(args.uri, StoreSettings.from_env())
+    settings = StoreSettings.from_env()
+    store = store_from_uri(args.uri, settings)
     last: list[ProgressEvent] = []
+    pushed = None
     with progress_bars(enabled=not args.json) as draw, _sigterm_interrupts():
 
         def on_progress(event: ProgressEvent) -> None:
             last[:] = [event]
             draw(event)
 
-        store.put_tree(args.dir, "", on_progress, shard_bytes=args.shard_mib * MiB or None)
-    summary = _summary(args.uri, store.uri(MANIFEST_NAME), last[0].info if last else {})
+        if args.shard_mib:
+            pushed = push_version(args.dir, args.uri, args.shard_mib * MiB, settings, on_progress)
+        else:
+            store.put_tree(args.dir, "", on_progress)
+    manifest = f"{pushed.dataset.uri}/{MANIFEST_NAME}" if pushed else store.uri(MANIFEST_NAME)
+    summary = {**_summary(args.uri, manifest, last[0].info if last else {}), **_version_summary(pushed)}
     if summary["skipped_links"]:
         print(f"kinship data push: {_skip_line(summary)}", file=sys.stderr)
+    warning = emit_pushed_event(pushed) if pushed and pushed.moved else None
+    if warning:
+        print(f"kinship data push: warning: {warning}", file=sys.stderr)
     if args.json:
         print_json(summary)
     else:
         shown = dict(summary, skipped_link_names=_named(summary["skipped_link_names"], summary["skipped_links"]))
         console.print(key_value_table("data push", shown))
+        console.print(summary["note"])
         console.print(summary["uri"])
     return 0
 
@@ -104,6 +122,18 @@ def _summary(uri: str, manifest: str, counts: dict) -> dict:
         "skipped_links": counts.get("skipped_links", 0),
         "skipped_link_names": list(counts.get("skipped_link_names", [])),
     }
+
+
+def _version_summary(pushed: PushResult | None) -> dict:
+    """The version part of the summary: which version, whether it is new, what ``latest`` named before."""
+    if pushed is None:
+        return {"version": None, "note": "--shard-mib 0: one object per file, no versions"}
+    dataset = pushed.dataset
+    note = (f"new version {dataset.version}" if pushed.created
+            else f"no new version: this content is version {dataset.version}")
+    note += f", now latest (was {pushed.previous})" if pushed.moved else ", already latest"
+    return {"version": dataset.version, "version_uri": dataset.uri, "sha256": dataset.sha256,
+            "new_version": pushed.created, "latest_moved": pushed.moved, "previous": pushed.previous, "note": note}
 
 
 def _skip_line(summary: dict) -> str:

@@ -32,12 +32,16 @@ from kinship.store.refs import (
 )
 from kinship.store.s3 import BOTOCORE_CONDITIONAL_PUT, S3Store, make_s3_client
 from kinship.store.settings import PRESIGN_MAX_S, MiB, StoreSettings
-from kinship.store.transfer import LISTED_SKIPS, STALE_PACK_S, check_room, remove_stale_pack_folders
+from kinship.store.transfer import (
+    LISTED_SKIPS, STALE_PACK_S, VERSION_ID_HEX, VERSIONS_FOLDER, check_room, manifest_digest, remove_stale_pack_folders,
+    shard_base, version_id,
+)
 
 __all__ = [
     "BOTOCORE_CONDITIONAL_PUT", "LISTED_SKIPS", "MANIFEST_NAME", "NOT_FOLLOWED", "PRESIGN_MAX_S", "STALE_PACK_S",
     "ArtifactNotFound", "ArtifactRef", "ArtifactStore", "HashCache", "IntegrityError", "LocalStore", "MiB", "S3Store",
-    "StoreAccessError", "StoreSettings", "StoreURI", "StoreUnreachable", "check_room", "count_not_followed",
-    "join_key", "make_s3_client", "parse_json", "parse_uri", "remove_stale_pack_folders", "store_from_settings",
-    "store_from_uri", "validate_bucket", "validate_endpoint", "validate_key", "validate_prefix", "verify_file",
+    "StoreAccessError", "StoreSettings", "StoreURI", "StoreUnreachable", "VERSIONS_FOLDER", "VERSION_ID_HEX",
+    "check_room", "count_not_followed", "join_key", "make_s3_client", "manifest_digest", "parse_json", "parse_uri",
+    "remove_stale_pack_folders", "shard_base", "store_from_settings", "store_from_uri", "validate_bucket",
+    "validate_endpoint", "validate_key", "validate_prefix", "verify_file", "version_id",
 ]

@@ -177,6 +177,11 @@ class _BaseStore:
         """Sorted keys (relative to this store's root) under the folder-like ``prefix``."""
         return sorted(self._sizes(validate_prefix(prefix)))
 
+    def delete(self, key: str) -> None:
+        """Remove the object at ``key`` (relative to this store's root); absent already is fine. Only pruning calls
+        this: every other object of the store is written once and kept."""
+        self._delete(self._location(validate_key(key)))
+
     def put_json(self, obj: Any, key: str) -> ArtifactRef:
         """Store a small JSON document atomically (e.g. the champion pointer)."""
         key = validate_key(key)

@@ -98,11 +98,9 @@ class LocalStore(_TreeStore):
         path = Path(loc.key)
         if not path.is_file():
             return None
-        meta = self._meta_path(path)
-        try:
-            recorded = json.loads(meta.read_text())["sha256"] if meta else None
-        except (OSError, ValueError, KeyError):
-            recorded = None
+        recorded = _recorded_sha256(self._meta_path(path))
+        if recorded is None:
+            recorded = _ancestor_record(path, self.root)
         return path.stat().st_size, recorded
 
     def _delete(self, loc: StoreURI) -> None:
@@ -138,3 +136,25 @@ class LocalStore(_TreeStore):
         """None: a folder has no HTTP endpoint to sign for (``S3Store.presigned_url``'s counterpart)."""
         self._to_location(key_or_uri)  # still refuse what is not a location of this store
         return None
+
+
+def _recorded_sha256(meta: Path | None) -> str | None:
+    try:
+        return json.loads(meta.read_text())["sha256"] if meta else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _ancestor_record(path: Path, root: Path) -> str | None:
+    """The digest recorded for ``path`` by a store rooted in a folder above ``root``: a data set version
+    (``NAME/versions/<id>``) is written by the store of ``NAME`` and fetched by a store rooted at the version.
+    Only a recorded digest is read from there, and every read is verified against it."""
+    for folder in root.parents:
+        try:
+            relative = path.relative_to(folder)
+        except ValueError:
+            continue
+        recorded = _recorded_sha256(folder / _LOCAL_META_DIR / f"{relative.as_posix()}.json")
+        if recorded is not None:
+            return recorded
+    return None

@@ -6,6 +6,7 @@ interrupted push left behind are aborted: those of a tree's keys before it is pu
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -26,10 +27,10 @@ from kinship.shards import (
 from kinship.store.base import _BaseStore, _Cancel, _json_bytes, _manifest_entries
 from kinship.store.cache import verify_file
 from kinship.store.keys import (
-    MANIFEST_NAME, StoreURI, _child, _relative_key, join_key, parse_uri, validate_key, validate_prefix,
+    MANIFEST_NAME, StoreURI, _child, _parent, _relative_key, join_key, parse_uri, validate_key, validate_prefix,
 )
 from kinship.store.local_files import _regular_file, _tree_files, count_not_followed
-from kinship.store.refs import ArtifactNotFound, ArtifactRef
+from kinship.store.refs import ArtifactNotFound, ArtifactRef, IntegrityError
 
 # A local write that fails so fails again: no space or quota, a read-only disk, a path a file already takes
 _LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
@@ -55,17 +56,8 @@ class _TreeStore(_BaseStore):
         by an interrupted push, are aborted first. The final progress event carries ``uploaded``, ``skipped``
         (unchanged) and ``bytes`` counts, ``skipped_links`` and ``skipped_link_names`` (relative paths).
         """
-        root = Path(local_dir)
-        if not root.is_dir():
-            raise UserError(f"not a folder: {root}")
-        prefix = validate_prefix(key_prefix)
-        files, not_followed = _tree_files(root, prefix)
-        if not_followed:  # info, not warning: the CLI prints its own line, and the final event carries the names
-            log.info("%s: skipped %s, not followed: %s", root, count_not_followed(len(not_followed)),
-                     ", ".join(not_followed[:5]) + (", ..." if len(not_followed) > 5 else ""))
-        if not files:
-            extra = f" (skipped {count_not_followed(len(not_followed))}, not followed)" if not_followed else ""
-            raise UserError(f"no files to upload in {root}{extra}")
+        root, prefix = Path(local_dir), validate_prefix(key_prefix)
+        files, not_followed = _files_to_push(root, prefix)
         if shard_bytes:
             refs, counts = self._put_shards(root, prefix, files, shard_bytes, on_progress)
         else:
@@ -78,11 +70,44 @@ class _TreeStore(_BaseStore):
         on_progress(ProgressEvent("push", len(files), len(files), info))
         return refs
 
+    def put_shards(self, local_dir: str | Path, key_prefix: str, shard_bytes: int,
+                   on_progress: Progress = silent) -> tuple[dict, dict]:
+        """Pack ``local_dir`` into shards and upload those not stored yet below ``key_prefix``/shards; write no
+        manifest and remove nothing. Returns the sharded manifest document (for the caller to store: a data set
+        version) and the counts of ``put_tree``'s final event.
+
+        Shards already stored are shared, not replaced: versions of one data set keep one pool of shards, so a
+        version that adds families sends only the shards that changed, and no shard an older version names is
+        removed here (``kinship.data_versions.prune`` does, once no kept version names it).
+        """
+        root, prefix = Path(local_dir), validate_prefix(key_prefix)
+        files, not_followed = _files_to_push(root, prefix)
+        shards, members, counts, _ = self._send_shards(root, prefix, files, shard_bytes, on_progress)
+        info = {**counts, "shards": len(shards), "files": len(files), "skipped_links": len(not_followed),
+                "skipped_link_names": not_followed[:LISTED_SKIPS]}
+        on_progress(ProgressEvent("push", len(files), len(files), info))
+        return ShardedManifest(tuple(shards), members).to_json(), info
+
     def _put_shards(self, root: Path, prefix: str, files: list[tuple[Path, str]], shard_bytes: int,
                     on_progress: Progress) -> tuple[list[ArtifactRef], dict]:
-        """Pack ``files`` into shards and upload each as soon as it is packed (packing is one core's work, the
-        uploads wait on the network: they overlap). Then the sharded manifest, last; then the shards an earlier
+        """Pack and send the shards (``_send_shards``), then the sharded manifest, last; then the shards an earlier
         push left that the new manifest no longer names (a reader of the old manifest sees "changed")."""
+        shards, members, counts, known = self._send_shards(root, prefix, files, shard_bytes, on_progress)
+        shard_store_key = lambda entry: join_key(prefix, entry.key)  # noqa: E731
+        counts["shards"] = len(shards)
+        self.put_json(ShardedManifest(tuple(shards), members).to_json(), join_key(prefix, MANIFEST_NAME))
+        refs = [ArtifactRef(uri=self.uri(key), key=key, sha256=entry.sha256, size=entry.size)
+                for key, entry in ((shard_store_key(entry), entry) for entry in shards)]
+        for key in sorted(set(known) - {ref.key for ref in refs}):
+            self._delete(self._location(key))
+            counts["removed"] += 1
+        return refs, counts
+
+    def _send_shards(self, root: Path, prefix: str, files: list[tuple[Path, str]], shard_bytes: int,
+                     on_progress: Progress) -> tuple[list[ShardEntry], dict[str, MemberEntry], dict, dict]:
+        """Pack ``files`` into shards and upload each as soon as it is packed (packing is one core's work, the
+        uploads wait on the network: they overlap); a shard already stored with its size is not sent. Returns the
+        shards (sorted by key), the members, the counts and the shard keys found stored before."""
         named = [(path, path.relative_to(root).as_posix()) for path, _ in files]
         shard_prefix = join_key(prefix, SHARD_FOLDER)
         shard_store_key = lambda entry: join_key(prefix, entry.key)  # noqa: E731
@@ -132,14 +157,7 @@ class _TreeStore(_BaseStore):
             shutil.rmtree(work, ignore_errors=True)
         pool.shutdown()
         shards.sort(key=lambda entry: entry.key)
-        counts["shards"] = len(shards)
-        self.put_json(ShardedManifest(tuple(shards), members).to_json(), join_key(prefix, MANIFEST_NAME))
-        refs = [ArtifactRef(uri=self.uri(key), key=key, sha256=entry.sha256, size=entry.size)
-                for key, entry in ((shard_store_key(entry), entry) for entry in shards)]
-        for key in sorted(set(known) - {ref.key for ref in refs}):
-            self._delete(self._location(key))
-            counts["removed"] += 1
-        return refs, counts
+        return shards, members, counts, known
 
     def _known_digests(self, prefix: str) -> dict[str, tuple[int, str | None]]:
         """Objects already under ``prefix``: size plus the sha256 from the previous manifest, if any."""
@@ -214,7 +232,8 @@ class _TreeStore(_BaseStore):
             raise UserError(f"destination {dest} exists and is not an empty folder")
         try:
             if sharded:
-                return self._assemble_shards(prefix_loc, sharded, manifest_bytes, dest, on_progress)
+                shards_at = shard_base(prefix_loc, manifest_bytes)
+                return self._assemble_shards(shards_at, sharded, manifest_bytes, dest, on_progress)
             return self._assemble_tree(prefix_loc, manifest, manifest_bytes, dest, on_progress)
         except OSError as error:
             if error.errno not in _LOCAL_WRITE_ERRNOS:
@@ -288,6 +307,51 @@ class _TreeStore(_BaseStore):
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         return dest
+
+
+def _files_to_push(root: Path, prefix: str) -> tuple[list[tuple[Path, str]], list[str]]:
+    """The regular files below ``root`` with their keys, and the names not followed (links, special files); a folder
+    that is missing or has nothing to send is one line."""
+    if not root.is_dir():
+        raise UserError(f"not a folder: {root}")
+    files, not_followed = _tree_files(root, prefix)
+    if not_followed:  # info, not warning: the CLI prints its own line, and the final event carries the names
+        log.info("%s: skipped %s, not followed: %s", root, count_not_followed(len(not_followed)),
+                 ", ".join(not_followed[:5]) + (", ..." if len(not_followed) > 5 else ""))
+    if not files:
+        extra = f" (skipped {count_not_followed(len(not_followed))}, not followed)" if not_followed else ""
+        raise UserError(f"no files to upload in {root}{extra}")
+    return files, not_followed
+
+
+VERSIONS_FOLDER = "versions"  # NAME/versions/<id>/: one immutable version of the data set NAME
+VERSION_ID_HEX = 16  # a version is named by this many hex digits of its manifest's sha256
+_VERSION_ID = re.compile(rf"^[0-9a-f]{{{VERSION_ID_HEX}}}$")
+
+
+def manifest_digest(document: dict) -> str:
+    """The sha256 of a manifest document as the store writes it (``put_json``): what a host's cache names its copy
+    by, and, in its first ``VERSION_ID_HEX`` digits, the name of the data set version it is."""
+    return hashlib.sha256(_json_bytes(document)).hexdigest()
+
+
+def version_id(manifest_bytes: bytes) -> str:
+    """The name of the data set version whose manifest is ``manifest_bytes`` (as stored)."""
+    return hashlib.sha256(manifest_bytes).hexdigest()[:VERSION_ID_HEX]
+
+
+def shard_base(prefix_loc: StoreURI, manifest_bytes: bytes) -> StoreURI:
+    """Where the shards of the data set at ``prefix_loc`` live: the folder itself, or, for a version
+    (``NAME/versions/<id>``), the data set's shared pool in ``NAME/``. A version folder whose name is not its
+    manifest's digest is refused (a damaged or misplaced version), so a manifest is never read against the shards
+    of another data set."""
+    parts = prefix_loc.key.rstrip("/").split("/")
+    if len(parts) < 3 or parts[-2] != VERSIONS_FOLDER or not _VERSION_ID.match(parts[-1]):
+        return prefix_loc
+    if version_id(manifest_bytes) != parts[-1]:
+        raise IntegrityError(f"{prefix_loc.key}: the version's manifest is damaged (its sha256 begins "
+                             f"{version_id(manifest_bytes)}, not {parts[-1]}): push the data set again")
+    return _parent(_parent(prefix_loc))
 
 
 STALE_PACK_S = 24 * 3600  # a pack folder not named by a process id (or on another host) is stale after this

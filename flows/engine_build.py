@@ -6,7 +6,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.naming import engine_build_run_name
-from kinship.engines.config import EngineConfig, PrecisionName
+from kinship.engines.config import EngineConfig
+from kinship.engines.precision import Precision, PrecisionName
 from kinship.manifests import VariantRecord
 from kinship.stage_order import one_engine
 from tasks.engines import EngineTasks
@@ -14,11 +15,11 @@ from tasks.runtime import new_run_id_for_this_run
 
 
 @flow(name="kinship-engine", flow_run_name=engine_build_run_name)
-def engine_build_flow(train_manifest: str, variant: PrecisionName, backend: str,
+def engine_build_flow(train_manifest: str, precision: PrecisionName, backend: str,
                       engines: EngineConfig = EngineConfig(), run_id: str | None = None,
                       force: bool = False) -> VariantRecord:
-    """Build and validate ``variant`` of the model named by ``train_manifest`` with ``backend``; store its record
+    """Build and validate ``precision`` of the model named by ``train_manifest`` with ``backend``; store its record
     under the run's engines prefix for the engines run to merge (``kinship.stage_order.one_engine``)."""
     run_id = run_id or new_run_id_for_this_run()
-    return one_engine(EngineTasks(force, work_key=f"{run_id}-{variant}"), train_manifest, variant, backend, engines,
-                      run_id)
+    return one_engine(EngineTasks(force, work_key=f"{run_id}-{precision}"), train_manifest, Precision.parse(precision),
+                      backend, engines, run_id)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.naming import engines_run_name
-from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig, PrecisionName
+from kinship.engines.config import EngineConfig
+from kinship.engines.precision import DEFAULT_PRECISIONS, PrecisionName, parse_precisions
 from kinship.manifests import EnginesManifest
 from kinship.stage_order import engines_half
 from tasks.engines import EngineTasks, require_an_engine
@@ -13,7 +14,7 @@ from tasks.runtime import new_run_id_for_this_run
 
 
 @flow(name="kinship-engines", flow_run_name=engines_run_name)
-def engines_flow(train_manifest: str, precisions: list[PrecisionName] = list(DEFAULT_PRECISIONS),
+def engines_flow(train_manifest: str, precisions: list[PrecisionName] = [p.value for p in DEFAULT_PRECISIONS],
                  engines: EngineConfig = EngineConfig(), run_id: str | None = None,
                  force: bool = False, fan_out: bool = False) -> EnginesManifest:
     """Engines for the model named by the training manifest at ``train_manifest``; return the engines manifest.
@@ -26,4 +27,4 @@ def engines_flow(train_manifest: str, precisions: list[PrecisionName] = list(DEF
     """
     run_id = run_id or new_run_id_for_this_run()
     steps = EngineTasks(force, fan_out_of=train_manifest if fan_out else None)
-    return require_an_engine(engines_half(steps, train_manifest, precisions, engines, run_id))
+    return require_an_engine(engines_half(steps, train_manifest, parse_precisions(precisions), engines, run_id))

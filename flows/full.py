@@ -8,14 +8,15 @@ from prefect import flow
 from flows.naming import full_run_name
 from kinship.baseline import REQUIRED_MARGIN
 from kinship.engines.calibration import CalibrationConfig
-from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig, PrecisionName
+from kinship.engines.config import EngineConfig
+from kinship.engines.precision import DEFAULT_PRECISIONS, PrecisionName
 from kinship.train_config import TrainConfig
 from tasks.orchestration import plan_run, promote_champion, publish_report, run_engines, run_training
 from tasks.tuning import choose_recipe
 
 
 @flow(name="kinship", flow_run_name=full_run_name)
-def kinship_flow(dataset_uri: str, train: TrainConfig = TrainConfig(), precisions: list[PrecisionName] = list(DEFAULT_PRECISIONS),
+def kinship_flow(dataset_uri: str, train: TrainConfig = TrainConfig(), precisions: list[PrecisionName] = [p.value for p in DEFAULT_PRECISIONS],
                  engines: EngineConfig = EngineConfig(), calibration: CalibrationConfig = CalibrationConfig(),
                  force: bool = False, required_margin: float = REQUIRED_MARGIN, fan_out: bool = False,
                  recipe: str = "") -> dict:
@@ -31,6 +32,6 @@ def kinship_flow(dataset_uri: str, train: TrainConfig = TrainConfig(), precision
     run = plan_run(dataset_uri, precisions, engines)
     train = choose_recipe(recipe, dataset_uri, train) if recipe else train
     train_manifest = run_training(run, dataset_uri, train, calibration, force)
-    engines_manifest = run_engines(run, train_manifest, precisions, engines, force, fan_out)
+    engines_manifest = run_engines(run, train_manifest, engines, force, fan_out)
     promotion = promote_champion(train_manifest, engines_manifest, required_margin)
     return publish_report(run, train_manifest, engines_manifest, promotion)

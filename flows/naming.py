@@ -42,7 +42,7 @@ def engines_run_name() -> str:
 def engine_build_run_name() -> str:
     """``engine-<precision>-<run id>``."""
     parameters = flow_run.get_parameters()
-    name = f"engine-{parameters.get('variant')}"
+    name = f"engine-{parameters.get('precision')}"
     return name + (f"-{parameters['run_id']}" if parameters.get("run_id") else "")
 
 

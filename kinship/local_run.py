@@ -18,14 +18,15 @@ from kinship import stage_order
 from kinship.baseline import REQUIRED_MARGIN
 from kinship.champion import promote_if_better
 from kinship.engines.calibration import CalibrationConfig
-from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig
+from kinship.engines.config import EngineConfig
+from kinship.engines.precision import DEFAULT_PRECISIONS, Precision, parse_precisions
 from kinship.errors import reason_of
 from kinship.manifests import (
     TRAIN_MANIFEST_FORMAT, Calibrated, DatasetHandle, EngineInputs, EnginesManifest, Exported, RefDict, ReportRefs,
     Trained, TrainManifest, UriOnly, VariantRecord,
 )
 from kinship.pipeline import (
-    benchmark_stage, calibration_stage, check_engine_request, choose_backend, engine_inputs, engine_stage,
+    benchmark_stage, calibration_stage, choose_backend, engine_inputs, engine_stage,
     engines_report_stage, export_stage, failed_engine, fetch_dataset, local_dataset, new_run_id, open_local_store,
     read_manifest, require_an_engine, run_prefix, train_stage, write_engines_manifest, write_train_manifest,
 )
@@ -42,10 +43,14 @@ class PipelineConfig:
     """Everything one run decides: training, calibration, which precisions and how engines are measured."""
 
     train: TrainConfig = TrainConfig()
-    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
+    precisions: tuple[Precision, ...] = DEFAULT_PRECISIONS  # names are parsed here (``parse_precisions``)
     engines: EngineConfig = EngineConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     required_margin: float = REQUIRED_MARGIN  # over raw-pixel cosine, for promotion to champion
+
+    def __post_init__(self) -> None:
+        # The in-process mode's edge: a name the caller typed becomes a Precision here, or one UserError.
+        object.__setattr__(self, "precisions", parse_precisions(self.precisions))
 
 
 @dataclass
@@ -85,7 +90,7 @@ def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineC
                  on_progress: Progress = silent) -> PipelineResult:
     """Run every stage in this process against ``out/store``; ``data`` is a folder or a pushed data set URI."""
     started = time.perf_counter()
-    precisions = check_engine_request(config.precisions, config.engines)
+    config.engines.check()  # a bad setting fails before any work
     out = Path(out).resolve()
     store, run_id = open_local_store(out), run_id or new_run_id()
     work, clock = out / "work" / run_id, _Clock(on_progress)
@@ -95,7 +100,7 @@ def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineC
     train_manifest = clock("train", lambda: stage_order.training_half(training, dataset.uri, config.train,
                                                                       config.calibration, run_id))
     engines_manifest = clock("engines", lambda: engines_half(
-        store, run_id, train_manifest["manifest"], dataset, precisions, config.engines, work / "engines", on_progress))
+        store, run_id, train_manifest["manifest"], dataset, config.precisions, config.engines, work / "engines", on_progress))
     require_an_engine(engines_manifest)  # the engines report is stored; no promotion, no run report
     promotion = clock("champion", lambda: promote_if_better(store, train_manifest, engines_manifest,
                                                             required_margin=config.required_margin))
@@ -106,10 +111,12 @@ def run_pipeline(data: str | Path, out: Path, config: PipelineConfig = PipelineC
 
 
 def engines_half(store: ArtifactStore, run_id: str, train_ref: RefDict | UriOnly | str, dataset: DatasetHandle,
-                 precisions, settings: EngineConfig, work: Path, on_progress: Progress = silent) -> EnginesManifest:
-    """The engines half of run ``run_id`` in this process, on the model of the training manifest at ``train_ref``."""
+                 precisions: tuple[Precision, ...] | list[str], settings: EngineConfig, work: Path,
+                 on_progress: Progress = silent) -> EnginesManifest:
+    """The engines half of run ``run_id`` in this process, on the model of the training manifest at ``train_ref``
+    (``precisions``: names are parsed here, this module's edge for a caller of its own)."""
     steps = LocalEngineSteps(store, dataset, work, on_progress)
-    return stage_order.engines_half(steps, train_ref, list(precisions), settings, run_id)
+    return stage_order.engines_half(steps, train_ref, parse_precisions(precisions), settings, run_id)
 
 
 class LocalTrainingSteps:
@@ -160,19 +167,19 @@ class LocalEngineSteps:
     def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs:
         return engine_inputs(self.store, manifest, self.work)
 
-    def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[str], backend: str,
-                      settings: EngineConfig, run_id: str) -> list[VariantRecord]:
-        return [self._build(inputs, dataset, variant, backend, settings, run_id) for variant in variants]
+    def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, precisions: tuple[Precision, ...],
+                      backend: str, settings: EngineConfig, run_id: str) -> list[VariantRecord]:
+        return [self._build(inputs, dataset, precision, backend, settings, run_id) for precision in precisions]
 
-    def _build(self, inputs: EngineInputs, dataset: DatasetHandle, variant: str, backend: str, settings: EngineConfig,
-               run_id: str) -> VariantRecord:
+    def _build(self, inputs: EngineInputs, dataset: DatasetHandle, precision: Precision, backend: str,
+               settings: EngineConfig, run_id: str) -> VariantRecord:
         try:
-            return engine_stage(self.store, inputs, dataset, variant, backend, settings, self.work,
+            return engine_stage(self.store, inputs, dataset, precision, backend, settings, self.work,
                                 run_prefix(run_id, "engines"), self.on_progress)
         except Exception as error:  # as a failed build task of the flow: recorded, and the other precisions go on
             reason = reason_of(error)
-            log.warning("%s %s failed, the other precisions go on: %s", backend, variant, reason)
-            return failed_engine(variant, backend, reason)
+            log.warning("%s %s failed, the other precisions go on: %s", backend, precision, reason)
+            return failed_engine(precision, backend, reason)
 
     def benchmark_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[VariantRecord],
                           backend: str, settings: EngineConfig, run_id: str) -> list[VariantRecord]:

@@ -30,13 +30,14 @@ import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from kinship.checkpoint_mirror import CheckpointMirror, checkpoint_prefix, prepare_run_dir
 from kinship.dataset_cache import CacheSettings, DatasetCache, hold, manifest_files
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
 from kinship.engines.outcome import STATUS_BUILT, STATUS_FAILED
+from kinship.engines.precision import Precision, parse_precisions
 from kinship.errors import ArtifactMismatch, KinshipError, UserError, reason_of
 from kinship.host import stage_host
 from kinship.manifests import (
@@ -50,9 +51,6 @@ from kinship.storage import (
     store_from_uri,
 )
 from kinship.train_config import TrainConfig
-
-if TYPE_CHECKING:  # built lazily: the engines library loads only where engines are built
-    from kinship.engines.build import EnginesJob
 
 log = logging.getLogger(__name__)
 
@@ -286,20 +284,6 @@ def choose_backend(settings: EngineConfig) -> str:
     return resolve_backend(settings.check().backend)
 
 
-def engines_job(variant: str, settings: EngineConfig, train: TrainConfig, calibration: Path | None) -> "EnginesJob":
-    """The ``kinship.engines.build`` job of one variant, on the model's own family split.
-
-    It builds and validates only (no benchmark batches): ``benchmark_stage`` times every built variant together
-    afterwards, with ``settings`` as they are.
-    """
-    from kinship.engines.build import EnginesJob
-
-    return EnginesJob(
-        variants=(variant,), calibration=calibration if variant.startswith("int8") else None,
-        val_fraction=train.val_fraction, split_seed=train.seed, engine=settings.with_changes(bench_batches=()),
-    )
-
-
 def benchmark_stage(store: ArtifactStore, inputs: EngineInputs, variants: list[VariantRecord], dataset: DatasetHandle,
                     settings: EngineConfig, work_dir: Path, on_progress: Progress = silent) -> list[VariantRecord]:
     """Time every built variant side by side, after all the builds; return the variants with figures.
@@ -370,47 +354,52 @@ def without_speeds(variants: list[VariantRecord], reason: str) -> list[VariantRe
     return [{**v, "row": {**v["row"], "reason": reason}} if v["status"] == STATUS_BUILT else v for v in variants]
 
 
-def engine_stage(store: ArtifactStore, inputs: EngineInputs, dataset: DatasetHandle, variant: str, backend: str,
-                 settings: EngineConfig, work_dir: Path, prefix: str, on_progress: Progress = silent) -> VariantRecord:
-    """Build and validate one variant with ``backend`` (``benchmark_stage`` times it later); upload its engine
-    folder; return its record and report row. A build that chose another backend is refused."""
+def engine_stage(store: ArtifactStore, inputs: EngineInputs, dataset: DatasetHandle, precision: Precision,
+                 backend: str, settings: EngineConfig, work_dir: Path, prefix: str,
+                 on_progress: Progress = silent) -> VariantRecord:
+    """Build and validate ``precision`` with ``backend`` on the model's own family split (``benchmark_stage`` times
+    it later); upload its engine folder; return its record and report row. A build that chose another backend is
+    refused."""
     from kinship.engines.base import variant_dir
-    from kinship.engines.build import build_engines
+    from kinship.engines.build import EnginesJob, build_precision
 
-    onnx, calibration = _verified_inputs(store, inputs, variant, Path(work_dir))
-    out = Path(work_dir) / variant
+    onnx, calibration = _verified_inputs(store, inputs, precision, Path(work_dir))
+    out = Path(work_dir) / precision
     shutil.rmtree(out, ignore_errors=True)  # a retried attempt starts clean
-    job = engines_job(variant, settings, inputs["train_config"], calibration)
+    train = inputs["train_config"]
+    job = EnginesJob(calibration=calibration, val_fraction=train.val_fraction, split_seed=train.seed, engine=settings)
     with hold(dataset.path):
-        result = build_engines(onnx, dataset.path, out, job, on_progress=on_progress)
+        built = build_precision(onnx, dataset.path, out, precision, job, on_progress=on_progress)
+    result, outcome = built.result, built.outcome
     if result.backend != backend:
         raise ArtifactMismatch(f"asked for {backend} but the build used {result.backend}")
-    record = result.records[0]
-    folder = variant_dir(out, result.backend, variant)
+    folder = variant_dir(out, result.backend, precision)
     engine_prefix = join_key(prefix, folder.name)
     artifacts = {}
-    if folder.is_dir() and record.validation is not None:
+    if folder.is_dir() and outcome.validation is not None:
         refs = store.put_tree(folder, engine_prefix)
         artifacts = {ref.key[len(engine_prefix) + 1:]: ref.to_dict() for ref in refs}
-    report = json.loads((out / "report.json").read_text())
-    row = report["results"][0]
-    row["path"] = store.uri(engine_prefix) if artifacts else None  # a store location, not this host's folder
+    from kinship.engines.report import jsonable
+
+    # a store location, not this host's folder; JSON-ready as report.json would hold it
+    row = jsonable({**built.row, "path": store.uri(engine_prefix) if artifacts else None})
     return {
-        "variant": variant, "backend": result.backend, "backend_note": result.backend_note, "status": record.status,
-        "reason": record.reason, "artifacts": artifacts, "row": row, "context": report["context"],
+        "variant": precision.value, "backend": result.backend, "backend_note": result.backend_note, "status": outcome.status,
+        "reason": outcome.reason, "artifacts": artifacts, "row": row,
+        "context": jsonable(built.context),
         "reference": result.reference, "validation": {k: v for k, v in result.validation.items() if k != "policy"},
         "environment": result.environment,
     }
 
 
-def _verified_inputs(store: ArtifactStore, inputs: EngineInputs, variant: str,
-                    work_dir: Path) -> tuple[Path, Path | None]:
+def _verified_inputs(store: ArtifactStore, inputs: EngineInputs, precision: Precision,
+                     work_dir: Path) -> tuple[Path, Path | None]:
     """The ONNX model, hashed again (a retry may find it changed on disk), and for INT8 the calibration set,
     fetched now and sha256-verified: a damaged set fails this build, with the reason."""
     onnx = Path(inputs["onnx"])
     if file_digest(onnx)[0] != inputs["onnx_sha256"]:
         raise ArtifactMismatch(f"{inputs['onnx']} changed on disk since it was fetched")
-    if not variant.startswith("int8"):
+    if not precision.is_int8:
         return onnx, None
     return onnx, store.get_file(_ref(inputs["calibration_ref"]), work_dir / "calibration.npz")
 
@@ -517,13 +506,10 @@ def open_local_store(out: Path) -> LocalStore:
     return LocalStore(Path(out) / "store", settings)
 
 
-def check_engine_request(precisions, settings: EngineConfig) -> list[str]:
-    """The precisions, parsed, after checking them and the engine settings; ``UserError`` names the first bad value.
-
-    Checked before any work, so a mistake costs nothing (the parameter schema cannot see these rules).
-    """
-    from kinship.engines.base import parse_variants
-
-    parsed = parse_variants(list(precisions))
+def check_engine_request(precisions, settings: EngineConfig) -> tuple[Precision, ...]:
+    """The precisions a flow was given, parsed (the flows' edge), after checking them and the engine settings;
+    ``UserError`` names the first bad value. Checked before any work, so a mistake costs nothing (the parameter
+    schema cannot see these rules)."""
+    parsed = parse_precisions(precisions)
     settings.check()
     return parsed

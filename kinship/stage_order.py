@@ -11,11 +11,12 @@ No prefect and no torch here: the orchestrating flows import this module.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from kinship.engines.calibration import CalibrationConfig
     from kinship.engines.config import EngineConfig
+    from kinship.engines.precision import Precision
     from kinship.manifests import (
         Calibrated, DatasetHandle, EngineInputs, EnginesManifest, Exported, RefDict, ReportRefs, Trained, TrainManifest,
         UriOnly, VariantRecord,
@@ -73,9 +74,9 @@ class EngineSteps(Protocol):
 
     def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs: ...
 
-    def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[str], backend: str,
-                      settings: EngineConfig, run_id: str) -> list[VariantRecord]:
-        """One record per variant; a variant whose build failed is a ``failed`` record, the others go on."""
+    def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, precisions: tuple[Precision, ...],
+                      backend: str, settings: EngineConfig, run_id: str) -> list[VariantRecord]:
+        """One record per precision; one whose build failed is a ``failed`` record, the others go on."""
         ...
 
     def benchmark_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[VariantRecord],
@@ -89,7 +90,7 @@ class EngineSteps(Protocol):
     def clean_work(self, run_id: str) -> None: ...
 
 
-def engines_half(steps: EngineSteps, train_manifest: RefDict | UriOnly | str, precisions: Sequence[str],
+def engines_half(steps: EngineSteps, train_manifest: RefDict | UriOnly | str, precisions: tuple[Precision, ...],
                  settings: EngineConfig, run_id: str) -> EnginesManifest:
     """Choose the backend (a bad setting fails here, before any download), read the training manifest, fetch
     the data set it names (the same content) and the model, build and validate each precision, benchmark
@@ -103,7 +104,7 @@ def engines_half(steps: EngineSteps, train_manifest: RefDict | UriOnly | str, pr
     manifest = steps.read_train_manifest(train_manifest)
     dataset = steps.fetch_dataset(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
     inputs = steps.fetch_inputs(manifest, run_id)
-    variants = steps.build_engines(inputs, dataset, list(dict.fromkeys(precisions)), backend, settings, run_id)
+    variants = steps.build_engines(inputs, dataset, precisions, backend, settings, run_id)
     variants = steps.benchmark_engines(inputs, dataset, variants, backend, settings, run_id)
     report = steps.write_engines_report(variants, run_id)
     result = steps.write_engines_manifest(run_id, manifest, variants, report)
@@ -117,7 +118,7 @@ class EngineChildSteps(EngineSteps, Protocol):
     def store_engine_record(self, record: VariantRecord, run_id: str) -> None: ...
 
 
-def one_engine(steps: EngineChildSteps, train_manifest: RefDict | UriOnly | str, variant: str, backend: str,
+def one_engine(steps: EngineChildSteps, train_manifest: RefDict | UriOnly | str, precision: Precision, backend: str,
                settings: EngineConfig, run_id: str) -> VariantRecord:
     """One precision on this host, fanned out by an engines run: check this host can build with the backend the
     engines run chose, read the manifest, fetch the data set and model, build and validate, store the record
@@ -128,7 +129,7 @@ def one_engine(steps: EngineChildSteps, train_manifest: RefDict | UriOnly | str,
     manifest = steps.read_train_manifest(train_manifest)
     dataset = steps.fetch_dataset(manifest["dataset"]["uri"], manifest["dataset"]["sha256"])
     inputs = steps.fetch_inputs(manifest, run_id)
-    record = steps.build_engines(inputs, dataset, [variant], backend, settings, run_id)[0]
+    (record,) = steps.build_engines(inputs, dataset, (precision,), backend, settings, run_id)
     steps.store_engine_record(record, run_id)
     steps.clean_work(run_id)
     return record

@@ -200,6 +200,7 @@ def engines(run_dir: Path, data: Path, work: Path, sizes: Sizes, backend: str) -
     """Export the FP32 model (opset 17 for TensorRT 8.x), then build, check and benchmark each precision."""
     from kinship.checkpoint import read_checkpoint
     from kinship.engines.build import EnginesJob, build_engines
+    from kinship.engines.precision import parse_precisions
     from kinship.engines.config import EngineConfig
     from kinship.engines.registry import outcome_hardware
     from kinship.export import export_checkpoint, validation_sample
@@ -218,7 +219,7 @@ def engines(run_dir: Path, data: Path, work: Path, sizes: Sizes, backend: str) -
                           bench_seconds=0.5 if backend == "tensorrt" else 0.2, warmup_seconds=0.1, bench_rounds=1,
                           ceiling_seconds=0)
     say(f"building {', '.join(sizes.precisions)} with {backend}")
-    result = build_engines(files.pair, data, work / "engines", EnginesJob(variants=sizes.precisions, engine=config))
+    result = build_engines(files.pair, data, work / "engines", EnginesJob(precisions=parse_precisions(sizes.precisions), engine=config))
     rows = []
     for record in result.records:
         hardware, evidence = outcome_hardware(record)

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run as this_run
 from kinship import pipeline
 from kinship.engines.config import EngineConfig
 from kinship.engines.outcome import STATUS_BUILT
+from kinship.engines.precision import Precision
 from kinship.errors import reason_of
 from kinship.manifests import (
     TRAIN_MANIFEST_FORMAT, DatasetHandle, EngineInputs, EnginesManifest, RefDict, ReportRefs, TrainManifest, UriOnly,
@@ -64,25 +65,25 @@ BUILD_KNOBS = ("min_batch", "opt_batch", "max_batch", "workspace_mib", "calibrat
 
 def _engine_key(context, parameters: dict) -> str:
     inputs = parameters["inputs"]
-    variant = parameters["variant"]
-    calibration = inputs["calibration_sha256"] if variant.startswith("int8") else None
+    precision = parameters["precision"]
+    calibration = inputs["calibration_sha256"] if precision.is_int8 else None
     given, default = parameters["settings"], EngineConfig()
     settings = {"backend": given.backend, "validation_pairs": given.validation_pairs}
     settings.update({k: getattr(given, k) for k in BUILD_KNOBS if getattr(given, k) != getattr(default, k)})
-    return cache_key("engine", inputs["onnx_sha256"], variant, parameters["backend"], calibration,
+    return cache_key("engine", inputs["onnx_sha256"], precision, parameters["backend"], calibration,
                      parameters["dataset"].sha256, settings)  # the speeds are measured later, by benchmark_engines
 
 
-@task(name="build engine", cache_key_fn=_engine_key, task_run_name="engine {variant} ({backend})",
+@task(name="build engine", cache_key_fn=_engine_key, task_run_name="engine {precision} ({backend})",
       **ONE_RETRY)
-def build_engine(inputs: EngineInputs, dataset: DatasetHandle, variant: str, backend: str, settings: EngineConfig,
-                 run_id: str, work_key: str | None = None) -> VariantRecord:
+def build_engine(inputs: EngineInputs, dataset: DatasetHandle, precision: Precision, backend: str,
+                 settings: EngineConfig, run_id: str, work_key: str | None = None) -> VariantRecord:
     """Build and validate one precision against FP32; upload the engine folder (``benchmark_engines`` times it).
 
     Cached on (ONNX sha256, precision, backend, calibration sha256 for INT8, data set, validation settings).
     """
-    with progress_artifact(f"engine {variant}") as on_progress:
-        built = pipeline.engine_stage(open_store(), inputs, dataset, variant, backend, settings,
+    with progress_artifact(f"engine {precision}") as on_progress:
+        built = pipeline.engine_stage(open_store(), inputs, dataset, precision, backend, settings,
                                       work_dir(work_key or run_id, "engines"), pipeline.run_prefix(run_id, "engines"),
                                       on_progress)
     get_run_logger().info("%s", engine_line(built))
@@ -132,7 +133,7 @@ def benchmark_lines(variants: list[VariantRecord]) -> list[str]:
     return lines
 
 
-def engine_outcome(state, variant: str, backend: str) -> VariantRecord:
+def engine_outcome(state, precision: Precision, backend: str) -> VariantRecord:
     """A build task's result, or for a build task that failed a ``failed`` record with its reason.
 
     One precision failing (its build, its inputs, its validation) is recorded and reported; the others
@@ -142,8 +143,8 @@ def engine_outcome(state, variant: str, backend: str) -> VariantRecord:
         return state.result()
     error = state.result(raise_on_failure=False)
     reason = reason_of(error) if isinstance(error, BaseException) else (state.message or state.name)
-    get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, variant, reason)
-    return pipeline.failed_engine(variant, backend, reason)
+    get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, precision, reason)
+    return pipeline.failed_engine(precision, backend, reason)
 
 
 @task(name="benchmark engines", task_run_name="benchmark {backend} engines side by side")
@@ -240,9 +241,9 @@ def require_an_engine(manifest: EnginesManifest) -> EnginesManifest:
     return pipeline.require_an_engine(manifest)
 
 
-def variant_record_key(run_id: str, variant: str) -> str:
+def variant_record_key(run_id: str, precision: str) -> str:
     """Where a fanned-out child stores its precision's record for the engines run to merge."""
-    return pipeline.run_prefix(run_id, "engines", "variants", f"{variant}.json")
+    return pipeline.run_prefix(run_id, "engines", "variants", f"{precision}.json")
 
 
 @task(name="store engine record", **IO_RETRIES)
@@ -251,20 +252,20 @@ def store_engine_record(record: VariantRecord, run_id: str) -> None:
     open_store().put_json(record, variant_record_key(run_id, record["variant"]))
 
 
-@task(name="build engine on a cuda worker", task_run_name="engine {variant} (child run)")
-def build_engine_elsewhere(train_manifest: str, variant: str, backend: str, settings: EngineConfig, run_id: str,
-                           force: bool) -> VariantRecord:
+@task(name="build engine on a cuda worker", task_run_name="engine {precision} (child run)")
+def build_engine_elsewhere(train_manifest: str, precision: Precision, backend: str, settings: EngineConfig,
+                           run_id: str, force: bool) -> VariantRecord:
     """One precision as a ``kinship-engine/build`` child run on whichever ``cuda`` worker takes it; its record read
     back from the store. A child that fails is a ``failed`` record with its reason: the others go on."""
     parent = {"run_id": run_id, "parent_id": str(this_run.get_id() or "local")}
-    parameters = {"train_manifest": train_manifest, "variant": variant, "backend": backend,
+    parameters = {"train_manifest": train_manifest, "precision": precision.value, "backend": backend,
                   "engines": asdict(settings), "run_id": run_id, "force": force}
     try:
-        child = run_child(ENGINE_DEPLOYMENT, parameters, parent, f"engine-{variant}")
+        child = run_child(ENGINE_DEPLOYMENT, parameters, parent, f"engine-{precision}")
     except ChildRunFailed as error:
-        get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, variant, error)
-        return pipeline.failed_engine(variant, backend, str(error))
-    record = open_store().get_json(open_store().uri(variant_record_key(run_id, variant)))
+        get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, precision, error)
+        return pipeline.failed_engine(precision, backend, str(error))
+    record = open_store().get_json(open_store().uri(variant_record_key(run_id, precision)))
     get_run_logger().info("%s (built by %s on %s)", engine_line(record), child["name"],
                           (record.get("environment") or {}).get("host", "a cuda worker"))
     return record
@@ -294,18 +295,18 @@ class EngineTasks:
     def fetch_inputs(self, manifest: TrainManifest, run_id: str) -> EngineInputs:
         return fetch_inputs(manifest, self.work_key or run_id)
 
-    def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, variants: list[str], backend: str,
-                      settings: EngineConfig, run_id: str) -> list[VariantRecord]:
-        """One ``build engine`` task per variant, or one child run each when fanned out; a failed one is a
+    def build_engines(self, inputs: EngineInputs, dataset: DatasetHandle, precisions: tuple[Precision, ...],
+                      backend: str, settings: EngineConfig, run_id: str) -> list[VariantRecord]:
+        """One ``build engine`` task per precision, or one child run each when fanned out; a failed one is a
         ``failed`` record (``engine_outcome``)."""
         if self.fan_out_of:
-            children = [build_engine_elsewhere.submit(self.fan_out_of, v, backend, settings, run_id, self.force)
-                        for v in variants]
+            children = [build_engine_elsewhere.submit(self.fan_out_of, p, backend, settings, run_id, self.force)
+                        for p in precisions]
             return [child.result() for child in children]
         build = build_engine.with_options(refresh_cache=self.force)
-        states = {v: build(inputs, dataset, v, backend, settings, run_id, self.work_key, return_state=True)
-                  for v in variants}
-        return [engine_outcome(state, variant, backend) for variant, state in states.items()]
+        states = {p: build(inputs, dataset, p, backend, settings, run_id, self.work_key, return_state=True)
+                  for p in precisions}
+        return [engine_outcome(state, precision, backend) for precision, state in states.items()]
 
     def store_engine_record(self, record: VariantRecord, run_id: str) -> None:
         store_engine_record(record, run_id)

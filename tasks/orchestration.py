@@ -29,19 +29,19 @@ TUNE_TRIALS_DEPLOYMENT = "kinship-tune-trials/trials"
 
 @task(name="plan run")
 def plan_run(dataset_uri: str, precisions: list[str] | None = None, engines: EngineConfig | None = None) -> dict:
-    """The run's id and names, stable across retries of this parent run (its id and scheduled time).
+    """The run's id and names, stable across retries of this parent run (its id and scheduled time), and its
+    precisions parsed (``precisions``: ``Precision`` values, de-duplicated, for ``run_engines``).
 
     Checks the values the parameter schema cannot (a backend name, an empty precision list, bench
     settings) first, so a mistake fails the run with its one-line reason before any child run starts.
     """
-    if precisions is not None:
-        pipeline.check_engine_request(precisions, engines or EngineConfig())
+    parsed = pipeline.check_engine_request(precisions, engines or EngineConfig()) if precisions is not None else ()
     parent_id = str(this_run.get_id() or "local")
     started = this_run.get_scheduled_start_time() or datetime.now(timezone.utc)
     run_id = pipeline.new_run_id(started, parent_id.replace("-", "")[:8])
     get_run_logger().info("run %s: data set %s; artifacts under %s", run_id, dataset_uri,
                           open_store().uri(pipeline.run_prefix(run_id)))
-    return {"run_id": run_id, "parent_id": parent_id, "dataset_uri": dataset_uri}
+    return {"run_id": run_id, "parent_id": parent_id, "dataset_uri": dataset_uri, "precisions": parsed}
 
 
 @task(name="run training", task_run_name="kinship-train on rocm")
@@ -57,10 +57,11 @@ def run_training(run: dict, dataset_uri: str, train: TrainConfig, calibration: C
 
 
 @task(name="run engines", task_run_name="kinship-engines on cuda")
-def run_engines(run: dict, train_manifest: TrainManifest, precisions: list[str], engines: EngineConfig,
-                force: bool, fan_out: bool = False) -> EnginesManifest:
-    """The ``kinship-engines`` deployment for this run's model; returns its manifest, read back from the store."""
-    parameters = {"train_manifest": train_manifest["manifest"]["uri"], "precisions": list(precisions),
+def run_engines(run: dict, train_manifest: TrainManifest, engines: EngineConfig, force: bool,
+                fan_out: bool = False) -> EnginesManifest:
+    """The ``kinship-engines`` deployment for this run's model at the run's precisions (``plan_run``); returns its
+    manifest, read back from the store."""
+    parameters = {"train_manifest": train_manifest["manifest"]["uri"], "precisions": [p.value for p in run["precisions"]],
                   "engines": asdict(engines), "run_id": run["run_id"], "force": force, "fan_out": fan_out}
     child = run_child(ENGINES_DEPLOYMENT, parameters, run, "engines")
     key = pipeline.run_prefix(run["run_id"], "engines", "manifest.json")

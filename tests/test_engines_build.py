@@ -12,6 +12,7 @@ from kinship.engines.base import staged_dir, variant_dir
 from kinship.engines.build import EnginesJob, build_engines, training_split
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import CLI_ENGINES
+from kinship.engines.precision import parse_precisions
 from kinship.engines.registry import build_engine
 
 QUICK = dict(engine=CLI_ENGINES.with_changes(backend="onnxruntime", bench_batches=(4,), bench_seconds=0.05, warmup_seconds=0.01),
@@ -34,7 +35,7 @@ def _flaky_builder(failing: str):
 @pytest.fixture(scope="module")
 def result(tiny_onnx, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("engines")
-    config = EnginesJob(variants=("fp32", "tf32", "fp16", "int8"), **QUICK)
+    config = EnginesJob(precisions=parse_precisions("fp32,tf32,fp16,int8"), **QUICK)
     return build_engines(tiny_onnx, tiny_data, out, config, builder=_flaky_builder("fp16"))
 
 

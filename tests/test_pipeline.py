@@ -268,7 +268,6 @@ def test_the_library_never_imports_prefect() -> None:
 def test_precision_type_lists_every_engine_variant() -> None:
     from typing import get_args
 
-    from kinship.engines.base import VARIANTS
-    from kinship.engines.config import PrecisionName
+    from kinship.engines.precision import PRECISIONS, PrecisionName
 
-    assert get_args(PrecisionName) == VARIANTS
+    assert get_args(PrecisionName) == PRECISIONS

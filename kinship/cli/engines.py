@@ -10,7 +10,7 @@ from kinship.cli.output import add_json_flag, console, parse_ints, print_json, p
 
 
 def register(subparsers) -> None:
-    from kinship.engines.base import VARIANTS
+    from kinship.engines.precision import PRECISIONS
     from kinship.engines.config import CALIBRATION_METHODS
     from kinship.engines.config import CLI_ENGINES as defaults
 
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for engines, calibration, report")
     parser.add_argument("--backend", default=defaults.backend, help="auto | onnxruntime | tensorrt (auto: TensorRT where the installed release supports "
                         "this GPU's compute capability, else ONNX Runtime)")
-    parser.add_argument("--precisions", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list of {', '.join(PRECISIONS)}")
     parser.add_argument("--calibration", type=Path, help="calibration .npz from kinship calibrate (default: drawn now)")
     parser.add_argument("--calibration-method", default=defaults.calibration_method,
                         help=f"{' | '.join(CALIBRATION_METHODS)} (Q/DQ models)")
@@ -46,8 +46,8 @@ def register(subparsers) -> None:
 def config_from_args(args):
     """The ``EnginesJob`` of the command line (names checked: unknown ones are UserErrors). Its engine knobs
     start from ``CLI_ENGINES`` (a longer benchmark than a pipeline run's)."""
-    from kinship.engines.base import parse_variants
     from kinship.engines.build import EnginesJob, training_split
+    from kinship.engines.precision import parse_precisions
     from kinship.engines.config import CLI_ENGINES, check_backend_name
     from kinship.errors import UserError
 
@@ -60,7 +60,7 @@ def config_from_args(args):
         bench_batches=parse_ints(args.bench_batches, "--bench-batches"), bench_seconds=args.bench_seconds,
     )
     val_fraction, split_seed, _ = training_split(args.onnx, args.val_fraction, args.split_seed)
-    return EnginesJob(variants=parse_variants(args.precisions), calibration=args.calibration,
+    return EnginesJob(precisions=parse_precisions(args.precisions), calibration=args.calibration,
                       val_fraction=val_fraction, split_seed=split_seed, engine=engine)
 
 

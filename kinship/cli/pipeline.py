@@ -17,7 +17,8 @@ from kinship.cli.output import add_json_flag, console, key_value_table, parse_in
 def register(subparsers) -> None:
     from kinship.baseline import REQUIRED_MARGIN
     from kinship.engines.calibration import CalibrationConfig
-    from kinship.engines.config import DEFAULT_PRECISIONS, EngineConfig
+    from kinship.engines.config import EngineConfig
+    from kinship.engines.precision import DEFAULT_PRECISIONS
     from kinship.train_config import TrainConfig
 
     train, engines, calibration = TrainConfig(), EngineConfig(), CalibrationConfig()
@@ -69,7 +70,6 @@ def _train_config(args):
 
 def config_from_args(args):
     """The ``PipelineConfig`` of the command line."""
-    from kinship.engines.base import parse_variants
     from kinship.engines.calibration import CalibrationConfig
     from kinship.engines.config import EngineConfig
     from kinship.local_run import PipelineConfig
@@ -77,7 +77,7 @@ def config_from_args(args):
     engines = EngineConfig(backend=args.backend, bench_batches=parse_ints(args.bench_batches, "--bench-batches"),
                            bench_seconds=args.bench_seconds, validation_pairs=args.validation_pairs).check()
     calibration = CalibrationConfig(batches=args.calibration_batches, batch_size=args.calibration_batch_size)
-    return PipelineConfig(train=_train_config(args), precisions=parse_variants(args.precisions), engines=engines,
+    return PipelineConfig(train=_train_config(args), precisions=args.precisions, engines=engines,
                           calibration=calibration, required_margin=args.required_margin)
 
 

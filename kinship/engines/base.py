@@ -20,10 +20,6 @@ from kinship.engines.config import BACKENDS, CALIBRATION_METHODS, check_backend_
 from kinship.errors import UserError
 from kinship.files import atomic_folder
 
-PRECISIONS = ("fp32", "tf32", "fp16", "int8")
-# Build variants: a precision, plus "int8-qdq" for TensorRT's explicit (Q/DQ model) INT8 path, the one
-# TensorRT 11 keeps; plain "int8" on TensorRT is implicit INT8 through a calibrator.
-VARIANTS = PRECISIONS + ("int8-qdq",)
 PARTS = ("pair", "encoder", "head")
 SIDECAR = "engine.json"
 SIDECAR_FORMAT = "kinship-engine/1"
@@ -57,23 +53,9 @@ class Engine(Protocol):
     def head(self, emb0: np.ndarray, emb1: np.ndarray) -> np.ndarray | None: ...
 
 
-def precision_of(variant: str) -> str:
-    """The numeric precision of a build variant (``int8-qdq`` -> ``int8``)."""
-    return "int8" if variant.startswith("int8") else variant
-
-
-def parse_variants(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``"fp32,fp16,int8"`` -> a de-duplicated tuple in the given order; unknown names are a UserError."""
-    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text)]
-    names = [n for n in names if n]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        raise UserError(f"unknown precision {', '.join(unknown) or '(none given)'!s}: choose from {', '.join(VARIANTS)}")
-    return tuple(dict.fromkeys(names))
-
-
-def variant_dir(out_dir: Path, backend: str, variant: str) -> Path:
-    return Path(out_dir) / f"{backend}-{variant}"
+def variant_dir(out_dir: Path, backend: str, precision: str) -> Path:
+    """An engine's folder: ``<out>/<backend>-<precision>`` (``onnxruntime-int8-qdq``)."""
+    return Path(out_dir) / f"{backend}-{precision}"
 
 
 # An engine folder is built in ``kinship.files.atomic_folder``; ``staged_dir`` is the tests' older name for it.

@@ -12,18 +12,19 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from kinship.engines.base import VARIANTS, parse_variants, precision_of, variant_dir
+from kinship.engines.base import variant_dir
 from kinship.engines.calibration import (
     CalibrationConfig, calibration_from_prepared, check_compatible, load_calibration, save_calibration,
 )
 from kinship.engines.config import CLI_ENGINES, EngineConfig
 from kinship.engines.outcome import STATUS_BUILT, STATUS_FAILED, EngineOutcome
+from kinship.engines.precision import PRECISIONS, Precision
 from kinship.engines.registry import backend_note, build_engine, environment, load_engine, require_backend, resolve_backend
 from kinship.engines.validate import (
     ValidationData, ValidationPolicy, ValidationResult, choose_threshold, engine_logits, reference_engine,
@@ -40,11 +41,13 @@ Builder = Callable[..., EngineOutcome]
 
 @dataclass(frozen=True)
 class EnginesJob:
-    """What one ``build_engines`` call is asked: which variants, against which calibration set and family
+    """What one ``build_engines`` call is asked: which precisions, against which calibration set and family
     split (it must be the one the model was trained with), under which validation policy. How each engine is
-    built, validated and measured is ``engine``, the one ``EngineConfig`` (``kinship engines``' by default)."""
+    built, validated and measured is ``engine``, the one ``EngineConfig`` (``kinship engines``' by default).
 
-    variants: tuple[str, ...] = VARIANTS
+    ``precisions`` are ``Precision`` values, parsed from user text where it came in (``parse_precisions``)."""
+
+    precisions: tuple[Precision, ...] = PRECISIONS
     calibration: Path | None = None  # None: drawn from --data's training families, saved in the out folder
     calibration_config: CalibrationConfig = CalibrationConfig()
     val_fraction: float = 0.2
@@ -72,9 +75,11 @@ class EnginesResult:
     environment: dict
     seconds: float
     report_files: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # the report's rows, each with its summary
+    context: dict = field(default_factory=dict)  # the report's context (model, machine, notes, comparisons)
 
     def to_dict(self) -> dict:
-        result = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "records"}
+        result = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("records", "rows", "context")}
         result.update(onnx=str(self.onnx), data_dir=str(self.data_dir), out_dir=str(self.out_dir))
         result["engines"] = [r.to_dict() for r in self.records]
         return result
@@ -121,14 +126,14 @@ def _validate_built(built: EngineOutcome, data: ValidationData, reference: np.nd
     return validate_engine(engine, data, reference, reference_auc, policy)
 
 
-def build_one(onnx_path: Path, out_dir: Path, variant: str, backend: str, calibration: Path | None,
+def build_one(onnx_path: Path, out_dir: Path, variant: Precision, backend: str, calibration: Path | None,
               job: EnginesJob, data: ValidationData, reference: np.ndarray, reference_auc: float,
               builder: Builder = build_engine) -> EngineOutcome:
     """Build and validate one variant; any failure becomes a 'failed' outcome, never an exception."""
     try:
         outcome = builder(onnx_path, out_dir, variant, backend, calibration, job.engine)
     except Exception as error:
-        return EngineOutcome(backend, variant, precision_of(variant), STATUS_FAILED, f"build failed: {reason_of(error)}")
+        return EngineOutcome(backend, variant, variant.numeric, STATUS_FAILED, f"build failed: {reason_of(error)}")
     if outcome.status != STATUS_BUILT:
         outcome.reason = "; ".join(outcome.notes)
         return outcome
@@ -233,7 +238,7 @@ class _Inputs:
     calibration_meta: dict
 
 
-def _inputs(onnx_path: Path, data_dir: Path, out_dir: Path, job: EnginesJob, variants, on_progress) -> _Inputs:
+def _inputs(onnx_path: Path, data_dir: Path, out_dir: Path, job: EnginesJob, on_progress) -> _Inputs:
     from kinship.data import prepare
 
     facts = read_model_facts(onnx_path)
@@ -241,7 +246,7 @@ def _inputs(onnx_path: Path, data_dir: Path, out_dir: Path, job: EnginesJob, var
     out_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(Path(data_dir), image_size, job.split_config(), on_progress=on_progress)
     calibration, calibration_meta = None, {}
-    if any(v.startswith("int8") for v in variants):
+    if any(precision.is_int8 for precision in job.precisions):
         calibration, calibration_meta = _calibration_file(job, prepared, out_dir, on_progress)
     data = validation_data(prepared, job.engine.validation_pairs)
     reference = engine_logits(reference_engine(onnx_path), data)
@@ -257,24 +262,26 @@ def build_engines(
     job: EnginesJob = EnginesJob(),
     on_progress: Callable[[ProgressEvent], None] = silent,
     builder: Builder = build_engine,
+    write_files: bool = True,
 ) -> EnginesResult:
-    """Build, validate and benchmark every variant of ``job``; write the report into ``out_dir``.
+    """Build, validate and benchmark every precision of ``job``; the report's rows and context are the result's
+    ``rows`` and ``context``, and (``write_files``) report.json, report.md and the plots in ``out_dir``.
 
-    ``builder`` is the per-variant build step (``registry.build_engine``); callers may wrap it, e.g. to
+    ``builder`` is the per-precision build step (``registry.build_engine``); callers may wrap it, e.g. to
     record each build elsewhere.
     """
     started = time.perf_counter()
-    variants = parse_variants(job.variants)
+    precisions = job.precisions
     backend = resolve_backend(job.engine.backend)
     require_backend(backend)
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    inputs = _inputs(onnx_path, data_dir, out_dir, job, variants, on_progress)
+    inputs = _inputs(onnx_path, data_dir, out_dir, job, on_progress)
     records = []
-    for index, variant in enumerate(variants):
-        on_progress(ProgressEvent("build and validate engines", index, len(variants), {"variant": variant}))
-        records.append(build_one(onnx_path, out_dir, variant, backend, inputs.calibration, job, inputs.data,
+    for index, precision in enumerate(precisions):
+        on_progress(ProgressEvent("build and validate engines", index, len(precisions), {"variant": precision}))
+        records.append(build_one(onnx_path, out_dir, precision, backend, inputs.calibration, job, inputs.data,
                                  inputs.reference, inputs.reference_report.auc, builder))
-    on_progress(ProgressEvent("build and validate engines", len(variants), len(variants)))
+    on_progress(ProgressEvent("build and validate engines", len(precisions), len(precisions)))
     companion = onnx_path.with_suffix(".pt")
     torch_figures = _benchmark(records, job.engine, bench_pixels(inputs.prepared), companion if companion.is_file() else None,
                                on_progress)
@@ -287,8 +294,33 @@ def build_engines(
          "threshold_source": inputs.data.threshold_source, "policy": asdict(job.policy)},
         calibration, records, environment(backend), time.perf_counter() - started,
     )
-    result.report_files = write_report(result, job.engine, inputs.data.label, torch_figures)
+    result.rows, result.context = report_payload(result, job.engine, inputs.data.label, torch_figures)
+    if write_files:
+        result.report_files = write_report(result)
     return result
+
+
+@dataclass
+class PrecisionBuild:
+    """One precision built and validated (no benchmark): its outcome, its report row (with its summary) and the
+    report's context (model, machine, reference, notes), as a pipeline stage stores them."""
+
+    outcome: EngineOutcome
+    row: dict
+    context: dict
+    result: EnginesResult
+
+
+def build_precision(onnx_path: Path, data_dir: Path, out_dir: Path, precision: Precision, job: EnginesJob,
+                    on_progress: Callable[[ProgressEvent], None] = silent) -> PrecisionBuild:
+    """Build and validate ``precision`` alone with ``job``'s split, calibration and engine settings (its bench
+    batches are ignored: a pipeline times every built precision together afterwards). Nothing is written but the
+    engine folder: the row and context come back in the result."""
+    one = replace(job, precisions=(precision,), engine=job.engine.with_changes(bench_batches=()),
+                  calibration=job.calibration if precision.is_int8 else None)
+    result = build_engines(onnx_path, data_dir, out_dir, one, on_progress=on_progress, write_files=False)
+    (outcome,), (row,) = result.records, result.rows
+    return PrecisionBuild(outcome, row, result.context, result)
 
 
 def report_rows(result: EnginesResult, labels: np.ndarray) -> list[dict]:
@@ -330,14 +362,14 @@ def report_context(result: EnginesResult, config: EngineConfig) -> dict:
     return context
 
 
-def write_report(result: EnginesResult, config: EngineConfig, labels: np.ndarray, torch_figures: dict | None = None) -> list[str]:
-    """report.json, report.md and the plots in the out folder, through ``kinship.engines.report``.
+def report_payload(result: EnginesResult, config: EngineConfig, labels: np.ndarray,
+                   torch_figures: dict | None = None) -> tuple[list[dict], dict]:
+    """The report's rows (each with its summary) and context, as report.json holds them.
 
-    With a benchmark, the report also gets this machine's GEMM ceiling and (when ``model.pt`` sits
+    With a benchmark, the context also gets this machine's GEMM ceiling and (when ``model.pt`` sits
     beside the ONNX file) PyTorch eager at the reference batch, measured by ``report.measure_context``.
     """
-    from kinship.engines.report import EngineResult, measure_context
-    from kinship.engines.report import write_report as write
+    from kinship.engines.report import EngineResult, measure_context, summarised
 
     rows = report_rows(result, labels)
     context = report_context(result, config)
@@ -350,5 +382,12 @@ def write_report(result: EnginesResult, config: EngineConfig, labels: np.ndarray
             context = {**measured, **context}
         except Exception as error:  # extra comparisons only: the report stands without them
             context["notes"].append(f"ceiling / PyTorch comparison not measured: {reason_of(error)}")
-    json_path, md_path = write(rows, result.out_dir, context)
+    return summarised(rows, context), context
+
+
+def write_report(result: EnginesResult) -> list[str]:
+    """report.json, report.md and the plots of ``result``'s rows and context in its out folder."""
+    from kinship.engines.report import write_report as write
+
+    json_path, md_path = write(result.rows, result.out_dir, result.context)
     return [str(json_path), str(md_path)]

@@ -24,6 +24,7 @@ from kinship import __version__
 from kinship.errors import UserError
 from kinship.files import write_atomic
 from kinship.images import to_network_input
+from kinship.engines.precision import Precision
 from kinship.layout import UNRELATED, Dataset
 from kinship.pairs import FamilySplit, ImageTable, PairSet
 from kinship.progress import ProgressEvent, silent
@@ -231,7 +232,7 @@ def check_compatible(calibration: CalibrationSet, image_size: int, val_families:
 def calibration_for(variant: str, calibration: Path | None, image_size: int) -> CalibrationSet | None:
     """The calibration set an INT8 variant quantizes with, checked against the model's image size; None for
     the other variants. Without a file an INT8 variant is a UserError that says how to make one."""
-    if not variant.startswith("int8"):
+    if not Precision.parse(variant).is_int8:
         return None
     if calibration is None:
         raise UserError(f"{variant} needs a calibration set: run kinship calibrate, then pass --calibration FILE")

@@ -15,9 +15,6 @@ from kinship.errors import UserError
 BACKENDS = ("onnxruntime", "tensorrt")
 # ``auto`` or a backend of ``BACKENDS``: deployments refuse anything else before a run starts.
 BackendName = Literal["auto", "onnxruntime", "tensorrt"]
-# The build variants of ``kinship.engines.base.VARIANTS``, as a type (flow parameter schemas list them).
-PrecisionName = Literal["fp32", "tf32", "fp16", "int8", "int8-qdq"]
-DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kinship.engines.base import PARTS, PhaseTimes, file_sizes, precision_of, variant_dir, write_sidecar
+from kinship.engines.base import PARTS, PhaseTimes, file_sizes, variant_dir, write_sidecar
+from kinship.engines.precision import Precision
 from kinship.engines.calibration import calibration_for
 from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, session, source_parts, target_names
@@ -54,7 +55,7 @@ class OrtEngine:
         paths = {part: p for part, p in zip(PARTS, files.all()) if p.is_file()}
         facts = read_model_facts(path)
         precision = facts.metadata.get("kinship.engine.precision", "fp32")
-        return cls(paths, precision_of(precision), precision, facts.image_size, threads)
+        return cls(paths, Precision.parse(precision).numeric, precision, facts.image_size, threads)
 
     def _run(self, part: str, *arrays: np.ndarray) -> np.ndarray:
         feeds = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in zip(INPUTS[part], arrays)}
@@ -107,7 +108,7 @@ def _convert(variant: str, sources: dict[str, Path], folder: Path, names: dict[s
     return notes
 
 
-def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None,
+def build_ort_engine(onnx_path: Path, out_dir: Path, variant: Precision, calibration: Path | None,
                      options: EngineConfig) -> EngineOutcome:
     """Build ``variant`` of ``onnx_path`` for ONNX Runtime on the CPU into ``out_dir/onnxruntime-<variant>/``."""
     if variant == "tf32":
@@ -121,18 +122,18 @@ def build_ort_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
     with atomic_folder(final) as folder:
         notes = _convert(variant, sources, folder, names, calibration_set, options)
         _stamp_all(folder, names, sources, variant)
-        engine = OrtEngine({p: folder / n for p, n in names.items()}, precision_of(variant), variant, image_size)
+        engine = OrtEngine({p: folder / n for p, n in names.items()}, variant.numeric, variant, image_size)
         _smoke_test(engine, image_size)
-        explanation = _explain_size(folder, names) if variant.startswith("int8") else {}
+        explanation = _explain_size(folder, names) if variant.is_int8 else {}
         seconds = time.perf_counter() - started
         write_sidecar(folder, {
-            "backend": BACKEND, "variant": variant, "precision": precision_of(variant), "image_size": image_size,
+            "backend": BACKEND, "variant": variant, "precision": variant.numeric, "image_size": image_size,
             "parts": names, "source": str(onnx_path), "notes": notes, "build_seconds": round(seconds, 3),
             "size_explanation": explanation,
         })
         sizes = file_sizes(folder, names)
     parts = {p: final / n for p, n in names.items()}
-    return EngineOutcome(BACKEND, variant, precision_of(variant), STATUS_BUILT,
+    return EngineOutcome(BACKEND, variant, variant.numeric, STATUS_BUILT,
                          build=BuildFacts(parts["pair"], sizes["pair"], seconds, notes, parts, sizes, explanation))
 
 

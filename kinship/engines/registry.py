@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinship.engines.base import ENGINE_SUFFIXES, SIDECAR, Engine, parse_variants, read_sidecar
+from kinship.engines.base import ENGINE_SUFFIXES, SIDECAR, Engine, read_sidecar
+from kinship.engines.precision import Precision
 from kinship.engines.config import EngineConfig, check_backend_name
 from kinship.engines.outcome import EngineOutcome
 from kinship.errors import UserError
@@ -69,7 +70,7 @@ def require_backend(backend: str) -> None:
 def build_engine(
     onnx_path: Path,
     out_dir: Path,
-    precision: str,
+    precision: Precision | str,
     backend: str,
     calibration: Path | None,
     options: EngineConfig = EngineConfig(),
@@ -77,19 +78,19 @@ def build_engine(
     """Build one engine variant of ``onnx_path`` into ``out_dir/<backend>-<precision>/``: its outcome is
     built (with the files' facts) or not applicable on this backend (with why, in its notes).
 
-    ``precision`` is a variant name (``fp32``, ``tf32``, ``fp16``, ``int8``, ``int8-qdq``). INT8 needs a
+    ``precision``: a ``Precision`` (a name is parsed here: this is the library's edge). INT8 needs a
     calibration file from ``kinship calibrate``. ``options`` gives the build knobs (profile, workspace,
     calibration method, threads, companions). Raises on failure, leaving no engine folder behind.
     """
-    (variant,) = parse_variants([precision])
+    precision = Precision.parse(precision)
     backend = resolve_backend(backend)
     if backend == "onnxruntime":
         from kinship.engines.onnxruntime_backend import build_ort_engine
 
-        return build_ort_engine(Path(onnx_path), Path(out_dir), variant, calibration, options)
+        return build_ort_engine(Path(onnx_path), Path(out_dir), precision, calibration, options)
     from kinship.engines.tensorrt_backend import build_trt_engine
 
-    return build_trt_engine(Path(onnx_path), Path(out_dir), variant, calibration, options)
+    return build_trt_engine(Path(onnx_path), Path(out_dir), precision, calibration, options)
 
 
 def load_engine(path: Path, threads: int = 0) -> Engine:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kinship.engines.base import precision_of
+from kinship.engines.precision import Precision
 from kinship.engines.outcome import REPORT_WORD, STATUS_BUILT, STATUS_FAILED, STATUS_NOT_APPLICABLE, report_word
 from kinship.files import write_atomic
 
@@ -83,11 +83,11 @@ class EngineResult:
 
     @classmethod
     def failed(cls, backend: str, precision: str, reason: str) -> "EngineResult":
-        return cls(backend, precision_of(precision), STATUS_FAILED, reason, variant=precision)
+        return cls(backend, Precision.parse(precision).numeric, STATUS_FAILED, reason, variant=precision)
 
     @classmethod
     def not_applicable(cls, backend: str, precision: str, reason: str) -> "EngineResult":
-        return cls(backend, precision_of(precision), STATUS_NOT_APPLICABLE, reason, variant=precision)
+        return cls(backend, Precision.parse(precision).numeric, STATUS_NOT_APPLICABLE, reason, variant=precision)
 
     @classmethod
     def from_outcome(cls, outcome, labels: np.ndarray, fp32_bytes: int | None) -> "EngineResult":
@@ -186,6 +186,12 @@ def row_summary(result: EngineResult, context: dict) -> dict:
 # --- writing ----------------------------------------------------------------------------------------
 
 
+def summarised(results: list, context: dict) -> list[dict]:
+    """The rows as report.json holds them: each row's dict with its ``summary`` (``row_summary``)."""
+    rows = [r if isinstance(r, EngineResult) else EngineResult.from_dict(r) for r in results]
+    return [{**row.to_dict(), "summary": row_summary(row, context)} for row in rows]
+
+
 def write_report(results: list, out_dir: Path, context: dict) -> tuple[Path, Path]:
     """Write ``report.json``, ``report.md`` and the PNG plots into ``out_dir``; returns (json, md).
 
@@ -205,11 +211,16 @@ def write_report(results: list, out_dir: Path, context: dict) -> tuple[Path, Pat
         "results": [{**row.to_dict(), "summary": summary} for row, summary in zip(rows, summaries)],
         "plots": plots,
     }
-    json_path = _publish(out_dir / "report.json", json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    json_path = _publish(out_dir / "report.json", json.dumps(payload, indent=2, default=_json_value) + "\n")
     return json_path, md_path
 
 
-def _jsonable(value):
+def jsonable(value):
+    """``value`` as report.json holds it: arrays as lists, objects with ``to_dict`` as dicts, the rest as text."""
+    return json.loads(json.dumps(value, default=_json_value))
+
+
+def _json_value(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     if hasattr(value, "to_dict"):

@@ -33,7 +33,7 @@ import numpy as np
 
 from kinship.engines import tensorrt_compat as compat
 from kinship.engines.base import (
-    PhaseTimes, file_sizes, precision_of, variant_dir, write_sidecar,
+    PhaseTimes, file_sizes, variant_dir, write_sidecar,
 )
 from kinship.engines.calibration import (
     CalibrationSet, CalibrationTable, cache_path, calibration_for, fixed_batches, part_arrays, write_cache,
@@ -41,6 +41,7 @@ from kinship.engines.calibration import (
 from kinship.engines.config import EngineConfig
 from kinship.engines.onnx_parts import calibration_batches, embedder, source_parts, target_names
 from kinship.engines.outcome import STATUS_BUILT, STATUS_NOT_APPLICABLE, BuildFacts, EngineOutcome
+from kinship.engines.precision import Precision
 # Running an engine is kinship.engines.tensorrt_runtime's; its names stay importable from here.
 from kinship.engines.tensorrt_runtime import (  # noqa: F401
     _CONTEXTS, PartRunner, TensorIO, ThreadContexts, _primary_context, _primary_lock, _retained_primary_context,
@@ -414,7 +415,7 @@ def _check_opset(sources: dict[str, Path], facts: HostFacts) -> None:
             raise UserError(problem)
 
 
-def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: Path | None,
+def build_trt_engine(onnx_path: Path, out_dir: Path, variant: Precision, calibration: Path | None,
                      options: EngineConfig) -> EngineOutcome:
     """Build ``variant`` for TensorRT into ``out_dir/tensorrt-<variant>/`` (pair, encoder, head engines).
 
@@ -425,7 +426,7 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
     support = device_support(facts)
     if support[variant] == compat.NOT_APPLICABLE:
         why = compat.precision_reason(variant, facts.capability, facts.gpu_name)
-        return EngineOutcome(BACKEND, variant, precision_of(variant), STATUS_NOT_APPLICABLE,
+        return EngineOutcome(BACKEND, variant, variant.numeric, STATUS_NOT_APPLICABLE,
                              build=BuildFacts(None, 0, 0.0, [why]))
     started = time.perf_counter()
     sources = source_parts(Path(onnx_path), options.companions)
@@ -452,7 +453,7 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
             notes.append(evidence)
         seconds = time.perf_counter() - started
         write_sidecar(folder, {
-            "backend": BACKEND, "variant": variant, "precision": precision_of(variant), "image_size": image_size,
+            "backend": BACKEND, "variant": variant, "precision": variant.numeric, "image_size": image_size,
             "parts": names, "source": str(onnx_path), "notes": notes, "build_seconds": round(seconds, 3),
             "profile": {"min": options.min_batch, "opt": options.opt_batch, "max": options.max_batch},
             "size_explanation": census, "tensorrt_version": facts.version,
@@ -461,7 +462,7 @@ def build_trt_engine(onnx_path: Path, out_dir: Path, variant: str, calibration: 
         })
         sizes = file_sizes(folder, names)
     parts = {p: final / n for p, n in names.items()}
-    return EngineOutcome(BACKEND, variant, precision_of(variant), STATUS_BUILT,
+    return EngineOutcome(BACKEND, variant, variant.numeric, STATUS_BUILT,
                          build=BuildFacts(parts["pair"], sizes["pair"], seconds, notes, parts, sizes, census))
 
 

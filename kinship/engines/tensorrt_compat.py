@@ -29,6 +29,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+from kinship.engines.precision import Precision
 from kinship.errors import first_line
 
 Version = tuple[int, ...]
@@ -40,7 +41,6 @@ PARSER_MAX_OPSET = {(8, 5): 17, (8, 6): 17}
 
 NATIVE = "native"
 NOT_APPLICABLE = "not applicable"
-PRECISIONS = ("fp32", "tf32", "fp16", "int8", "int8-qdq")
 
 
 # --------------------------------------------------------------------------- versions
@@ -223,7 +223,7 @@ def precision_reason(variant: str, capability, gpu_name: str = "this GPU") -> st
     if variant == "fp16" and not has_fast_fp16(capability):
         return (f"{gpu_name} ({sm}) has no fast FP16 (SM 5.3, 6.0, 6.2 or 7.0+): TensorRT builds the FP16 engine "
                 "from FP32 kernels")
-    if variant.startswith("int8") and not has_int8(capability):
+    if Precision.parse(variant).is_int8 and not has_int8(capability):
         return (f"{gpu_name} ({sm}) has no INT8 arithmetic (DP4A needs SM 6.1+): TensorRT builds the INT8 engine "
                 "from FP32 kernels")
     return ""

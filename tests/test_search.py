@@ -126,11 +126,12 @@ def trained_gallery(tiny_run, tiny_data):
     return weights, gallery, real[rng.choice(len(real), 8, replace=False)]
 
 
-@pytest.mark.parametrize("rank", [0, 24])
-def test_fast_path_top_results_equal_exact(trained_gallery, rank):
+@pytest.mark.parametrize("config", [FastConfig(rank=0), FastConfig(rank=24), FastConfig()],
+                         ids=["full", "pca24", "default"])
+def test_fast_path_top_results_equal_exact(trained_gallery, config):
     weights, gallery, probes = trained_gallery
     assert weights is not None
-    scorer = GalleryScorer(gallery, weights, FastConfig(rank=rank, shortlist=1000))
+    scorer = GalleryScorer(gallery, weights, config)
     for probe in probes:
         exact = scorer.exact(probe)
         rows, logits = scorer.search(probe, 20)

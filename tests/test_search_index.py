@@ -100,3 +100,15 @@ def test_batch_search_writes_ranked_csv_and_metrics(tiny_run, gallery, tmp_path)
     assert [int(r["rank"]) for r in rows] == list(range(1, 11)) and {r["probe"] for r in rows} == {"a"}
     assert result.probes == 1 and result.metrics["probes"] == 1 and 0.0 <= result.metrics["mAP@10"] <= 1.0
     assert result.metrics["rank@10"] == float(any(r["person"] == f"{family.name}/{others[0]}" for r in rows))
+
+
+def test_cli_refuses_a_missing_index_and_a_missing_photo_in_one_line(tiny_run, gallery, tmp_path, capsys):
+    from kinship.cli import main
+
+    photo = str(next(gallery.rglob("*.jpg")))
+    assert main(["search", "--index", str(tmp_path / "nothing"), "--probe", photo]) == 2
+    assert "no index at" in capsys.readouterr().err
+    _build(tiny_run, gallery, tmp_path / "index")
+    assert main(["search", "--index", str(tmp_path / "index"), "--probe", str(tmp_path / "absent.jpg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "absent.jpg" in err

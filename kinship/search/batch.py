@@ -85,7 +85,7 @@ def run_batch(config: BatchSearchConfig, on_progress=silent) -> BatchSearchResul
         firsts_array = np.asarray(firsts)
         metrics = {"probes": len(aps), f"mAP@{config.top}": float(np.mean(aps)),
                    **{f"rank@{k}": float(np.mean(firsts_array <= k)) for k in RANKS if k <= config.top}}
-    store = open_index_store(config.out)
+    store = open_index_store(config.out, create=True)
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(("probe", "rank", "image", "person", "family", "logit"))

@@ -79,8 +79,9 @@ class GalleryImage:
     family: str
 
 
-def open_index_store(uri: str, fresh_cache: bool = False):
-    """The store rooted at an index: ``s3://...`` or a local folder (plain path or ``file://``). With
+def open_index_store(uri: str, fresh_cache: bool = False, create: bool = False):
+    """The store rooted at an index: ``s3://...`` or a local folder (plain path or ``file://``; made when ``create``,
+    else a missing one is a one-line error). With
     ``fresh_cache`` every read downloads and verifies the stored object itself, never this host's cached copy:
     a build must find a damaged shard in the store, not serve around it."""
     from kinship.store import LocalStore, StoreSettings, store_from_uri
@@ -90,7 +91,10 @@ def open_index_store(uri: str, fresh_cache: bool = False):
         settings = replace(settings, scratch=Path(tempfile.mkdtemp(prefix="kinship-index-")))
     if "://" in uri:
         return store_from_uri(uri.rstrip("/"), settings)
-    Path(uri).mkdir(parents=True, exist_ok=True)
+    if create:
+        Path(uri).mkdir(parents=True, exist_ok=True)
+    elif not Path(uri).is_dir():
+        raise UserError(f"no index at {uri} (no such folder)")
     return LocalStore(Path(uri).resolve(), replace(settings, prefix=""))
 
 
@@ -212,7 +216,7 @@ def build_index(config: IndexBuildConfig, on_progress=silent) -> IndexBuildResul
     interrupted) build left intact; the manifest is rewritten after every shard, so a stop loses one shard at most."""
     model = Path(config.model)
     model_sha = model_digest(model)
-    store = open_index_store(config.out, fresh_cache=True)
+    store = open_index_store(config.out, fresh_cache=True, create=True)
     images = list_images(local_images(config.images, on_progress), on_progress)
     manifest = read_manifest(store)
     reused, kept, damaged = reusable_embeddings(store, manifest, model_sha, images, on_progress)

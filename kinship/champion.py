@@ -27,16 +27,16 @@ that decision compared with.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from kinship.baseline import REQUIRED_MARGIN, BaselineComparison
 from kinship.champion_compare import PairedDecision
 from kinship.errors import KinshipError, UserError
+from kinship.host import code_commit
 from kinship.manifests import EnginesManifest, TrainManifest
 from kinship.pipeline import built_engines
 from kinship.storage import VERSION_ID_HEX, ArtifactNotFound, ArtifactStore
@@ -101,23 +101,6 @@ def read_champion(store: ArtifactStore) -> dict | None:
         return None
 
 
-def code_commit(folder: Path | None = None) -> str:
-    """The git commit of the code in ``folder`` (this package's checkout by default): the hash, with ``-dirty`` when
-    tracked files were changed (the commit then does not say what ran), or ``unknown`` outside a git checkout."""
-    folder = folder or Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30,
-                              check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}-dirty" if changed else commit
-
-
 def data_version(dataset: dict) -> str | None:
     """The data set version a manifest's ``dataset`` names: its ``version``, else the first digits of its manifest
     sha256 (a version is named by them: ``kinship.data_versions``); None when it names neither."""
@@ -126,6 +109,39 @@ def data_version(dataset: dict) -> str | None:
     if isinstance(version, str) and version:
         return version
     return sha256[:VERSION_ID_HEX] if isinstance(sha256, str) and len(sha256) == 64 else None
+
+
+def lineage(train_manifest: TrainManifest, commit: str | None = None) -> dict:
+    """What a run was made from: its data set version, code commit and training configuration (a run with all
+    three equal to an earlier one's would train the same model again)."""
+    return {"run_id": train_manifest["run_id"], "data_version": data_version(train_manifest["dataset"]),
+            "code_commit": commit or train_manifest.get("code_commit") or code_commit(),
+            "train_config": train_manifest["train_config"]}
+
+
+HISTORY_LOOKBACK = 50  # decisions searched for an earlier run of the same inputs
+
+
+def unchanged_since(store: ArtifactStore, version: str, commit: str, train_config: dict) -> dict | None:
+    """The latest decided run (the champion, or a run promoted or refused in the history) made from this data
+    version, this code commit and this training configuration, or None. A run that finds one would only train
+    the same model again: "nothing new since run X". A commit of ``unknown`` matches nothing."""
+    if commit == "unknown":
+        return None
+    wanted = (version, commit, json.dumps(train_config, sort_keys=True))
+
+    def same(made: dict | None) -> bool:
+        made = made or {}
+        return (made.get("data_version"), made.get("code_commit"),
+                json.dumps(made.get("train_config"), sort_keys=True)) == wanted
+
+    current = read_champion(store)
+    if current is not None and same(current):
+        return {"run_id": current.get("run_id"), "kind": "champion", "at": current.get("promoted")}
+    for entry in read_history(store, HISTORY_LOOKBACK):
+        if entry.get("kind") in (PROMOTED, REFUSED) and same(entry.get("lineage")):
+            return {"run_id": entry.get("run_id"), "kind": entry.get("kind"), "at": entry.get("at")}
+    return None
 
 
 def champion_record(train_manifest: TrainManifest, engines_manifest: EnginesManifest, previous: dict | None,
@@ -168,6 +184,7 @@ def promote_if_better(store: ArtifactStore, train_manifest: TrainManifest, engin
     a ``champion-history/`` entry.
     """
     outcome = _promote_by_own_auc(store, train_manifest, engines_manifest, attempts, required_margin)
+    outcome = {**outcome, "lineage": lineage(train_manifest)}
     append_history(store, outcome, train_manifest["run_id"])
     return outcome
 
@@ -215,7 +232,8 @@ def promote_if_paired_better(store: ArtifactStore, train_manifest: TrainManifest
     """
     run_id, candidate = train_manifest["run_id"], train_manifest["metrics"].get("best_val_auc")
     outcome = _paired_outcome(store, train_manifest, engines_manifest, decision, compared_with, required_margin, commit)
-    outcome = {**outcome, "candidate_auc": candidate, "decision": decision.to_dict() if decision else None}
+    outcome = {**outcome, "candidate_auc": candidate, "decision": decision.to_dict() if decision else None,
+               "lineage": lineage(train_manifest, commit)}
     append_history(store, outcome, run_id)
     return outcome
 
@@ -268,7 +286,8 @@ def append_history(store: ArtifactStore, outcome: dict, run_id: str, kind: str |
     at = at or datetime.now(timezone.utc).isoformat(timespec="microseconds")
     entry = {"format": HISTORY_FORMAT, "kind": kind, "at": at, "run_id": run_id, "reason": outcome.get("reason"),
              "candidate_auc": outcome.get("candidate_auc"), "decision": outcome.get("decision"),
-             "previous": _brief(outcome.get("previous")), "champion": _without_ref(pointer) or None}
+             "previous": _brief(outcome.get("previous")), "champion": _without_ref(pointer) or None,
+             "lineage": outcome.get("lineage")}
     key = f"{HISTORY_PREFIX}/{_stamp(at)}-{kind}-{_safe(run_id)}.json"
     store.put_json_if_version(entry, key, None)  # None back: this very entry is there already
     return key
@@ -288,7 +307,7 @@ def history_rows(entries: list[dict]) -> list[dict]:
         commit = str(pointer.get("code_commit") or "")
         rows.append({"at": entry.get("at"), "kind": entry.get("kind"), "run": entry.get("run_id"),
                      "champion": pointer.get("run_id"), "data_version": pointer.get("data_version"),
-                     "code_commit": commit[:12] + ("-dirty" if commit.endswith("-dirty") else ""),
+                     "code_commit": commit[:12] + ("-dirty" if "-dirty" in commit else ""),
                      "reason": entry.get("reason")})
     return rows
 

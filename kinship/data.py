@@ -16,13 +16,22 @@ from kinship.progress import silent
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """How validation is held out: a share of whole families, chosen by ``seed``."""
+    """How validation is held out: a share of whole families chosen by ``seed`` (the seeded split), or, with
+    ``stable_salt``, each family's role from a keyed hash of its id (``kinship.family_split``: the store's split,
+    the same in every data set version), with the held-out families left out of the data altogether."""
 
     val_fraction: float = 0.2
     seed: int = 0
     val_pairs_per_relationship: int = 4
     folds: int = 1  # > 1: families dealt into this many groups, group ``fold`` held out
     fold: int = 0
+    stable_salt: str = ""  # "" = the seeded split; else the store's split salt (hex)
+
+    def stable(self):
+        """The store's ``StableSplit`` this config names (``stable_salt`` set), else None."""
+        from kinship.family_split import StableSplit
+
+        return StableSplit(self.stable_salt) if self.stable_salt else None
 
 
 @dataclass
@@ -54,6 +63,12 @@ def prepare(
     recipe search trains this way, so its held-out families stay untouched until the final figure.
     """
     dataset = read_dataset(Path(data_dir), verify_images=False, on_progress=on_progress)
+    stable = split_config.stable()
+    if families is None and stable is not None:  # held-out families never reach training, early stopping or calibration
+        families = stable.training_split({person.family for person in dataset.people.values()})
+        if not families.train or not families.val:
+            raise UserError(f"{data_dir}: the stable split gives {len(families.train)} training and {len(families.val)} "
+                            "validation families: the data set needs more families")
     if families is not None:
         dataset = only_families(dataset, set(families.train) | set(families.val))
     table = ImageTable.from_dataset(dataset)

@@ -7,9 +7,11 @@ VNNI flag. Nothing here imports torch or a GPU library at module level.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import socket
+import subprocess
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +19,26 @@ from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     from kinship.manifests import StageHost
+
+
+def code_commit(folder: Path | None = None) -> str:
+    """The git commit of the code in ``folder`` (this package's checkout by default): the hash, with ``-dirty`` when
+    tracked files were changed (the commit then does not say what ran), or ``unknown`` outside a git checkout."""
+    folder = folder or Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        # the changes themselves, digested: the same uncommitted code twice is the same code ("nothing new"), a
+        # different edit is not
+        diff = git("diff", "HEAD") if changed else ""
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty-{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if changed else commit
 
 
 def stage_host(role: str | None = None) -> StageHost:

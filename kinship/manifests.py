@@ -168,6 +168,7 @@ class TrainManifest(ManifestHeader):
     calibration: CalibrationSummary
     artifacts: dict[str, RefDict]  # model.pt, metrics.json, config.json, model{,.encoder,.head}.onnx, calibration.npz
     host: StageHost
+    code_commit: NotRequired[str]  # the training host's git commit (``-dirty-<digest>`` with changes); newer runs
     manifest: NotRequired[RefDict | UriOnly]  # where it is stored: added when written or read back
     child_run: NotRequired[ChildRun]
 

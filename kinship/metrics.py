@@ -29,8 +29,10 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
     starts = np.concatenate(([0], boundaries))
     ends = np.concatenate((boundaries, [len(scores)]))
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end - 1) / 2.0 + 1.0
+    # each run of equal scores gets its mean rank, all runs at once (a Python loop per run made a 1000-replicate
+    # bootstrap of a few hundred pairs take seconds)
+    run_of = np.repeat(np.arange(len(starts)), ends - starts)
+    ranks[order] = ((starts + ends - 1) / 2.0 + 1.0)[run_of]
     rank_sum = ranks[labels].sum()
     return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
 

@@ -39,7 +39,7 @@ from kinship.engines.config import EngineConfig
 from kinship.engines.outcome import STATUS_BUILT, STATUS_FAILED
 from kinship.engines.precision import Precision, parse_precisions
 from kinship.errors import ArtifactMismatch, KinshipError, UserError, reason_of
-from kinship.host import stage_host
+from kinship.host import code_commit, stage_host
 from kinship.manifests import (
     ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, Calibrated, DatasetHandle, EngineEntry, EngineInputs,
     EnginesManifest, Exported, RefDict, ReportRefs, RowSummary, StageHost, Trained, TrainManifest, UriOnly,
@@ -227,6 +227,7 @@ def write_train_manifest(store: ArtifactStore, run_id: str, dataset: DatasetHand
         "calibration": calibrated["meta"],
         "artifacts": {**trained["artifacts"], **exported["artifacts"], **calibrated["artifacts"]},
         "host": host or stage_host(),
+        "code_commit": code_commit(),  # lineage: a run of the same data, code and configuration would repeat this one
     }
     return _store_manifest(store, manifest, run_prefix(run_id, "train", "manifest.json"))
 
@@ -305,7 +306,7 @@ def benchmark_stage(store: ArtifactStore, inputs: EngineInputs, variants: list[V
 
 def _benchmark(store: ArtifactStore, inputs: EngineInputs, variants: list[VariantRecord], dataset: DatasetHandle,
                settings: EngineConfig, work_dir: Path, on_progress: Progress) -> list[VariantRecord]:
-    from kinship.data import SplitConfig, prepare
+    from kinship.data import prepare
     from kinship.engines.registry import load_engine
     from kinship.engines.build import bench_pixels, reference_batch, sweep_engines
     from kinship.engines.report import EngineResult, measure_context
@@ -319,7 +320,7 @@ def _benchmark(store: ArtifactStore, inputs: EngineInputs, variants: list[Varian
     engines = {f"{v['backend']} {v['variant']}": load_engine(folders[v["variant"]]) for v in built}
     image_size = next(iter(engines.values())).image_size
     with hold(dataset.path):
-        prepared = prepare(dataset.path, image_size, SplitConfig(val_fraction=train.val_fraction, seed=train.seed),
+        prepared = prepare(dataset.path, image_size, train.split_config(),
                            on_progress=on_progress)
     companion = onnx.with_suffix(".pt")
     sweep = sweep_engines(engines, settings, bench_pixels(prepared), companion if companion.is_file() else None,
@@ -367,7 +368,8 @@ def engine_stage(store: ArtifactStore, inputs: EngineInputs, dataset: DatasetHan
     out = Path(work_dir) / precision
     shutil.rmtree(out, ignore_errors=True)  # a retried attempt starts clean
     train = inputs["train_config"]
-    job = EnginesJob(calibration=calibration, val_fraction=train.val_fraction, split_seed=train.seed, engine=settings)
+    job = EnginesJob(calibration=calibration, val_fraction=train.val_fraction, split_seed=train.seed,
+                     split_salt=train.split_salt, engine=settings)
     with hold(dataset.path):
         built = build_precision(onnx, dataset.path, out, precision, job, on_progress=on_progress)
     result, outcome = built.result, built.outcome

@@ -65,6 +65,9 @@ class TrainConfig:
     nproc: int = 1  # data-parallel processes per node (kinship.distributed: torchrun, DDP; one per GPU)
     nnodes: int = 1  # nodes taking part (more than one needs KINSHIP_RDZV_ENDPOINT)
     init: str = ""  # a model.pt of the same architecture to start from (kinship pretrain's output); "" = scratch
+    # "" = the seeded split (val_fraction, seed); else the store's split salt (kinship.family_split): train and
+    # validation families by a keyed hash of their ids, held-out families never read. The flows set it.
+    split_salt: str = ""
 
     @property
     def world_size(self) -> int:
@@ -82,7 +85,8 @@ class TrainConfig:
                              colour=self.colour, blur=self.blur, noise=self.noise, erase=self.erase)
 
     def split_config(self) -> SplitConfig:
-        return SplitConfig(val_fraction=self.val_fraction, seed=self.seed, folds=self.folds, fold=max(0, self.fold))
+        return SplitConfig(val_fraction=self.val_fraction, seed=self.seed, folds=self.folds, fold=max(0, self.fold),
+                           stable_salt=self.split_salt)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

@@ -38,8 +38,15 @@ def storage_url(work_dir: Path) -> str:
 
 
 def dataset_name(dataset_uri: str) -> str:
-    """The last part of a data set URI, e.g. ``demo`` for ``s3://kinship/datasets/demo``."""
-    return dataset_uri.rstrip("/").rsplit("/", 1)[-1] or "dataset"
+    """The data set's name in a URI, e.g. ``demo`` for ``s3://kinship/datasets/demo``, ``…/demo@ab12`` and
+    ``…/demo/versions/ab12cd34ef56ab78`` (a version of it: ``kinship.data_versions``)."""
+    from kinship.data_versions import split_version
+    from kinship.store.transfer import VERSIONS_FOLDER
+
+    parts = split_version(dataset_uri)[0].rstrip("/").split("/")
+    if len(parts) > 2 and parts[-2] == VERSIONS_FOLDER:
+        parts = parts[:-2]
+    return parts[-1] or "dataset"
 
 
 def study_name(dataset_uri: str, dataset_sha256: str, config: TuneConfig) -> str:

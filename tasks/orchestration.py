@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 from prefect import task
@@ -11,7 +11,9 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as this_run
 
 from kinship import pipeline, tuning_stage
-from kinship.champion import promote_if_better
+from kinship.champion import history_rows, read_champion, read_history, unchanged_since
+from kinship.errors import UserError
+from kinship.host import code_commit
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
 from kinship.manifests import ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT, EnginesManifest, TrainManifest
@@ -20,11 +22,13 @@ from kinship.train_config import TrainConfig
 from kinship.tune import TuneConfig
 from tasks.children import run_child, run_children
 from tasks.engines import plots_artifact
-from tasks.runtime import ONE_RETRY, open_store
+from tasks.progress import progress_artifact
+from tasks.runtime import IO_RETRIES, ONE_RETRY, open_store, work_dir
 
 TRAIN_DEPLOYMENT = "kinship-train/train"
 ENGINES_DEPLOYMENT = "kinship-engines/engines"
 TUNE_TRIALS_DEPLOYMENT = "kinship-tune-trials/trials"
+SPLITS = ("stable", "seeded")  # the store's split by family id (kinship.family_split), or val_fraction + seed
 
 
 @task(name="plan run")
@@ -42,6 +46,36 @@ def plan_run(dataset_uri: str, precisions: list[str] | None = None, engines: Eng
     get_run_logger().info("run %s: data set %s; artifacts under %s", run_id, dataset_uri,
                           open_store().uri(pipeline.run_prefix(run_id)))
     return {"run_id": run_id, "parent_id": parent_id, "dataset_uri": dataset_uri, "precisions": parsed}
+
+
+@task(name="resolve inputs", **IO_RETRIES)
+def resolve_inputs(run: dict, dataset_uri: str, train: TrainConfig, split: str, only_if_new: bool = True) -> dict:
+    """What this run trains on, fixed once: the data set version ``dataset_uri`` means now (``…/NAME``: the
+    latest), recorded as used by this run; the training configuration with the store's stable family split
+    (``split="stable"``) or the seeded one; and whether an earlier run was made from the same version, code and
+    configuration (``nothing_new``: its one line, and the run ends there; never without ``only_if_new``).
+
+    Returns ``{"dataset": ResolvedDataset as a dict, "train": TrainConfig, "nothing_new": str | None}``."""
+    from kinship.data_versions import record_use, resolve_dataset
+    from kinship.family_split import stable_split
+
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    store = open_store()
+    dataset = resolve_dataset(dataset_uri)
+    if split == "stable":
+        train = replace(train, split_salt=stable_split(store).salt)
+    earlier = unchanged_since(store, dataset.version, code_commit(), asdict(train)) if only_if_new else None
+    line = None
+    if earlier is not None:
+        line = (f"nothing new since run {earlier['run_id']} ({earlier['kind']} {earlier.get('at') or ''}): data "
+                f"version {dataset.version}, code {code_commit()[:12]} and the training configuration are the same")
+        get_run_logger().info("%s", line)
+        create_markdown_artifact(f"**{line}**", key="kinship-nothing-new", description=f"kinship run {run['run_id']}")
+    else:
+        record_use(dataset, run["run_id"])
+        get_run_logger().info("data set %s: version %s (%s)", dataset.name_uri, dataset.version, dataset.uri)
+    return {"dataset": dataset.to_dict(), "train": train, "nothing_new": line}
 
 
 @task(name="run training", task_run_name="kinship-train on rocm")
@@ -70,10 +104,28 @@ def run_engines(run: dict, train_manifest: TrainManifest, engines: EngineConfig,
 
 
 @task(name="promote champion", **ONE_RETRY)
-def promote_champion(train_manifest: TrainManifest, engines_manifest: EnginesManifest, required_margin: float) -> dict:
-    """Make this run's model the champion only if it beats raw pixels by ``required_margin`` and the champion."""
-    promotion = promote_if_better(open_store(), train_manifest, engines_manifest, required_margin=required_margin)
+def promote_champion(run: dict, inputs: dict, train_manifest: TrainManifest, engines_manifest: EnginesManifest,
+                     required_margin: float, level: float) -> dict:
+    """Make this run's model the champion only if it beats the champion on the same held-out pairs (paired
+    bootstrap at ``level``) and raw pixels by ``required_margin`` (``kinship.challenge.promote_on_held_out``); the
+    decision table and the champion history on the run page."""
+    from kinship.challenge import promote_on_held_out
+
+    store, salt = open_store(), inputs["train"].split_salt
+    dataset = pipeline.fetch_dataset(inputs["dataset"]["uri"]).path if salt and read_champion(store) else None
+    with progress_artifact("champion and challenger on held-out pairs") as on_progress:
+        promotion = promote_on_held_out(store, train_manifest, engines_manifest, dataset, salt,
+                                        work_dir(run["run_id"], "champion"), level, required_margin, on_progress)
     get_run_logger().info("champion: %s", promotion["reason"])
+    decision = promotion.get("decision")
+    if decision:
+        held = promotion.get("held_out") or {}
+        create_table_artifact(decision["rows"], key="kinship-champion-decision",
+                              description=f"run {run['run_id']} against champion run {held.get('champion_run_id')} on "
+                                          f"the same {held.get('pairs')} held-out pairs ({held.get('families')} "
+                                          f"families), {decision['level']:.0%} paired bootstrap: {promotion['reason']}")
+    create_table_artifact(history_rows(read_history(store, 20)), key="kinship-champion-history",
+                          description="champion history, newest first (kinship champion history)")
     return promotion
 
 
@@ -107,3 +159,10 @@ def run_tune_workers(run: dict, dataset_uri: str, search: TuneConfig, study: str
     run_child(TUNE_TRIALS_DEPLOYMENT, {**parameters, "finish": True}, run, "finish")
     # read back from the store, as the other halves' manifests are: a child's own result lives on its host
     return open_store().get_json(open_store().uri(tuning_stage.tuning_key(study, "summary.json")))
+
+
+@task(name="nothing new")
+def nothing_new(run: dict, inputs: dict) -> dict:
+    """The result of a run that found nothing new to train on (``resolve_inputs``): no child run was started."""
+    return {"run_id": run["run_id"], "report": None, "val_auc": None, "promoted": False,
+            "champion": inputs["nothing_new"], "nothing_new": inputs["nothing_new"], "engines": []}

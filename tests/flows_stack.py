@@ -21,6 +21,9 @@ TINY_PARAMETERS = {
     "precisions": ["fp32", "int8"],
     "engines": {"backend": "auto", "bench_batches": [1, 8], "bench_seconds": 0.2, "warmup_seconds": 0.05},
     "required_margin": -1.0,  # a 4-batch model tests the plumbing; the raw-pixel gate is tested in test_pipeline
+    # 24 families: the store's stable split could leave one role empty; tests/test_retraining.py runs it on 120+
+    "split": "seeded",
+    "only_if_new": False,  # the suite runs the same inputs again on purpose (caches, retries, fan-out)
 }
 _SESSION: dict[str, "KinshipStack"] = {}
 

@@ -197,13 +197,19 @@ def test_data_push_is_idempotent(tmp_path: Path, settings: StoreSettings, s3_env
     objects = 1 if shard_mib != "0" else 3  # one shard holds all three files
     assert [r["uploaded"] for r in reports] == [objects, 0] and [r["skipped"] for r in reports] == [0, objects]
     assert [r["files"] for r in reports] == [3, 3]
-    assert reports[0]["uri"] == uri and reports[0]["manifest"] == f"{uri}/{MANIFEST_NAME}"
     listed = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix=f"{settings.prefix}/datasets/rfiw/")
     stored = sorted(o["Key"].rsplit("rfiw/", 1)[1] for o in listed["Contents"])
     if shard_mib == "0":
+        assert reports[0]["uri"] == uri and reports[0]["manifest"] == f"{uri}/{MANIFEST_NAME}"
         assert stored == sorted([*files, MANIFEST_NAME])
-    else:
-        assert len(stored) == 2 and stored[0] == MANIFEST_NAME and stored[1].startswith("shards/000000-")
+    else:  # one immutable version (issue 24): the second push of the same content makes none
+        version = reports[0]["version"]
+        assert reports[0]["manifest"] == f"{uri}/versions/{version}/{MANIFEST_NAME}"
+        assert [r["new_version"] for r in reports] == [True, False] and reports[1]["version"] == version
+        shards = [key for key in stored if key.startswith("shards/")]
+        assert len(shards) == 1 and shards[0].startswith("shards/000000-")
+        assert sorted(set(stored) - set(shards)) == sorted([MANIFEST_NAME, "latest", f"versions/{version}/{MANIFEST_NAME}",
+                                                           f"versions/{version}/version.json"])
     got = S3Store(replace(settings, prefix="")).get_tree(uri, tmp_path / "got")
     assert {p.relative_to(got).as_posix(): p.read_bytes() for p in got.rglob("*") if p.is_file() and p.name != MANIFEST_NAME} == files
     manifest = s3_env.client().get_object(Bucket=s3_env.bucket, Key=f"{settings.prefix}/datasets/rfiw/{MANIFEST_NAME}")

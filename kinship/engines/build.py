@@ -52,13 +52,14 @@ class EnginesJob:
     calibration_config: CalibrationConfig = CalibrationConfig()
     val_fraction: float = 0.2
     split_seed: int = 0
+    split_salt: str = ""  # the store's stable split (``TrainConfig.split_salt``), "" for the seeded one
     policy: ValidationPolicy = ValidationPolicy()
     engine: EngineConfig = CLI_ENGINES  # empty bench_batches: build and validate only
 
     def split_config(self):
         from kinship.data import SplitConfig
 
-        return SplitConfig(val_fraction=self.val_fraction, seed=self.split_seed)
+        return SplitConfig(val_fraction=self.val_fraction, seed=self.split_seed, stable_salt=self.split_salt)
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""Retraining that means something, on the session's real stack (issue 24): data set versions, the automation a
+push triggers, champion and challenger on the same held-out pairs, and a run that finds nothing new.
+
+One scenario, in order (each step needs the one before):
+1. version 1 of ``datasets/demo`` (120 families) is pushed: the ``retrain-on-push`` automation starts
+   ``kinship/full`` on that version with no command; it is compared with the session's champion on the same held-out
+   pairs and the decision table is on its page;
+2. version 2 (version 1 plus 60 families) is pushed: the automation starts a run on version 2, scored against the
+   champion on version 2's held-out pairs (every version-1 family keeps its role);
+3. the deployment run again on ``datasets/demo`` (latest = version 2, same code and configuration) ends at once
+   with "nothing new since run X", Completed, with no child run.
+The figures the README quotes (push to the triggered run's start, the "nothing new" run's wall time) are printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from deployments import driver
+from tests.flows_stack import TINY_PARAMETERS, kinship_stack  # noqa: F401  (session fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DEPLOYMENT = "kinship/retrain-on-push"
+# Enough training for a model clearly ahead of the session's 4-batch champion on held-out pairs, still seconds.
+RETRAIN_PARAMETERS = {
+    "train": {"epochs": 4, "image_size": 32, "width": 16, "embedding_dim": 32, "max_batches_per_epoch": 0},
+    "precisions": ["fp32"],
+    "engines": {"backend": "auto", "bench_batches": [1], "bench_seconds": 0.1, "warmup_seconds": 0.02},
+    "required_margin": -1.0,
+    "recipe": "",
+}
+
+
+def _subset(source: Path, dest: Path, families: set[str]) -> Path:
+    """A copy of the data set at ``source`` with only ``families`` (their folders and relationship rows)."""
+    for family in sorted(families):
+        shutil.copytree(source / "train" / family, dest / "train" / family)
+    with (source / "train_relationships.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    kept = [row for row in rows[1:] if row[0].split("/")[0] in families]
+    with (dest / "train_relationships.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([rows[0], *kept])
+    return dest
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory) -> tuple[Path, Path]:
+    """Version 1 (120 families) and version 2 (the same 120 plus 60) of one synthetic data set."""
+    from kinship.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("versions")
+    full = root / "all"
+    generate(SynthConfig(families=180, test_families=0, size=32, seed=7, images_per_person=(3, 4)), full)
+    families = sorted(p.name for p in (full / "train").iterdir() if p.is_dir())
+    return _subset(full, root / "v1", set(families[:120])), _subset(full, root / "v2", set(families))
+
+
+def _triggered_run(stack, deployment_id: str, after: set[str], timeout: float = 120.0) -> dict:
+    """The flow run the automation created for ``deployment_id`` that is not one of ``after``."""
+    query = {"deployments": {"id": {"any_": [deployment_id]}}, "limit": 20}
+    return driver.wait_for(lambda: next((r for r in stack.api("/flow_runs/filter", query) if r["id"] not in after), None),
+                           "the run the push triggered", timeout=timeout)
+
+
+def _final(stack, flow_run_id: str, timeout: float = 900.0) -> dict:
+    return driver.wait_for(lambda: (lambda run: run if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED",
+                                                                             "CANCELLED") else None)(
+        driver.flow_run(stack, flow_run_id)), f"flow run {flow_run_id} to end", timeout=timeout, interval=2.0)
+
+
+def _table(artifact: dict) -> list[dict]:
+    data = artifact["data"]
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def _seconds(text: str | None) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_push_triggers_paired_retraining_and_an_unchanged_run_ends_with_nothing_new(kinship_stack, versions) -> None:
+    stack = kinship_stack.stack
+    bucket = stack.env["KINSHIP_BUCKET"]
+    name_uri = f"s3://{bucket}/datasets/demo"
+    deployment = stack.api(f"/deployments/name/{DEPLOYMENT}")
+    # the deployment's training knobs, as a user sets them in the UI (the trigger fills in dataset_uri)
+    stack.api(f"/deployments/{deployment['id']}", {"parameters": {**deployment["parameters"], **RETRAIN_PARAMETERS}},
+              method="PATCH")
+    seen: set[str] = set()
+    runs = []
+    for version_dir in versions:
+        pushed_at = time.time()
+        pushed = driver.push(stack, version_dir, name_uri)
+        assert pushed["new_version"] and pushed["latest_moved"], pushed
+        run = _triggered_run(stack, deployment["id"], seen)
+        seen.add(run["id"])
+        assert run["parameters"]["dataset_uri"] == pushed["version_uri"]  # the exact version, not "latest"
+        final = _final(stack, run["id"])
+        assert final["state_type"] == "COMPLETED", final["state"]
+        start = _seconds(final["start_time"])
+        runs.append({"run": final, "pushed": pushed, "push_to_start_s": round(start - pushed_at, 1)})
+    first, second = runs
+    # version 2 = version 1 plus 60 families, so every version-1 shard was already stored
+    assert second["pushed"]["skipped"] >= 1 and second["pushed"]["version"] != first["pushed"]["version"]
+
+    for entry in runs:
+        tables = {a["key"]: a for a in driver.artifacts(stack, entry["run"]["id"]) if a["type"] == "table"}
+        decision = tables.get("kinship-champion-decision")
+        assert decision is not None, sorted(tables)  # both models on the same held-out pairs, on the run's page
+        rows = _table(decision)
+        overall = rows[0]
+        assert overall["relationship"] == "all" and overall["pairs"] > 0 and overall["families"] >= 2
+        assert {"champion_auc", "challenger_auc", "pixel_auc", "difference", "low", "high"} <= set(overall)
+        assert overall["low"] <= overall["difference"] <= overall["high"]
+        assert "kinship-champion-history" in tables
+    # version 1's model against the session's 4-batch champion: clearly ahead on the same pairs
+    first_rows = _table(next(a for a in driver.artifacts(stack, first["run"]["id"]) if a["key"] == "kinship-champion-decision"))
+    assert first_rows[0]["low"] > 0, first_rows[0]
+
+    # unchanged data, code and configuration: nothing new, no child run
+    began = time.time()
+    again = driver.run_deployment(stack, DEPLOYMENT, {"dataset_uri": name_uri})
+    nothing_new_s = time.time() - began
+    assert again.returncode == 0, again.output[-4000:]
+    assert driver.flow_run(stack, again.flow_run_id)["state_type"] == "COMPLETED"
+    assert driver.child_runs(stack, again.flow_run_id) == []
+    notes = [a for a in driver.artifacts(stack, again.flow_run_id) if a["key"] == "kinship-nothing-new"]
+    assert notes and "nothing new since run" in notes[0]["data"], notes
+    print(f"\nretraining figures: push -> triggered run start {[r['push_to_start_s'] for r in runs]} s; "
+          f"'nothing new' run {nothing_new_s:.1f} s wall (client), versions "
+          f"{[r['pushed']['version'] for r in runs]}")

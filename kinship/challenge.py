@@ -22,7 +22,7 @@ from kinship.family_split import StableSplit
 from kinship.manifests import EnginesManifest, TrainManifest
 from kinship.model_facts import read_model_facts
 from kinship.pairs import FamilySplit
-from kinship.pipeline import built_engines
+from kinship.engine_stages import built_engines
 from kinship.progress import Progress, silent
 from kinship.storage import ArtifactRef, ArtifactStore
 

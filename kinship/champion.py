@@ -38,7 +38,7 @@ from kinship.champion_compare import PairedDecision
 from kinship.errors import KinshipError, UserError
 from kinship.host import code_commit
 from kinship.manifests import EnginesManifest, TrainManifest
-from kinship.pipeline import built_engines
+from kinship.engine_stages import built_engines
 from kinship.storage import VERSION_ID_HEX, ArtifactNotFound, ArtifactStore
 
 CHAMPION_KEY = "champion.json"

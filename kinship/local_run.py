@@ -1,9 +1,10 @@
 """``kinship pipeline``: every stage in this process, against a local store, in ``kinship.stage_order``'s order.
 
-No orchestrator: the steps of ``stage_order`` run as the stage functions of ``kinship.pipeline`` with a
-``LocalStore`` in ``out/store``, each timed under the name its Prefect task has. What the flows do beyond
-ordering, this mode does too: a precision whose build fails is recorded and the others go on, a benchmark that
-fails leaves the engines reported without speeds. The work files stay in ``out/work/<run_id>`` for a look.
+No orchestrator: the steps of ``stage_order`` run as the stage functions of ``kinship.training_stages`` and
+``kinship.engine_stages`` with a ``LocalStore`` in ``out/store``, each timed under the name its Prefect task has.
+What the flows do beyond ordering, this mode does too: a precision whose build fails is recorded and the others go
+on, a benchmark that fails leaves the engines reported without speeds. The work files stay in
+``out/work/<run_id>`` for a look.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Callable
 from kinship import stage_order
 from kinship.baseline import REQUIRED_MARGIN
 from kinship.champion import promote_if_better
+from kinship.engine_stages import (
+    benchmark_stage, choose_backend, engine_inputs, engine_stage, engines_report_stage, failed_engine,
+    require_an_engine, write_engines_manifest,
+)
 from kinship.engines.calibration import CalibrationConfig
 from kinship.engines.config import EngineConfig
 from kinship.engines.precision import DEFAULT_PRECISIONS, Precision, parse_precisions
@@ -25,15 +30,12 @@ from kinship.manifests import (
     TRAIN_MANIFEST_FORMAT, Calibrated, DatasetHandle, EngineInputs, EnginesManifest, Exported, RefDict, ReportRefs,
     Trained, TrainManifest, UriOnly, VariantRecord,
 )
-from kinship.pipeline import (
-    benchmark_stage, calibration_stage, choose_backend, engine_inputs, engine_stage,
-    engines_report_stage, export_stage, failed_engine, fetch_dataset, local_dataset, new_run_id, open_local_store,
-    read_manifest, require_an_engine, run_prefix, train_stage, write_engines_manifest, write_train_manifest,
-)
+from kinship.pipeline import fetch_dataset, local_dataset, new_run_id, open_local_store, read_manifest, run_prefix
 from kinship.progress import Progress, ProgressEvent, silent
 from kinship.run_report import publish_run_report
 from kinship.storage import ArtifactRef, ArtifactStore
 from kinship.train_config import TrainConfig
+from kinship.training_stages import calibration_stage, export_stage, train_stage, write_train_manifest
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ class LocalTrainingSteps:
 
 
 class LocalEngineSteps:
-    """``stage_order.EngineSteps`` in this process: the stage functions of ``kinship.pipeline``."""
+    """``stage_order.EngineSteps`` in this process: the stage functions of ``kinship.engine_stages``."""
 
     def __init__(self, store: ArtifactStore, dataset: DatasetHandle, work: Path, on_progress: Progress):
         self.store, self.dataset, self.work, self.on_progress = store, dataset, Path(work), on_progress

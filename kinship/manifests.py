@@ -137,14 +137,14 @@ class CalibrationSummary(TypedDict):
 
 
 class Trained(TypedDict):
-    """``pipeline.train_stage``: model.pt, metrics.json, config.json and the metrics."""
+    """``training_stages.train_stage``: model.pt, metrics.json, config.json and the metrics."""
 
     artifacts: dict[str, RefDict]
     metrics: TrainMetrics
 
 
 class Exported(TypedDict):
-    """``pipeline.export_stage``: the ONNX trio and how closely each matched PyTorch."""
+    """``training_stages.export_stage``: the ONNX trio and how closely each matched PyTorch."""
 
     artifacts: dict[str, RefDict]
     checks: list[ExportCheck]
@@ -152,7 +152,7 @@ class Exported(TypedDict):
 
 
 class Calibrated(TypedDict):
-    """``pipeline.calibration_stage``: calibration.npz and what it holds."""
+    """``training_stages.calibration_stage``: calibration.npz and what it holds."""
 
     artifacts: dict[str, RefDict]
     meta: CalibrationSummary
@@ -190,7 +190,7 @@ class CheckpointManifest(TypedDict):
 
 
 class EngineInputs(TypedDict):
-    """What every engine build reads (``pipeline.engine_inputs``); an in-memory value, never stored."""
+    """What every engine build reads (``engine_stages.engine_inputs``); an in-memory value, never stored."""
 
     onnx: Path  # the pair model in this host's work folder, its encoder and head beside it
     onnx_sha256: str
@@ -200,7 +200,8 @@ class EngineInputs(TypedDict):
 
 
 class VariantRecord(TypedDict):
-    """One precision's outcome (``pipeline.engine_stage``, ``failed_engine``); the cached result of a build task."""
+    """One precision's outcome (``engine_stages.engine_stage``, ``failed_engine``); the cached result of a build
+    task."""
 
     variant: str
     backend: str
@@ -216,7 +217,7 @@ class VariantRecord(TypedDict):
 
 
 class ReportRefs(TypedDict):
-    """``pipeline.engines_report_stage``: the stored report files, its rows and its plots."""
+    """``engine_stages.engines_report_stage``: the stored report files, its rows and its plots."""
 
     artifacts: dict[str, RefDict]  # report.md, report.json, *.png
     rows: list[dict[str, Any]]  # report.json's results: a row and its summary per variant

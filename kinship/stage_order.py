@@ -2,8 +2,9 @@
 
 Each half is a short list of steps over a ``Steps`` object that says how one step runs. The flows hand in
 Prefect tasks (``tasks.training.TrainingTasks``, ``tasks.engines.EngineTasks``); ``kinship.local_run`` hands in
-the stage functions of ``kinship.pipeline``, run in this process. A step added here is a step of both modes,
-so they cannot drift apart; what a step does lives in ``kinship.pipeline`` for both as well.
+the stage functions of ``kinship.training_stages`` and ``kinship.engine_stages``, run in this process. A step
+added here is a step of both modes, so they cannot drift apart; what a step does lives in those two modules for
+both as well.
 
 No prefect and no torch here: the orchestrating flows import this module.
 """
@@ -96,7 +97,7 @@ def engines_half(steps: EngineSteps, train_manifest: RefDict | UriOnly | str, pr
     the data set it names (the same content) and the model, build and validate each precision, benchmark
     the built ones side by side, report, store the engines manifest, clean; the manifest.
 
-    Whether an engine was built at all is the caller's last step (``pipeline.require_an_engine``): the
+    Whether an engine was built at all is the caller's last step (``engine_stages.require_an_engine``): the
     report and the manifest are stored either way.
     """
     _check_run_id(run_id)

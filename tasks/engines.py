@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as this_run
 
-from kinship import pipeline
+from kinship import engine_stages, pipeline
 from kinship.engines.config import EngineConfig
 from kinship.engines.outcome import STATUS_BUILT
 from kinship.engines.precision import Precision
@@ -46,13 +46,13 @@ def fetch_inputs(manifest: TrainManifest, run_id: str) -> EngineInputs:
     The calibration set is fetched by the INT8 builds themselves: it is their input alone, so a damaged
     one fails those builds (recorded with the reason) and never the precisions that do not read it.
     """
-    return pipeline.engine_inputs(open_store(), manifest, work_dir(run_id, "engines"))
+    return engine_stages.engine_inputs(open_store(), manifest, work_dir(run_id, "engines"))
 
 
 @task(name="choose backend")
 def choose_backend(settings: EngineConfig) -> str:
     """The backend this host will build with: TensorRT where it imports and sees a GPU, else ONNX Runtime."""
-    backend = pipeline.choose_backend(settings)
+    backend = engine_stages.choose_backend(settings)
     get_run_logger().info("engine backend on this host: %s (asked: %s)", backend, settings.backend)
     return backend
 
@@ -83,9 +83,9 @@ def build_engine(inputs: EngineInputs, dataset: DatasetHandle, precision: Precis
     Cached on (ONNX sha256, precision, backend, calibration sha256 for INT8, data set, validation settings).
     """
     with progress_artifact(f"engine {precision}") as on_progress:
-        built = pipeline.engine_stage(open_store(), inputs, dataset, precision, backend, settings,
-                                      work_dir(work_key or run_id, "engines"), pipeline.run_prefix(run_id, "engines"),
-                                      on_progress)
+        built = engine_stages.engine_stage(open_store(), inputs, dataset, precision, backend, settings,
+                                           work_dir(work_key or run_id, "engines"),
+                                           pipeline.run_prefix(run_id, "engines"), on_progress)
     get_run_logger().info("%s", engine_line(built))
     return built
 
@@ -144,7 +144,7 @@ def engine_outcome(state, precision: Precision, backend: str) -> VariantRecord:
     error = state.result(raise_on_failure=False)
     reason = reason_of(error) if isinstance(error, BaseException) else (state.message or state.name)
     get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, precision, reason)
-    return pipeline.failed_engine(precision, backend, reason)
+    return engine_stages.failed_engine(precision, backend, reason)
 
 
 @task(name="benchmark engines", task_run_name="benchmark {backend} engines side by side")
@@ -153,11 +153,11 @@ def benchmark_engines(inputs: EngineInputs, dataset: DatasetHandle, variants: li
     """Every built precision timed together in alternating slices, after the builds; the variants with figures.
 
     Not cached: a speed is a measurement of this run's host. A benchmark that fails leaves the engines built
-    and validated, reported without speeds and with the reason (``pipeline.benchmark_stage``).
+    and validated, reported without speeds and with the reason (``engine_stages.benchmark_stage``).
     """
     with progress_artifact("benchmark engines") as on_progress:
-        timed = pipeline.benchmark_stage(open_store(), inputs, variants, dataset, settings, work_dir(run_id, "engines"),
-                                         on_progress)
+        timed = engine_stages.benchmark_stage(open_store(), inputs, variants, dataset, settings,
+                                              work_dir(run_id, "engines"), on_progress)
     lines = benchmark_lines(timed)
     reasons = sorted({v["row"]["reason"] for v in timed if v["status"] == STATUS_BUILT and v["row"].get("reason")})
     for line in lines or [f"benchmark: no speeds measured ({'; '.join(reasons) or 'no bench batches'})"]:
@@ -170,8 +170,8 @@ def write_engines_report(variants: list[VariantRecord], run_id: str) -> ReportRe
     """One report over every variant (markdown, JSON, plots), uploaded under the run's engines prefix; its plots
     shown on this run's page (``plots_artifact``)."""
     store = open_store()
-    report = pipeline.engines_report_stage(store, variants, work_dir(run_id, "engines"),
-                                           pipeline.run_prefix(run_id, "engines", "report"))
+    report = engine_stages.engines_report_stage(store, variants, work_dir(run_id, "engines"),
+                                                pipeline.run_prefix(run_id, "engines", "report"))
     plots_artifact(store, report["artifacts"], "engine-plots", f"engine plots of run {run_id}")
     return report
 
@@ -229,7 +229,7 @@ def plots_artifact(store: S3Store | LocalStore, refs: dict[str, RefDict], key: s
 def write_engines_manifest(run_id: str, train_manifest: TrainManifest, variants: list[VariantRecord],
                            report: ReportRefs) -> EnginesManifest:
     """Store the engines manifest last and show the engine table on this run's page."""
-    manifest = pipeline.write_engines_manifest(open_store(), run_id, train_manifest, variants, report, host())
+    manifest = engine_stages.write_engines_manifest(open_store(), run_id, train_manifest, variants, report, host())
     create_table_artifact(engine_table(manifest), description=f"engines of run {run_id} ({manifest['backend_note']})")
     get_run_logger().info("engines manifest: %s", manifest["manifest"]["uri"])
     return manifest
@@ -238,7 +238,7 @@ def write_engines_manifest(run_id: str, train_manifest: TrainManifest, variants:
 @task(name="require an engine")
 def require_an_engine(manifest: EnginesManifest) -> EnginesManifest:
     """Fail the run (report and manifest already stored) when no precision was built: nothing to deploy."""
-    return pipeline.require_an_engine(manifest)
+    return engine_stages.require_an_engine(manifest)
 
 
 def variant_record_key(run_id: str, precision: str) -> str:
@@ -264,7 +264,7 @@ def build_engine_elsewhere(train_manifest: str, precision: Precision, backend: s
         child = run_child(ENGINE_DEPLOYMENT, parameters, parent, f"engine-{precision}")
     except ChildRunFailed as error:
         get_run_logger().warning("%s %s failed, the other precisions go on: %s", backend, precision, error)
-        return pipeline.failed_engine(precision, backend, str(error))
+        return engine_stages.failed_engine(precision, backend, str(error))
     record = open_store().get_json(open_store().uri(variant_record_key(run_id, precision)))
     get_run_logger().info("%s (built by %s on %s)", engine_line(record), child["name"],
                           (record.get("environment") or {}).get("host", "a cuda worker"))

@@ -10,7 +10,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as this_run
 
-from kinship import pipeline, tuning_stage
+from kinship import engine_stages, pipeline, tuning_stage
 from kinship.champion import history_rows, read_champion, read_history, unchanged_since
 from kinship.errors import UserError
 from kinship.host import code_commit
@@ -39,7 +39,8 @@ def plan_run(dataset_uri: str, precisions: list[str] | None = None, engines: Eng
     Checks the values the parameter schema cannot (a backend name, an empty precision list, bench
     settings) first, so a mistake fails the run with its one-line reason before any child run starts.
     """
-    parsed = pipeline.check_engine_request(precisions, engines or EngineConfig()) if precisions is not None else ()
+    parsed = (engine_stages.check_engine_request(precisions, engines or EngineConfig()) if precisions is not None
+              else ())
     parent_id = str(this_run.get_id() or "local")
     started = this_run.get_scheduled_start_time() or datetime.now(timezone.utc)
     run_id = pipeline.new_run_id(started, parent_id.replace("-", "")[:8])

@@ -14,7 +14,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from kinship import pipeline
+from kinship import pipeline, training_stages
 from kinship.baseline import REQUIRED_MARGIN, BaselineComparison
 from kinship.engines.calibration import CalibrationConfig
 from kinship.manifests import Calibrated, DatasetHandle, Exported, RefDict, Trained, TrainManifest
@@ -101,8 +101,8 @@ def train_model(dataset: DatasetHandle, config: TrainConfig, run_id: str) -> Tra
     logger = get_run_logger()
     store = open_store()
     with progress_artifact("training") as on_progress, epoch_lines(logger, config.epochs):
-        trained = pipeline.train_stage(store, dataset, config, work_dir(run_id, "train", "run"),
-                                       pipeline.run_prefix(run_id, "train"), on_progress)
+        trained = training_stages.train_stage(store, dataset, config, work_dir(run_id, "train", "run"),
+                                              pipeline.run_prefix(run_id, "train"), on_progress)
     metrics = trained["metrics"]
     resumed = ""
     if metrics["resumed"]:
@@ -127,8 +127,8 @@ def _baseline_markdown(comparison: BaselineComparison) -> str:
 @task(name="export onnx", cache_key_fn=_export_key, task_run_name="export onnx", **ONE_RETRY)
 def export_onnx(dataset: DatasetHandle, model: RefDict, run_id: str) -> Exported:
     """Export pair/encoder/head ONNX from the stored checkpoint, check them against PyTorch, upload them."""
-    exported = pipeline.export_stage(open_store(), dataset, model, work_dir(run_id, "train"),
-                                     pipeline.run_prefix(run_id, "train"))
+    exported = training_stages.export_stage(open_store(), dataset, model, work_dir(run_id, "train"),
+                                            pipeline.run_prefix(run_id, "train"))
     for check in exported["checks"]:
         get_run_logger().info("ONNX %s matches PyTorch: max abs diff %.2e on %d pairs", check["name"],
                               check["max_abs_diff"], check["samples"])
@@ -141,8 +141,9 @@ def build_calibration(dataset: DatasetHandle, config: TrainConfig, calibration: 
                       run_id: str) -> Calibrated:
     """Draw the INT8 calibration pairs from the training families and upload the ``.npz``."""
     with progress_artifact("calibration set") as on_progress:
-        built = pipeline.calibration_stage(open_store(), dataset, config, calibration, work_dir(run_id, "train"),
-                                           pipeline.run_prefix(run_id, "train"), on_progress)
+        built = training_stages.calibration_stage(open_store(), dataset, config, calibration,
+                                                  work_dir(run_id, "train"), pipeline.run_prefix(run_id, "train"),
+                                                  on_progress)
     get_run_logger().info("calibration set: %d pairs from %d training families", built["meta"]["pairs"],
                           built["meta"]["families_used"])
     return built
@@ -152,8 +153,8 @@ def build_calibration(dataset: DatasetHandle, config: TrainConfig, calibration: 
 def write_train_manifest(run_id: str, dataset: DatasetHandle, config: TrainConfig, trained: Trained,
                          exported: Exported, calibrated: Calibrated) -> TrainManifest:
     """Store the training manifest last (its presence means the half is complete) and show the epochs."""
-    manifest = pipeline.write_train_manifest(open_store(), run_id, dataset, config, trained, exported, calibrated,
-                                             host())
+    manifest = training_stages.write_train_manifest(open_store(), run_id, dataset, config, trained, exported,
+                                                    calibrated, host())
     history = _epoch_rows(manifest)
     if history:
         create_table_artifact(history, description=f"training epochs of run {run_id}")

@@ -1,7 +1,7 @@
 """Faults: a training host lost mid-run, and the Prefect server restarting under a run.
 
-First, without servers: ``pipeline.train_stage`` stores each epoch's checkpoint under its inputs (data set
-sha256 + TrainConfig) and a later call with a new run folder continues from it, exactly; a damaged stored
+First, without servers: ``training_stages.train_stage`` stores each epoch's checkpoint under its inputs (data
+set sha256 + TrainConfig) and a later call with a new run folder continues from it, exactly; a damaged stored
 checkpoint is ignored, never loaded.
 
 Then on a real loopback stack of its own (``infra/local/up``: SeaweedFS, Prefect server, process workers,
@@ -31,10 +31,11 @@ from botocore.exceptions import ClientError
 from deployments import driver
 from kinship.checkpoint_mirror import checkpoint_prefix, restore_checkpoint
 from kinship.manifests import DatasetHandle
-from kinship.pipeline import local_dataset, open_local_store, train_stage
+from kinship.pipeline import local_dataset, open_local_store
 from kinship.progress import ProgressEvent
 from kinship.storage import join_key
 from kinship.train import TrainConfig, train
+from kinship.training_stages import train_stage
 from tests.flows_stack import DATA_URI
 from tests.stack import kill_tree, localstack
 

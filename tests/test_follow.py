@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments import follow
+from deployments import follow, log_lines
 from kinship.progress import ProgressEvent
 from tasks.engines import benchmark_lines, engine_line
 from tasks.progress import LogPacer, describe
@@ -40,7 +40,7 @@ def entry(key: str, seconds: float, run: str = "p", message: str | None = None, 
 
 
 def test_overlapping_reads_print_each_line_once_in_time_order() -> None:
-    feed = follow.LogFeed(hold_s=3)
+    feed = log_lines.LogFeed(hold_s=3)
     # A child's batch arrives after the parent's, with earlier timestamps; the next read repeats both.
     assert feed.add([entry("p1", 0), entry("p2", 2.0)]) == 2
     assert feed.add([entry("c1", 1.0, "c"), entry("p1", 0), entry("c2", 1.5, "c")]) == 2
@@ -52,7 +52,7 @@ def test_overlapping_reads_print_each_line_once_in_time_order() -> None:
 
 
 def test_a_line_later_than_the_hold_is_printed_late_rather_than_lost() -> None:
-    feed = follow.LogFeed(hold_s=3)
+    feed = log_lines.LogFeed(hold_s=3)
     feed.add([entry("a", 5)])
     assert [e["id"] for e in feed.release(T0 + timedelta(seconds=9))] == ["a"]
     feed.add([entry("late", 4)])  # its batch was delayed past the hold
@@ -62,7 +62,7 @@ def test_a_line_later_than_the_hold_is_printed_late_rather_than_lost() -> None:
 
 
 def test_old_ids_are_forgotten_once_no_read_can_return_them() -> None:
-    feed = follow.LogFeed(hold_s=0, lookback_s=10)
+    feed = log_lines.LogFeed(hold_s=0, lookback_s=10)
     feed.add([entry(f"e{i}", i) for i in range(100)])
     feed.release(T0 + timedelta(seconds=200))
     assert len(feed.seen) <= 21  # the last 2 * lookback seconds only
@@ -72,27 +72,27 @@ def test_format_names_the_run_the_level_and_the_task_of_prefects_own_lines() -> 
     labels = {"p": "kinship", "c": "kinship-train"}
     names = {"t1": "train 2 epochs at 32 px"}
     when = {"_when": T0}
-    line = follow.format_entry({**entry("x", 0, "c", "Finished in state Completed()", task_run_id="t1"), **when},
+    line = log_lines.format_entry({**entry("x", 0, "c", "Finished in state Completed()", task_run_id="t1"), **when},
                                labels, names, 15)
     assert line.endswith("kinship-train   train 2 epochs at 32 px: Finished in state Completed()")
-    own = follow.format_entry({**entry("y", 0, "c", "epoch 1/2: loss", task_run_id="t1"), **when}, labels, names, 15)
+    own = log_lines.format_entry({**entry("y", 0, "c", "epoch 1/2: loss", task_run_id="t1"), **when}, labels, names, 15)
     assert own.endswith("kinship-train   epoch 1/2: loss")  # our own lines say what they are about
     failure = "boom\nTraceback (most recent call last):\n  File \"x.py\", line 1\n    raise\nValueError: no\nafter"
-    warned = follow.format_entry({**entry("z", 0, "p", failure, level=40), **when}, labels, names, 15)
+    warned = log_lines.format_entry({**entry("z", 0, "p", failure, level=40), **when}, labels, names, 15)
     assert warned.splitlines()[0].endswith("kinship         ERROR: boom")
     assert [line.strip() for line in warned.splitlines()[1:]] == ["ValueError: no", "after"]
-    whole = follow.format_entry({**entry("z", 0, "p", failure, level=40), **when}, labels, names, 15, tracebacks=True)
+    whole = log_lines.format_entry({**entry("z", 0, "p", failure, level=40), **when}, labels, names, 15, tracebacks=True)
     assert "File \"x.py\"" in whole
 
 
 def test_worker_and_pull_step_lines_are_hidden() -> None:
     flow_line = {"name": "prefect.flow_runs", "task_run_id": None}
-    assert not follow.shown({**flow_line, "message": "Executing deployment step: set_working_directory"})
-    assert not follow.shown({"name": "prefect.flow_runs.worker", "task_run_id": None,
+    assert not log_lines.shown({**flow_line, "message": "Executing deployment step: set_working_directory"})
+    assert not log_lines.shown({"name": "prefect.flow_runs.worker", "task_run_id": None,
                              "message": "Worker 'local-rocm' submitting flow run 'x'"})
-    assert not follow.shown({**flow_line, "message": "Finished in state Completed()"})  # the state line says it
-    assert follow.shown({**flow_line, "message": "Beginning flow run 'x' for flow 'kinship'"})
-    assert follow.shown({"name": "prefect.task_runs", "task_run_id": "t", "message": "Finished in state Completed()"})
+    assert not log_lines.shown({**flow_line, "message": "Finished in state Completed()"})  # the state line says it
+    assert log_lines.shown({**flow_line, "message": "Beginning flow run 'x' for flow 'kinship'"})
+    assert log_lines.shown({"name": "prefect.task_runs", "task_run_id": "t", "message": "Finished in state Completed()"})
 
 
 def test_params_read_as_json_else_as_strings() -> None:

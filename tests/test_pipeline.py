@@ -19,10 +19,9 @@ from kinship.engines.config import EngineConfig
 from kinship.local_run import PipelineConfig, run_pipeline
 from kinship.local_run import engines_half as _engines_half
 from kinship.run_report import render
-from kinship.pipeline import (
-    ENGINES_MANIFEST_FORMAT, ONNX_FILES, TRAIN_MANIFEST_FORMAT, NoEngineBuilt, local_dataset, open_local_store,
-    read_manifest, require_an_engine,
-)
+from kinship.engine_stages import NoEngineBuilt, require_an_engine
+from kinship.manifests import ENGINES_MANIFEST_FORMAT, TRAIN_MANIFEST_FORMAT
+from kinship.pipeline import ONNX_FILES, local_dataset, open_local_store, read_manifest
 from kinship.storage import file_digest, parse_uri
 from kinship.train import TrainConfig
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from kinship.champion import ChampionContention
+from kinship.engine_stages import NoEngineBuilt
 from kinship.errors import ArtifactMismatch, CheckFailed, KinshipError, UserError
-from kinship.pipeline import NoEngineBuilt
 from kinship.storage import ArtifactNotFound, IntegrityError, StoreAccessError, StoreUnreachable
 from tasks.runtime import IO_RETRIES, retry_unless_user_error
 

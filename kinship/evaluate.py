@@ -81,5 +81,6 @@ def _test_report(scorer, prepared: PreparedData, threshold: float, notes: list[s
 def test_pixels(root: Path, names: list[str], size: int, on_progress=silent):
     """Decoded test images (cached like the training images) and the indices that would not decode."""
     paths = [Path(root) / "test" / name for name in names]
-    fingerprint = image_cache.content_fingerprint(paths)
-    return image_cache.load_or_build(paths, size, fingerprint, on_progress=on_progress)
+    # read below the set's root without following a link anywhere on the way, as the training images are
+    fingerprint = image_cache.content_fingerprint(paths, root=Path(root))
+    return image_cache.load_or_build(paths, size, fingerprint, on_progress=on_progress, root=Path(root))

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from kinship.dataset_cache import IMAGES_FOLDER, evict_host_cache, host_lock, scratch_root, verify_mode
-from kinship.files import file_digest, write_atomic
+from kinship.files import file_digest, open_regular, stream_digest, write_atomic
 from kinship.images import UnreadableImage, load_face, max_image_pixels
 from kinship.progress import ProgressEvent, silent
 
@@ -136,9 +136,20 @@ def decode_all(paths: Sequence[Path], size: int, on_progress=silent, workers: in
     return pixels, dict(sorted(unreadable.items()))
 
 
-def content_fingerprint(paths: Sequence[Path]) -> str:
-    """sha256 over the bytes of ``paths`` in order: a cache key for image sets outside a Dataset."""
+def content_fingerprint(paths: Sequence[Path], root: Path | None = None) -> str:
+    """sha256 over the bytes of ``paths`` in order: a cache key for image sets outside a Dataset.
+
+    With ``root`` (the folder the paths were listed below) each file is opened folder by folder below it, never
+    through a link (``files.open_regular``); one that cannot be opened so counts by its name alone, as the decode
+    leaves it black and names it."""
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(bytes.fromhex(file_digest(path)[0]))
+        if root is None:
+            digest.update(bytes.fromhex(file_digest(path)[0]))
+            continue
+        try:
+            with open_regular(path, root=root) as handle:
+                digest.update(bytes.fromhex(stream_digest(handle)[0]))
+        except (OSError, ValueError):
+            digest.update(f"unreadable:{Path(path).relative_to(root).as_posix()}".encode())
     return digest.hexdigest()

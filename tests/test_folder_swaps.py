@@ -128,3 +128,21 @@ def test_training_refuses_a_folder_swapped_for_a_link_before_the_fingerprint(roo
     monkeypatch.setattr(data, "read_dataset", read_then_swap)
     with pytest.raises(UserError, match="changed while the data set was read"):
         prepare(root, 32, SplitConfig(val_fraction=0.25), cache_dir=tmp_path / "cache")
+
+
+def test_test_images_are_never_read_through_a_linked_folder(tmp_path) -> None:
+    """``kinship evaluate`` / ``submit`` decode ``test/`` below the set's root as training does: a ``test`` folder
+    that is a link to elsewhere is refused (its images black and named), never read."""
+    from kinship.evaluate import test_pixels
+    from kinship.image_cache import content_fingerprint
+
+    outside, root = tmp_path / "outside", tmp_path / "set"
+    outside.mkdir()
+    root.mkdir()
+    Image.new("RGB", (40, 40), (250, 10, 10)).save(outside / "face.jpg")
+    (root / "test").symlink_to(outside, target_is_directory=True)
+    pixels, unreadable = test_pixels(root, ["face.jpg"], 32)
+    assert list(unreadable) == [0] and not pixels[0].any()
+    before = content_fingerprint([root / "test" / "face.jpg"], root=root)
+    Image.new("RGB", (40, 40), (10, 250, 10)).save(outside / "face.jpg")
+    assert content_fingerprint([root / "test" / "face.jpg"], root=root) == before  # the outside bytes never counted

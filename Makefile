@@ -21,7 +21,8 @@ RUN  ?= runs/demo
 # The whole job on this machine (README "Orchestration"): the local stack (S3 + Prefect + one worker per
 # pool), a synthetic data set pushed to S3, every deployment, one `kinship/full` run followed to the end
 # (deployments/follow.py prints its children's lines too: fetch, epochs, engine rows), then where its report
-# is and the UI address. A second `make run` reuses the stack (and cached stages).
+# is and the UI address. A second `make run` reuses the stack; on the same data version, code and configuration
+# its run ends at once with "nothing new since run X" (README "Retraining"; TRAIN='{"epochs":14}' trains again).
 DEMO_DATA ?= data/demo
 DEMO_URI  ?= s3://kinship/datasets/demo
 STACK_ENV  = $${KINSHIP_STACK_DIR:-.stack}/env

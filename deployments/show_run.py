@@ -60,7 +60,13 @@ def main() -> int:
     if run["state_type"] != "COMPLETED":
         print(f"UI        {page}")
         return 1
-    summary, report = copy_report(driver.run_id_of(driver.child_runs(stack, run["id"])), args.out.resolve())
+    children = driver.child_runs(stack, run["id"])
+    if not children:  # the run found nothing new to train on (the same data version, code and configuration)
+        notes = [a for a in driver.artifacts(stack, run["id"]) if a.get("key") == "kinship-nothing-new"]
+        print(f"result    {notes[0]['data'].strip('*') if notes else 'no child run was started'}")
+        print(f"UI        {page}")
+        return 0
+    summary, report = copy_report(driver.run_id_of(children), args.out.resolve())
     print(f"report    {summary['report']['uri']}")
     print(f"          copied to {report}")
     print(f"champion  {summary['reason']}")

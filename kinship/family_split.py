@@ -20,11 +20,13 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from kinship.errors import UserError
 from kinship.pairs import FamilySplit
-from kinship.store.refs import ArtifactStore
+
+if TYPE_CHECKING:  # annotations only: kinship.data reads a split without the store's modules
+    from kinship.store.refs import ArtifactStore
 
 SALT_KEY = "datasets/.split-salt.json"
 SALT_FORMAT = "kinship-split-salt/1"

@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LANES = {"integration": "integration", "unit": "not integration"}
+# Integration tests that start servers of their own (own_servers) run in the unit lane: the session stack's tests
+# are the long lane, and the unit lane ends minutes earlier (a fresh clone: 908 s against 556 s).
+LANES = {"integration": "integration and not own_servers", "unit": "not integration or own_servers"}
 
 
 def lane_command(marker: str, basetemp: Path, extra: list[str]) -> list[str]:

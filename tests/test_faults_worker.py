@@ -44,6 +44,7 @@ HOST_LOST = {**TINY, "epochs": 8}  # enough epochs that the kill lands mid-train
 RESTARTED = {**TINY, "epochs": 2}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 ZOMBIE_SECONDS = 60
+pytestmark = pytest.mark.own_servers  # its stack is its own: run in make test's unit lane (tests/run_lanes.py)
 
 
 class Interrupt(Exception):

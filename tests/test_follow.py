@@ -294,7 +294,7 @@ def test_the_kinship_run_shows_fetch_epochs_engine_rows_and_benchmarks(kinship_s
     out = io.StringIO()
     assert follow.main(["--flow-run-id", kinship_stack.first.flow_run_id], out=out) == 0, out.getvalue()
     text = out.getvalue()
-    for wanted in (r"kinship-train +fetch s3://kinship/datasets/tiny: ",
+    for wanted in (r"kinship-train +fetch s3://kinship/datasets/tiny/versions/[0-9a-f]{16}: ",
                    r"kinship-train +epoch 1/1: train loss [\d.]+, val AUC \d\.\d{4}",
                    r"kinship-engines +engine int8 \(\w+\): built, [\d.]+ MB in \d+ s; agrees with FP32 on [\d.]+%",
                    r"kinship-engines +benchmark fp32 \(\w+\): batch 1: \d+ pairs/s",

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from tests.stack import REPO, localstack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_servers]
 
 
 def run(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:

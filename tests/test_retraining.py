@@ -58,7 +58,7 @@ def versions(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("versions")
     full = root / "all"
-    generate(SynthConfig(families=180, test_families=0, size=32, seed=7, images_per_person=(3, 4)), full)
+    generate(SynthConfig(families=180, test_families=0, size=32, seed=7, images_per_person=(3, 3)), full)
     families = sorted(p.name for p in (full / "train").iterdir() if p.is_dir())
     return _subset(full, root / "v1", set(families[:120])), _subset(full, root / "v2", set(families))
 

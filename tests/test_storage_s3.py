@@ -336,7 +336,11 @@ def test_data_push_cli_never_uploads_a_link_target(tmp_path: Path, settings: Sto
     assert not any(marker in body for body in stored.values())  # the target's bytes are nowhere in the bucket
     manifest = json.loads(stored.pop(f"{settings.prefix}/datasets/tiny/{MANIFEST_NAME}"))
     assert not any("P00012_face0" in name or "MID9" in name for name in [*stored, *manifest["files"]])
-    assert len(manifest["files"]) == regular and len(stored) == 1  # the regular files, in one shard
+    shards = [key for key in stored if key.startswith(f"{settings.prefix}/datasets/tiny/shards/")]
+    assert len(manifest["files"]) == regular and len(shards) == 1  # the regular files, in one shard
+    # the rest is the version's bookkeeping (issue 24): its manifest (the same bytes), version.json and latest
+    assert sorted(key.rsplit("/datasets/tiny/", 1)[1].split("/")[0] for key in stored if key not in shards) == [
+        "latest", "versions", "versions"]
 
 
 # ---------------------------------------------------------------- multipart uploads left behind are aborted

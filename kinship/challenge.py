@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def score_held_out(data_dir: Path, split: StableSplit, challenger_onnx: Path, ch
 
 
 def promote_on_held_out(store: ArtifactStore, train_manifest: TrainManifest, engines_manifest: EnginesManifest,
-                        dataset_dir: Path | None, split_salt: str, work_dir: Path, level: float = DEFAULT_LEVEL,
+                        dataset_dir: Callable[[], Path], split_salt: str, work_dir: Path, level: float = DEFAULT_LEVEL,
                         required_margin: float = REQUIRED_MARGIN, on_progress: Progress = silent) -> dict:
     """Promote the run only if it beats the champion on the same held-out pairs (``kinship.champion``'s outcome
     dict, plus ``held_out``: the families and pairs scored).
@@ -100,19 +101,24 @@ def promote_on_held_out(store: ArtifactStore, train_manifest: TrainManifest, eng
     - No champion yet, or a run with no built engine: nothing to compare with (``promote_if_paired_better`` with
       no decision: the run needs only to beat raw pixels by ``required_margin`` on its own pairs).
     - Otherwise both exported models (the champion's fetched by its pointer, every byte verified) and raw pixels
-      score the held-out pairs of ``dataset_dir``, and ``kinship.champion_compare.decide`` decides (paired
+      score the held-out pairs of the data set folder ``dataset_dir()`` returns (called only here: the other cases
+      never fetch the data set), and ``kinship.champion_compare.decide`` decides (paired
       bootstrap over families at ``level``)."""
     if not split_salt:
         return promote_if_better(store, train_manifest, engines_manifest, required_margin=required_margin)
     champion = read_champion(store)
-    if champion is None or not built_engines(engines_manifest) or dataset_dir is None:
+    if champion is None or not built_engines(engines_manifest):
         return promote_if_paired_better(store, train_manifest, engines_manifest, None,
                                         champion.get("run_id") if champion else None, required_margin)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     challenger = store.get_file(ArtifactRef.from_dict(train_manifest["artifacts"]["model.onnx"]), work_dir / "challenger.onnx")
     defending = store.get_file(ArtifactRef.from_dict(champion["model"]), work_dir / "champion.onnx")
-    held = score_held_out(Path(dataset_dir), StableSplit(split_salt), challenger, defending, on_progress)
+    from kinship.dataset_cache import hold
+
+    folder = Path(dataset_dir())
+    with hold(folder):  # this host's cached copy stays while it is read, as training holds it
+        held = score_held_out(folder, StableSplit(split_salt), challenger, defending, on_progress)
     decision = decide(held.scores, level, required_margin)
     outcome = promote_if_paired_better(store, train_manifest, engines_manifest, decision, champion.get("run_id"),
                                        required_margin)

@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run as this_run
 
 from kinship import engine_stages, pipeline, tuning_stage
-from kinship.champion import history_rows, read_champion, read_history, unchanged_since
+from kinship.champion import history_rows, read_history, unchanged_since
 from kinship.errors import UserError
 from kinship.host import code_commit
 from kinship.engines.calibration import CalibrationConfig
@@ -66,11 +66,12 @@ def resolve_inputs(run: dict, dataset_uri: str, train: TrainConfig, split: str, 
     dataset = resolve_dataset(dataset_uri)
     if split == "stable":
         train = replace(train, split_salt=stable_split(store).salt)
-    earlier = unchanged_since(store, dataset.version, code_commit(), asdict(train)) if only_if_new else None
+    commit = code_commit()  # three git calls: asked once
+    earlier = unchanged_since(store, dataset.version, commit, asdict(train)) if only_if_new else None
     line = None
     if earlier is not None:
         line = (f"nothing new since run {earlier['run_id']} ({earlier['kind']} {earlier.get('at') or ''}): data "
-                f"version {dataset.version}, code {code_commit()[:12]} and the training configuration are the same")
+                f"version {dataset.version}, code {commit[:12]} and the training configuration are the same")
         get_run_logger().info("%s", line)
         create_markdown_artifact(f"**{line}**", key="kinship-nothing-new", description=f"kinship run {run['run_id']}")
     else:
@@ -112,10 +113,11 @@ def promote_champion(run: dict, inputs: dict, train_manifest: TrainManifest, eng
     decision table and the champion history on the run page."""
     from kinship.challenge import promote_on_held_out
 
-    store, salt = open_store(), inputs["train"].split_salt
-    dataset = pipeline.fetch_dataset(inputs["dataset"]["uri"]).path if salt and read_champion(store) else None
+    store = open_store()
     with progress_artifact("champion and challenger on held-out pairs") as on_progress:
-        promotion = promote_on_held_out(store, train_manifest, engines_manifest, dataset, salt,
+        promotion = promote_on_held_out(store, train_manifest, engines_manifest,
+                                        lambda: pipeline.fetch_dataset(inputs["dataset"]["uri"]).path,
+                                        inputs["train"].split_salt,
                                         work_dir(run["run_id"], "champion"), level, required_margin, on_progress)
     get_run_logger().info("champion: %s", promotion["reason"])
     decision = promotion.get("decision")
